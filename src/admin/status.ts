@@ -1,0 +1,22 @@
+/** The body of GET /api/v1/status, read by the status page and `edge-proxy status`. */
+export interface ProxyStatus {
+  version: string;
+  edgeId: string;
+  uptimeSeconds: number;
+  ports: Record<string, number>;
+  devices: { mqtt: number };
+  rates: { receivedPerSecond: number; ackedPerSecond: number };
+  rules: null;
+  models: string[];
+  cache: {
+    path: string;
+    messages: number;
+    byPriority: Record<string, number>;
+    bytes: number;
+    oldestAgeSeconds: number;
+    writable: boolean;
+    drainRate: number;
+    timeToDrainSeconds: number | null;
+  };
+  uplink: { url: string | null; connected: boolean; inflight: number };
+}

@@ -1,0 +1,170 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { ConfigError, EdgeError, formatConfigProblem } from './core/errors.js';
+import { loadConfig } from './config/load.js';
+import { createLogger } from './log.js';
+import { startProxy } from './main.js';
+import { readLocalToken } from './admin/token.js';
+import { VERSION } from './version.js';
+import type { ProxyStatus } from './admin/status.js';
+
+const USAGE = `edge-proxy ${VERSION}: an IoT edge proxy (MQTT devices in, durable store-and-forward to a cloud MQTT broker)
+
+Usage:
+  edge-proxy [run] [--config FILE] [--ports-file FILE]   run the proxy (the default verb)
+  edge-proxy check-config [FILE]                          validate a configuration and list every problem
+  edge-proxy status [--config FILE] [--admin URL] [--token T] [--json]
+                                                          ask a running proxy for its state
+  edge-proxy version                                      print the version
+  edge-proxy VERB --help                                  help for one verb
+
+Without --config, ./edge-proxy.yaml is read if present, else the embedded defaults.
+Environment variables EDGE_PROXY_<KEY_PATH> override single keys (EDGE_PROXY_UPLINK_URL, EDGE_PROXY_MQTT_PORT, ...).
+`;
+
+const HELP: Record<string, string> = {
+  run: `edge-proxy run [--config FILE] [--ports-file FILE]
+  Starts the proxy. Logs JSON lines on stdout; one {"msg":"listening"} line per endpoint, then {"msg":"ready"}.
+  --ports-file FILE   write {"mqtt": PORT, "admin": PORT} to FILE once every endpoint listens (useful with port 0)
+  SIGTERM or SIGINT stops it cleanly: connections close, the cache is committed, the cloud is told "offline".
+`,
+  'check-config': `edge-proxy check-config [FILE]
+  Validates FILE (default: ./edge-proxy.yaml, else the embedded defaults) with the environment overrides,
+  prints every problem as file:line:col: key: CODE: message, and exits 1 if there is any (0 when clean).
+`,
+  status: `edge-proxy status [--config FILE] [--admin URL] [--token T] [--json]
+  Asks a running proxy (default: the one the configuration describes, with the token from its data directory)
+  for its state: connected devices, uplink, cache backlog, and how long the backlog takes to drain.
+  Exits 2 when the proxy cannot be reached.
+`,
+  version: 'edge-proxy version\n  Prints the version.\n',
+};
+
+function fail(message: string, code = 2): never {
+  process.stderr.write(message.endsWith('\n') ? message : message + '\n');
+  process.exit(code);
+}
+
+function printConfigError(err: ConfigError): void {
+  process.stderr.write(`configuration has ${err.problems.length} problem${err.problems.length === 1 ? '' : 's'}:\n`);
+  for (const p of err.problems) process.stderr.write(formatConfigProblem(p) + '\n');
+}
+
+async function run(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string' }, 'ports-file': { type: 'string' }, help: { type: 'boolean' } }, strict: true });
+  if (values.help) return void process.stdout.write(HELP.run!);
+  let loaded;
+  try {
+    loaded = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      printConfigError(err);
+      process.exit(1);
+    }
+    throw err;
+  }
+  const log = createLogger(loaded.config.log.level);
+  let proxy;
+  try {
+    proxy = await startProxy(loaded, log, { portsFile: values['ports-file'] ?? null });
+  } catch (err) {
+    const e = err as Error;
+    log.fatal({ code: (err as EdgeError).code, err: e.message }, `cannot start: ${e.message}`);
+    process.exit(1);
+  }
+  const shutdown = (signal: string): void => {
+    log.info({ signal }, 'received signal');
+    const force = setTimeout(() => { log.error('shutdown took over 20 s; exiting'); process.exit(1); }, 20_000);
+    force.unref();
+    proxy.stop().then(() => process.exit(0), (err: Error) => { log.error({ err: err.message }, 'error while stopping'); process.exit(1); });
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+  process.on('uncaughtException', (err) => {
+    // Acknowledged messages are already committed; exiting lets systemd restart a clean process.
+    log.fatal({ err: err.message, stack: err.stack }, 'uncaught exception; exiting so that the service manager restarts the proxy');
+    process.exit(70);
+  });
+}
+
+function checkConfig(args: string[]): void {
+  const { values, positionals } = parseArgs({ args, options: { help: { type: 'boolean' } }, allowPositionals: true, strict: true });
+  if (values.help) return void process.stdout.write(HELP['check-config']!);
+  if (positionals.length > 1) fail('check-config takes at most one FILE');
+  try {
+    const loaded = loadConfig({ file: positionals[0], env: process.env, cwd: process.cwd() });
+    process.stdout.write(`${loaded.file ?? '(embedded defaults)'}: OK\n`);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      printConfigError(err);
+      process.exit(1);
+    }
+    throw err;
+  }
+}
+
+function seconds(s: number | null): string {
+  if (s === null) return 'unknown (nothing drained recently)';
+  if (s < 60) return `${s.toFixed(0)} s`;
+  if (s < 3600) return `${(s / 60).toFixed(1)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+async function status(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } }, strict: true });
+  if (values.help) return void process.stdout.write(HELP.status!);
+  let url = values.admin;
+  let token = values.token ?? null;
+  if (!url || !token) {
+    try {
+      const { config } = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
+      const host = config.admin.host === '0.0.0.0' ? '127.0.0.1' : config.admin.host === '::' ? '[::1]' : config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host;
+      url ??= `http://${host}:${config.admin.port}`;
+      token ??= config.admin.token ?? readLocalToken(config.dataDir);
+    } catch (err) {
+      if (err instanceof ConfigError) { printConfigError(err); process.exit(1); }
+      throw err;
+    }
+  }
+  let body: ProxyStatus;
+  try {
+    const res = await fetch(new URL('/api/v1/status', url), { headers: token ? { authorization: `Bearer ${token}` } : {} });
+    if (!res.ok) fail(`${url} answered ${res.status}: ${await res.text()}`, res.status === 401 ? 1 : 2);
+    body = await res.json() as ProxyStatus;
+  } catch (err) {
+    fail(`cannot reach the proxy at ${url}: ${(err as Error).message}. Is it running? (systemctl status edge-proxy)`);
+  }
+  if (values.json) return void process.stdout.write(JSON.stringify(body) + '\n');
+  const c = body.cache;
+  const u = body.uplink;
+  process.stdout.write([
+    `edge-proxy ${body.version} on ${body.edgeId}, up ${seconds(body.uptimeSeconds)}`,
+    `devices:  ${body.devices.mqtt} MQTT connected; ${body.rates.receivedPerSecond.toFixed(1)} msg/s in`,
+    `uplink:   ${u.url ?? 'none (offline mode)'}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
+    `cache:    ${c.messages} messages, ${c.bytes} bytes, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
+    `drain:    ${c.messages === 0 ? 'nothing to drain' : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
+    '',
+  ].join('\n'));
+}
+
+async function main(argv: string[]): Promise<void> {
+  const verbs = new Set(['run', 'check-config', 'status', 'version', 'help']);
+  const first = argv[0];
+  const verb = first && verbs.has(first) ? first : first === '--help' || first === '-h' ? 'help' : first && !first.startsWith('-') ? null : 'run';
+  if (verb === null) fail(`unknown verb "${first}" (E_USAGE)\n\n${USAGE}`);
+  const rest = first && verbs.has(first) ? argv.slice(1) : argv;
+  try {
+    switch (verb) {
+      case 'run': return await run(rest);
+      case 'check-config': return checkConfig(rest);
+      case 'status': return await status(rest);
+      case 'version': return void process.stdout.write(`${VERSION}\n`);
+      case 'help': return void process.stdout.write(USAGE);
+    }
+  } catch (err) {
+    if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) fail(`${(err as Error).message} (E_USAGE)\n\n${HELP[verb!] ?? USAGE}`);
+    throw err;
+  }
+}
+
+await main(process.argv.slice(2));

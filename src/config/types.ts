@@ -1,0 +1,38 @@
+// The validated, frozen configuration every stage reads. Sizes are bytes, durations seconds.
+
+export type Priority = 'critical' | 'high' | 'normal' | 'low';
+
+export interface Config {
+  edge: { id: string };
+  dataDir: string;
+  mqtt: { host: string; port: number };
+  admin: { host: string; port: number; token: string | null; tokenFile: string | null };
+  auth: { mode: 'open' };
+  routing: { default: 'uplink' | 'local' };
+  cache: { path: string };
+  uplink: {
+    url: string | null;
+    clientId: string;
+    username: string | null;
+    password: string | null;
+    protocolVersion: 4 | 5;
+    topicPrefix: string;
+    controlPrefix: string;
+    format: 'envelope' | 'raw';
+    qos: 1;
+    maxInflight: number;
+    keepalive: number;
+    tls: { ca: string | null; cert: string | null; key: string | null; rejectUnauthorized: boolean };
+  };
+  limits: { maxPayloadBytes: number; maxTopicBytes: number; maxHops: number; maxConnections: number };
+  log: { level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' };
+}
+
+/** Where the configuration came from, for the start-up log. */
+export interface LoadedConfig {
+  config: Config;
+  /** the file read, or null for the embedded defaults */
+  file: string | null;
+  /** keys left at their defaults whose defaults are meant for trials, for the start-up warning */
+  trialDefaults: string[];
+}

@@ -1,0 +1,44 @@
+import type { ContentType } from './message.js';
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** What detection learnt: the type, and the decoded value when detection had to parse it anyway. */
+export interface Detected {
+  contentType: ContentType;
+  /** the parsed JSON value for `json`, the string for `text`, undefined otherwise */
+  decoded?: unknown;
+}
+
+function decodeUtf8(bytes: Uint8Array): string | undefined {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * MQTT 3.1.1 carries no content type, so it is sniffed: a JSON object or array is `json`,
+ * other valid UTF-8 is `text`, anything else `binary` (message-model.md, Content type).
+ */
+export function sniffContentType(bytes: Uint8Array): Detected {
+  const text = decodeUtf8(bytes);
+  if (text === undefined) return { contentType: 'binary' };
+  const first = firstNonSpace(text);
+  if (first === '{' || first === '[') {
+    try {
+      return { contentType: 'json', decoded: JSON.parse(text) as unknown };
+    } catch {
+      // looks like JSON but is not: it is still text
+    }
+  }
+  return { contentType: 'text', decoded: text };
+}
+
+function firstNonSpace(s: string): string {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c !== 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) return s[i]!;
+  }
+  return '';
+}

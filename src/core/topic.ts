@@ -1,0 +1,35 @@
+// Topics and MQTT topic filters, shared by every protocol.
+
+export const RESERVED_PREFIX = '$edge/';
+
+export type TopicProblem = 'empty' | 'too_long' | 'nul' | 'wildcard' | 'reserved';
+
+/** Why a topic may not be published by a device, or null when it may. */
+export function checkDeviceTopic(topic: string, maxTopicBytes: number): TopicProblem | null {
+  if (topic.length === 0) return 'empty';
+  if (Buffer.byteLength(topic, 'utf8') > maxTopicBytes) return 'too_long';
+  if (topic.includes('\u0000')) return 'nul';
+  if (topic.includes('+') || topic.includes('#')) return 'wildcard';
+  if (topic === '$edge' || topic.startsWith(RESERVED_PREFIX)) return 'reserved';
+  return null;
+}
+
+/** True when a subscription filter reaches into the reserved tree. */
+export function filterTouchesReserved(filter: string): boolean {
+  // A leading '#' or '+' never matches a '$' topic [MQTT-4.7.2-1], so only explicit '$edge' filters reach it.
+  return filter === '$edge' || filter.startsWith(RESERVED_PREFIX);
+}
+
+/** MQTT topic filter matching ('+' one level, '#' the rest, '$' topics not matched by a leading wildcard). */
+export function topicMatches(filter: string, topic: string): boolean {
+  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false;
+  const f = filter.split('/');
+  const t = topic.split('/');
+  for (let i = 0; i < f.length; i++) {
+    const level = f[i];
+    if (level === '#') return true;
+    if (i >= t.length) return false;
+    if (level !== '+' && level !== t[i]) return false;
+  }
+  return f.length === t.length;
+}

@@ -1,0 +1,182 @@
+import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import type { Logger } from 'pino';
+import type { Config, LoadedConfig } from './config/types.js';
+import { Metrics } from './admin/metrics.js';
+import { AdminServer } from './admin/server.js';
+import { resolveAdminToken } from './admin/token.js';
+import { MqttAdapter } from './adapters/mqtt/server.js';
+import { EDGE_DEVICE_ID } from './core/message.js';
+import { newMessageId } from './core/ids.js';
+import { sniffContentType } from './core/content-type.js';
+import { LocalDelivery } from './pipeline/local.js';
+import { Router } from './pipeline/router.js';
+import { DurableCache } from './uplink/cache.js';
+import { CloudLink } from './uplink/cloud.js';
+import { Forwarder } from './uplink/forwarder.js';
+import { Uplink } from './uplink/uplink.js';
+import { notifySystemd } from './systemd.js';
+import { VERSION } from './version.js';
+import type { ProxyStatus } from './admin/status.js';
+
+export interface RunOptions {
+  portsFile?: string | null;
+}
+
+export interface RunningProxy {
+  ports: Record<string, number>;
+  stop(): Promise<void>;
+}
+
+function redactUrl(url: string | null): string | null {
+  if (!url) return null;
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
+/** Rates over the last sampling interval, for the status API and page. */
+class RateSampler {
+  received = 0;
+  acked = 0;
+  private last = { received: 0, acked: 0, at: Date.now() };
+  private readonly timer: NodeJS.Timeout;
+  constructor(private readonly metrics: Metrics) {
+    this.timer = setInterval(() => void this.sample(), 2_000);
+    this.timer.unref();
+  }
+  private async sample(): Promise<void> {
+    const now = Date.now();
+    const received = await this.metrics.total('edge_messages_received_total');
+    const acked = await this.metrics.total('edge_uplink_acked_total');
+    const secs = Math.max(0.001, (now - this.last.at) / 1000);
+    this.received = (received - this.last.received) / secs;
+    this.acked = (acked - this.last.acked) / secs;
+    this.last = { received, acked, at: now };
+  }
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
+/**
+ * The composition root: config → cache → uplink → pipeline → adapters → admin.
+ * Stops in the reverse order on stop().
+ */
+export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOptions = {}): Promise<RunningProxy> {
+  const cfg: Config = loaded.config;
+  const started = Date.now();
+  log.info({ version: VERSION, config: loaded.file ?? '(embedded defaults)', edgeId: cfg.edge.id }, 'starting edge-proxy');
+  if (loaded.trialDefaults.length > 0) {
+    log.warn({ keys: loaded.trialDefaults }, 'running on trial defaults: device endpoints bind 127.0.0.1 and auth.mode is open (no device authentication). For a board, start from config/edge-proxy.production.yaml');
+  }
+  if (!cfg.uplink.url) log.warn('uplink.url is not set: running offline, keeping what would go up in the cache until a cloud broker is configured');
+
+  mkdirSync(cfg.dataDir, { recursive: true });
+  const admin = resolveAdminToken(cfg);
+  if (admin.created) log.info({ file: admin.file }, 'made an admin token at first start; the edge-proxy CLI on this machine finds it there');
+
+  const metrics = new Metrics();
+  const cache = new DurableCache(cfg.cache.path, log.child({ stage: 'cache' }), () => metrics.cacheWriteErrors.inc());
+  metrics.watchCache(cache);
+  log.info({ path: cfg.cache.path, backlog: cache.messageCount() }, 'cache open');
+
+  const uplink = new Uplink(cfg.uplink, cache, metrics, log.child({ stage: 'uplink' }));
+  const cloud = cfg.uplink.url ? new CloudLink(cfg.uplink, log.child({ stage: 'cloud' })) : null;
+  const forwarder = cloud ? new Forwarder(cache, cloud, cfg.uplink, cfg.edge.id, metrics, log.child({ stage: 'forwarder' })) : null;
+  if (forwarder) metrics.watchDrainRate(() => forwarder.drainRate());
+  if (cloud) {
+    cloud.on('up', () => metrics.uplinkConnected.set(1));
+    cloud.on('down', () => metrics.uplinkConnected.set(0));
+  }
+
+  const local = new LocalDelivery();
+  const router = new Router(cfg.routing, uplink, local, metrics);
+  const mqtt = new MqttAdapter(cfg, router, metrics, log.child({ adapter: 'mqtt' }));
+  local.register((msg) => mqtt.deliver(msg));
+
+  cloud?.on('downlink', (topic, payload, retain) => {
+    metrics.downlinkReceived.inc();
+    const now = Date.now();
+    router.acceptFromCloud({
+      id: newMessageId(now), ts: now, deviceId: EDGE_DEVICE_ID, protocol: 'cloud', topic, payload,
+      contentType: sniffContentType(payload).contentType, qos: 1, retain, props: {}, hops: 0,
+    });
+  });
+
+  let listening = false;
+  const rates = new RateSampler(metrics);
+  const adminServer = new AdminServer(cfg.admin, admin.token, metrics, {
+    readiness: () => listening ? (cache.writable() ? { ready: true, reason: null } : { ready: false, reason: 'the cache is not writable' }) : { ready: false, reason: 'starting' },
+    status: (): ProxyStatus => {
+      const drain = forwarder?.drainRate() ?? 0;
+      const backlog = cache.messageCount();
+      return {
+        version: VERSION,
+        edgeId: cfg.edge.id,
+        uptimeSeconds: (Date.now() - started) / 1000,
+        ports,
+        devices: { mqtt: mqtt.connectedCount() },
+        rates: { receivedPerSecond: rates.received, ackedPerSecond: rates.acked },
+        rules: null,
+        models: [],
+        cache: {
+          path: cfg.cache.path, messages: backlog, byPriority: cache.messagesByPriority(), bytes: cache.bytes(),
+          oldestAgeSeconds: cache.oldestAgeSeconds(), writable: cache.writable(),
+          drainRate: drain, timeToDrainSeconds: backlog === 0 ? 0 : drain > 0 ? backlog / drain : null,
+        },
+        uplink: { url: redactUrl(cfg.uplink.url), connected: cloud?.connected ?? false, inflight: forwarder?.inflightCount() ?? 0 },
+      };
+    },
+  }, log.child({ stage: 'admin' }));
+
+  const ports: Record<string, number> = {};
+  let mqttAddr: { host: string; port: number };
+  let adminAddr: { host: string; port: number };
+  try {
+    mqttAddr = await mqtt.start();
+    adminAddr = await adminServer.start();
+  } catch (err) {
+    rates.stop();
+    await mqtt.stop().catch(() => {});
+    await adminServer.stop().catch(() => {});
+    cache.close();
+    throw err;
+  }
+  ports.mqtt = mqttAddr.port;
+  ports.admin = adminAddr.port;
+  log.info({ endpoint: 'mqtt', host: mqttAddr.host, port: mqttAddr.port }, 'listening');
+  log.info({ endpoint: 'admin', host: adminAddr.host, port: adminAddr.port }, 'listening');
+  if (opts.portsFile) {
+    // Written whole and renamed, so a script polling for it never reads half a file.
+    const tmp = `${opts.portsFile}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(ports) + '\n');
+    renameSync(tmp, opts.portsFile);
+  }
+  listening = true;
+  log.info('ready');
+  notifySystemd('--ready', log);
+  cloud?.start();
+
+  let stopping: Promise<void> | null = null;
+  return {
+    ports,
+    stop(): Promise<void> {
+      stopping ??= (async () => {
+        log.info('stopping: closing device connections, committing the cache, saying offline to the cloud');
+        listening = false;
+        rates.stop();
+        await mqtt.stop();
+        cache.flush();
+        await cloud?.stop();
+        cache.close();
+        await adminServer.stop();
+        log.info({ backlog: 'kept in the cache' }, 'stopped');
+      })();
+      return stopping;
+    },
+  };
+}

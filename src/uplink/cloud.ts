@@ -1,0 +1,158 @@
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import mqtt from 'mqtt';
+import type { IClientOptions, IClientPublishOptions, MqttClient } from 'mqtt';
+import type { Logger } from 'pino';
+import type { Config } from '../config/types.js';
+import { EdgeError } from '../core/errors.js';
+
+export interface CloudEvents {
+  up: [];
+  down: [];
+  /** a message under <controlPrefix>down/: its local topic, payload and retain flag */
+  downlink: [localTopic: string, payload: Buffer, retain: boolean];
+}
+
+export type PublishDone = (err: Error | null) => void;
+
+const MIN_BACKOFF_MS = 1_000;
+const MAX_BACKOFF_MS = 60_000;
+
+/** Exponential backoff from 1 s to 60 s with jitter, so a fleet does not reconnect in step. */
+export function backoffDelay(attempt: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** Math.min(attempt, 16));
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+/**
+ * The one MQTT connection to the cloud broker. It never queues: publish() is only called while
+ * connected, and every reconnect makes a new MQTT.js client, so MQTT.js's own offline queue and
+ * its resends of a previous session can never duplicate or reorder what the cache drains.
+ */
+export class CloudLink extends EventEmitter<CloudEvents> {
+  private client: MqttClient | null = null;
+  private connectedNow = false;
+  private attempt = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private readonly statusTopic: string;
+  private readonly downPrefix: string;
+  private readonly tlsFiles: Pick<IClientOptions, 'ca' | 'cert' | 'key'>;
+
+  constructor(private readonly cfg: Config['uplink'], private readonly log: Logger) {
+    super();
+    if (!cfg.url) throw new EdgeError('E_UPLINK_CONFIG', 'uplink.url is not set');
+    this.statusTopic = `${cfg.controlPrefix}status`;
+    this.downPrefix = `${cfg.controlPrefix}down/`;
+    this.tlsFiles = {};
+    try {
+      if (cfg.tls.ca) this.tlsFiles.ca = readFileSync(cfg.tls.ca);
+      if (cfg.tls.cert) this.tlsFiles.cert = readFileSync(cfg.tls.cert);
+      if (cfg.tls.key) this.tlsFiles.key = readFileSync(cfg.tls.key);
+    } catch (err) {
+      throw new EdgeError('E_UPLINK_CONFIG', `cannot read an uplink TLS file: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  get connected(): boolean {
+    return this.connectedNow;
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.connect();
+  }
+
+  private connect(): void {
+    this.timer = null;
+    if (this.stopped) return;
+    const cfg = this.cfg;
+    const options: IClientOptions = {
+      clientId: cfg.clientId,
+      protocolVersion: cfg.protocolVersion,
+      clean: true,
+      keepalive: cfg.keepalive,
+      reconnectPeriod: 0,
+      connectTimeout: 15_000,
+      queueQoSZero: false,
+      rejectUnauthorized: cfg.tls.rejectUnauthorized,
+      will: { topic: this.statusTopic, payload: Buffer.from('offline'), qos: 1, retain: true },
+      ...this.tlsFiles,
+    };
+    if (cfg.username !== null) options.username = cfg.username;
+    if (cfg.password !== null) options.password = cfg.password;
+    const client = mqtt.connect(cfg.url!, options);
+    this.client = client;
+    client.on('connect', () => this.onConnect(client));
+    client.on('message', (topic, payload, packet) => {
+      if (topic.startsWith(this.downPrefix) && topic.length > this.downPrefix.length) {
+        this.emit('downlink', topic.slice(this.downPrefix.length), payload, packet.retain);
+      }
+    });
+    client.on('error', (err) => {
+      this.log.warn({ url: cfg.url, err: err.message }, 'cloud broker connection error; messages stay in the cache until it is back');
+    });
+    client.on('close', () => this.onClose(client));
+  }
+
+  private onConnect(client: MqttClient): void {
+    if (client !== this.client) return;
+    this.attempt = 0;
+    client.subscribe(`${this.downPrefix}#`, { qos: 1 }, (err) => {
+      if (err) this.log.error({ err: err.message, topic: `${this.downPrefix}#` }, 'cannot subscribe to the cloud downlink; check the broker ACL for this client');
+    });
+    client.publish(this.statusTopic, 'online', { qos: 1, retain: true });
+    this.connectedNow = true;
+    this.log.info({ url: this.cfg.url, clientId: this.cfg.clientId }, 'connected to the cloud broker');
+    this.emit('up');
+  }
+
+  private onClose(client: MqttClient): void {
+    if (client !== this.client) return;
+    client.removeAllListeners();
+    client.on('error', () => {});
+    client.end(true);
+    this.client = null;
+    const wasConnected = this.connectedNow;
+    this.connectedNow = false;
+    if (wasConnected) {
+      this.log.warn({ url: this.cfg.url }, 'disconnected from the cloud broker; caching messages and reconnecting');
+      this.emit('down');
+    }
+    if (this.stopped) return;
+    const delay = backoffDelay(this.attempt++);
+    this.log.debug({ delayMs: delay, attempt: this.attempt }, 'cloud reconnect scheduled');
+    this.timer = setTimeout(() => this.connect(), delay);
+    this.timer.unref();
+  }
+
+  publish(topic: string, payload: Buffer, id: string, done: PublishDone): void {
+    const client = this.client;
+    if (!client || !this.connectedNow) {
+      done(new EdgeError('E_UPLINK_CONFIG', 'not connected', { retryable: true }));
+      return;
+    }
+    const opts: IClientPublishOptions = { qos: this.cfg.qos };
+    if (this.cfg.protocolVersion === 5 && this.cfg.format === 'raw') opts.properties = { userProperties: { id } };
+    client.publish(topic, payload, opts, (err) => done(err ?? null));
+  }
+
+  /** Say `offline` (retained) and close cleanly. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    const client = this.client;
+    if (!client) return;
+    // Detached first, so that its close event is not taken for a lost connection.
+    this.client = null;
+    client.removeAllListeners('close');
+    if (this.connectedNow) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 2_000);
+        client.publish(this.statusTopic, 'offline', { qos: 1, retain: true }, () => { clearTimeout(t); resolve(); });
+      });
+    }
+    this.connectedNow = false;
+    await new Promise<void>((resolve) => client.end(false, {}, () => resolve()));
+  }
+}

@@ -1,0 +1,59 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { freePort, waitForPort } from './ports.js';
+
+/**
+ * A real Mosquitto playing the cloud broker. `listener 0` would be a unix socket to Mosquitto 2,
+ * so a free port is picked first; `max_queued_messages 0` keeps it from dropping QoS 1 messages
+ * for slow subscribers.
+ */
+export interface Mosquitto {
+  port: number;
+  url: string;
+  stop(): Promise<void>;
+  start(): Promise<void>;
+}
+
+export async function startMosquitto(dir: string, opts: { persistence?: boolean } = {}): Promise<Mosquitto> {
+  mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const conf = join(dir, 'mosquitto.conf');
+  writeFileSync(conf, [
+    `listener ${port} 127.0.0.1`,
+    'allow_anonymous true',
+    'max_queued_messages 0',
+    'max_inflight_messages 0',
+    `persistence ${opts.persistence ? 'true' : 'false'}`,
+    `persistence_location ${dir}/`,
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    '',
+  ].join('\n'));
+  let child: ChildProcess | null = null;
+  let stderr = '';
+  const broker: Mosquitto = {
+    port,
+    url: `mqtt://127.0.0.1:${port}`,
+    async start() {
+      const bin = process.env.MOSQUITTO_BIN ?? (process.env.PATH?.split(':').some((d) => d.endsWith('sbin')) ? 'mosquitto' : '/usr/sbin/mosquitto');
+      child = spawn(bin, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+      child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+      child.on('error', (err) => { stderr += String(err); });
+      try {
+        await waitForPort(port);
+      } catch (err) {
+        throw new Error(`mosquitto did not start: ${stderr}`, { cause: err });
+      }
+    },
+    async stop() {
+      const c = child;
+      child = null;
+      if (!c || c.exitCode !== null) return;
+      await new Promise<void>((resolve) => { c.once('exit', () => resolve()); c.kill('SIGTERM'); });
+    },
+  };
+  await broker.start();
+  return broker;
+}
