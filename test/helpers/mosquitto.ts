@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { userInfo } from 'node:os';
 import { freePort, waitForPort } from './ports.js';
 
 /**
@@ -26,6 +27,8 @@ export async function startMosquitto(dir: string, opts: { persistence?: boolean 
     'max_inflight_messages 0',
     `persistence ${opts.persistence ? 'true' : 'false'}`,
     `persistence_location ${dir}/`,
+    // As root, Mosquitto would switch to the "mosquitto" user, who cannot write its persistence here.
+    ...(process.getuid?.() === 0 ? [`user ${userInfo().username}`] : []),
     'log_dest stderr',
     'log_type error',
     'log_type warning',

@@ -17,6 +17,8 @@ export interface Acceptor {
 
 interface Connection {
   deviceId: string | null;
+  /** the client id and CleanSession flag as sent, before aedes replaces an empty id with its own */
+  sent: { clientId: string; clean: boolean } | null;
   remote: string;
   acks: OrderedAcks;
   /** QoS 2 packet ids accepted and not yet released, to process a DUP resend once */
@@ -29,7 +31,7 @@ interface Connection {
 
 // aedes keeps its MQTT parser on the client; the proxy inspects each chunk before it reaches it.
 interface ParserHandle {
-  _parser: { parse(buf: Buffer): number; on(event: 'error', fn: (err: Error) => void): void };
+  _parser: { parse(buf: Buffer): number; prependListener(event: 'error', fn: (err: Error) => void): void };
 }
 
 /** MQTT over TCP through the embedded aedes broker. */
@@ -51,7 +53,8 @@ export class MqttAdapter {
     this.broker = await Aedes.createBroker({
       id: `edge-${this.cfg.edge.id}`,
       maxClientsIdLength: 128,
-      preConnect: (client, packet, done) => this.preConnect(client, packet.clientId, packet.clean !== false, packet.username, done),
+      preConnect: (client, packet, done) => this.preConnect(client, packet.clientId, packet.clean !== false, done),
+      authenticate: (client, username, _password, done) => this.authenticate(client, username, done),
       authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => this.authorizeSubscribe(client, sub, done),
     });
@@ -67,6 +70,7 @@ export class MqttAdapter {
       const client = this.broker.handle(socket);
       const conn: Connection = {
         deviceId: null,
+        sent: null,
         remote: `${socket.remoteAddress}:${socket.remotePort}`,
         acks: new OrderedAcks(),
         qos2: new Map(),
@@ -99,7 +103,8 @@ export class MqttAdapter {
       client.emit('error', new EdgeError(verdict.reason === 'too_large' ? 'E_TOO_LARGE' : 'E_MALFORMED', verdict.detail));
       return 0;
     };
-    parser.on('error', (err) => {
+    // Before aedes's own listener, which closes the client and reports the error at once.
+    parser.prependListener('error', (err) => {
       if (!conn.refusal) conn.refusal = { reason: 'malformed', detail: err.message };
     });
   }
@@ -120,19 +125,29 @@ export class MqttAdapter {
     this.log.warn({ ...who, reason: refusal.reason }, `closed MQTT client ${client.id ?? conn.remote}: ${refusal.detail}${hint}`);
   }
 
-  private preConnect(client: Client, clientId: string, clean: boolean, username: string | undefined, done: (err: Error | null, ok: boolean) => void): void {
+  private preConnect(client: Client, clientId: string, clean: boolean, done: (err: Error | null, ok: boolean) => void): void {
     const conn = this.connections.get(client);
+    if (conn) conn.sent = { clientId, clean };
+    done(null, true);
+  }
+
+  // Identity is decided here rather than in preConnect: only an authenticate refusal is answered
+  // with a CONNACK return code before the connection closes.
+  private authenticate(client: Client, username: string | undefined, done: (err: AuthenticateError | null, ok: boolean | null) => void): void {
+    const conn = this.connections.get(client);
+    const sent = conn?.sent ?? { clientId: client.id, clean: client.clean };
     // [MQTT-3.1.3-8]: a zero-byte client id with CleanSession 0 gets CONNACK 2, identifier rejected.
-    if (clientId === '' && !clean) return this.refuseConnect(conn, 'an empty client id needs CleanSession=1', done);
-    const deviceId = deviceIdFor(username, clientId === '' ? `anon-${(conn?.remote ?? '').replace(/[^A-Za-z0-9_.:-]/g, '_')}` : clientId);
+    if (sent.clientId === '' && !sent.clean) return this.refuseConnect(conn, 'an empty client id needs CleanSession=1', done);
+    const deviceId = deviceIdFor(username, sent.clientId === '' ? client.id : sent.clientId);
     const problem = deviceIdProblem(deviceId);
     if (problem) return this.refuseConnect(conn, `device id "${deviceId.slice(0, 140)}" refused: ${problem}`, done);
     if (conn) conn.deviceId = deviceId;
     done(null, true);
   }
 
-  private refuseConnect(conn: Connection | undefined, why: string, done: (err: Error | null, ok: boolean) => void): void {
+  private refuseConnect(conn: Connection | undefined, why: string, done: (err: AuthenticateError | null, ok: boolean | null) => void): void {
     this.log.warn({ remote: conn?.remote }, `MQTT connection refused (CONNACK 2): ${why}`);
+    if (conn) conn.reported = true; // logged here; the close that follows is expected
     const err = new Error(why) as AuthenticateError;
     err.returnCode = 2;
     done(err, false);

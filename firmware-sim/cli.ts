@@ -1,0 +1,208 @@
+#!/usr/bin/env node
+/**
+ * firmware-sim command line: parse options, run a fleet until count/duration/
+ * signal, print the JSON summary on stdout. Everything else goes to stderr so
+ * scripts can parse stdout.
+ */
+import { realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { parseRate } from './device.js';
+import { DEFAULT_URL, startFleet, type FleetOptions, type StopReason } from './fleet.js';
+
+export const USAGE = `Usage: node dist/firmware-sim/cli.js [options]
+       npm run sim -- [options]
+
+Simulated MQTT device fleet. Each device (client id = device id) publishes JSON
+telemetry to devices/<id>/telemetry and obeys downlink commands on
+devices/<id>/cmd/rate ({"rate": 5} or 5), cmd/pause and cmd/resume.
+
+Options:
+  --url URL             broker URL (default ${DEFAULT_URL})
+  --devices N           number of devices (default 5)
+  --rate R              messages per second per device (default 1); 0 or "max":
+                        publish the next message as soon as the previous one is
+                        acknowledged
+  --inflight K          messages in flight per device in max mode (default 1)
+  --qos 0|1             publish QoS (default 1)
+  --count M             stop each device after M messages (default unlimited)
+  --duration S          stop after S seconds (default unlimited)
+  --prefix P            device id prefix (default "sim-" -> sim-0001, sim-0002, ...)
+  --username-as-id      MQTT username = device id (default on)
+  --no-username-as-id   connect without a username
+  --seed S              seed for reproducible sensor readings (default random,
+                        printed in the summary)
+  --stats-interval S    seconds between stats lines (default 5)
+  --quiet               log only warnings, errors and commands
+  -h, --help            show this help
+
+Logs are plain text on stderr. On exit (count reached, duration elapsed,
+SIGINT/SIGTERM) one JSON line is printed on stdout:
+  {"event":"summary","devices":N,"sent":X,"acked":Y,...,"lastSeq":{"sim-0001":123,...}}
+Exit status: 0 after all clients ended, 2 on a bad option.
+`;
+
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+export type CliCommand = { help: true } | { help: false; options: FleetOptions };
+
+const OPTIONS = {
+  url: { type: 'string' },
+  devices: { type: 'string' },
+  rate: { type: 'string' },
+  inflight: { type: 'string' },
+  qos: { type: 'string' },
+  count: { type: 'string' },
+  duration: { type: 'string' },
+  prefix: { type: 'string' },
+  'username-as-id': { type: 'boolean' },
+  // Node 20's parseArgs has no allowNegative, so the negation is its own flag.
+  'no-username-as-id': { type: 'boolean' },
+  seed: { type: 'string' },
+  'stats-interval': { type: 'string' },
+  quiet: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function positiveInt(name: string, value: string): number {
+  if (!/^\d+$/.test(value.trim()) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
+    throw new UsageError(`--${name} must be a positive integer, got "${value}"`);
+  }
+  return Number(value);
+}
+
+function positiveNumber(name: string, value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n <= 0) {
+    throw new UsageError(`--${name} must be a number > 0, got "${value}"`);
+  }
+  return n;
+}
+
+/** Parse argv (without node and script). Throws UsageError on bad input. */
+export function parseCliArgs(argv: readonly string[]): CliCommand {
+  let values;
+  try {
+    ({ values } = parseArgs({ args: [...argv], options: OPTIONS, strict: true, allowPositionals: false }));
+  } catch (err) {
+    // parseArgs throws TypeErrors for unknown options, missing values, positionals.
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
+  if (values.help) return { help: true };
+
+  const options: FleetOptions = {};
+  if (values.url !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(values.url);
+    } catch {
+      throw new UsageError(`--url is not a valid URL: "${values.url}"`);
+    }
+    if (!['mqtt:', 'mqtts:', 'tcp:', 'ssl:', 'ws:', 'wss:'].includes(url.protocol)) {
+      throw new UsageError(`--url must use mqtt://, mqtts://, ws:// or wss://, got "${values.url}"`);
+    }
+    options.url = values.url;
+  }
+  if (values.devices !== undefined) options.devices = positiveInt('devices', values.devices);
+  if (values.rate !== undefined) {
+    const rate = parseRate(values.rate);
+    if (rate === undefined) {
+      throw new UsageError(`--rate must be a number >= 0 (0 = max) or "max", got "${values.rate}"`);
+    }
+    options.rate = rate;
+  }
+  if (values.inflight !== undefined) options.inflight = positiveInt('inflight', values.inflight);
+  if (values.qos !== undefined) {
+    if (values.qos !== '0' && values.qos !== '1') throw new UsageError(`--qos must be 0 or 1, got "${values.qos}"`);
+    options.qos = values.qos === '0' ? 0 : 1;
+  }
+  if (values.count !== undefined) options.count = positiveInt('count', values.count);
+  if (values.duration !== undefined) options.duration = positiveNumber('duration', values.duration);
+  if (values.prefix !== undefined) {
+    // The id becomes a topic level and the client id: no wildcards or separators.
+    if (/[/#+\s]/.test(values.prefix)) throw new UsageError(`--prefix must not contain / # + or spaces`);
+    options.prefix = values.prefix;
+  }
+  if (values['username-as-id'] && values['no-username-as-id']) {
+    throw new UsageError('--username-as-id and --no-username-as-id are mutually exclusive');
+  }
+  options.usernameAsId = !values['no-username-as-id'];
+  if (values.seed !== undefined) {
+    if (values.seed.trim() === '') throw new UsageError('--seed must not be empty');
+    options.seed = values.seed;
+  }
+  if (values['stats-interval'] !== undefined) {
+    options.statsInterval = positiveNumber('stats-interval', values['stats-interval']);
+  }
+  if (values.quiet) options.quiet = true;
+  return { help: false, options };
+}
+
+function writeOut(stream: NodeJS.WriteStream, text: string): Promise<void> {
+  return new Promise((resolve) => stream.write(text, () => resolve()));
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  let cmd: CliCommand;
+  try {
+    cmd = parseCliArgs(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    await writeOut(process.stderr, `firmware-sim: error: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (cmd.help) {
+    await writeOut(process.stdout, USAGE);
+    return 0;
+  }
+
+  const log = (line: string): void => {
+    process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+  };
+  const fleet = startFleet({ ...cmd.options, log });
+
+  let signals = 0;
+  const onSignal = (signal: StopReason): void => {
+    signals++;
+    if (signals > 1) {
+      // Second Ctrl-C: the user does not want to wait for pending acks.
+      log(`${signal} again, exiting without waiting`);
+      process.exit(130);
+    }
+    log(`${signal} received`);
+    void fleet.stop(signal);
+  };
+  const onInt = (): void => onSignal('SIGINT');
+  const onTerm = (): void => onSignal('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+
+  const summary = await fleet.done;
+  process.off('SIGINT', onInt);
+  process.off('SIGTERM', onTerm);
+  await writeOut(process.stdout, `${JSON.stringify(summary)}\n`);
+  return 0;
+}
+
+function isEntryPoint(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(entry)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  main(process.argv.slice(2)).then(
+    // Explicit exit: a lingering MQTT.js timer must not keep a finished run alive.
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`firmware-sim: fatal: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,476 @@
+/**
+ * One simulated device: an MQTT.js client that publishes telemetry at a paced
+ * rate (or as fast as PUBACKs come back) and obeys downlink commands.
+ */
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { SensorModel, createRng, seedFrom, type Reading } from './sensors.js';
+
+/** Messages per second, or 'max': next publish as soon as the previous one is acknowledged. */
+export type Rate = number | 'max';
+export type QoS = 0 | 1;
+
+/** Upper bound for a per-device rate; beyond this the timer math is meaningless. */
+export const MAX_RATE = 100_000;
+/** From this per-device rate on, publishes are batched per timer tick. */
+export const BATCH_RATE = 200;
+/** Tick length in batch mode: setTimeout cannot reliably fire more often. */
+const BATCH_TICK_MS = 10;
+/** After an event-loop stall, catch up at most this much backlog instead of bursting. */
+const MAX_CATCHUP_SECONDS = 0.25;
+/** Most publishes one device does in one timer tick (as ms worth of its rate). */
+const MAX_BATCH_MS = 2 * BATCH_TICK_MS;
+/** Retry delay while paced mode is throttled by too many unacknowledged messages. */
+const BACKPRESSURE_RETRY_MS = 10;
+
+/**
+ * Normalise a rate given as a number or string ("5", "max", 0).
+ * Returns undefined for anything invalid. 0 means 'max' (as fast as acked).
+ */
+export function parseRate(input: unknown): Rate | undefined {
+  if (input === 'max') return 'max';
+  let n: number;
+  if (typeof input === 'number') n = input;
+  else if (typeof input === 'string' && input.trim() !== '') n = Number(input.trim());
+  else return undefined;
+  if (!Number.isFinite(n) || n < 0 || n > MAX_RATE) return undefined;
+  return n === 0 ? 'max' : n;
+}
+
+/** Parse the payload of a cmd/rate command: `{"rate": 5}`, `5`, `"max"` or `max`. */
+export function parseRatePayload(text: string): Rate | undefined {
+  const trimmed = text.trim();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(trimmed);
+  } catch {
+    return parseRate(trimmed);
+  }
+  if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
+    return parseRate((parsed as Record<string, unknown>)['rate']);
+  }
+  return parseRate(parsed);
+}
+
+export const telemetryTopic = (id: string): string => `devices/${id}/telemetry`;
+export const commandTopic = (id: string, command: string): string => `devices/${id}/cmd/${command}`;
+
+export interface Telemetry extends Reading {
+  deviceId: string;
+  seq: number;
+  ts: number;
+}
+
+export interface SentMessage {
+  deviceId: string;
+  topic: string;
+  seq: number;
+  payload: string;
+  bytes: number;
+  telemetry: Telemetry;
+}
+
+export type CommandAction = 'rate' | 'pause' | 'resume' | 'unknown' | 'invalid';
+
+export interface DeviceCommand {
+  deviceId: string;
+  topic: string;
+  /** Topic part after `cmd/`, e.g. "rate". */
+  command: string;
+  payload: string;
+  action: CommandAction;
+  /** Human-readable outcome for logs. */
+  detail: string;
+}
+
+export interface DeviceStats {
+  id: string;
+  /** Publishes handed to MQTT.js (== last seq generated). */
+  sent: number;
+  /** PUBACKed (QoS 1) or written to the socket (QoS 0). */
+  acked: number;
+  /** Publishes whose callback reported an error (e.g. forced stop while unacknowledged). */
+  failed: number;
+  inflight: number;
+  lastSeq: number;
+  lastAckedSeq: number;
+  rate: Rate;
+  paused: boolean;
+  connected: boolean;
+  complete: boolean;
+}
+
+export interface DeviceOptions {
+  id: string;
+  url: string;
+  rate?: Rate;
+  qos?: QoS;
+  /** Stop generating after this many messages. */
+  count?: number;
+  /** Messages in flight in 'max' mode (default 1). */
+  inflight?: number;
+  /** Seed for the sensor model; ignored when `sensor` is given. */
+  seed?: number;
+  sensor?: SensorModel;
+  /** MQTT username = device id (default true). */
+  usernameAsId?: boolean;
+  /** Delay of the first paced publish, to spread a fleet's messages over the interval. */
+  initialDelayMs?: number;
+  /** Paced mode stops generating while this many publishes are unacknowledged. */
+  maxUnacked?: number;
+  /** Extra MQTT.js options (override the defaults). */
+  mqttOptions?: Partial<IClientOptions>;
+}
+
+export interface DeviceEvents {
+  /** Every (re)connect; `first` is true only for the initial one. */
+  connect: [first: boolean];
+  offline: [];
+  reconnect: [];
+  clientError: [err: Error];
+  sent: [msg: SentMessage];
+  ack: [seq: number];
+  publishError: [seq: number, err: Error];
+  command: [cmd: DeviceCommand];
+  /** `count` messages were generated and all of them were settled. */
+  complete: [];
+  /** Paced mode is throttled because too many publishes are unacknowledged. */
+  backpressure: [inflight: number];
+}
+
+export class SimDevice extends EventEmitter<DeviceEvents> {
+  readonly id: string;
+  readonly url: string;
+  readonly qos: QoS;
+  readonly count: number | undefined;
+  readonly topic: string;
+  private readonly inflightLimit: number;
+  private readonly maxUnacked: number;
+  private readonly sensor: SensorModel;
+  private readonly options: DeviceOptions;
+
+  private client: MqttClient | undefined;
+  private rate: Rate;
+  private paused = false;
+  private stopping = false;
+  private connected = false;
+  private everConnected = false;
+  private completed = false;
+  private backpressured = false;
+
+  private lastSeq = 0;
+  private lastAckedSeq = 0;
+  private acked = 0;
+  private failed = 0;
+  private inflight = 0;
+
+  // Paced mode: messages are due at epochAt + k * interval; the epoch restarts
+  // on every rate change / resume / reconnect so a change takes effect at once.
+  private epochAt = 0;
+  private epochSent = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private pumpScheduled = false;
+  private drainWaiters: Array<() => void> = [];
+  private stopPromise: Promise<DeviceStats> | undefined;
+
+  constructor(options: DeviceOptions) {
+    super();
+    const rate = parseRate(options.rate ?? 1);
+    if (rate === undefined) throw new RangeError(`invalid rate: ${String(options.rate)}`);
+    this.options = options;
+    this.id = options.id;
+    this.url = options.url;
+    this.qos = options.qos ?? 1;
+    this.count = options.count;
+    this.rate = rate;
+    this.topic = telemetryTopic(options.id);
+    this.inflightLimit = Math.max(1, Math.floor(options.inflight ?? 1));
+    this.maxUnacked = Math.max(1, Math.floor(options.maxUnacked ?? 10_000));
+    this.sensor =
+      options.sensor ?? new SensorModel(createRng(seedFrom(options.seed ?? 0, options.id)));
+  }
+
+  /** Connect and start publishing once connected. Returns immediately. */
+  start(): this {
+    if (this.client || this.stopping) return this;
+    const o = this.options;
+    const client = connect(this.url, {
+      clientId: this.id,
+      clean: true,
+      reconnectPeriod: 1000,
+      connectTimeout: 10_000,
+      ...((o.usernameAsId ?? true) ? { username: this.id } : {}),
+      ...o.mqttOptions,
+    });
+    this.client = client;
+    client.on('connect', () => this.onConnect());
+    client.on('close', () => {
+      if (!this.connected) return;
+      this.connected = false;
+      this.clearTimer();
+      if (!this.stopping) this.emit('offline');
+    });
+    client.on('reconnect', () => this.emit('reconnect'));
+    client.on('error', (err) => this.emit('clientError', err));
+    client.on('message', (topic, payload) => this.onMessage(topic, payload.toString('utf8')));
+    return this;
+  }
+
+  stats(): DeviceStats {
+    return {
+      id: this.id,
+      sent: this.lastSeq,
+      acked: this.acked,
+      failed: this.failed,
+      inflight: this.inflight,
+      lastSeq: this.lastSeq,
+      lastAckedSeq: this.lastAckedSeq,
+      rate: this.rate,
+      paused: this.paused,
+      connected: this.connected,
+      complete: this.completed,
+    };
+  }
+
+  get currentRate(): Rate {
+    return this.rate;
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  setRate(rate: Rate): void {
+    const parsed = parseRate(rate);
+    if (parsed === undefined) throw new RangeError(`invalid rate: ${String(rate)}`);
+    this.rate = parsed;
+    this.restartPacing(0);
+  }
+
+  pause(): void {
+    this.paused = true;
+    this.clearTimer();
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.restartPacing(0);
+  }
+
+  /**
+   * Stop generating, give unacknowledged publishes up to `graceMs` to be
+   * acknowledged (MQTT.js keeps retrying them across reconnects), then end
+   * the client: a clean DISCONNECT if nothing is pending, forced otherwise.
+   */
+  stop(graceMs = 5000): Promise<DeviceStats> {
+    if (this.stopPromise) return this.stopPromise;
+    this.stopping = true;
+    this.clearTimer();
+    this.stopPromise = (async () => {
+      const client = this.client;
+      if (!client) return this.stats();
+      if (this.inflight > 0) await this.waitDrained(graceMs);
+      const force = this.inflight > 0 || !client.connected;
+      // end() can wait on a stream that never opened; do not let that hang the fleet.
+      await withTimeout(client.endAsync(force), 3000).catch(() => client.end(true));
+      this.connected = false;
+      return this.stats();
+    })();
+    return this.stopPromise;
+  }
+
+  private onConnect(): void {
+    const first = !this.everConnected;
+    this.everConnected = true;
+    this.connected = true;
+    if (first) {
+      // MQTT.js re-subscribes by itself after reconnects of a clean session.
+      this.client?.subscribe(commandTopic(this.id, '#'), { qos: 1 }, (err) => {
+        if (err) this.emit('clientError', err);
+      });
+    }
+    this.emit('connect', first);
+    this.restartPacing(first ? (this.options.initialDelayMs ?? 0) : 0);
+  }
+
+  private onMessage(topic: string, payload: string): void {
+    const prefix = commandTopic(this.id, '');
+    if (!topic.startsWith(prefix)) return;
+    const command = topic.slice(prefix.length);
+    const cmd = (action: CommandAction, detail: string): DeviceCommand => ({
+      deviceId: this.id,
+      topic,
+      command,
+      payload,
+      action,
+      detail,
+    });
+    let result: DeviceCommand;
+    switch (command) {
+      case 'rate': {
+        const rate = parseRatePayload(payload);
+        if (rate === undefined) {
+          result = cmd('invalid', `invalid rate payload ${JSON.stringify(payload)}`);
+        } else {
+          this.setRate(rate);
+          result = cmd('rate', `rate set to ${rate === 'max' ? 'max' : `${rate}/s`}`);
+        }
+        break;
+      }
+      case 'pause':
+        this.pause();
+        result = cmd('pause', 'publishing paused');
+        break;
+      case 'resume':
+        this.resume();
+        result = cmd('resume', 'publishing resumed');
+        break;
+      default:
+        result = cmd('unknown', `unknown command "${command}" ignored`);
+    }
+    this.emit('command', result);
+  }
+
+  private canPublish(): boolean {
+    return (
+      this.connected &&
+      !this.paused &&
+      !this.stopping &&
+      (this.count === undefined || this.lastSeq < this.count)
+    );
+  }
+
+  private clearTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private restartPacing(firstDelayMs: number): void {
+    this.clearTimer();
+    if (!this.canPublish()) return;
+    if (this.rate === 'max') {
+      this.schedulePump();
+      return;
+    }
+    this.epochAt = performance.now() + firstDelayMs;
+    this.epochSent = 0;
+    this.timer = setTimeout(this.tick, firstDelayMs);
+  }
+
+  private readonly tick = (): void => {
+    this.timer = undefined;
+    if (this.rate === 'max' || !this.canPublish()) return;
+    const rate = this.rate;
+    const interval = 1000 / rate;
+    const now = performance.now();
+    // Bounded batches keep one device from hogging the event loop when the
+    // process cannot keep up with the requested rate.
+    const batchCap = Math.max(1, Math.ceil((rate * MAX_BATCH_MS) / 1000));
+    let owed = Math.floor((now - this.epochAt) / interval) + 1 - this.epochSent;
+    if (owed > Math.max(batchCap, Math.ceil(rate * MAX_CATCHUP_SECONDS))) {
+      // Far behind (event-loop stall, throttling): drop the backlog and resume
+      // the cadence from now instead of flooding the broker.
+      this.epochAt = now;
+      this.epochSent = 0;
+    }
+    owed = Math.min(owed, batchCap);
+    let throttled = false;
+    for (let i = 0; i < owed && this.canPublish(); i++) {
+      if (this.inflight >= this.maxUnacked) {
+        throttled = true;
+        break;
+      }
+      this.publishOne();
+      this.epochSent++;
+    }
+    if (throttled !== this.backpressured) {
+      this.backpressured = throttled;
+      if (throttled) this.emit('backpressure', this.inflight);
+    }
+    if (!this.canPublish()) return;
+    const nextDue = this.epochAt + this.epochSent * interval;
+    const minDelay = throttled ? BACKPRESSURE_RETRY_MS : rate >= BATCH_RATE ? BATCH_TICK_MS : 0;
+    this.timer = setTimeout(this.tick, Math.max(minDelay, nextDue - performance.now()));
+  };
+
+  // 'max' mode refills from a setImmediate rather than inside the ack
+  // callback, so a synchronous callback cannot recurse and I/O gets a turn.
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      while (this.rate === 'max' && this.canPublish() && this.inflight < this.inflightLimit) {
+        this.publishOne();
+      }
+    });
+  }
+
+  private publishOne(): void {
+    const client = this.client;
+    if (!client) return;
+    const seq = ++this.lastSeq;
+    const telemetry: Telemetry = { deviceId: this.id, seq, ts: Date.now(), ...this.sensor.next() };
+    const payload = JSON.stringify(telemetry);
+    this.inflight++;
+    // MQTT.js owns the packet from here: if the connection drops before the
+    // PUBACK it resends this exact packet (same seq) after reconnecting.
+    client.publish(this.topic, payload, { qos: this.qos }, (err) => this.onSettled(seq, err));
+    this.emit('sent', {
+      deviceId: this.id,
+      topic: this.topic,
+      seq,
+      payload,
+      bytes: Buffer.byteLength(payload),
+      telemetry,
+    });
+  }
+
+  private onSettled(seq: number, err: Error | undefined): void {
+    this.inflight--;
+    if (err) {
+      this.failed++;
+      this.emit('publishError', seq, err);
+    } else {
+      this.acked++;
+      if (seq > this.lastAckedSeq) this.lastAckedSeq = seq;
+      this.emit('ack', seq);
+    }
+    if (this.inflight === 0) {
+      for (const wake of this.drainWaiters.splice(0)) wake();
+      if (!this.completed && this.count !== undefined && this.lastSeq >= this.count) {
+        this.completed = true;
+        this.emit('complete');
+      }
+    }
+    if (this.rate === 'max') this.schedulePump();
+  }
+
+  private waitDrained(timeoutMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.drainWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}

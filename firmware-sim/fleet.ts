@@ -1,0 +1,350 @@
+/**
+ * A fleet of simulated devices: starts them, logs what they send, aggregates
+ * stats and produces the final summary. Usable in-process by tests and
+ * benchmarks via `startFleet()`.
+ */
+import { randomInt } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import type { IClientOptions } from 'mqtt';
+import {
+  SimDevice,
+  parseRate,
+  type DeviceCommand,
+  type DeviceStats,
+  type QoS,
+  type Rate,
+  type SentMessage,
+} from './device.js';
+import { parseSeed } from './sensors.js';
+
+export type { QoS, Rate } from './device.js';
+
+/** Above this total rate, per-message log lines are replaced by periodic stats. */
+export const PER_MESSAGE_LOG_MAX_RATE = 20;
+
+export type StopReason = 'count' | 'duration' | 'SIGINT' | 'SIGTERM' | 'stop';
+
+export interface FleetOptions {
+  url?: string;
+  devices?: number;
+  rate?: Rate;
+  qos?: QoS;
+  /** Messages per device; the fleet stops once every device sent and settled them. */
+  count?: number;
+  /** Seconds until the fleet stops by itself. */
+  duration?: number;
+  prefix?: string;
+  usernameAsId?: boolean;
+  /** In-flight messages per device in 'max' mode. */
+  inflight?: number;
+  /** Makes sensor readings reproducible; random when omitted (reported in the summary). */
+  seed?: number | string;
+  /** Seconds between stats lines (default 5). */
+  statsInterval?: number;
+  /** Only warnings, errors and commands are logged. */
+  quiet?: boolean;
+  /** Sink for log lines (default: stderr). */
+  log?: (line: string) => void;
+  /** How long stop() waits for unacknowledged publishes before forcing (default 5000 ms). */
+  stopGraceMs?: number;
+  /** Extra MQTT.js options for every device. */
+  mqttOptions?: Partial<IClientOptions>;
+}
+
+export interface FleetSummary {
+  event: 'summary';
+  devices: number;
+  sent: number;
+  acked: number;
+  failed: number;
+  seconds: number;
+  /** Achieved rate: acknowledged messages per second over the whole run. */
+  rate: number;
+  targetRate: Rate;
+  qos: QoS;
+  seed: number;
+  reason: StopReason;
+  lastSeq: Record<string, number>;
+}
+
+export interface FleetStats {
+  devices: number;
+  connected: number;
+  sent: number;
+  acked: number;
+  failed: number;
+  inflight: number;
+  perDevice: DeviceStats[];
+}
+
+export interface FleetEvents {
+  connect: [deviceId: string, first: boolean];
+  sent: [msg: SentMessage];
+  command: [cmd: DeviceCommand];
+}
+
+export const DEFAULT_URL = 'mqtt://127.0.0.1:1883';
+
+export function deviceId(prefix: string, index: number, total: number): string {
+  return `${prefix}${String(index).padStart(Math.max(4, String(total).length), '0')}`;
+}
+
+export class Fleet extends EventEmitter<FleetEvents> {
+  readonly url: string;
+  readonly seed: number;
+  readonly qos: QoS;
+  readonly targetRate: Rate;
+  readonly devices: readonly SimDevice[];
+  /** Resolves with the summary once the fleet stopped and every client ended. */
+  readonly done: Promise<FleetSummary>;
+  /** Resolves once every device connected for the first time. */
+  readonly ready: Promise<void>;
+
+  private readonly opts: FleetOptions;
+  private readonly writeLog: (line: string) => void;
+  private resolveDone!: (s: FleetSummary) => void;
+  private resolveReady!: () => void;
+  private startedAt = 0;
+  private started = false;
+  private stopping = false;
+  private connectedOnce = new Set<string>();
+  private completed = new Set<string>();
+  private totalRate = 0;
+  private durationTimer: NodeJS.Timeout | undefined;
+  private statsTimer: NodeJS.Timeout | undefined;
+  // Stats-interval bookkeeping.
+  private lastStatsAt = 0;
+  private lastStatsSent = 0;
+  private lastStatsAcked = 0;
+  private lastStatsSeq = new Map<string, number>();
+  private unloggedSinceStats = false;
+  private lastError = new Map<string, string>();
+
+  constructor(options: FleetOptions = {}) {
+    super();
+    this.opts = options;
+    const n = options.devices ?? 5;
+    if (!Number.isInteger(n) || n < 1) throw new RangeError(`devices must be a positive integer, got ${n}`);
+    const rate = parseRate(options.rate ?? 1);
+    if (rate === undefined) throw new RangeError(`invalid rate: ${String(options.rate)}`);
+    if (options.count !== undefined && (!Number.isInteger(options.count) || options.count < 1)) {
+      throw new RangeError(`count must be a positive integer, got ${options.count}`);
+    }
+    if (options.duration !== undefined && !(options.duration > 0)) {
+      throw new RangeError(`duration must be > 0 seconds, got ${options.duration}`);
+    }
+    this.url = options.url ?? DEFAULT_URL;
+    this.qos = options.qos ?? 1;
+    this.targetRate = rate;
+    this.seed = options.seed === undefined ? randomInt(0, 2 ** 32) : parseSeed(options.seed);
+    this.writeLog = options.log ?? ((line) => process.stderr.write(`${line}\n`));
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    this.ready = new Promise((resolve) => (this.resolveReady = resolve));
+
+    const prefix = options.prefix ?? 'sim-';
+    const devices: SimDevice[] = [];
+    for (let i = 1; i <= n; i++) {
+      devices.push(
+        new SimDevice({
+          id: deviceId(prefix, i, n),
+          url: this.url,
+          rate,
+          qos: this.qos,
+          count: options.count,
+          inflight: options.inflight,
+          seed: this.seed,
+          usernameAsId: options.usernameAsId,
+          // Spread a fleet's publishes over the interval instead of all
+          // devices firing in the same millisecond.
+          initialDelayMs: rate !== 'max' && n > 1 ? Math.random() * Math.min(1000 / rate, 1000) : 0,
+          mqttOptions: options.mqttOptions,
+        }),
+      );
+    }
+    this.devices = devices;
+    for (const d of devices) this.wire(d);
+    this.recomputeTotalRate();
+  }
+
+  start(): this {
+    if (this.started) return this;
+    this.started = true;
+    this.startedAt = this.lastStatsAt = performance.now();
+    const mode = this.targetRate === 'max' ? `max (inflight ${this.opts.inflight ?? 1})` : `${this.targetRate}/s`;
+    this.info(
+      `starting ${this.devices.length} device(s) -> ${this.url}, rate ${mode} per device, qos ${this.qos}` +
+        `${this.opts.count ? `, count ${this.opts.count}` : ''}` +
+        `${this.opts.duration ? `, duration ${this.opts.duration}s` : ''}, seed ${this.seed}`,
+    );
+    for (const d of this.devices) d.start();
+    if (this.opts.duration !== undefined) {
+      this.durationTimer = setTimeout(() => void this.stop('duration'), this.opts.duration * 1000);
+    }
+    const every = (this.opts.statsInterval ?? 5) * 1000;
+    if (every > 0 && Number.isFinite(every)) this.statsTimer = setInterval(() => this.statsTick(), every);
+    return this;
+  }
+
+  stats(): FleetStats {
+    const perDevice = this.devices.map((d) => d.stats());
+    const sum = (k: 'sent' | 'acked' | 'failed' | 'inflight'): number =>
+      perDevice.reduce((acc, s) => acc + s[k], 0);
+    return {
+      devices: perDevice.length,
+      connected: perDevice.filter((s) => s.connected).length,
+      sent: sum('sent'),
+      acked: sum('acked'),
+      failed: sum('failed'),
+      inflight: sum('inflight'),
+      perDevice,
+    };
+  }
+
+  /** Stop every device, end every client; resolves like `done`. Idempotent. */
+  stop(reason: StopReason = 'stop'): Promise<FleetSummary> {
+    if (this.stopping) return this.done;
+    this.stopping = true;
+    clearTimeout(this.durationTimer);
+    clearInterval(this.statsTimer);
+    const pending = this.stats().inflight;
+    this.info(`stopping (${reason})${pending ? `, waiting for ${pending} unacknowledged message(s)` : ''}`);
+    const grace = this.opts.stopGraceMs ?? 5000;
+    void Promise.all(this.devices.map((d) => d.stop(grace))).then((perDevice) => {
+      const seconds = this.started ? (performance.now() - this.startedAt) / 1000 : 0;
+      const sum = (k: 'sent' | 'acked' | 'failed'): number => perDevice.reduce((a, s) => a + s[k], 0);
+      const summary: FleetSummary = {
+        event: 'summary',
+        devices: perDevice.length,
+        sent: sum('sent'),
+        acked: sum('acked'),
+        failed: sum('failed'),
+        seconds: round(seconds, 3),
+        rate: seconds > 0 ? round(sum('acked') / seconds, 2) : 0,
+        targetRate: this.targetRate,
+        qos: this.qos,
+        seed: this.seed,
+        reason,
+        lastSeq: Object.fromEntries(perDevice.map((s) => [s.id, s.lastSeq])),
+      };
+      if (summary.failed > 0) this.warn(`${summary.failed} message(s) were never acknowledged`);
+      this.info(`stopped: sent ${summary.sent}, acked ${summary.acked} in ${summary.seconds}s`);
+      this.resolveDone(summary);
+    });
+    return this.done;
+  }
+
+  private wire(d: SimDevice): void {
+    d.on('connect', (first) => {
+      this.lastError.delete(d.id);
+      this.emit('connect', d.id, first);
+      if (!first) {
+        this.info(`${d.id} reconnected`);
+        return;
+      }
+      this.info(`${d.id} connected to ${this.url}`);
+      this.connectedOnce.add(d.id);
+      if (this.connectedOnce.size === this.devices.length) this.resolveReady();
+    });
+    d.on('offline', () => this.warn(`${d.id} connection lost, reconnecting`));
+    d.on('clientError', (err) => {
+      // A dead broker produces the same error every second; say it once.
+      if (this.lastError.get(d.id) === err.message) return;
+      this.lastError.set(d.id, err.message);
+      this.warn(`${d.id} error: ${err.message}`);
+    });
+    d.on('backpressure', (inflight) =>
+      this.warn(`${d.id} throttled: ${inflight} messages unacknowledged, rate not reachable`),
+    );
+    d.on('sent', (msg) => {
+      if (this.totalRate <= PER_MESSAGE_LOG_MAX_RATE && !this.opts.quiet) {
+        const t = msg.telemetry;
+        this.writeLog(
+          `${msg.deviceId} -> ${msg.topic} seq=${t.seq} temp=${t.temp} humidity=${t.humidity} (${msg.bytes} B)`,
+        );
+      } else {
+        this.unloggedSinceStats = true;
+      }
+      this.emit('sent', msg);
+    });
+    d.on('command', (cmd) => {
+      this.writeLog(`${cmd.deviceId} command ${cmd.command} ${JSON.stringify(cmd.payload)}: ${cmd.detail}`);
+      this.recomputeTotalRate();
+      this.emit('command', cmd);
+    });
+    d.on('complete', () => {
+      this.completed.add(d.id);
+      if (this.completed.size === this.devices.length) void this.stop('count');
+    });
+  }
+
+  private recomputeTotalRate(): void {
+    let total = 0;
+    for (const d of this.devices) {
+      if (d.isPaused) continue;
+      const r = d.currentRate;
+      total += r === 'max' ? Infinity : r;
+    }
+    this.totalRate = total;
+  }
+
+  private statsTick(): void {
+    const now = performance.now();
+    const s = this.stats();
+    const seconds = (now - this.lastStatsAt) / 1000;
+    const sentRate = seconds > 0 ? (s.sent - this.lastStatsSent) / seconds : 0;
+    const ackRate = seconds > 0 ? (s.acked - this.lastStatsAcked) / seconds : 0;
+    const ranges = s.perDevice.map((d) => ({
+      id: d.id,
+      from: (this.lastStatsSeq.get(d.id) ?? 0) + 1,
+      to: d.lastSeq,
+    }));
+    // Quiet intervals are skipped unless a device is down: that is worth repeating.
+    const show = !this.opts.quiet && (this.unloggedSinceStats || s.connected < s.devices);
+    this.lastStatsAt = now;
+    this.lastStatsSent = s.sent;
+    this.lastStatsAcked = s.acked;
+    for (const d of s.perDevice) this.lastStatsSeq.set(d.id, d.lastSeq);
+    this.unloggedSinceStats = false;
+    if (!show) return;
+    const fmt = (r: { from: number; to: number }): string => (r.to >= r.from ? `${r.from}..${r.to}` : '-');
+    let seqPart: string;
+    if (ranges.length <= 8) {
+      seqPart = ranges.map((r) => `${r.id} ${fmt(r)}`).join(', ');
+    } else {
+      // One range per device would flood the terminal for big fleets.
+      // (Loops, not Math.min(...spread): that overflows the stack for huge fleets.)
+      let from = Infinity;
+      let minLast = Infinity;
+      let maxLast = 0;
+      for (const r of ranges) {
+        from = Math.min(from, r.from);
+        minLast = Math.min(minLast, r.to);
+        maxLast = Math.max(maxLast, r.to);
+      }
+      seqPart = `${fmt({ from, to: maxLast })} (last seq min ${minLast}, max ${maxLast})`;
+    }
+    this.writeLog(
+      `stats: ${s.connected}/${s.devices} connected, sent ${s.sent}, acked ${s.acked}, inflight ${s.inflight}, ` +
+        `${sentRate.toFixed(1)} msg/s sent, ${ackRate.toFixed(1)} acked/s over ${seconds.toFixed(1)}s; seq ${seqPart}`,
+    );
+  }
+
+  private info(line: string): void {
+    if (!this.opts.quiet) this.writeLog(line);
+  }
+
+  private warn(line: string): void {
+    this.writeLog(`warning: ${line}`);
+  }
+}
+
+/** Create and start a fleet. `await fleet.done` for the summary, `fleet.stop()` to end early. */
+export function startFleet(options: FleetOptions = {}): Fleet {
+  return new Fleet(options).start();
+}
+
+function round(x: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}

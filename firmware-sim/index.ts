@@ -1,0 +1,4 @@
+/** Public in-process API of the device simulator (for tests and benchmarks). */
+export * from './fleet.js';
+export * from './device.js';
+export * from './sensors.js';

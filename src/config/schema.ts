@@ -1,0 +1,223 @@
+// The JSON Schema of the configuration: the one place that says which keys exist, their types,
+// ranges and defaults. load.ts validates against it, derives the environment variable names from its
+// leaves and takes the "did you mean" candidates from it, so a key added here is known everywhere.
+//
+// The schema describes the configuration *after* load.ts has turned size and duration strings into
+// numbers and filled in the defaults, so a value it accepts is a Config.
+
+import { Ajv, type ValidateFunction } from 'ajv';
+import type { Config } from './types.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** Schemes MQTT.js can reach a cloud broker with (uplink-cache.md). */
+export const UPLINK_URL_SCHEMES = ['mqtt', 'mqtts', 'ws', 'wss'] as const;
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+
+/**
+ * Annotations this project adds to the schema; ajv ignores them, load.ts reads them.
+ * - unit: the value may be written as a size (`256KiB`) or a duration (`30s`) string.
+ * - resolvePath: a relative path in the value is resolved against the current directory.
+ * - template: `{edgeId}` in the value is replaced by edge.id.
+ * - trialDefault: the default suits a trial, not a deployment; leaving it alone earns a start-up warning.
+ * - hint: said after any complaint about the value, where the rule alone would puzzle.
+ */
+export interface ConfigAnnotations {
+  unit?: 'size' | 'duration';
+  resolvePath?: boolean;
+  template?: boolean;
+  trialDefault?: boolean;
+  hint?: string;
+}
+const ANNOTATION_KEYWORDS = ['unit', 'resolvePath', 'template', 'trialDefault', 'hint'] as const;
+
+/** A view of the schema for walking it; every node of configSchema fits it. */
+export interface SchemaNode extends ConfigAnnotations {
+  type?: string | string[];
+  nullable?: boolean;
+  properties?: Record<string, SchemaNode>;
+  default?: unknown;
+  enum?: readonly unknown[];
+  const?: unknown;
+  minimum?: number;
+  maximum?: number;
+  minLength?: number;
+  maxLength?: number;
+  pattern?: string;
+  format?: string;
+  description?: string;
+}
+
+/**
+ * The schema of a value of type T. Objects list exactly T's keys (the compiler refuses a missing or an
+ * extra one), so the schema cannot drift from types.ts; leaves must name the JSON type T has.
+ */
+export type SchemaFor<T> = [T] extends [string | number | boolean | null] ? LeafSchema<T> : ObjectSchema<T>;
+
+export interface ObjectSchema<T> extends SchemaNode {
+  type: 'object';
+  additionalProperties: false;
+  required: string[];
+  properties: { [K in keyof T]-?: SchemaFor<T[K]> };
+}
+
+type JsonTypeOf<T> = [T] extends [string] ? 'string' : [T] extends [number] ? 'integer' | 'number' : 'boolean';
+type LeafSchema<T> = SchemaNode & { type: JsonTypeOf<NonNullable<T>> } & Nullability<T>;
+type Nullability<T> = null extends T ? { nullable: true } : { nullable?: false };
+
+// Every key is required *after* defaults are filled in, which is what makes a valid value a Config.
+function object<T>(properties: { [K in keyof T]-?: SchemaFor<T[K]> }): ObjectSchema<T> {
+  return { type: 'object', additionalProperties: false, required: Object.keys(properties), properties };
+}
+
+// A port of 0 asks the system for any free port (operations.md).
+const port = (dflt: number) => ({ type: 'integer', minimum: 0, maximum: 65535, default: dflt }) as const;
+const host = (dflt: string) => ({ type: 'string', minLength: 1, default: dflt }) as const;
+const optionalPath = { type: 'string', nullable: true, minLength: 1, default: null, resolvePath: true } as const;
+// Wildcards would turn a publish topic into a filter, and brokers refuse those on PUBLISH.
+const topicPrefix = (dflt: string) =>
+  ({
+    type: 'string',
+    pattern: '^[^+#\\u0000]*$',
+    default: dflt,
+    template: true,
+    hint: 'a topic prefix cannot hold the MQTT wildcards `+` and `#`',
+  }) as const;
+
+type Uplink = Config['uplink'];
+
+export const configSchema: ObjectSchema<Config> = object<Config>({
+  // Default: the host name (load.ts). It goes into cloud topics, hence no topic separators or wildcards.
+  edge: object<Config['edge']>({
+    id: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 128,
+      pattern: '^[^\\s/+#]+$',
+      trialDefault: true,
+      hint: 'edge.id is one level of the cloud topics, so it cannot hold spaces, `/`, `+` or `#`',
+    },
+  }),
+  dataDir: { type: 'string', minLength: 1, default: './data', resolvePath: true, trialDefault: true },
+  mqtt: object<Config['mqtt']>({ host: host('127.0.0.1'), port: port(1883) }),
+  admin: object<Config['admin']>({
+    host: host('127.0.0.1'),
+    port: port(9180),
+    token: { type: 'string', nullable: true, minLength: 1, default: null },
+    tokenFile: optionalPath,
+  }),
+  // `token` mode (with devicesFile) is in the contract but not built yet.
+  auth: object<Config['auth']>({
+    mode: {
+      type: 'string',
+      enum: ['open'],
+      default: 'open',
+      trialDefault: true,
+      hint: 'token mode is not available in this version yet',
+    },
+  }),
+  routing: object<Config['routing']>({
+    default: { type: 'string', enum: ['uplink', 'local'], default: 'uplink' },
+  }),
+  // Default path: <dataDir>/cache.db (load.ts), so moving dataDir moves the cache with it.
+  cache: object<Config['cache']>({
+    path: { type: 'string', minLength: 1, resolvePath: true },
+  }),
+  uplink: object<Uplink>({
+    // No real default: without a url the proxy runs offline and keeps everything in the cache.
+    url: {
+      type: 'string',
+      nullable: true,
+      format: 'uplink-url',
+      default: null,
+      trialDefault: true,
+      hint: `use a URL with scheme ${UPLINK_URL_SCHEMES.join(', ')}, such as mqtts://broker.example.com:8883`,
+    },
+    clientId: { type: 'string', minLength: 1, default: 'edge-{edgeId}', template: true },
+    username: { type: 'string', nullable: true, default: null },
+    password: { type: 'string', nullable: true, default: null },
+    protocolVersion: { type: 'integer', enum: [4, 5], default: 4 },
+    topicPrefix: topicPrefix('edge/{edgeId}/up/'),
+    controlPrefix: topicPrefix('edge/{edgeId}/'),
+    format: { type: 'string', enum: ['envelope', 'raw'], default: 'envelope' },
+    // The cache deletes a message on PUBACK, so QoS 1 is what the delivery guarantee is built on.
+    qos: { type: 'integer', const: 1, default: 1, hint: 'only QoS 1 is supported' },
+    maxInflight: { type: 'integer', minimum: 1, maximum: 65535, default: 64 },
+    keepalive: { type: 'integer', minimum: 0, maximum: 65535, default: 30, unit: 'duration' },
+    tls: object<Uplink['tls']>({
+      ca: optionalPath,
+      cert: optionalPath,
+      key: optionalPath,
+      rejectUnauthorized: { type: 'boolean', default: true },
+    }),
+  }),
+  limits: object<Config['limits']>({
+    maxPayloadBytes: { type: 'integer', minimum: 1, maximum: 256 * MiB, default: 256 * KiB, unit: 'size' },
+    maxTopicBytes: { type: 'integer', minimum: 1, maximum: 65535, default: 256 },
+    maxHops: { type: 'integer', minimum: 0, maximum: 64, default: 4 },
+    maxConnections: { type: 'integer', minimum: 1, default: 10000 },
+  }),
+  log: object<Config['log']>({
+    level: { type: 'string', enum: [...LOG_LEVELS], default: 'info' },
+  }),
+});
+
+/** The same schema, seen as a tree to walk. */
+export const configSchemaTree: SchemaNode = configSchema;
+
+/**
+ * Keys the contract (operations.md, uplink-cache.md) names for features this version does not have.
+ * They are refused like any unknown key; the message just says why, so nobody hunts for a typo.
+ */
+export const PLANNED_KEYS: ReadonlySet<string> = new Set([
+  'coap', 'http', 'devicesFile', 'rules', 'models', 'inference',
+  'mqtt.tls', 'routing.priorities', 'cache.maxBytes', 'cache.maxAgeSeconds',
+  'uplink.maxRate', 'limits.perDeviceRate', 'log.pretty',
+]);
+
+export function isUplinkUrl(value: string): boolean {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return false;
+  }
+  const scheme = url.protocol.slice(0, -1);
+  return (UPLINK_URL_SCHEMES as readonly string[]).includes(scheme) && url.hostname !== '';
+}
+
+/** A leaf of the schema: a key that holds a value rather than more keys. */
+export interface SchemaLeaf {
+  path: readonly string[];
+  node: SchemaNode;
+}
+
+export function schemaLeaves(node: SchemaNode = configSchemaTree, path: readonly string[] = []): SchemaLeaf[] {
+  if (!node.properties) return [{ path, node }];
+  return Object.entries(node.properties).flatMap(([key, child]) => schemaLeaves(child, [...path, key]));
+}
+
+/** The schema node at a key path, or undefined where the schema has no such key. */
+export function schemaAt(path: readonly string[]): SchemaNode | undefined {
+  let node: SchemaNode | undefined = configSchemaTree;
+  for (const key of path) node = Object.hasOwn(node?.properties ?? {}, key) ? node?.properties?.[key] : undefined;
+  return node;
+}
+
+let compiled: ValidateFunction<Config> | undefined;
+
+/** The compiled validator, built once: compiling costs more than validating. */
+export function configValidator(): ValidateFunction<Config> {
+  compiled ??= buildValidator();
+  return compiled;
+}
+
+function buildValidator(): ValidateFunction<Config> {
+  // verbose: errors carry the offending value and its schema node, which the messages quote.
+  const ajv = new Ajv({ allErrors: true, verbose: true, strict: true });
+  for (const keyword of ANNOTATION_KEYWORDS) ajv.addKeyword({ keyword });
+  ajv.addFormat('uplink-url', { type: 'string', validate: isUplinkUrl });
+  return ajv.compile<Config>(configSchema);
+}

@@ -1,0 +1,429 @@
+import { hostname } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+import { checkConfig, loadConfig, type LoadOptions } from '../src/config/load.js';
+import { formatSize, parseDuration, parseSize } from '../src/config/units.js';
+import { ConfigError, formatConfigProblem } from '../src/core/errors.js';
+
+/** What the helpers need of a test: a fresh directory for its files. */
+type Tap = Pick<typeof t, 'testdir'>;
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Loads `yaml` as ./edge-proxy.test.yaml in a fresh directory, with no environment unless given. */
+function load(t: Tap, yaml: string, opts: LoadOptions = {}) {
+  const cwd = t.testdir({ 'edge-proxy.test.yaml': yaml });
+  return loadConfig({ file: 'edge-proxy.test.yaml', env: {}, cwd, ...opts });
+}
+
+/** The problems loadConfig throws, formatted as operators see them. */
+function problems(t: Tap, yaml: string, opts: LoadOptions = {}): string[] {
+  try {
+    load(t, yaml, opts);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems.map(formatConfigProblem);
+    throw err;
+  }
+  throw new Error('the configuration loaded without problems');
+}
+
+t.test('no file: the embedded defaults', async (t) => {
+  const cwd = t.testdir({});
+  const { config, file, trialDefaults } = loadConfig({ env: {}, cwd });
+  t.equal(file, null);
+  t.same(config, {
+    edge: { id: hostname() },
+    dataDir: join(cwd, 'data'),
+    mqtt: { host: '127.0.0.1', port: 1883 },
+    admin: { host: '127.0.0.1', port: 9180, token: null, tokenFile: null },
+    auth: { mode: 'open' },
+    routing: { default: 'uplink' },
+    cache: { path: join(cwd, 'data', 'cache.db') },
+    uplink: {
+      url: null,
+      clientId: `edge-${hostname()}`,
+      username: null,
+      password: null,
+      protocolVersion: 4,
+      topicPrefix: `edge/${hostname()}/up/`,
+      controlPrefix: `edge/${hostname()}/`,
+      format: 'envelope',
+      qos: 1,
+      maxInflight: 64,
+      keepalive: 30,
+      tls: { ca: null, cert: null, key: null, rejectUnauthorized: true },
+    },
+    limits: { maxPayloadBytes: 256 * 1024, maxTopicBytes: 256, maxHops: 4, maxConnections: 10000 },
+    log: { level: 'info' },
+  });
+  t.same([...trialDefaults].sort(), ['auth.mode', 'dataDir', 'edge.id', 'uplink.url']);
+});
+
+t.test('no file given: ./edge-proxy.yaml is used when present', async (t) => {
+  const cwd = t.testdir({ 'edge-proxy.yaml': 'mqtt: { port: 1999 }\n' });
+  const loaded = loadConfig({ env: {}, cwd });
+  t.equal(loaded.config.mqtt.port, 1999);
+  t.equal(loaded.file, join(cwd, 'edge-proxy.yaml'));
+});
+
+t.test('file: null means the embedded defaults even when ./edge-proxy.yaml exists', async (t) => {
+  const cwd = t.testdir({ 'edge-proxy.yaml': 'mqtt: { port: 1999 }\n' });
+  t.equal(loadConfig({ file: null, env: {}, cwd }).config.mqtt.port, 1883);
+});
+
+t.test('an empty file, or one with only comments, means all defaults', async (t) => {
+  t.equal(load(t, '').config.mqtt.port, 1883);
+  t.equal(load(t, '# nothing here\n').config.log.level, 'info');
+});
+
+t.test('a file overrides only the keys it states', async (t) => {
+  const { config, trialDefaults } = load(
+    t,
+    [
+      'edge: { id: pi-hall-2 }',
+      'dataDir: /var/lib/edge-proxy',
+      'mqtt:',
+      '  host: 0.0.0.0',
+      'uplink:',
+      '  url: mqtts://broker.example.com:8883',
+      '  protocolVersion: 5',
+      '  format: raw',
+      'routing: { default: local }',
+      'log: { level: debug }',
+      '',
+    ].join('\n'),
+  );
+  t.equal(config.edge.id, 'pi-hall-2');
+  t.equal(config.mqtt.host, '0.0.0.0');
+  t.equal(config.mqtt.port, 1883, 'a key left out keeps its default');
+  t.equal(config.uplink.url, 'mqtts://broker.example.com:8883');
+  t.equal(config.uplink.protocolVersion, 5);
+  t.equal(config.uplink.format, 'raw');
+  t.equal(config.routing.default, 'local');
+  t.equal(config.log.level, 'debug');
+  t.equal(config.cache.path, '/var/lib/edge-proxy/cache.db', 'the cache follows dataDir');
+  t.same(trialDefaults, ['auth.mode']);
+});
+
+t.test('every problem of a file is reported at once, each with its line and column', async (t) => {
+  const yaml = [
+    'mqtt:', //                     1
+    '  port: 70000', //             2
+    '  host: 12', //                3
+    'uplink:', //                   4
+    '  format: xml', //             5
+    '  maxInflight: 0', //          6
+    'limits:', //                   7
+    '  maxPayloadBytes: 12 parsecs', // 8
+    'colour: blue', //              9
+    '',
+  ].join('\n');
+  t.same(problems(t, yaml), [
+    'edge-proxy.test.yaml:2:9: mqtt.port: E_CONFIG_VALUE: must be between 0 and 65535, not 70000',
+    'edge-proxy.test.yaml:3:9: mqtt.host: E_CONFIG_TYPE: must be a string, not the number 12',
+    'edge-proxy.test.yaml:5:11: uplink.format: E_CONFIG_VALUE: must be one of `envelope`, `raw`, not `xml`',
+    'edge-proxy.test.yaml:6:16: uplink.maxInflight: E_CONFIG_VALUE: must be between 1 and 65535, not 0',
+    'edge-proxy.test.yaml:8:20: limits.maxPayloadBytes: E_CONFIG_VALUE: `12 parsecs` is not a size: ' +
+      'write a number of bytes, or a number with a unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), such as 256KiB',
+    'edge-proxy.test.yaml:9:1: colour: E_CONFIG_UNKNOWN_KEY: unknown key `colour`',
+  ]);
+});
+
+t.test('the ConfigError message lists every problem, and its code is the first one', async (t) => {
+  const cwd = t.testdir({ 'bad.yaml': 'mqtt: { port: -1 }\nlog: { level: loud }\n' });
+  const err = t.throws(() => loadConfig({ file: 'bad.yaml', env: {}, cwd })) as ConfigError;
+  t.type(err, ConfigError);
+  t.equal(err.code, 'E_CONFIG_VALUE');
+  t.equal(err.message.split('\n').length, 2);
+  t.match(err.message, /^bad\.yaml:1:15: mqtt\.port: E_CONFIG_VALUE: /);
+});
+
+t.test('unknown keys, with a "did you mean" when one is close', async (t) => {
+  t.same(problems(t, 'mqtt:\n  prot: 1884\nuplnk: {}\nLog: { level: info }\nuplink: { topic_prefix: x/ }\n'), [
+    'edge-proxy.test.yaml:2:3: mqtt.prot: E_CONFIG_UNKNOWN_KEY: unknown key `prot`: did you mean `port`?',
+    'edge-proxy.test.yaml:3:1: uplnk: E_CONFIG_UNKNOWN_KEY: unknown key `uplnk`: did you mean `uplink`?',
+    'edge-proxy.test.yaml:4:1: Log: E_CONFIG_UNKNOWN_KEY: unknown key `Log`: did you mean `log`?',
+    'edge-proxy.test.yaml:5:11: uplink.topic_prefix: E_CONFIG_UNKNOWN_KEY: ' +
+      'unknown key `topic_prefix`: did you mean `topicPrefix`?',
+  ]);
+});
+
+t.test('keys of features that do not exist yet are refused as unknown keys', async (t) => {
+  const yaml = [
+    'coap: { port: 5683 }',
+    'http: { port: 8080 }',
+    'rules: { dir: ./rules }',
+    'models: { dir: ./models }',
+    'inference: { threads: 2 }',
+    'devicesFile: devices.yaml',
+    'routing: { priorities: [] }',
+    'cache: { maxBytes: 512MiB }',
+    'mqtt: { tls: { port: 8883 } }',
+    'limits: { perDeviceRate: 100 }',
+    'log: { pretty: true }',
+    '',
+  ].join('\n');
+  const found = problems(t, yaml);
+  t.equal(found.length, 11);
+  for (const line of found) t.match(line, /: E_CONFIG_UNKNOWN_KEY: unknown key `\w+`: [\w.]+ is not available/);
+  t.match(found, [/:1:1: coap:/, /:2:1: http:/]);
+  t.ok(found.some((p) => p.includes(':7:12: routing.priorities:')));
+  t.ok(found.some((p) => p.includes(':11:8: log.pretty:')));
+});
+
+t.test('wrong types', async (t) => {
+  t.same(problems(t, 'mqtt: 1883\nuplink: { tls: { rejectUnauthorized: "no" }, protocolVersion: "5" }\n'), [
+    'edge-proxy.test.yaml:1:7: mqtt: E_CONFIG_TYPE: must be a mapping of keys, not the number 1883',
+    'edge-proxy.test.yaml:2:38: uplink.tls.rejectUnauthorized: E_CONFIG_TYPE: ' +
+      'must be true or false, not the string `no`',
+    'edge-proxy.test.yaml:2:63: uplink.protocolVersion: E_CONFIG_TYPE: must be a whole number, not the string `5`',
+  ]);
+});
+
+t.test('the top level must be a mapping', async (t) => {
+  t.same(problems(t, '- a\n- b\n'), [
+    'edge-proxy.test.yaml:1:1: (root): E_CONFIG_TYPE: the file must be a mapping of keys, not a list',
+  ]);
+});
+
+t.test('ports: integers from 0 (any free port) to 65535', async (t) => {
+  t.equal(load(t, 'mqtt: { port: 0 }\n').config.mqtt.port, 0);
+  t.equal(load(t, 'admin: { port: 65535 }\n').config.admin.port, 65535);
+  t.same(problems(t, 'mqtt:\n  port: 65536\nadmin:\n  port: 80.5\n'), [
+    'edge-proxy.test.yaml:2:9: mqtt.port: E_CONFIG_VALUE: must be between 0 and 65535, not 65536',
+    'edge-proxy.test.yaml:4:9: admin.port: E_CONFIG_VALUE: must be a whole number, not 80.5',
+  ]);
+});
+
+t.test('values outside their enum', async (t) => {
+  t.same(problems(t, 'log: { level: verbose }\nauth: { mode: token }\nuplink: { qos: 2, protocolVersion: 3 }\n'), [
+    'edge-proxy.test.yaml:1:15: log.level: E_CONFIG_VALUE: ' +
+      'must be one of `trace`, `debug`, `info`, `warn`, `error`, `fatal`, not `verbose`',
+    'edge-proxy.test.yaml:2:15: auth.mode: E_CONFIG_VALUE: ' +
+      'must be `open`, not `token`; token mode is not available in this version yet',
+    'edge-proxy.test.yaml:3:16: uplink.qos: E_CONFIG_VALUE: must be `1`, not 2; only QoS 1 is supported',
+    'edge-proxy.test.yaml:3:36: uplink.protocolVersion: E_CONFIG_VALUE: must be one of `4`, `5`, not 3',
+  ]);
+});
+
+t.test('uplink.url must be an mqtt, mqtts, ws or wss URL', async (t) => {
+  for (const url of ['mqtt://b:1883', 'mqtts://b:8883', 'ws://b/mqtt', 'wss://b:443/mqtt']) {
+    t.equal(load(t, `uplink: { url: "${url}" }\n`).config.uplink.url, url);
+  }
+  for (const url of ['http://b', 'broker.example.com:8883', 'mqtt://']) {
+    const found = problems(t, `uplink: { url: "${url}" }\n`);
+    t.match(found, [/^edge-proxy\.test\.yaml:1:16: uplink\.url: E_CONFIG_VALUE: .* is not allowed; use a URL/]);
+  }
+});
+
+t.test('size strings in the file', async (t) => {
+  t.equal(load(t, 'limits: { maxPayloadBytes: 1MiB }\n').config.limits.maxPayloadBytes, 1048576);
+  t.equal(load(t, 'limits: { maxPayloadBytes: 10MB }\n').config.limits.maxPayloadBytes, 10_000_000);
+  t.equal(load(t, 'limits: { maxPayloadBytes: 4096 }\n').config.limits.maxPayloadBytes, 4096);
+  t.same(problems(t, 'limits: { maxPayloadBytes: 512MiB }\n'), [
+    'edge-proxy.test.yaml:1:28: limits.maxPayloadBytes: E_CONFIG_VALUE: must be between 1B and 256MiB, not 512MiB',
+  ]);
+  t.match(problems(t, 'limits: { maxPayloadBytes: 1.5 }\n'), [/E_CONFIG_VALUE: must be a whole number/]);
+  t.match(problems(t, 'limits: { maxPayloadBytes: true }\n'), [/E_CONFIG_TYPE: must be a size/]);
+});
+
+t.test('durations in the file', async (t) => {
+  t.equal(load(t, 'uplink: { keepalive: 1m }\n').config.uplink.keepalive, 60);
+  t.match(problems(t, 'uplink: { keepalive: soon }\n'), [
+    /1:22: uplink\.keepalive: E_CONFIG_VALUE: `soon` is not a duration/,
+  ]);
+  t.match(problems(t, 'uplink: { keepalive: 2d }\n'), [/must be between 0 and 65535, not 172800/]);
+});
+
+t.test('parseSize', async (t) => {
+  const cases: Array<[unknown, number | null]> = [
+    [512, 512],
+    ['100B', 100],
+    ['100', 100],
+    ['64KiB', 65536],
+    ['512MiB', 512 * 2 ** 20],
+    ['1GiB', 2 ** 30],
+    ['10MB', 10_000_000],
+    ['1KB', 1000],
+    ['1.5MiB', 1572864],
+    ['2kib', 2048],
+    ['1.5', null],
+    ['-1KiB', null],
+    ['12 parsecs', null],
+    ['KiB', null],
+    ['', null],
+    [-5, null],
+    [1.5, null],
+    [null, null],
+    [true, null],
+  ];
+  for (const [input, bytes] of cases) t.equal(parseSize(input), bytes, String(input));
+  t.equal(formatSize(262144), '256KiB');
+  t.equal(formatSize(1000), '1000B');
+});
+
+t.test('parseDuration', async (t) => {
+  const cases: Array<[unknown, number | null]> = [
+    [30, 30],
+    ['30', 30],
+    ['30s', 30],
+    ['500ms', 0.5],
+    ['5m', 300],
+    ['1.5h', 5400],
+    ['7d', 604800],
+    ['7D', null],
+    ['1w', null],
+    ['-1s', null],
+    ['', null],
+    [-1, null],
+    [Infinity, null],
+    [{}, null],
+  ];
+  for (const [input, seconds] of cases) t.equal(parseDuration(input), seconds, String(input));
+});
+
+t.test('YAML syntax errors carry their position', async (t) => {
+  const at = (lineCol: string, text: string) =>
+    new RegExp(`^edge-proxy\\.test\\.yaml:${lineCol}: \\(root\\): E_CONFIG_YAML: .*${text}`, 'i');
+  t.match(problems(t, 'mqtt:\n  port: 1883\nlog: { level: info\n'), [at('4:1', 'flow map')]);
+  t.match(problems(t, 'mqtt:\n  port: 1883\n  host: "unterminated\n'), [at('4:1', 'quote')]);
+  t.match(problems(t, 'mqtt: { port: 1 }\nmqtt: { port: 2 }\n'), [at('2:1', 'unique')]);
+  t.match(problems(t, 'mqtt:\n  port: *nowhere\n'), [at('2:9', 'alias')]);
+  t.match(problems(t, 'mqtt:\n\tport: 1\n'), [/^edge-proxy\.test\.yaml:2:1: \(root\): E_CONFIG_YAML: .*[Tt]ab/]);
+});
+
+t.test('a file that cannot be read: E_CONFIG_FILE at 1:1', async (t) => {
+  const cwd = t.testdir({});
+  const result = checkConfig({ file: 'missing.yaml', env: {}, cwd });
+  t.equal(result.loaded, null);
+  t.match(result.problems.map(formatConfigProblem), [/^missing\.yaml:1:1: \(root\): E_CONFIG_FILE: /]);
+});
+
+t.test('environment overrides apply over the file', async (t) => {
+  const env = {
+    EDGE_PROXY_MQTT_PORT: '1884',
+    EDGE_PROXY_UPLINK_URL: 'mqtts://env.example.com:8883',
+    EDGE_PROXY_UPLINK_TOPIC_PREFIX: 'site/{edgeId}/',
+    EDGE_PROXY_UPLINK_TLS_CA: '/etc/ca.pem',
+    EDGE_PROXY_LOG_LEVEL: 'warn',
+    EDGE_PROXY_DATA_DIR: '/srv/edge',
+    EDGE_PROXY_ADMIN_TOKEN: 'null',
+    EDGE_PROXY_LIMITS_MAX_PAYLOAD_BYTES: '64KiB',
+    OTHER_VARIABLE: 'ignored',
+  };
+  const yaml = 'edge: { id: e1 }\nmqtt: { port: 1 }\nlog: { level: debug }\nadmin: { token: abc }\n';
+  const { config, trialDefaults } = load(t, yaml, { env });
+  t.equal(config.mqtt.port, 1884, 'a number, and the env wins over the file');
+  t.equal(config.uplink.url, 'mqtts://env.example.com:8883');
+  t.equal(config.uplink.topicPrefix, 'site/e1/');
+  t.equal(config.uplink.tls.ca, '/etc/ca.pem');
+  t.equal(config.log.level, 'warn');
+  t.equal(config.dataDir, '/srv/edge');
+  t.equal(config.cache.path, '/srv/edge/cache.db');
+  t.equal(config.admin.token, null, '`null` is null');
+  t.equal(config.limits.maxPayloadBytes, 65536);
+  t.notOk(trialDefaults.includes('uplink.url'));
+});
+
+t.test('environment values for text keys stay text', async (t) => {
+  const env = { EDGE_PROXY_EDGE_ID: '1234', EDGE_PROXY_UPLINK_PASSWORD: 'pa #ss', EDGE_PROXY_UPLINK_USERNAME: 'null' };
+  const { config } = loadConfig({ file: null, env, cwd: t.testdir({}) });
+  t.equal(config.edge.id, '1234');
+  t.equal(config.uplink.password, 'pa #ss');
+  t.equal(config.uplink.username, null, '`null` is still null where null is allowed');
+  const empty = checkConfig({ file: null, env: { EDGE_PROXY_MQTT_HOST: '' }, cwd: t.testdir({}) });
+  t.same(empty.problems.map(formatConfigProblem), [
+    'env:EDGE_PROXY_MQTT_HOST:1:1: mqtt.host: E_CONFIG_VALUE: must not be empty',
+  ]);
+});
+
+t.test('bad environment values name their variable', async (t) => {
+  const env = { EDGE_PROXY_MQTT_PORT: 'abc', EDGE_PROXY_LOG_LEVEL: 'loud' };
+  t.same(problems(t, 'mqtt: { port: 99999 }\n', { env }), [
+    'env:EDGE_PROXY_LOG_LEVEL:1:1: log.level: E_CONFIG_VALUE: ' +
+      'must be one of `trace`, `debug`, `info`, `warn`, `error`, `fatal`, not `loud`',
+    'env:EDGE_PROXY_MQTT_PORT:1:1: mqtt.port: E_CONFIG_TYPE: must be a whole number, not the string `abc`',
+  ]);
+});
+
+t.test('an EDGE_PROXY_ variable that names no key is an unknown key', async (t) => {
+  const env = { EDGE_PROXY_MQTT_PROT: '1884', EDGE_PROXY_COLOUR: 'blue', EDGE_PROXY_LOG_PRETTY: 'true' };
+  t.same(problems(t, '', { env }), [
+    'env:EDGE_PROXY_COLOUR:1:1: (root): E_CONFIG_UNKNOWN_KEY: EDGE_PROXY_COLOUR names no configuration key',
+    'env:EDGE_PROXY_LOG_PRETTY:1:1: (root): E_CONFIG_UNKNOWN_KEY: ' +
+      'EDGE_PROXY_LOG_PRETTY names no configuration key: log.pretty is not available in this version',
+    'env:EDGE_PROXY_MQTT_PROT:1:1: (root): E_CONFIG_UNKNOWN_KEY: ' +
+      'EDGE_PROXY_MQTT_PROT names no configuration key: did you mean `EDGE_PROXY_MQTT_PORT`?',
+  ]);
+});
+
+t.test('file and environment problems are reported together', async (t) => {
+  const found = problems(t, 'mqtt: { prot: 1 }\n', { env: { EDGE_PROXY_LOG_LEVEL: 'loud' } });
+  t.match(found, [/^edge-proxy\.test\.yaml:1:9: mqtt\.prot: /, /^env:EDGE_PROXY_LOG_LEVEL:1:1: log\.level: /]);
+});
+
+t.test('{edgeId} is replaced by edge.id', async (t) => {
+  const yaml = [
+    'edge: { id: pi-hall-2 }',
+    'uplink: { clientId: "proxy-{edgeId}-a", controlPrefix: "c/{edgeId}/{edgeId}/" }',
+    '',
+  ].join('\n');
+  const { config } = load(t, yaml);
+  t.equal(config.uplink.clientId, 'proxy-pi-hall-2-a');
+  t.equal(config.uplink.topicPrefix, 'edge/pi-hall-2/up/');
+  t.equal(config.uplink.controlPrefix, 'c/pi-hall-2/pi-hall-2/');
+});
+
+t.test('edge.id and topic prefixes cannot break MQTT topics', async (t) => {
+  t.match(problems(t, 'edge: { id: "hall/2" }\n'), [
+    /edge\.id: E_CONFIG_VALUE: `hall\/2` is not allowed; edge\.id is one level/,
+  ]);
+  t.match(problems(t, 'uplink: { topicPrefix: "up/#" }\n'), [/uplink\.topicPrefix: E_CONFIG_VALUE: .*wildcards/]);
+});
+
+t.test('relative paths are resolved against the current directory', async (t) => {
+  const yaml = 'dataDir: state\nadmin: { tokenFile: secrets/token }\nuplink: { tls: { ca: ca.pem } }\n';
+  const cwd = t.testdir({ 'edge-proxy.test.yaml': yaml });
+  const { config } = loadConfig({ file: 'edge-proxy.test.yaml', env: {}, cwd });
+  t.equal(config.dataDir, join(cwd, 'state'));
+  t.equal(config.cache.path, join(cwd, 'state', 'cache.db'));
+  t.equal(config.admin.tokenFile, join(cwd, 'secrets', 'token'));
+  t.equal(config.uplink.tls.ca, join(cwd, 'ca.pem'));
+});
+
+t.test('settings that contradict each other', async (t) => {
+  t.match(problems(t, 'admin: { token: abc, tokenFile: /etc/token }\n'), [
+    /admin\.tokenFile: E_CONFIG_VALUE: set admin\.token or admin\.tokenFile, not both/,
+  ]);
+  t.match(problems(t, 'uplink: { tls: { cert: c.pem } }\n'), [
+    /uplink\.tls\.cert: E_CONFIG_VALUE: uplink\.tls\.key must be set too/,
+  ]);
+});
+
+t.test('the result is deeply frozen', async (t) => {
+  const { config } = load(t, '');
+  t.ok(Object.isFrozen(config));
+  t.ok(Object.isFrozen(config.uplink));
+  t.ok(Object.isFrozen(config.uplink.tls));
+  t.throws(() => {
+    (config.mqtt as { port: number }).port = 1;
+  }, TypeError);
+});
+
+t.test('config/edge-proxy.example.yaml loads without problems and states the defaults', async (t) => {
+  const cwd = t.testdir({});
+  const example = loadConfig({ file: join(repo, 'config/edge-proxy.example.yaml'), env: {}, cwd });
+  const defaults = loadConfig({ file: null, env: {}, cwd });
+  t.same(example.config, defaults.config);
+});
+
+t.test('config/edge-proxy.production.yaml loads without problems', async (t) => {
+  const { config } = loadConfig({ file: join(repo, 'config/edge-proxy.production.yaml'), env: {}, cwd: repo });
+  t.equal(config.mqtt.host, '0.0.0.0');
+  t.equal(config.admin.host, '127.0.0.1');
+  t.equal(config.dataDir, '/var/lib/edge-proxy');
+  t.equal(config.uplink.url, 'mqtts://broker.example.com:8883');
+  t.equal(config.uplink.tls.ca, '/etc/edge-proxy/ca.pem');
+  t.equal(config.auth.mode, 'open');
+});
