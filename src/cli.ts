@@ -3,7 +3,9 @@ import { parseArgs } from 'node:util';
 import { ConfigError, EdgeError, formatConfigProblem } from './core/errors.js';
 import { loadConfig } from './config/load.js';
 import { createLogger } from './log.js';
-import { startProxy } from './main.js';
+import { startProxy, RUNTIME_PORTS_FILE } from './main.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { readLocalToken } from './admin/token.js';
 import { VERSION } from './version.js';
 import type { ProxyStatus } from './admin/status.js';
@@ -103,6 +105,16 @@ function checkConfig(args: string[]): void {
   }
 }
 
+/** The admin port of the proxy running on this data directory, which may differ from the config's (port 0). */
+function runningAdminPort(dataDir: string): number | null {
+  try {
+    const ports = JSON.parse(readFileSync(join(dataDir, RUNTIME_PORTS_FILE), 'utf8')) as { admin?: number };
+    return typeof ports.admin === 'number' ? ports.admin : null;
+  } catch {
+    return null;
+  }
+}
+
 function seconds(s: number | null): string {
   if (s === null) return 'unknown (nothing drained recently)';
   if (s < 60) return `${s.toFixed(0)} s`;
@@ -119,7 +131,7 @@ async function status(args: string[]): Promise<void> {
     try {
       const { config } = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
       const host = config.admin.host === '0.0.0.0' ? '127.0.0.1' : config.admin.host === '::' ? '[::1]' : config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host;
-      url ??= `http://${host}:${config.admin.port}`;
+      url ??= `http://${host}:${runningAdminPort(config.dataDir) ?? config.admin.port}`;
       token ??= config.admin.token ?? readLocalToken(config.dataDir);
     } catch (err) {
       if (err instanceof ConfigError) { printConfigError(err); process.exit(1); }

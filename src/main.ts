@@ -1,4 +1,5 @@
-import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { mkdirSync, writeFileSync, renameSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config, LoadedConfig } from './config/types.js';
 import { Metrics } from './admin/metrics.js';
@@ -36,6 +37,16 @@ function redactUrl(url: string | null): string | null {
   } catch {
     return url;
   }
+}
+
+/** Where a running proxy keeps its real ports, in its data directory. */
+export const RUNTIME_PORTS_FILE = 'ports.json';
+
+/** Written whole and renamed, so a script polling for it never reads half a file. */
+function writePortsFile(file: string, ports: Record<string, number>): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(ports) + '\n');
+  renameSync(tmp, file);
 }
 
 /** Rates over the last sampling interval, for the status API and page. */
@@ -150,12 +161,10 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   ports.admin = adminAddr.port;
   log.info({ endpoint: 'mqtt', host: mqttAddr.host, port: mqttAddr.port }, 'listening');
   log.info({ endpoint: 'admin', host: adminAddr.host, port: adminAddr.port }, 'listening');
-  if (opts.portsFile) {
-    // Written whole and renamed, so a script polling for it never reads half a file.
-    const tmp = `${opts.portsFile}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify(ports) + '\n');
-    renameSync(tmp, opts.portsFile);
-  }
+  // The CLI on this machine finds the running proxy's real ports (port 0 in the config) here.
+  const localPortsFile = join(cfg.dataDir, RUNTIME_PORTS_FILE);
+  writePortsFile(localPortsFile, ports);
+  if (opts.portsFile) writePortsFile(opts.portsFile, ports);
   listening = true;
   log.info('ready');
   notifySystemd('--ready', log);
@@ -174,6 +183,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
         await cloud?.stop();
         cache.close();
         await adminServer.stop();
+        rmSync(localPortsFile, { force: true });
         log.info({ backlog: 'kept in the cache' }, 'stopped');
       })();
       return stopping;

@@ -21,7 +21,7 @@ const MAX_BACKOFF_MS = 60_000;
 /** Exponential backoff from 1 s to 60 s with jitter, so a fleet does not reconnect in step. */
 export function backoffDelay(attempt: number, random: () => number = Math.random): number {
   const ceiling = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** Math.min(attempt, 16));
-  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+  return Math.max(MIN_BACKOFF_MS, Math.round(ceiling / 2 + random() * (ceiling / 2)));
 }
 
 /**
