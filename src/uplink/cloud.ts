@@ -126,15 +126,14 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     this.timer.unref();
   }
 
-  publish(topic: string, payload: Buffer, id: string, done: PublishDone): void {
+  /** Publish while connected; false (and `done` never called) when not connected. */
+  publish(topic: string, payload: Buffer, id: string, done: PublishDone): boolean {
     const client = this.client;
-    if (!client || !this.connectedNow) {
-      done(new EdgeError('E_UPLINK_CONFIG', 'not connected', { retryable: true }));
-      return;
-    }
+    if (!client || !this.connectedNow) return false;
     const opts: IClientPublishOptions = { qos: this.cfg.qos };
     if (this.cfg.protocolVersion === 5 && this.cfg.format === 'raw') opts.properties = { userProperties: { id } };
     client.publish(topic, payload, opts, (err) => done(err ?? null));
+    return true;
   }
 
   /** Say `offline` (retained) and close cleanly. */
@@ -146,13 +145,15 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     // Detached first, so that its close event is not taken for a lost connection.
     this.client = null;
     client.removeAllListeners('close');
-    if (this.connectedNow) {
+    const wasConnected = this.connectedNow;
+    this.connectedNow = false;
+    if (wasConnected) this.emit('down');
+    if (wasConnected) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, 2_000);
         client.publish(this.statusTopic, 'offline', { qos: 1, retain: true }, () => { clearTimeout(t); resolve(); });
       });
     }
-    this.connectedNow = false;
     await new Promise<void>((resolve) => client.end(false, {}, () => resolve()));
   }
 }

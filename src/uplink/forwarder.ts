@@ -75,6 +75,10 @@ export class Forwarder {
 
   private next(): CachedMessage | undefined {
     if (this.head >= this.buffer.length) {
+      if (this.buffer.length > 0) {
+        this.buffer = [];
+        this.head = 0;
+      }
       if (this.caughtUp) return undefined; // nothing committed that onCommitted has not handed over
       this.buffer = this.cache.readAfter(this.cursor, READ_BATCH);
       this.head = 0;
@@ -90,17 +94,14 @@ export class Forwarder {
     const max = this.cfg.maxInflight;
     while (this.cloud.connected && this.inflight < max) {
       const m = this.next();
-      if (!m) return;
-      this.send(m);
+      if (!m || !this.send(m)) return;
     }
   }
 
-  private send(m: CachedMessage): void {
+  private send(m: CachedMessage): boolean {
     const generation = this.generation;
     const body = this.cfg.format === 'envelope' ? encodeEnvelope(m, this.edgeId) : Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength);
-    this.inflight++;
-    this.metrics.uplinkSent.inc();
-    this.cloud.publish(cloudTopic(this.cfg.topicPrefix, m.topic), body, m.id, (err) => {
+    const sent = this.cloud.publish(cloudTopic(this.cfg.topicPrefix, m.topic), body, m.id, (err) => {
       if (generation !== this.generation) return; // a resend after the reconnect owns it now
       this.inflight--;
       if (err) {
@@ -112,6 +113,10 @@ export class Forwarder {
       this.noteAck();
       this.pump();
     });
+    if (!sent) return false; // not connected after all; the message stays in the cache
+    this.inflight++;
+    this.metrics.uplinkSent.inc();
+    return true;
   }
 
   private noteAck(): void {

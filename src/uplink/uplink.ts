@@ -29,6 +29,8 @@ export class Uplink {
 
   isControlTopic(localTopic: string): boolean {
     const topic = cloudTopic(this.cfg.topicPrefix, localTopic);
+    // Every control filter starts with the control prefix: most topics are ruled out here.
+    if (!topic.startsWith(this.cfg.controlPrefix)) return false;
     for (const f of this.controlFilters) if (topicMatches(f, topic)) return true;
     return false;
   }

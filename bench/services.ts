@@ -1,0 +1,79 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { userInfo } from 'node:os';
+import { join } from 'node:path';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const a = srv.address();
+      srv.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function portOpen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+export interface Service {
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  await new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.kill('SIGTERM'); });
+}
+
+/** A loopback Mosquitto as the cloud broker, set not to drop QoS 1 messages for slow subscribers. */
+export async function startMosquitto(dir: string): Promise<Service & { port: number; url: string }> {
+  mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const conf = join(dir, 'mosquitto.conf');
+  writeFileSync(conf, [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'max_queued_messages 0', 'max_inflight_messages 0',
+    ...(process.getuid?.() === 0 ? [`user ${userInfo().username}`] : []), 'log_type error', ''].join('\n'));
+  const bin = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto';
+  const child = spawn(bin, ['-c', conf], { stdio: 'ignore' });
+  await waitFor('mosquitto', () => portOpen(port));
+  return { child, port, url: `mqtt://127.0.0.1:${port}`, stop: () => stopChild(child) };
+}
+
+/** The built proxy as its own process, on ports it picks itself. */
+export async function startProxy(dir: string, configYaml: string): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+  mkdirSync(dir, { recursive: true });
+  const cfg = join(dir, 'edge-proxy.yaml');
+  const portsFile = join(dir, 'ports.json');
+  writeFileSync(cfg, configYaml);
+  const cli = new URL('../src/cli.js', import.meta.url).pathname;
+  return startProcess([cli, 'run', '--config', cfg, '--ports-file', portsFile], portsFile);
+}
+
+/** The bare aedes + MQTT.js forwarder (bench/baseline.ts) as its own process. */
+export async function startBaseline(dir: string, cloudUrl: string): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+  mkdirSync(dir, { recursive: true });
+  const portsFile = join(dir, 'baseline-ports.json');
+  return startProcess([new URL('./baseline.js', import.meta.url).pathname, cloudUrl, portsFile], portsFile);
+}
+
+async function startProcess(args: string[], portsFile: string): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitFor('the proxy to be ready', () => existsSync(portsFile) || child.exitCode !== null);
+  if (!existsSync(portsFile)) throw new Error('the proxy exited at start');
+  return { child, ports: JSON.parse(readFileSync(portsFile, 'utf8')) as { mqtt: number; admin: number }, stop: () => stopChild(child) };
+}
