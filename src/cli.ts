@@ -115,8 +115,7 @@ function runningAdminPort(dataDir: string): number | null {
   }
 }
 
-function seconds(s: number | null): string {
-  if (s === null) return 'unknown (nothing drained recently)';
+function seconds(s: number): string {
   if (s < 60) return `${s.toFixed(0)} s`;
   if (s < 3600) return `${(s / 60).toFixed(1)} min`;
   return `${(s / 3600).toFixed(1)} h`;
@@ -154,7 +153,7 @@ async function status(args: string[]): Promise<void> {
     `devices:  ${body.devices.mqtt} MQTT connected; ${body.rates.receivedPerSecond.toFixed(1)} msg/s in`,
     `uplink:   ${u.url ?? 'none (offline mode)'}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
     `cache:    ${c.messages} messages, ${c.bytes} bytes, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
-    `drain:    ${c.messages === 0 ? 'nothing to drain' : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
+    `drain:    ${c.messages === 0 ? 'nothing to drain' : c.timeToDrainSeconds === null ? `not draining now${u.connected ? '' : ' (the uplink is not connected)'}` : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
     '',
   ].join('\n'));
 }

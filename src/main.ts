@@ -3,19 +3,21 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config, LoadedConfig } from './config/types.js';
 import { Metrics } from './admin/metrics.js';
+import { Rates } from './admin/rates.js';
 import { AdminServer } from './admin/server.js';
 import { resolveAdminToken } from './admin/token.js';
 import { MqttAdapter } from './adapters/mqtt/server.js';
 import { EDGE_DEVICE_ID } from './core/message.js';
 import { newMessageId } from './core/ids.js';
 import { sniffContentType } from './core/content-type.js';
+import { checkDeviceTopic } from './core/topic.js';
 import { LocalDelivery } from './pipeline/local.js';
 import { Router } from './pipeline/router.js';
 import { DurableCache } from './uplink/cache.js';
 import { CloudLink } from './uplink/cloud.js';
 import { Forwarder } from './uplink/forwarder.js';
 import { Uplink } from './uplink/uplink.js';
-import { notifySystemd } from './systemd.js';
+import { notifySystemd, startWatchdog } from './systemd.js';
 import { VERSION } from './version.js';
 import type { ProxyStatus } from './admin/status.js';
 
@@ -49,30 +51,6 @@ function writePortsFile(file: string, ports: Record<string, number>): void {
   renameSync(tmp, file);
 }
 
-/** Rates over the last sampling interval, for the status API and page. */
-class RateSampler {
-  received = 0;
-  acked = 0;
-  private last = { received: 0, acked: 0, at: Date.now() };
-  private readonly timer: NodeJS.Timeout;
-  constructor(private readonly metrics: Metrics) {
-    this.timer = setInterval(() => void this.sample(), 2_000);
-    this.timer.unref();
-  }
-  private async sample(): Promise<void> {
-    const now = Date.now();
-    const received = await this.metrics.total('edge_messages_received_total');
-    const acked = await this.metrics.total('edge_uplink_acked_total');
-    const secs = Math.max(0.001, (now - this.last.at) / 1000);
-    this.received = (received - this.last.received) / secs;
-    this.acked = (acked - this.last.acked) / secs;
-    this.last = { received, acked, at: now };
-  }
-  stop(): void {
-    clearInterval(this.timer);
-  }
-}
-
 /**
  * The composition root: config → cache → uplink → pipeline → adapters → admin.
  * Stops in the reverse order on stop().
@@ -91,14 +69,23 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   if (admin.created) log.info({ file: admin.file }, 'made an admin token at first start; the edge-proxy CLI on this machine finds it there');
 
   const metrics = new Metrics();
-  const cache = new DurableCache(cfg.cache.path, log.child({ stage: 'cache' }), () => metrics.cacheWriteErrors.inc());
+  const cache = await DurableCache.open({
+    path: cfg.cache.path,
+    maxBytes: cfg.cache.maxBytes,
+    maxAgeSeconds: cfg.cache.maxAgeSeconds,
+    log: log.child({ stage: 'cache' }),
+    events: {
+      writeError: () => metrics.cacheWriteErrors.inc(),
+      evicted: (priority, reason, n) => metrics.cacheEvicted.labels(priority, reason).inc(n),
+      refused: () => metrics.cacheRefused.inc(),
+    },
+  });
   metrics.watchCache(cache);
-  log.info({ path: cfg.cache.path, backlog: cache.messageCount() }, 'cache open');
+  log.info({ path: cfg.cache.path, backlog: cache.messageCount(), byPriority: cache.messagesByPriority(), bytes: cache.bytes() }, 'cache open');
 
   const uplink = new Uplink(cfg.uplink, cache, metrics, log.child({ stage: 'uplink' }));
   const cloud = cfg.uplink.url ? new CloudLink(cfg.uplink, log.child({ stage: 'cloud' })) : null;
   const forwarder = cloud ? new Forwarder(cache, cloud, cfg.uplink, cfg.edge.id, metrics, log.child({ stage: 'forwarder' })) : null;
-  if (forwarder) metrics.watchDrainRate(() => forwarder.drainRate());
   if (cloud) {
     cloud.on('up', () => metrics.uplinkConnected.set(1));
     cloud.on('down', () => metrics.uplinkConnected.set(0));
@@ -111,6 +98,13 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
 
   cloud?.on('downlink', (topic, payload, retain) => {
     metrics.downlinkReceived.inc();
+    // The cloud is held to the same limits as a device.
+    const problem = checkDeviceTopic(topic, cfg.limits.maxTopicBytes) ?? (payload.length > cfg.limits.maxPayloadBytes ? `payload of ${payload.length} bytes over limits.maxPayloadBytes` : null);
+    if (problem) {
+      metrics.dropped.labels('downlink_invalid').inc();
+      log.warn({ topic: topic.slice(0, 300), bytes: payload.length, problem }, 'a downlink message from the cloud was not delivered locally');
+      return;
+    }
     const now = Date.now();
     router.acceptFromCloud({
       id: newMessageId(now), ts: now, deviceId: EDGE_DEVICE_ID, protocol: 'cloud', topic, payload,
@@ -119,11 +113,12 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   });
 
   let listening = false;
-  const rates = new RateSampler(metrics);
+  const rates = new Rates(metrics);
+  metrics.watchDrainRate(() => rates.ackedPerSecond());
   const adminServer = new AdminServer(cfg.admin, admin.token, metrics, {
     readiness: () => listening ? (cache.writable() ? { ready: true, reason: null } : { ready: false, reason: 'the cache is not writable' }) : { ready: false, reason: 'starting' },
     status: (): ProxyStatus => {
-      const drain = forwarder?.drainRate() ?? 0;
+      const drain = rates.ackedPerSecond();
       const backlog = cache.messageCount();
       return {
         version: VERSION,
@@ -131,7 +126,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
         uptimeSeconds: (Date.now() - started) / 1000,
         ports,
         devices: { mqtt: mqtt.connectedCount() },
-        rates: { receivedPerSecond: rates.received, ackedPerSecond: rates.acked },
+        rates: { receivedPerSecond: rates.receivedPerSecond(), ackedPerSecond: drain },
         rules: null,
         models: [],
         cache: {
@@ -154,7 +149,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
     rates.stop();
     await mqtt.stop().catch(() => {});
     await adminServer.stop().catch(() => {});
-    cache.close();
+    await cache.close();
     throw err;
   }
   ports.mqtt = mqttAddr.port;
@@ -168,6 +163,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   listening = true;
   log.info('ready');
   notifySystemd('--ready', log);
+  const stopWatchdog = startWatchdog(log);
   cloud?.start();
 
   let stopping: Promise<void> | null = null;
@@ -178,10 +174,13 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
         log.info('stopping: closing device connections, committing the cache, saying offline to the cloud');
         listening = false;
         rates.stop();
-        await mqtt.stop();
-        cache.flush();
+        stopWatchdog();
+        // Devices first: no new packets are read, what is in hand is committed and acknowledged.
+        await mqtt.stop(() => cache.drainWrites());
+        // Then the cloud: what is in flight gets its PUBACK (else it is resent at the next start).
+        await forwarder?.settle(3_000);
         await cloud?.stop();
-        cache.close();
+        await cache.close();
         await adminServer.stop();
         rmSync(localPortsFile, { force: true });
         log.info({ backlog: 'kept in the cache' }, 'stopped');

@@ -38,8 +38,8 @@ t.test('no file: the embedded defaults', async (t) => {
     mqtt: { host: '127.0.0.1', port: 1883 },
     admin: { host: '127.0.0.1', port: 9180, token: null, tokenFile: null },
     auth: { mode: 'open' },
-    routing: { default: 'uplink' },
-    cache: { path: join(cwd, 'data', 'cache.db') },
+    routing: { default: 'uplink', priorities: [] },
+    cache: { path: join(cwd, 'data', 'cache.db'), maxBytes: 512 * 1024 * 1024, maxAgeSeconds: 604800 },
     uplink: {
       url: null,
       clientId: `edge-${hostname()}`,
@@ -51,6 +51,7 @@ t.test('no file: the embedded defaults', async (t) => {
       format: 'envelope',
       qos: 1,
       maxInflight: 64,
+      maxRate: 0,
       keepalive: 30,
       tls: { ca: null, cert: null, key: null, rejectUnauthorized: true },
     },
@@ -157,19 +158,214 @@ t.test('keys of features that do not exist yet are refused as unknown keys', asy
     'models: { dir: ./models }',
     'inference: { threads: 2 }',
     'devicesFile: devices.yaml',
-    'routing: { priorities: [] }',
-    'cache: { maxBytes: 512MiB }',
     'mqtt: { tls: { port: 8883 } }',
     'limits: { perDeviceRate: 100 }',
     'log: { pretty: true }',
     '',
   ].join('\n');
   const found = problems(t, yaml);
-  t.equal(found.length, 11);
+  t.equal(found.length, 9);
   for (const line of found) t.match(line, /: E_CONFIG_UNKNOWN_KEY: unknown key `\w+`: [\w.]+ is not available/);
   t.match(found, [/:1:1: coap:/, /:2:1: http:/]);
-  t.ok(found.some((p) => p.includes(':7:12: routing.priorities:')));
-  t.ok(found.some((p) => p.includes(':11:8: log.pretty:')));
+  t.ok(found.some((p) => p.includes(':7:9: mqtt.tls:')));
+  t.ok(found.some((p) => p.includes(':9:8: log.pretty:')));
+});
+
+t.test('routing.priorities: an ordered list of topic filters and priorities', async (t) => {
+  const yaml = [
+    'routing:',
+    '  priorities:',
+    '    - { topic: "devices/+/alarm/#", priority: critical }',
+    '    - priority: high', //                    key order does not matter
+    '      topic: "+/status"',
+    '    - { topic: "#", priority: normal }',
+    '    - { topic: "devices/+/debug/#", priority: low }',
+    '',
+  ].join('\n');
+  const { config } = load(t, yaml);
+  t.same(config.routing.priorities, [
+    { topic: 'devices/+/alarm/#', priority: 'critical' },
+    { topic: '+/status', priority: 'high' },
+    { topic: '#', priority: 'normal' },
+    { topic: 'devices/+/debug/#', priority: 'low' },
+  ]);
+  t.same(Object.keys(config.routing.priorities[1] ?? {}), ['topic', 'priority'], 'items in the schema key order');
+  t.ok(Object.isFrozen(config.routing.priorities));
+  t.ok(Object.isFrozen(config.routing.priorities[0]));
+  t.equal(config.routing.default, 'uplink', 'routing.default keeps its default');
+  t.same(load(t, 'routing: { priorities: [] }\n').config.routing.priorities, []);
+  for (const topic of ['a', '/', 'a//b', '+', '+/+', 'a/+/b/#', '$SYS/#', 'dévices/+/température']) {
+    t.same(load(t, `routing: { priorities: [{ topic: "${topic}", priority: low }] }\n`).config.routing.priorities, [
+      { topic, priority: 'low' },
+    ]);
+  }
+});
+
+t.test('routing.priorities: every bad item reported at its position', async (t) => {
+  const yaml = [
+    'routing:', //                                              1
+    '  priorities:', //                                         2
+    '    - { topic: "devices/+/alarm/#", priority: critical }', // 3
+    '    - { topc: "devices/+/debug/#", priority: low }', //    4
+    '    - { topic: "devices/#/x", priority: urgent }', //      5
+    '    - topic: "devices/temp+/x"', //                        6
+    '      priority: high', //                                  7
+    '    - "devices/#"', //                                     8
+    '    - { topic: "", priority: low }', //                    9
+    '    - { topic: "devices/#" }', //                          10
+    '    - { topic: "a/b#", priority: low, colour: red }', //   11
+    '',
+  ].join('\n');
+  t.same(problems(t, yaml), [
+    'edge-proxy.test.yaml:4:9: routing.priorities[1].topc: E_CONFIG_UNKNOWN_KEY: ' +
+      'unknown key `topc`: did you mean `topic`?',
+    'edge-proxy.test.yaml:5:16: routing.priorities[2].topic: E_CONFIG_VALUE: ' +
+      '`devices/#/x` is not a valid MQTT topic filter: `#` may only stand alone as the last level, as in `devices/#`',
+    'edge-proxy.test.yaml:5:41: routing.priorities[2].priority: E_CONFIG_VALUE: ' +
+      'must be one of `critical`, `high`, `normal`, `low`, not `urgent`',
+    'edge-proxy.test.yaml:6:14: routing.priorities[3].topic: E_CONFIG_VALUE: ' +
+      '`devices/temp+/x` is not a valid MQTT topic filter: ' +
+      '`+` may only stand alone as a whole level, as in `devices/+/alarm`',
+    'edge-proxy.test.yaml:8:7: routing.priorities[4]: E_CONFIG_TYPE: ' +
+      'must be a mapping with `topic` and `priority`, not the string `devices/#`',
+    'edge-proxy.test.yaml:9:16: routing.priorities[5].topic: E_CONFIG_VALUE: ' +
+      'must not be empty: write an MQTT topic filter such as `devices/+/alarm/#`',
+    'edge-proxy.test.yaml:10:7: routing.priorities[6]: E_CONFIG_VALUE: `priority` is missing',
+    'edge-proxy.test.yaml:11:16: routing.priorities[7].topic: E_CONFIG_VALUE: ' +
+      '`a/b#` is not a valid MQTT topic filter: `#` may only stand alone as the last level, as in `devices/#`',
+    'edge-proxy.test.yaml:11:39: routing.priorities[7].colour: E_CONFIG_UNKNOWN_KEY: unknown key `colour`',
+  ]);
+});
+
+t.test('routing.priorities must be a list', async (t) => {
+  t.same(problems(t, 'routing:\n  priorities: { topic: "devices/#", priority: low }\n'), [
+    'edge-proxy.test.yaml:2:15: routing.priorities: E_CONFIG_TYPE: ' +
+      'must be a list of mappings with `topic` and `priority`, not a mapping',
+  ]);
+  t.same(problems(t, 'routing: { priorities: critical }\n'), [
+    'edge-proxy.test.yaml:1:24: routing.priorities: E_CONFIG_TYPE: ' +
+      'must be a list of mappings with `topic` and `priority`, not the string `critical`',
+  ]);
+  t.same(problems(t, 'routing:\n  priorities:\n'), [
+    'edge-proxy.test.yaml:2:14: routing.priorities: E_CONFIG_TYPE: ' +
+      'must be a list of mappings with `topic` and `priority`, not null',
+  ]);
+});
+
+t.test('routing.priorities: topic filters with NUL, or too long', async (t) => {
+  t.match(problems(t, 'routing: { priorities: [{ topic: "a/\\0/b", priority: low }] }\n'), [
+    /^edge-proxy\.test\.yaml:1:34: routing\.priorities\[0\]\.topic: E_CONFIG_VALUE: .* NUL character$/,
+  ]);
+  t.match(problems(t, `routing: { priorities: [{ topic: "${'a'.repeat(65536)}", priority: low }] }\n`), [
+    /routing\.priorities\[0\]\.topic: E_CONFIG_VALUE: .* longer than 65535 bytes$/,
+  ]);
+});
+
+t.test('EDGE_PROXY_ROUTING_PRIORITIES takes a YAML flow sequence', async (t) => {
+  const env = {
+    EDGE_PROXY_ROUTING_PRIORITIES: '[{topic: "devices/+/alarm/#", priority: critical}, {topic: logs/#, priority: low}]',
+  };
+  const { config } = load(t, 'routing: { priorities: [{ topic: "file/#", priority: high }] }\n', { env });
+  t.same(config.routing.priorities, [
+    { topic: 'devices/+/alarm/#', priority: 'critical' },
+    { topic: 'logs/#', priority: 'low' },
+  ], 'the variable replaces the whole list of the file');
+  t.same(load(t, '', { env: { EDGE_PROXY_ROUTING_PRIORITIES: '[]' } }).config.routing.priorities, []);
+});
+
+t.test('problems in EDGE_PROXY_ROUTING_PRIORITIES name the variable', async (t) => {
+  const file = 'routing:\n  priorities:\n    - { topic: "file/#", priority: high }\n    - { topc: x, priority: low }\n';
+  const env = { EDGE_PROXY_ROUTING_PRIORITIES: '[{topic: "a/#", priority: critical}, {topc: "b/+/c", priority: meh}]' };
+  t.same(problems(t, file, { env }), [
+    'env:EDGE_PROXY_ROUTING_PRIORITIES:1:1: routing.priorities[1].topc: E_CONFIG_UNKNOWN_KEY: ' +
+      'unknown key `topc`: did you mean `topic`?',
+    'env:EDGE_PROXY_ROUTING_PRIORITIES:1:1: routing.priorities[1].priority: E_CONFIG_VALUE: ' +
+      'must be one of `critical`, `high`, `normal`, `low`, not `meh`',
+  ]);
+  t.same(problems(t, '', { env: { EDGE_PROXY_ROUTING_PRIORITIES: '[{topic: "a/#+", priority: low}]' } }), [
+    'env:EDGE_PROXY_ROUTING_PRIORITIES:1:1: routing.priorities[0].topic: E_CONFIG_VALUE: ' +
+      '`a/#+` is not a valid MQTT topic filter: `#` may only stand alone as the last level, as in `devices/#`',
+  ]);
+  t.same(problems(t, '', { env: { EDGE_PROXY_ROUTING_PRIORITIES: 'devices/#' } }), [
+    'env:EDGE_PROXY_ROUTING_PRIORITIES:1:1: routing.priorities: E_CONFIG_TYPE: ' +
+      'must be a list of mappings with `topic` and `priority`, not the string `devices/#`',
+  ]);
+  t.match(problems(t, '', { env: { EDGE_PROXY_ROUTING_PRIORITIES: '[{topic: a, priority: low}' } }), [
+    /^env:EDGE_PROXY_ROUTING_PRIORITIES:1:1: routing\.priorities: E_CONFIG_YAML: not valid YAML: /,
+  ]);
+});
+
+t.test('cache.maxBytes: a size of at least 1KiB', async (t) => {
+  t.equal(load(t, 'cache: { maxBytes: 2GiB }\n').config.cache.maxBytes, 2 * 2 ** 30);
+  t.equal(load(t, 'cache: { maxBytes: 100MB }\n').config.cache.maxBytes, 100_000_000);
+  t.equal(load(t, 'cache: { maxBytes: 1024 }\n').config.cache.maxBytes, 1024, 'the minimum, as a number of bytes');
+  t.equal(load(t, 'cache: { maxBytes: 1KiB }\n').config.cache.path, join(t.testdirName, 'data', 'cache.db'));
+  t.same(problems(t, 'cache:\n  maxBytes: 1023\n'), [
+    'edge-proxy.test.yaml:2:13: cache.maxBytes: E_CONFIG_VALUE: must be at least 1KiB, not 1023B',
+  ]);
+  t.same(problems(t, 'cache:\n  maxBytes: 1000B\n'), [
+    'edge-proxy.test.yaml:2:13: cache.maxBytes: E_CONFIG_VALUE: must be at least 1KiB, not 1000B',
+  ]);
+  t.match(problems(t, 'cache:\n  maxBytes: half a gig\n'), [
+    /^edge-proxy\.test\.yaml:2:13: cache\.maxBytes: E_CONFIG_VALUE: `half a gig` is not a size: /,
+  ]);
+  t.same(problems(t, 'cache:\n  maxBytes: [512MiB]\n'), [
+    'edge-proxy.test.yaml:2:13: cache.maxBytes: E_CONFIG_TYPE: ' +
+      'must be a size (a number of bytes, or a string such as 256KiB), not a list',
+  ]);
+});
+
+t.test('cache.maxAgeSeconds: a duration of at least 1 second', async (t) => {
+  t.equal(load(t, 'cache: { maxAgeSeconds: 12h }\n').config.cache.maxAgeSeconds, 43200);
+  t.equal(load(t, 'cache: { maxAgeSeconds: 30d }\n').config.cache.maxAgeSeconds, 30 * 86400);
+  t.equal(load(t, 'cache: { maxAgeSeconds: 90m }\n').config.cache.maxAgeSeconds, 5400);
+  t.equal(load(t, 'cache: { maxAgeSeconds: 1 }\n').config.cache.maxAgeSeconds, 1);
+  t.same(problems(t, 'cache:\n  maxAgeSeconds: 0\n'), [
+    'edge-proxy.test.yaml:2:18: cache.maxAgeSeconds: E_CONFIG_VALUE: must be at least 1, not 0',
+  ]);
+  t.same(problems(t, 'cache:\n  maxAgeSeconds: 1500ms\n'), [
+    'edge-proxy.test.yaml:2:18: cache.maxAgeSeconds: E_CONFIG_VALUE: must be a whole number of seconds, not 1.5',
+  ]);
+  t.match(problems(t, 'cache:\n  maxAgeSeconds: 1w\n'), [
+    /^edge-proxy\.test\.yaml:2:18: cache\.maxAgeSeconds: E_CONFIG_VALUE: `1w` is not a duration: /,
+  ]);
+  t.same(problems(t, 'cache:\n  maxAgeSeconds: true\n'), [
+    'edge-proxy.test.yaml:2:18: cache.maxAgeSeconds: E_CONFIG_TYPE: ' +
+      'must be a duration (a number of seconds, or a string such as 30s), not `true`',
+  ]);
+});
+
+t.test('uplink.maxRate: a whole number of messages a second, 0 = unlimited', async (t) => {
+  t.equal(load(t, 'uplink: { maxRate: 500 }\n').config.uplink.maxRate, 500);
+  t.equal(load(t, 'uplink: { maxRate: 0 }\n').config.uplink.maxRate, 0);
+  t.same(problems(t, 'uplink:\n  maxRate: -1\n'), [
+    'edge-proxy.test.yaml:2:12: uplink.maxRate: E_CONFIG_VALUE: must be at least 0, not -1',
+  ]);
+  t.same(problems(t, 'uplink:\n  maxRate: 2.5\n'), [
+    'edge-proxy.test.yaml:2:12: uplink.maxRate: E_CONFIG_VALUE: must be a whole number, not 2.5',
+  ]);
+  t.same(problems(t, 'uplink:\n  maxRate: fast\n'), [
+    'edge-proxy.test.yaml:2:12: uplink.maxRate: E_CONFIG_TYPE: must be a whole number, not the string `fast`',
+  ]);
+  t.same(problems(t, 'uplink:\n  max_rate: 10\n'), [
+    'edge-proxy.test.yaml:2:3: uplink.max_rate: E_CONFIG_UNKNOWN_KEY: unknown key `max_rate`: did you mean `maxRate`?',
+  ]);
+});
+
+t.test('environment overrides of the cache bounds and uplink.maxRate', async (t) => {
+  const env = {
+    EDGE_PROXY_CACHE_MAX_BYTES: '64MiB',
+    EDGE_PROXY_CACHE_MAX_AGE_SECONDS: '2d',
+    EDGE_PROXY_UPLINK_MAX_RATE: '250',
+  };
+  const { config } = load(t, 'cache: { maxBytes: 1GiB, maxAgeSeconds: 1h }\nuplink: { maxRate: 5 }\n', { env });
+  t.equal(config.cache.maxBytes, 64 * 2 ** 20);
+  t.equal(config.cache.maxAgeSeconds, 172800);
+  t.equal(config.uplink.maxRate, 250);
+  t.same(problems(t, '', { env: { EDGE_PROXY_CACHE_MAX_BYTES: '1B', EDGE_PROXY_UPLINK_MAX_RATE: '-5' } }), [
+    'env:EDGE_PROXY_CACHE_MAX_BYTES:1:1: cache.maxBytes: E_CONFIG_VALUE: must be at least 1KiB, not 1B',
+    'env:EDGE_PROXY_UPLINK_MAX_RATE:1:1: uplink.maxRate: E_CONFIG_VALUE: must be at least 0, not -5',
+  ]);
 });
 
 t.test('wrong types', async (t) => {
@@ -426,4 +622,9 @@ t.test('config/edge-proxy.production.yaml loads without problems', async (t) => 
   t.equal(config.uplink.url, 'mqtts://broker.example.com:8883');
   t.equal(config.uplink.tls.ca, '/etc/edge-proxy/ca.pem');
   t.equal(config.auth.mode, 'open');
+  t.same(config.routing.priorities, [
+    { topic: 'devices/+/alarm/#', priority: 'critical' },
+    { topic: 'devices/+/debug/#', priority: 'low' },
+  ]);
+  t.equal(config.cache.maxBytes, 512 * 2 ** 20);
 });

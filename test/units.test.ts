@@ -97,10 +97,11 @@ t.test('ULIDs are monotonic within one millisecond', async (t) => {
 
 t.test('reconnect backoff grows from 1 s to 60 s with jitter', async (t) => {
   t.equal(backoffDelay(0, () => 0), 1000, 'never below 1 s');
-  t.equal(backoffDelay(1, () => 0), 1000);
-  t.equal(backoffDelay(2, () => 0), 2000);
-  t.equal(backoffDelay(0, () => 1), 1000);
-  t.equal(backoffDelay(3, () => 1), 8000);
+  t.equal(backoffDelay(0, () => 1), 2000, 'the first retry is already spread over 1 to 2 s');
+  t.equal(backoffDelay(1, () => 1), 4000);
+  t.equal(backoffDelay(3, () => 1), 16_000);
   t.equal(backoffDelay(10, () => 1), 60_000, 'capped at 60 s');
-  t.equal(backoffDelay(100, () => 0), 30_000, 'jitter keeps at least half');
+  t.equal(backoffDelay(100, () => 0), 1000, 'full jitter: anywhere from 1 s');
+  const spread = new Set(Array.from({ length: 50 }, () => backoffDelay(0)));
+  t.ok(spread.size > 10, 'a fleet reconnecting at once does not do so in step');
 });

@@ -5,7 +5,7 @@ import type { Protocol } from '../core/message.js';
 // handles they need; label children are bound once here so the hot path only increments.
 
 export type RefuseReason = 'too_large' | 'malformed' | 'acl' | 'cache';
-export type DropReason = 'control_topic' | 'hops' | 'qos0_refused';
+export type DropReason = 'control_topic' | 'hops' | 'qos0_refused' | 'cloud_refused' | 'downlink_invalid';
 
 export interface CacheGaugeSource {
   messagesByPriority(): Record<string, number>;
@@ -23,6 +23,7 @@ export class Metrics {
   readonly payloadDecodeErrors: client.Counter;
   readonly cacheWriteErrors: client.Counter;
   readonly cacheRefused: client.Counter;
+  readonly cacheEvicted: client.Counter<'priority' | 'reason'>;
   readonly uplinkSent: client.Counter;
   readonly uplinkAcked: client.Counter;
   readonly uplinkConnected: client.Gauge;
@@ -40,7 +41,8 @@ export class Metrics {
     this.dropped = new client.Counter({ name: 'edge_messages_dropped_total', help: 'Messages accepted but not forwarded, by reason', labelNames: ['reason'], registers });
     this.payloadDecodeErrors = new client.Counter({ name: 'edge_payload_decode_errors_total', help: 'Payloads that claimed JSON or CBOR and did not parse', registers });
     this.cacheWriteErrors = new client.Counter({ name: 'edge_cache_write_errors_total', help: 'Failed writes to the durable cache', registers });
-    this.cacheRefused = new client.Counter({ name: 'edge_cache_refused_total', help: 'Messages the cache could not take', registers });
+    this.cacheRefused = new client.Counter({ name: 'edge_cache_refused_total', help: 'Messages the cache could not take (full, or not writable)', registers });
+    this.cacheEvicted = new client.Counter({ name: 'edge_cache_evicted_total', help: 'Messages evicted from the cache, by priority and reason (bytes, age)', labelNames: ['priority', 'reason'], registers });
     this.uplinkSent = new client.Counter({ name: 'edge_uplink_sent_total', help: 'Publishes sent to the cloud broker (resends included)', registers });
     this.uplinkAcked = new client.Counter({ name: 'edge_uplink_acked_total', help: 'Publishes acknowledged by the cloud broker', registers });
     this.uplinkConnected = new client.Gauge({ name: 'edge_uplink_connected', help: '1 while connected to the cloud broker', registers });

@@ -10,9 +10,12 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Documen
 import { ConfigError, type ConfigProblem } from '../core/errors.js';
 import {
   configValidator,
+  configSchemaTree,
   PLANNED_KEYS,
   schemaAt,
+  schemaChild,
   schemaLeaves,
+  topicFilterProblem,
   type SchemaLeaf,
   type SchemaNode,
 } from './schema.js';
@@ -155,11 +158,11 @@ class Locations {
   }
 
   ofKey(path: KeyPath): Where {
-    return this.keys.get(pathId(path)) ?? this.ofValue(path);
+    return this.fromEnv(path) ?? this.keys.get(pathId(path)) ?? this.ofValue(path);
   }
 
   ofValue(path: KeyPath): Where {
-    const fromEnv = this.env.get(pathId(path));
+    const fromEnv = this.fromEnv(path);
     if (fromEnv) return fromEnv;
     // A default or a value inside something the file wrote: point at the closest thing the file wrote.
     for (let n = path.length; n >= 0; n--) {
@@ -167,6 +170,15 @@ class Locations {
       if (where) return where;
     }
     return this.fallback;
+  }
+
+  /** A variable that set this key or one above it (a list item inside EDGE_PROXY_ROUTING_PRIORITIES). */
+  private fromEnv(path: KeyPath): Where | undefined {
+    for (let n = path.length; n >= 1; n--) {
+      const where = this.env.get(pathId(path.slice(0, n)));
+      if (where) return where;
+    }
+    return undefined;
   }
 }
 
@@ -282,10 +294,19 @@ function applyEnvironment(tree: Tree, env: NodeJS.ProcessEnv, where: Locations):
       problems.push(unknownEnvProblem(name));
       continue;
     }
+    const parsed = parseEnvValue(raw, leaf);
+    if ('problem' in parsed) {
+      problems.push(makeProblem('E_CONFIG_YAML', envWhere(name), leaf.path, parsed.problem));
+      continue;
+    }
     // A parent the file made into a scalar cannot take the key; the file's type error says so already.
-    if (setAt(tree, leaf.path, parseEnvValue(raw, leaf.node))) where.addEnv(leaf.path, name);
+    if (setAt(tree, leaf.path, parsed.value)) where.addEnv(leaf.path, name);
   }
   return problems;
+}
+
+function envWhere(name: string): Where {
+  return { source: `env:${name}`, line: 1, col: 1 };
 }
 
 /**
@@ -293,10 +314,23 @@ function applyEnvironment(tree: Tree, env: NodeJS.ProcessEnv, where: Locations):
  * (only `null` still means null where null is allowed): a password `123456` or `pa #ss` must not turn
  * into a number or lose its tail to a YAML comment.
  */
-function parseEnvValue(raw: string, node: SchemaNode): unknown {
+function parseEnvValue(raw: string, { node }: SchemaLeaf): { value: unknown } | { problem: string } {
+  if (node.type === 'array') return yamlValue(raw);
   const value = yamlScalar(raw);
-  if (node.type !== 'string') return value;
-  return value === null && node.nullable ? null : raw;
+  if (node.type !== 'string') return { value };
+  return { value: value === null && node.nullable ? null : raw };
+}
+
+/** A list is written as YAML, e.g. `[{topic: "devices/+/alarm/#", priority: critical}]`; the schema checks the rest. */
+function yamlValue(raw: string): { value: unknown } | { problem: string } {
+  const doc = parseDocument(raw, { prettyErrors: false, uniqueKeys: true });
+  const error = [...doc.errors, ...doc.warnings][0];
+  if (error) return { problem: `not valid YAML: ${error.message}` };
+  try {
+    return { value: doc.toJS({ maxAliasCount: 100 }) };
+  } catch (err) {
+    return { problem: `not valid YAML: ${(err as Error).message}` };
+  }
 }
 
 function yamlScalar(raw: string): unknown {
@@ -307,7 +341,7 @@ function yamlScalar(raw: string): unknown {
 }
 
 function unknownEnvProblem(name: string): ConfigProblem {
-  const where = { source: `env:${name}`, line: 1, col: 1 };
+  const where = envWhere(name);
   const planned = [...PLANNED_KEYS].find((key) => envName(key.split('.')) === name);
   const known = [...envLeaves().keys()].map((n) => n.slice(ENV_PREFIX.length));
   const hint = planned
@@ -369,7 +403,8 @@ function fillSection(section: Tree, node: SchemaNode): void {
       const value = section[key];
       if (isTree(value)) fillSection(value, child);
     } else if (section[key] === undefined && 'default' in child) {
-      section[key] = child.default;
+      // A copy: the result is frozen, and a list default must not freeze the schema's own.
+      section[key] = structuredClone(child.default);
     }
   }
 }
@@ -381,7 +416,21 @@ function schemaProblems(tree: Tree, where: Locations, reported: ReadonlySet<stri
   const validate = configValidator();
   if (validate(tree)) return [];
   const errors = (validate.errors ?? []).filter((e) => !reported.has(e.instancePath));
-  return mostUseful(errors).map((error) => schemaProblem(error, where));
+  return mostUseful(withoutTyposMissing(errors)).map((error) => schemaProblem(error, where));
+}
+
+/** `{ topc: a }` is one problem, not two: the "did you mean `topic`" says what the "`topic` is missing" would. */
+function withoutTyposMissing(errors: readonly ErrorObject[]): ErrorObject[] {
+  const meant = new Set<string>();
+  for (const e of errors) {
+    if (e.keyword !== 'additionalProperties') continue;
+    const known = Object.keys(schemaAt(pathOf(e.instancePath))?.properties ?? {});
+    const name = closestName(String(e.params['additionalProperty']), known);
+    if (name !== undefined) meant.add(pathId([e.instancePath, name]));
+  }
+  return errors.filter(
+    (e) => e.keyword !== 'required' || !meant.has(pathId([e.instancePath, String(e.params['missingProperty'])])),
+  );
 }
 
 /** Of several complaints about one value, a wrong type says it all: `enum` after `type` is noise. */
@@ -436,9 +485,15 @@ function valueMessage(error: ErrorObject, node: SchemaNode): string {
       return node.minLength === 1 ? 'must not be empty' : `must be at least ${node.minLength} characters long`;
     case 'maxLength':
       return `must be at most ${node.maxLength} characters long, not ${String(error.data).length}`;
+    case 'format': {
+      if (node.format !== 'mqtt-topic-filter') return `${got} is not allowed`;
+      if (error.data === '') return 'must not be empty: write an MQTT topic filter such as `devices/+/alarm/#`';
+      return `${got} is not a valid MQTT topic filter: ${topicFilterProblem(String(error.data)) ?? 'refused'}`;
+    }
     case 'pattern':
-    case 'format':
       return `${got} is not allowed`;
+    case 'required':
+      return `\`${String(error.params['missingProperty'])}\` is missing`;
     default:
       return error.message ?? `is not allowed (${error.keyword})`;
   }
@@ -461,7 +516,7 @@ function describeType(node: SchemaNode): string {
     size: 'a size (a number of bytes, or a string such as 256KiB)',
     duration: 'a duration (a number of seconds, or a string such as 30s)',
   };
-  const base = node.unit ? units[node.unit] : typeName(node.type);
+  const base = node.unit ? units[node.unit] : (node.shape ?? typeName(node.type));
   return node.nullable ? `${base} or null` : base;
 }
 
@@ -475,6 +530,8 @@ function typeName(type: SchemaNode['type']): string {
       return 'true or false';
     case 'object':
       return 'a mapping of keys';
+    case 'array':
+      return 'a list';
     default:
       return 'a string';
   }
@@ -525,10 +582,18 @@ function finish(tree: Config, cwd: string): Config {
     let value = getAt(tree, path);
     if (typeof value === 'string' && node.template) value = value.replaceAll('{edgeId}', edgeId);
     if (typeof value === 'string' && node.resolvePath) value = resolve(cwd, value);
+    const items = node.items;
+    if (Array.isArray(value) && items) value = value.map((item) => inKeyOrder(item, items));
     setAt(result, path, value);
   }
   // Same keys as the validated tree, so still a Config.
   return deepFreeze(result as unknown as Config);
+}
+
+/** A fresh copy of a list item, keys in the schema's order. */
+function inKeyOrder(item: unknown, node: SchemaNode): unknown {
+  if (!isTree(item)) return item;
+  return Object.fromEntries(Object.keys(node.properties ?? {}).map((key) => [key, item[key]]));
 }
 
 function deepFreeze<T>(value: T): T {
@@ -543,7 +608,19 @@ function deepFreeze<T>(value: T): T {
 // Helpers
 
 function makeProblem(code: ConfigProblem['code'], where: Where, path: KeyPath, message: string): ConfigProblem {
-  return { code, source: where.source, line: where.line, col: where.col, key: path.join('.'), message };
+  return { code, source: where.source, line: where.line, col: where.col, key: keyText(path), message };
+}
+
+/** A key path as problems show it: `mqtt.port`, and list items by index, `routing.priorities[1].topic`. */
+function keyText(path: KeyPath): string {
+  let node: SchemaNode | undefined = configSchemaTree;
+  let text = '';
+  for (const key of path) {
+    const isIndex = node?.type === 'array';
+    text += isIndex ? `[${key}]` : text === '' ? key : `.${key}`;
+    node = node && schemaChild(node, key);
+  }
+  return text;
 }
 
 /** File problems first, in reading order; then the environment's, by variable name. */
@@ -596,6 +673,12 @@ function pathOf(pointer: string): string[] {
 
 /** `: did you mean \`port\`?` when a known name is a likely typo of the unknown one, else ''. */
 function didYouMean(unknown: string, known: readonly string[], prefix: string): string {
+  const name = closestName(unknown, known);
+  return name === undefined ? '' : `: did you mean \`${prefix}${name}\`?`;
+}
+
+/** The known name the unknown one is likely a typo of, if any. */
+function closestName(unknown: string, known: readonly string[]): string | undefined {
   const wanted = normaliseName(unknown);
   const limit = wanted.length <= 4 ? 1 : wanted.length <= 8 ? 2 : 3;
   let best: { name: string; distance: number } | undefined;
@@ -605,7 +688,7 @@ function didYouMean(unknown: string, known: readonly string[], prefix: string): 
     const distance = close ? 0.5 : editDistance(wanted, candidate);
     if (distance <= limit && (!best || distance < best.distance)) best = { name, distance };
   }
-  return best ? `: did you mean \`${prefix}${best.name}\`?` : '';
+  return best?.name;
 }
 
 // `topic_prefix`, `TopicPrefix` and `topicprefix` are all someone meaning topicPrefix.

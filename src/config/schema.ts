@@ -6,15 +6,22 @@
 // numbers and filled in the defaults, so a value it accepts is a Config.
 
 import { Ajv, type ValidateFunction } from 'ajv';
-import type { Config } from './types.js';
+import type { Config, Priority } from './types.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
+const DAY = 86400;
 
 /** Schemes MQTT.js can reach a cloud broker with (uplink-cache.md). */
 export const UPLINK_URL_SCHEMES = ['mqtt', 'mqtts', 'ws', 'wss'] as const;
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+
+/** The uplink priorities, most urgent first (uplink-cache.md). */
+export const PRIORITIES = ['critical', 'high', 'normal', 'low'] as const satisfies readonly Priority[];
+// Fails to compile when Priority gains a value PRIORITIES does not list.
+const everyPriorityListed: Priority extends (typeof PRIORITIES)[number] ? true : never = true;
+void everyPriorityListed;
 
 /**
  * Annotations this project adds to the schema; ajv ignores them, load.ts reads them.
@@ -23,6 +30,7 @@ export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] a
  * - template: `{edgeId}` in the value is replaced by edge.id.
  * - trialDefault: the default suits a trial, not a deployment; leaving it alone earns a start-up warning.
  * - hint: said after any complaint about the value, where the rule alone would puzzle.
+ * - shape: said instead of the JSON type in a complaint about the type (`a list of mappings with ...`).
  */
 export interface ConfigAnnotations {
   unit?: 'size' | 'duration';
@@ -30,14 +38,16 @@ export interface ConfigAnnotations {
   template?: boolean;
   trialDefault?: boolean;
   hint?: string;
+  shape?: string;
 }
-const ANNOTATION_KEYWORDS = ['unit', 'resolvePath', 'template', 'trialDefault', 'hint'] as const;
+const ANNOTATION_KEYWORDS = ['unit', 'resolvePath', 'template', 'trialDefault', 'hint', 'shape'] as const;
 
 /** A view of the schema for walking it; every node of configSchema fits it. */
 export interface SchemaNode extends ConfigAnnotations {
   type?: string | string[];
   nullable?: boolean;
   properties?: Record<string, SchemaNode>;
+  items?: SchemaNode;
   default?: unknown;
   enum?: readonly unknown[];
   const?: unknown;
@@ -52,9 +62,14 @@ export interface SchemaNode extends ConfigAnnotations {
 
 /**
  * The schema of a value of type T. Objects list exactly T's keys (the compiler refuses a missing or an
- * extra one), so the schema cannot drift from types.ts; leaves must name the JSON type T has.
+ * extra one), so the schema cannot drift from types.ts; leaves must name the JSON type T has; a list
+ * must be a list of objects whose schema lists exactly the item type's keys.
  */
-export type SchemaFor<T> = [T] extends [string | number | boolean | null] ? LeafSchema<T> : ObjectSchema<T>;
+export type SchemaFor<T> = [T] extends [string | number | boolean | null]
+  ? LeafSchema<T>
+  : [T] extends [ReadonlyArray<infer E>]
+    ? ArraySchema<E>
+    : ObjectSchema<T>;
 
 export interface ObjectSchema<T> extends SchemaNode {
   type: 'object';
@@ -63,6 +78,28 @@ export interface ObjectSchema<T> extends SchemaNode {
   properties: { [K in keyof T]-?: SchemaFor<T[K]> };
 }
 
+/**
+ * A list of objects, such as routing.priorities. The whole list is one key: one environment variable
+ * (a YAML flow sequence), and a default that is the list itself. load.ts fills in no defaults and applies
+ * no annotations inside the items, so the compiler refuses them there.
+ */
+export interface ArraySchema<E> extends SchemaNode {
+  type: 'array';
+  items: ItemSchema<E>;
+  default: readonly E[];
+}
+
+export interface ItemSchema<E> extends SchemaNode {
+  type: 'object';
+  additionalProperties: false;
+  required: string[];
+  properties: { [K in keyof E]-?: ItemLeafSchema<E[K]> };
+}
+
+type ItemLeafSchema<T> = [T] extends [string | number | boolean | null]
+  ? LeafSchema<T> & { [A in keyof ConfigAnnotations as A extends 'hint' ? never : A]?: never } & { default?: never }
+  : never;
+
 type JsonTypeOf<T> = [T] extends [string] ? 'string' : [T] extends [number] ? 'integer' | 'number' : 'boolean';
 type LeafSchema<T> = SchemaNode & { type: JsonTypeOf<NonNullable<T>> } & Nullability<T>;
 type Nullability<T> = null extends T ? { nullable: true } : { nullable?: false };
@@ -70,6 +107,24 @@ type Nullability<T> = null extends T ? { nullable: true } : { nullable?: false }
 // Every key is required *after* defaults are filled in, which is what makes a valid value a Config.
 function object<T>(properties: { [K in keyof T]-?: SchemaFor<T[K]> }): ObjectSchema<T> {
   return { type: 'object', additionalProperties: false, required: Object.keys(properties), properties };
+}
+
+// Items have no defaults: every key of an item must be written.
+function list<E>(
+  properties: { [K in keyof E]-?: ItemLeafSchema<E[K]> },
+  extra: SchemaNode & { default: readonly E[] },
+): ArraySchema<E> {
+  const keys = Object.keys(properties);
+  const quoted = keys.map((k) => `\`${k}\``);
+  const named = quoted.length > 1 ? `${quoted.slice(0, -1).join(', ')} and ${quoted.at(-1)}` : (quoted[0] ?? '');
+  const items: ItemSchema<E> = {
+    type: 'object',
+    additionalProperties: false,
+    required: keys,
+    properties,
+    shape: `a mapping with ${named}`,
+  };
+  return { shape: `a list of mappings with ${named}`, ...extra, type: 'array', items };
 }
 
 // A port of 0 asks the system for any free port (operations.md).
@@ -87,6 +142,7 @@ const topicPrefix = (dflt: string) =>
   }) as const;
 
 type Uplink = Config['uplink'];
+type PriorityRule = Config['routing']['priorities'][number];
 
 export const configSchema: ObjectSchema<Config> = object<Config>({
   // Default: the host name (load.ts). It goes into cloud topics, hence no topic separators or wildcards.
@@ -120,10 +176,21 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
   }),
   routing: object<Config['routing']>({
     default: { type: 'string', enum: ['uplink', 'local'], default: 'uplink' },
+    // First match wins; a topic no filter matches goes up as `normal`.
+    priorities: list<PriorityRule>(
+      {
+        topic: { type: 'string', format: 'mqtt-topic-filter' },
+        priority: { type: 'string', enum: [...PRIORITIES] },
+      },
+      { default: [] },
+    ),
   }),
   // Default path: <dataDir>/cache.db (load.ts), so moving dataDir moves the cache with it.
+  // `critical` messages are exempt from both bounds (uplink-cache.md).
   cache: object<Config['cache']>({
     path: { type: 'string', minLength: 1, resolvePath: true },
+    maxBytes: { type: 'integer', minimum: KiB, default: 512 * MiB, unit: 'size' },
+    maxAgeSeconds: { type: 'integer', minimum: 1, default: 7 * DAY, unit: 'duration' },
   }),
   uplink: object<Uplink>({
     // No real default: without a url the proxy runs offline and keeps everything in the cache.
@@ -145,6 +212,8 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     // The cache deletes a message on PUBACK, so QoS 1 is what the delivery guarantee is built on.
     qos: { type: 'integer', const: 1, default: 1, hint: 'only QoS 1 is supported' },
     maxInflight: { type: 'integer', minimum: 1, maximum: 65535, default: 64 },
+    // Messages a second while draining a backlog; 0 = unlimited.
+    maxRate: { type: 'integer', minimum: 0, default: 0 },
     keepalive: { type: 'integer', minimum: 0, maximum: 65535, default: 30, unit: 'duration' },
     tls: object<Uplink['tls']>({
       ca: optionalPath,
@@ -173,8 +242,7 @@ export const configSchemaTree: SchemaNode = configSchema;
  */
 export const PLANNED_KEYS: ReadonlySet<string> = new Set([
   'coap', 'http', 'devicesFile', 'rules', 'models', 'inference',
-  'mqtt.tls', 'routing.priorities', 'cache.maxBytes', 'cache.maxAgeSeconds',
-  'uplink.maxRate', 'limits.perDeviceRate', 'log.pretty',
+  'mqtt.tls', 'limits.perDeviceRate', 'log.pretty',
 ]);
 
 export function isUplinkUrl(value: string): boolean {
@@ -188,6 +256,26 @@ export function isUplinkUrl(value: string): boolean {
   return (UPLINK_URL_SCHEMES as readonly string[]).includes(scheme) && url.hostname !== '';
 }
 
+/**
+ * Why a string is not a valid MQTT topic filter (MQTT 3.1.1 section 4.7), or null when it is one:
+ * not empty, no NUL, `#` only as the whole last level, `+` only as a whole level, at most 65535 bytes.
+ */
+export function topicFilterProblem(filter: string): string | null {
+  if (filter === '') return 'it is empty';
+  if (filter.includes('\u0000')) return 'it holds a NUL character';
+  if (Buffer.byteLength(filter, 'utf8') > 65535) return 'it is longer than 65535 bytes';
+  const levels = filter.split('/');
+  for (const [i, level] of levels.entries()) {
+    if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) {
+      return '`#` may only stand alone as the last level, as in `devices/#`';
+    }
+    if (level.includes('+') && level !== '+') {
+      return '`+` may only stand alone as a whole level, as in `devices/+/alarm`';
+    }
+  }
+  return null;
+}
+
 /** A leaf of the schema: a key that holds a value rather than more keys. */
 export interface SchemaLeaf {
   path: readonly string[];
@@ -199,11 +287,17 @@ export function schemaLeaves(node: SchemaNode = configSchemaTree, path: readonly
   return Object.entries(node.properties).flatMap(([key, child]) => schemaLeaves(child, [...path, key]));
 }
 
-/** The schema node at a key path, or undefined where the schema has no such key. */
+/** The schema node at a key path (list items by index), or undefined where the schema has no such key. */
 export function schemaAt(path: readonly string[]): SchemaNode | undefined {
   let node: SchemaNode | undefined = configSchemaTree;
-  for (const key of path) node = Object.hasOwn(node?.properties ?? {}, key) ? node?.properties?.[key] : undefined;
+  for (const key of path) node = node && schemaChild(node, key);
   return node;
+}
+
+/** The schema of one key of an object, or of one item of a list. */
+export function schemaChild(node: SchemaNode, key: string): SchemaNode | undefined {
+  if (node.type === 'array') return /^(0|[1-9]\d*)$/.test(key) ? node.items : undefined;
+  return Object.hasOwn(node.properties ?? {}, key) ? node.properties?.[key] : undefined;
 }
 
 let compiled: ValidateFunction<Config> | undefined;
@@ -219,5 +313,6 @@ function buildValidator(): ValidateFunction<Config> {
   const ajv = new Ajv({ allErrors: true, verbose: true, strict: true });
   for (const keyword of ANNOTATION_KEYWORDS) ajv.addKeyword({ keyword });
   ajv.addFormat('uplink-url', { type: 'string', validate: isUplinkUrl });
+  ajv.addFormat('mqtt-topic-filter', { type: 'string', validate: (v: string) => topicFilterProblem(v) === null });
   return ajv.compile<Config>(configSchema);
 }

@@ -8,8 +8,12 @@ export interface Config {
   mqtt: { host: string; port: number };
   admin: { host: string; port: number; token: string | null; tokenFile: string | null };
   auth: { mode: 'open' };
-  routing: { default: 'uplink' | 'local' };
-  cache: { path: string };
+  routing: {
+    default: 'uplink' | 'local';
+    /** uplink priority by MQTT topic filter, first match wins; no match: `normal` */
+    priorities: ReadonlyArray<{ readonly topic: string; readonly priority: Priority }>;
+  };
+  cache: { path: string; maxBytes: number; maxAgeSeconds: number };
   uplink: {
     url: string | null;
     clientId: string;
@@ -21,6 +25,8 @@ export interface Config {
     format: 'envelope' | 'raw';
     qos: 1;
     maxInflight: number;
+    /** messages a second while draining a backlog; 0 = unlimited */
+    maxRate: number;
     keepalive: number;
     tls: { ca: string | null; cert: string | null; key: string | null; rejectUnauthorized: boolean };
   };

@@ -3,6 +3,7 @@ import type { EdgeMessage } from '../core/message.js';
 import type { EdgeError } from '../core/errors.js';
 import type { Metrics } from '../admin/metrics.js';
 import type { LocalDelivery } from './local.js';
+import { PriorityTable } from './priorities.js';
 
 /** What the router needs of the uplink stage. */
 export interface UplinkStage {
@@ -16,21 +17,25 @@ export interface UplinkStage {
  * the adapter acknowledges the device only then.
  */
 export class Router {
+  private readonly priorities: PriorityTable;
+
   constructor(
     private readonly routing: Config['routing'],
     private readonly uplink: UplinkStage | null,
     private readonly local: LocalDelivery,
     private readonly metrics: Metrics,
-  ) {}
+  ) {
+    this.priorities = new PriorityTable(routing.priorities);
+  }
 
   /**
-   * A message from a device. `deliveredByAdapter`: the adapter's own broker already delivers it
-   * to local subscribers of its topic (as the embedded MQTT broker does), so it is not delivered twice.
+   * A message from a device. Its adapter's own broker delivers it to local subscribers of its
+   * topic (as the embedded MQTT broker does); the router decides whether and how it goes up.
    */
   acceptFromDevice(msg: EdgeMessage, done: (err: EdgeError | null) => void): void {
     this.metrics.receivedFrom(msg.protocol).inc();
     if (this.routing.default === 'uplink' && this.uplink) {
-      this.uplink.submit(msg, 'normal', done);
+      this.uplink.submit(msg, this.priorities.priorityOf(msg.topic), done);
     } else {
       done(null);
     }

@@ -1,17 +1,22 @@
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Priority } from '../config/types.js';
 import type { ContentType, EdgeMessage } from '../core/message.js';
 import { CONTENT_TYPES } from '../core/message.js';
 import { EdgeError } from '../core/errors.js';
 import type { CacheGaugeSource } from '../admin/metrics.js';
-import { PRIORITIES, priorityName, priorityRank } from './priority.js';
+import { PRIORITIES, priorityRank } from './priority.js';
+import {
+  PRAGMAS, SCHEMA_SQL, SIZE_SQL, keyOf, messageSize, rankOfKey, seqOfKey,
+  type WriteBatch, type WriterReply, type WriterRequest,
+} from './cache-schema.js';
 
-/** A message as the cache holds it: what the uplink needs to send it, and its place in the queue. */
+/** A message as the cache holds it: what the uplink needs to send it, and its place in its queue. */
 export interface CachedMessage {
-  seq: number;
+  key: number;
   id: string;
   ts: number;
   deviceId: string;
@@ -22,183 +27,525 @@ export interface CachedMessage {
 }
 
 export type AppendCallback = (err: EdgeError | null) => void;
+export type EvictReason = 'bytes' | 'age';
+
+/** What the cache reports as it happens; metrics and logs hang on these. */
+export interface CacheEvents {
+  writeError(): void;
+  evicted(priority: Priority, reason: EvictReason, count: number): void;
+  refused(reason: 'full' | 'unwritable'): void;
+}
+
+export interface CacheOptions {
+  path: string;
+  maxBytes: number;
+  maxAgeSeconds: number;
+  log: Logger;
+  events: CacheEvents;
+}
 
 interface PendingAppend {
   msg: EdgeMessage;
-  rank: number;
+  key: number;
+  size: number;
   done: AppendCallback;
 }
 
+interface InFlightBatch {
+  batch: number;
+  appends: PendingAppend[];
+  deleteKeys: number[];
+  probe: boolean;
+}
+
 interface Row {
-  seq: number;
+  key: number;
   id: string;
   ts: number;
   device_id: string;
   topic: string;
   content_type: number;
-  priority: number;
   payload: Buffer;
 }
 
-// Counted size of a message in the cache: its variable fields plus a fixed row overhead.
-const ROW_OVERHEAD = 48;
-function sizeOf(m: { payload: Uint8Array; topic: string; deviceId: string }): number {
-  return m.payload.byteLength + Buffer.byteLength(m.topic) + m.deviceId.length + 26 + ROW_OVERHEAD;
+const RANKS = PRIORITIES.length;
+const CRITICAL = 0;
+// Deletes of delivered messages ride along with the next batch of inserts; during a drain with no
+// new messages they are written once this many have gathered, or after DELETE_DELAY_MS.
+const DELETE_BATCH = 2048;
+const DELETE_DELAY_MS = 250;
+const PROBE_INTERVAL_MS = 1000;
+
+// SQLite's answers to a disk that cannot take writes: full, failing, or read-only.
+const WRITE_ERRORS = /^SQLITE_(FULL|IOERR|READONLY|CANTOPEN|BUSY|LOCKED|NOMEM)/;
+const DAMAGE_ERRORS = /^SQLITE_(CORRUPT|NOTADB)/;
+
+function rowToMessage(r: Row): CachedMessage {
+  return {
+    key: r.key, id: r.id, ts: r.ts, deviceId: r.device_id, topic: r.topic,
+    contentType: CONTENT_TYPES[r.content_type] ?? 'binary', payload: r.payload, priority: PRIORITIES[rankOfKey(r.key)]!,
+  };
 }
 
 /**
- * The durable store-and-forward cache: SQLite in WAL mode with synchronous=FULL, so a commit
- * survives a power cut. Appends are group-committed: everything that arrives while the event
- * loop is busy is written in one transaction at the next setImmediate, and each append's
- * callback runs only after that transaction committed (uplink-cache.md, guarantee 1:
- * "committed to disk before the acknowledgement is sent").
+ * Consecutive keys coalesced into inclusive ranges: delivered messages of one priority are mostly
+ * a run, which SQLite deletes as one range of its primary key.
+ */
+export function toRanges(keys: number[]): Array<[number, number]> {
+  if (keys.length === 0) return [];
+  const sorted = keys.slice().sort((a, b) => a - b);
+  const ranges: Array<[number, number]> = [];
+  let lo = sorted[0]!;
+  let hi = lo;
+  for (let i = 1; i < sorted.length; i++) {
+    const k = sorted[i]!;
+    if (k === hi + 1) hi = k;
+    else if (k !== hi) { ranges.push([lo, hi]); lo = hi = k; }
+  }
+  ranges.push([lo, hi]);
+  return ranges;
+}
+
+/**
+ * Open the SQLite file, moving a damaged one aside (never deleting it) and starting a new one
+ * (uplink-cache.md, guarantee 7).
+ */
+function openReader(path: string, log: Logger): Database.Database {
+  mkdirSync(dirname(path), { recursive: true });
+  const open = (): Database.Database => {
+    const db = new Database(path);
+    try {
+      for (const p of PRAGMAS) db.pragma(p);
+      db.exec(SCHEMA_SQL);
+      // Touches the table's pages: a damaged file says so here rather than in the middle of a drain.
+      db.prepare('SELECT count(*) FROM messages').get();
+      return db;
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  };
+  try {
+    return open();
+  } catch (err) {
+    const code = (err as { code?: string }).code ?? '';
+    if (!DAMAGE_ERRORS.test(code)) {
+      throw new EdgeError('E_CACHE_OPEN', `cannot open the cache at ${path}: ${(err as Error).message} (${code}); check that the data directory is writable`, { cause: err });
+    }
+    const aside = `${path}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    for (const suffix of ['', '-wal', '-shm']) {
+      if (existsSync(path + suffix)) renameSync(path + suffix, aside + suffix);
+    }
+    log.error({ path, movedTo: aside, code, err: (err as Error).message },
+      `the cache file was damaged (${code}) and was moved aside to ${aside}; starting with a new, empty cache. ` +
+      `Its messages may be recoverable: stop the proxy, run \`sqlite3 ${aside} .recover | sqlite3 recovered.db\`, ` +
+      `and start the proxy once with cache.path set to recovered.db to send them up`);
+    return open();
+  }
+}
+
+/**
+ * The durable store-and-forward cache (uplink-cache.md).
+ *
+ * Appends are group-committed without a timer: while one batch is being written by the writer
+ * thread, new messages gather, and the next batch is everything that gathered. Each append's
+ * callback runs only after its batch committed (guarantee 1), with synchronous=FULL so that a
+ * commit survives a power cut. Reads (the drain, eviction) use this thread's own connection:
+ * WAL lets them run beside the writer.
  */
 export class DurableCache implements CacheGaugeSource {
-  private readonly db: Database.Database;
-  private readonly insert: Database.Statement;
-  private readonly remove: Database.Statement;
-  private readonly readAfterStmt: Database.Statement;
-  private readonly oldestStmt: Database.Statement;
+  private readonly reader: Database.Database;
+  private worker: Worker | null = null;
+  private workerReady: Promise<void> = Promise.resolve();
+  private readonly readRange: Database.Statement;
+  private readonly oldestRows: Database.Statement;
+  private readonly firstTs: Database.Statement;
+  private readonly nextSeq: number[] = new Array<number>(RANKS).fill(1);
+  private readonly counts: number[] = new Array<number>(RANKS).fill(0);
+  private readonly byteCounts: number[] = new Array<number>(RANKS).fill(0);
+  /** per priority: the highest key evicted; keys at or below it are gone */
+  private readonly evictedThrough: number[] = PRIORITIES.map((_, r) => keyOf(r, 0));
+  /** keys delivered or evicted whose delete is not committed yet */
+  private readonly deleting = new Set<number>();
+  private deleteQueue: number[] = [];
   private pending: PendingAppend[] = [];
-  private commitScheduled = false;
-  private readonly deletes: number[] = [];
-  private readonly deleteSet = new Set<number>();
-  private readonly counts = [0, 0, 0, 0];
-  private totalBytes = 0;
+  private inFlight: InFlightBatch | null = null;
+  private flushScheduled = false;
+  private deleteTimer: NodeJS.Timeout | null = null;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private ageTimer: NodeJS.Timeout | null = null;
+  private batchNo = 0;
   private isWritable = true;
+  private closing = false;
   private closed = false;
+  private idleWaiters: Array<() => void> = [];
   private readonly committedListeners: Array<(rows: CachedMessage[]) => void> = [];
+  private readonly log: Logger;
 
-  constructor(readonly path: string, private readonly log: Logger, private readonly onWriteError: () => void = () => {}) {
-    try {
-      mkdirSync(dirname(path), { recursive: true });
-      this.db = new Database(path);
-      this.db.pragma('journal_mode = WAL');
-      // FULL: a committed transaction survives a power cut, not only a process crash.
-      this.db.pragma('synchronous = FULL');
-      this.db.exec(`CREATE TABLE IF NOT EXISTS messages (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL,
-        ts INTEGER NOT NULL,
-        device_id TEXT NOT NULL,
-        topic TEXT NOT NULL,
-        content_type INTEGER NOT NULL,
-        priority INTEGER NOT NULL,
-        payload BLOB NOT NULL
-      )`);
-    } catch (err) {
-      throw new EdgeError('E_CACHE_OPEN', `cannot open the cache at ${path}: ${(err as Error).message}; check that the data directory is writable`, { cause: err });
-    }
-    this.insert = this.db.prepare('INSERT INTO messages (id, ts, device_id, topic, content_type, priority, payload) VALUES (?, ?, ?, ?, ?, ?, ?)');
-    this.remove = this.db.prepare('DELETE FROM messages WHERE seq = ?');
-    this.readAfterStmt = this.db.prepare('SELECT seq, id, ts, device_id, topic, content_type, priority, payload FROM messages WHERE seq > ? ORDER BY seq LIMIT ?');
-    // Rows are appended in arrival order, so the first by seq is the oldest; this reads one row, not the table.
-    this.oldestStmt = this.db.prepare('SELECT ts FROM messages ORDER BY seq LIMIT 1');
-    const stats = this.db.prepare('SELECT priority, count(*) AS n, sum(length(payload) + length(CAST(topic AS BLOB)) + length(device_id)) AS b FROM messages GROUP BY priority').all() as Array<{ priority: number; n: number; b: number }>;
-    for (const s of stats) {
-      this.counts[s.priority] = s.n;
-      this.totalBytes += s.b + s.n * (26 + ROW_OVERHEAD);
+  private constructor(private readonly opts: CacheOptions) {
+    this.log = opts.log;
+    this.reader = openReader(opts.path, opts.log);
+    this.readRange = this.reader.prepare('SELECT key, id, ts, device_id, topic, content_type, payload FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?');
+    this.oldestRows = this.reader.prepare(`SELECT key, ts, ${SIZE_SQL} AS size FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?`);
+    this.firstTs = this.reader.prepare('SELECT ts FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT 1');
+    const maxKey = this.reader.prepare('SELECT max(key) AS k FROM messages WHERE key >= ? AND key < ?');
+    const stats = this.reader.prepare(`SELECT count(*) AS n, coalesce(sum(${SIZE_SQL}), 0) AS b FROM messages WHERE key >= ? AND key < ?`);
+    for (let r = 0; r < RANKS; r++) {
+      const lo = keyOf(r, 0);
+      const hi = keyOf(r + 1, 0);
+      const k = (maxKey.get(lo, hi) as { k: number | null }).k;
+      this.nextSeq[r] = k === null ? 1 : seqOfKey(k) + 1;
+      const s = stats.get(lo, hi) as { n: number; b: number };
+      this.counts[r] = s.n;
+      this.byteCounts[r] = s.b;
     }
   }
 
-  /** Queue a message for the next group commit; `done` runs once it is on disk (or failed). */
+  /** Opens the cache file and starts its writer thread. */
+  static async open(opts: CacheOptions): Promise<DurableCache> {
+    const cache = new DurableCache(opts);
+    await cache.startWorker();
+    cache.scheduleAgeSweep();
+    return cache;
+  }
+
+  private startWorker(): Promise<void> {
+    // The writer sits beside this module: .js in the build, .ts when tests run the sources.
+    const writer = new URL(import.meta.url.endsWith('.ts') ? './cache-writer.ts' : './cache-writer.js', import.meta.url);
+    const worker = new Worker(writer, { workerData: { path: this.opts.path } });
+    this.worker = worker;
+    this.workerReady = new Promise<void>((resolve, reject) => {
+      const onReply = (r: WriterReply): void => {
+        if (r.type === 'ready') resolve();
+        else if (r.type === 'fatal') reject(new EdgeError('E_CACHE_OPEN', `the cache writer cannot open ${this.opts.path}: ${r.message}`));
+        else this.onReply(r);
+      };
+      worker.on('message', onReply);
+      worker.once('error', (err) => reject(new EdgeError('E_CACHE_OPEN', `the cache writer failed: ${err.message}`, { cause: err })));
+    });
+    worker.on('error', (err) => this.log.error({ err: err.message }, 'the cache writer thread failed; uplink messages are refused until it is back'));
+    worker.on('exit', (code) => {
+      if (this.worker !== worker) return;
+      this.worker = null;
+      if (this.closing) return;
+      this.log.error({ code }, 'the cache writer thread exited; restarting it');
+      this.failInFlight('SQLITE_IOERR', `the cache writer thread exited (code ${code})`);
+    });
+    return this.workerReady;
+  }
+
+  // --- appends ---------------------------------------------------------------------------------
+
+  /** Queue a message for the next group commit; `done` runs once it is on disk, or with why not. */
   append(msg: EdgeMessage, priority: Priority, done: AppendCallback): void {
-    if (this.closed) {
-      done(new EdgeError('E_CACHE_WRITE', 'the cache is closed', { retryable: true }));
+    if (this.closing) {
+      done(new EdgeError('E_CACHE_WRITE', 'the cache is closing', { retryable: true }));
       return;
     }
-    this.pending.push({ msg, rank: priorityRank(priority), done });
-    if (!this.commitScheduled) {
-      this.commitScheduled = true;
-      setImmediate(() => this.commit());
+    if (!this.isWritable) {
+      this.opts.events.refused('unwritable');
+      done(new EdgeError('E_CACHE_WRITE', 'the cache cannot write to disk now (full or failing); retry later', { retryable: true }));
+      return;
+    }
+    const rank = priorityRank(priority);
+    const size = messageSize(msg.payload.byteLength, msg.topic, msg.deviceId);
+    const over = this.bytes() + size - this.opts.maxBytes;
+    if (over > 0 && !this.evictForSpace(rank, over)) {
+      this.opts.events.refused('full');
+      done(new EdgeError('E_CACHE_FULL', `the cache is full (cache.maxBytes=${this.opts.maxBytes}) and holds nothing of priority ${priority} or lower to evict`, { retryable: true }));
+      return;
+    }
+    const key = keyOf(rank, this.nextSeq[rank]!++);
+    this.counts[rank]!++;
+    this.byteCounts[rank]! += size;
+    this.pending.push({ msg, key, size, done });
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.inFlight) return;
+    this.flushScheduled = true;
+    // setImmediate, not a timer: everything that arrives in this turn of the event loop joins.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    if (this.inFlight || !this.worker) return;
+    if (!this.isWritable) return; // the probe brings it back
+    const appends = this.pending;
+    const deleteKeys = this.deleteQueue;
+    if (appends.length === 0 && deleteKeys.length === 0) {
+      this.notifyIdle();
+      return;
+    }
+    this.pending = [];
+    this.deleteQueue = [];
+    if (this.deleteTimer) {
+      clearTimeout(this.deleteTimer);
+      this.deleteTimer = null;
+    }
+    const batch = this.batchNo++;
+    const inserts: WriteBatch['inserts'] = { keys: [], ids: [], ts: [], devices: [], topics: [], contentTypes: [], payloads: new Uint8Array(0), ends: [] };
+    let total = 0;
+    for (const a of appends) total += a.msg.payload.byteLength;
+    const payloads = new Uint8Array(total);
+    let at = 0;
+    for (const { msg, key } of appends) {
+      inserts.keys.push(key);
+      inserts.ids.push(msg.id);
+      inserts.ts.push(msg.ts);
+      inserts.devices.push(msg.deviceId);
+      inserts.topics.push(msg.topic);
+      inserts.contentTypes.push(CONTENT_TYPES.indexOf(msg.contentType));
+      payloads.set(msg.payload, at);
+      at += msg.payload.byteLength;
+      inserts.ends.push(at);
+    }
+    inserts.payloads = payloads;
+    this.inFlight = { batch, appends, deleteKeys, probe: false };
+    const req: WriterRequest = { type: 'write', batch: { batch, inserts, deletes: toRanges(deleteKeys) } };
+    this.worker.postMessage(req, [payloads.buffer]);
+  }
+
+  private onReply(r: WriterReply): void {
+    const batch = this.inFlight;
+    if (!batch || (r.type !== 'done' && r.type !== 'failed') || r.batch !== batch.batch) return;
+    this.inFlight = null;
+    if (r.type === 'failed') {
+      this.onWriteFailed(batch, r.code, r.message);
+      return;
+    }
+    if (!this.isWritable) {
+      this.isWritable = true;
+      this.stopProbing();
+      this.log.info({ path: this.opts.path }, 'cache writes succeed again; accepting uplink messages');
+    }
+    for (const k of batch.deleteKeys) this.deleting.delete(k);
+    if (batch.appends.length > 0) {
+      const rows: CachedMessage[] = new Array(batch.appends.length);
+      for (let i = 0; i < batch.appends.length; i++) {
+        const { msg, key } = batch.appends[i]!;
+        rows[i] = {
+          key, id: msg.id, ts: msg.ts, deviceId: msg.deviceId, topic: msg.topic,
+          contentType: msg.contentType, payload: msg.payload, priority: PRIORITIES[rankOfKey(key)]!,
+        };
+      }
+      for (const a of batch.appends) a.done(null);
+      for (const l of this.committedListeners) l(rows);
+    }
+    // What gathered while this batch was written is the next batch.
+    if (this.pending.length > 0 || this.deleteQueue.length >= DELETE_BATCH || (this.closing && this.deleteQueue.length > 0)) this.flush();
+    else if (this.deleteQueue.length > 0) this.scheduleDeletes();
+    else this.notifyIdle();
+  }
+
+  private onWriteFailed(batch: InFlightBatch, code: string, message: string): void {
+    this.opts.events.writeError();
+    // Nothing of the batch is on disk: its messages are refused, and its deletes wait for the next write.
+    for (const a of batch.appends) {
+      const rank = rankOfKey(a.key);
+      this.counts[rank]!--;
+      this.byteCounts[rank]! -= a.size;
+    }
+    this.deleteQueue = batch.deleteKeys.concat(this.deleteQueue);
+    const wasWritable = this.isWritable;
+    this.isWritable = false;
+    const known = WRITE_ERRORS.test(code) || DAMAGE_ERRORS.test(code);
+    if (wasWritable) {
+      this.log.error({ path: this.opts.path, code, err: message },
+        `cache write failed (${code}): new uplink messages are refused, local delivery goes on; retrying every ${PROBE_INTERVAL_MS / 1000} s. ` +
+        (known ? 'Check free space and the disk (df -h, dmesg).' : ''));
+    }
+    const error = new EdgeError('E_CACHE_WRITE', `cache write failed: ${message} (${code})`, { retryable: true });
+    for (const a of batch.appends) a.done(error);
+    // Messages queued behind the failed batch never reached the disk either.
+    const queued = this.pending;
+    this.pending = [];
+    for (const a of queued) {
+      const rank = rankOfKey(a.key);
+      this.counts[rank]!--;
+      this.byteCounts[rank]! -= a.size;
+      a.done(error);
+    }
+    this.startProbing();
+    this.notifyIdle();
+  }
+
+  private failInFlight(code: string, message: string): void {
+    const batch = this.inFlight;
+    this.inFlight = null;
+    if (batch) this.onWriteFailed(batch, code, message);
+    else {
+      this.isWritable = false;
+      this.startProbing();
     }
   }
 
-  /** Mark a message as delivered: it is deleted with the next commit. */
+  /** While writes fail, try a small write every second; the first that succeeds reopens the gate. */
+  private startProbing(): void {
+    if (this.probeTimer || this.closing) return;
+    this.probeTimer = setInterval(() => {
+      if (this.isWritable || this.inFlight || this.closing) return;
+      if (!this.worker) {
+        this.startWorker().then(() => this.log.info('the cache writer thread is back'), (err: Error) => this.log.error({ err: err.message }, 'cannot restart the cache writer thread'));
+        return;
+      }
+      const batch = this.batchNo++;
+      this.inFlight = { batch, appends: [], deleteKeys: [], probe: true };
+      const req: WriterRequest = { type: 'probe', batch };
+      this.worker.postMessage(req);
+    }, PROBE_INTERVAL_MS);
+    this.probeTimer.unref();
+  }
+
+  private stopProbing(): void {
+    if (!this.probeTimer) return;
+    clearInterval(this.probeTimer);
+    this.probeTimer = null;
+  }
+
+
+  // --- deletes ---------------------------------------------------------------------------------
+
+  /** The cloud acknowledged a message: it is deleted with a coming batch. */
   ack(m: CachedMessage): void {
-    if (this.deleteSet.has(m.seq)) return;
-    this.deletes.push(m.seq);
-    this.deleteSet.add(m.seq);
-    this.counts[priorityRank(m.priority)]!--;
-    this.totalBytes -= sizeOf(m);
-    if (!this.commitScheduled) {
-      this.commitScheduled = true;
-      setImmediate(() => this.commit());
+    const key = m.key;
+    const rank = rankOfKey(key);
+    if (key <= this.evictedThrough[rank]! || this.deleting.has(key)) return; // already counted out
+    this.deleting.add(key);
+    this.deleteQueue.push(key);
+    this.counts[rank]!--;
+    this.byteCounts[rank]! -= messageSize(m.payload.byteLength, m.topic, m.deviceId);
+    if (this.inFlight || this.flushScheduled) return; // rides with the next batch
+    if (this.deleteQueue.length >= DELETE_BATCH) this.scheduleFlush();
+    else this.scheduleDeletes();
+  }
+
+  private scheduleDeletes(): void {
+    if (this.deleteTimer) return;
+    this.deleteTimer = setTimeout(() => {
+      this.deleteTimer = null;
+      this.scheduleFlush();
+    }, DELETE_DELAY_MS);
+    this.deleteTimer.unref();
+  }
+
+  // --- eviction (guarantee 5) ---------------------------------------------------------------------
+
+  /**
+   * Make room for `needed` bytes for a message of priority `rank` by evicting the oldest messages
+   * of the lowest priority present, never above the message's own priority, never `critical`.
+   * Returns false, evicting nothing, when that cannot free enough.
+   */
+  private evictForSpace(rank: number, needed: number): boolean {
+    const plan: Array<{ rank: number; rows: Array<{ key: number; size: number }>; through: number }> = [];
+    let freed = 0;
+    for (let r = RANKS - 1; r >= Math.max(rank, CRITICAL + 1) && freed < needed; r--) {
+      const chosen: Array<{ key: number; size: number }> = [];
+      let through = this.evictedThrough[r]!;
+      const end = keyOf(r + 1, 0);
+      while (freed < needed) {
+        const rows = this.oldestRows.all(through, end, 512) as Array<{ key: number; size: number }>;
+        if (rows.length === 0) break;
+        for (const row of rows) {
+          through = row.key;
+          if (this.deleting.has(row.key)) continue; // delivered already, its bytes already counted out
+          chosen.push(row);
+          freed += row.size;
+          if (freed >= needed) break;
+        }
+      }
+      if (chosen.length > 0) plan.push({ rank: r, rows: chosen, through });
+    }
+    if (freed < needed) return false;
+    for (const p of plan) this.evict(p.rank, p.rows, p.through, 'bytes');
+    return true;
+  }
+
+  private evict(rank: number, rows: Array<{ key: number; size: number }>, through: number, reason: EvictReason): void {
+    const priority = PRIORITIES[rank]!;
+    let bytes = 0;
+    for (const { key, size } of rows) {
+      this.deleting.add(key);
+      this.deleteQueue.push(key);
+      bytes += size;
+    }
+    this.counts[rank]! -= rows.length;
+    this.byteCounts[rank]! -= bytes;
+    this.evictedThrough[rank] = Math.max(this.evictedThrough[rank]!, through);
+    if (rows.length === 0) return;
+    this.opts.events.evicted(priority, reason, rows.length);
+    this.log.warn({ priority, reason, count: rows.length, bytes, cacheBytes: this.bytes() },
+      reason === 'bytes'
+        ? `evicted ${rows.length} ${priority} message(s) (${bytes} bytes), the oldest first, to make room: the cache is at cache.maxBytes=${this.opts.maxBytes}`
+        : `evicted ${rows.length} ${priority} message(s) older than cache.maxAgeSeconds=${this.opts.maxAgeSeconds}`);
+    this.scheduleFlush();
+  }
+
+  private scheduleAgeSweep(): void {
+    const every = Math.max(1, Math.min(60, this.opts.maxAgeSeconds / 10)) * 1000;
+    this.ageTimer = setInterval(() => this.sweepAge(), every);
+    this.ageTimer.unref();
+    this.sweepAge();
+  }
+
+  /** Evict messages older than cache.maxAgeSeconds (never `critical`). */
+  sweepAge(now: number = Date.now()): void {
+    if (this.closing || !this.isWritable) return;
+    const cutoff = now - this.opts.maxAgeSeconds * 1000;
+    for (let r = CRITICAL + 1; r < RANKS; r++) {
+      const old: Array<{ key: number; size: number }> = [];
+      let through = this.evictedThrough[r]!;
+      const end = keyOf(r + 1, 0);
+      for (;;) {
+        const rows = this.oldestRows.all(through, end, 1024) as Array<{ key: number; ts: number; size: number }>;
+        let stop = rows.length === 0;
+        for (const row of rows) {
+          // Rows are in arrival order, so the first young one ends the run of old ones.
+          if (row.ts >= cutoff) { stop = true; break; }
+          through = row.key;
+          if (!this.deleting.has(row.key)) old.push(row);
+        }
+        if (stop) break;
+      }
+      if (through > this.evictedThrough[r]!) this.evict(r, old, through, 'age');
     }
   }
+
+  // --- reads -----------------------------------------------------------------------------------
 
   onCommitted(listener: (rows: CachedMessage[]) => void): void {
     this.committedListeners.push(listener);
   }
 
-  /** Committed messages after `seq` in queue order, leaving out those already acknowledged. */
-  readAfter(seq: number, limit: number): CachedMessage[] {
-    const rows = this.readAfterStmt.all(seq, limit) as Row[];
-    const out: CachedMessage[] = [];
-    for (const r of rows) {
-      if (this.deleteSet.has(r.seq)) continue;
-      out.push({
-        seq: r.seq, id: r.id, ts: r.ts, deviceId: r.device_id, topic: r.topic,
-        contentType: CONTENT_TYPES[r.content_type] ?? 'binary', priority: priorityName(r.priority), payload: r.payload,
-      });
-    }
-    return out;
+  /**
+   * Up to `limit` committed rows of one priority after `afterKey`, in queue order. `messages`
+   * leaves out those delivered or evicted meanwhile; `lastKey` and `rows` describe what was read,
+   * so a reader knows where to go on and whether it reached the end.
+   */
+  readQueue(priority: Priority, afterKey: number, limit: number): { messages: CachedMessage[]; lastKey: number; rows: number } {
+    const rank = priorityRank(priority);
+    const from = Math.max(afterKey, this.evictedThrough[rank]!);
+    const rows = this.readRange.all(from, keyOf(rank + 1, 0), limit) as Row[];
+    const messages: CachedMessage[] = [];
+    for (const r of rows) if (!this.deleting.has(r.key)) messages.push(rowToMessage(r));
+    return { messages, lastKey: rows.length > 0 ? rows[rows.length - 1]!.key : from, rows: rows.length };
   }
 
-  /** Write everything queued now, synchronously (used at shutdown). */
-  flush(): void {
-    this.commit();
+  /** The key before the first of a priority: where a reader of that queue starts. */
+  static queueStart(priority: Priority): number {
+    return keyOf(priorityRank(priority), 0);
   }
 
-  private commit(): void {
-    this.commitScheduled = false;
-    if (this.closed) return;
-    const batch = this.pending;
-    this.pending = [];
-    const deletes = this.deletes.splice(0);
-    if (batch.length === 0 && deletes.length === 0) return;
-    const rows: CachedMessage[] = new Array(batch.length);
-    try {
-      this.db.transaction(() => {
-        for (let i = 0; i < batch.length; i++) {
-          const { msg, rank } = batch[i]!;
-          const info = this.insert.run(msg.id, msg.ts, msg.deviceId, msg.topic, CONTENT_TYPES.indexOf(msg.contentType), rank, msg.payload);
-          rows[i] = {
-            seq: Number(info.lastInsertRowid), id: msg.id, ts: msg.ts, deviceId: msg.deviceId, topic: msg.topic,
-            contentType: msg.contentType, payload: msg.payload, priority: PRIORITIES[rank]!,
-          };
-        }
-        for (const seq of deletes) this.remove.run(seq);
-      })();
-    } catch (err) {
-      this.failCommit(batch, deletes, err as NodeJS.ErrnoException);
-      return;
-    }
-    for (const seq of deletes) this.deleteSet.delete(seq);
-    if (!this.isWritable) {
-      this.isWritable = true;
-      this.log.info({ path: this.path }, 'cache writes succeed again; accepting uplink messages');
-    }
-    for (const r of rows) {
-      this.counts[priorityRank(r.priority)]!++;
-      this.totalBytes += sizeOf(r);
-    }
-    for (const p of batch) p.done(null);
-    if (rows.length > 0) for (const l of this.committedListeners) l(rows);
+  /** True when a message was evicted after it was read: it is not sent. */
+  isEvicted(m: CachedMessage): boolean {
+    return m.key <= this.evictedThrough[rankOfKey(m.key)]!;
   }
 
-  private failCommit(batch: PendingAppend[], deletes: number[], err: NodeJS.ErrnoException): void {
-    this.onWriteError();
-    // Deletes are retried with the next commit: a delivered message that is resent is a copy
-    // the cloud can drop by id, never a loss.
-    this.deletes.unshift(...deletes);
-    if (this.isWritable) {
-      this.isWritable = false;
-      this.log.error({ path: this.path, err: err.message, code: err.code }, 'cache write failed; uplink messages are refused until a write succeeds. Check free space and the disk (df, dmesg)');
-    }
-    const error = new EdgeError('E_CACHE_WRITE', `cache write failed: ${err.message}`, { retryable: true, cause: err });
-    for (const p of batch) p.done(error);
-  }
+  // --- the operator's view -----------------------------------------------------------------------
 
   messagesByPriority(): Record<string, number> {
     const out: Record<string, number> = {};
@@ -211,23 +558,58 @@ export class DurableCache implements CacheGaugeSource {
   }
 
   bytes(): number {
-    return this.totalBytes;
+    return this.byteCounts.reduce((a, b) => a + b, 0);
   }
 
-  oldestAgeSeconds(): number {
+  oldestAgeSeconds(now: number = Date.now()): number {
     if (this.closed) return 0;
-    const row = this.oldestStmt.get() as { ts: number } | undefined;
-    return row === undefined ? 0 : Math.max(0, (Date.now() - row.ts) / 1000);
+    let oldest = Infinity;
+    for (let r = 0; r < RANKS; r++) {
+      if (this.counts[r] === 0) continue;
+      const row = this.firstTs.get(this.evictedThrough[r], keyOf(r + 1, 0)) as { ts: number } | undefined;
+      if (row) oldest = Math.min(oldest, row.ts);
+    }
+    return oldest === Infinity ? 0 : Math.max(0, (now - oldest) / 1000);
   }
 
   writable(): boolean {
-    return this.isWritable && !this.closed;
+    return this.isWritable && !this.closing;
   }
 
-  close(): void {
+  // --- shutdown --------------------------------------------------------------------------------
+
+  private notifyIdle(): void {
+    if (this.inFlight || this.pending.length > 0) return;
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** Resolves once everything queued so far, deletes included, is written (or has failed). */
+  async drainWrites(): Promise<void> {
+    if (!this.inFlight && this.pending.length === 0 && this.deleteQueue.length === 0) return;
+    await new Promise<void>((resolve) => {
+      this.idleWaiters.push(resolve);
+      if (!this.inFlight) this.flush();
+    });
+    if (this.deleteQueue.length > 0 && this.isWritable) await this.drainWrites();
+  }
+
+  /** Commit what is queued, stop the writer thread and close the file. */
+  async close(): Promise<void> {
     if (this.closed) return;
-    this.commit();
+    this.closing = true;
+    for (const t of [this.deleteTimer, this.probeTimer]) if (t) clearTimeout(t);
+    if (this.ageTimer) clearInterval(this.ageTimer);
+    if (this.isWritable) await this.drainWrites();
+    const worker = this.worker;
+    if (worker) {
+      await new Promise<void>((resolve) => {
+        worker.once('exit', () => resolve());
+        const req: WriterRequest = { type: 'close' };
+        worker.postMessage(req);
+      });
+    }
     this.closed = true;
-    this.db.close();
+    this.reader.close();
   }
 }
+

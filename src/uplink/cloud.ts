@@ -18,11 +18,18 @@ export type PublishDone = (err: Error | null) => void;
 const MIN_BACKOFF_MS = 1_000;
 const MAX_BACKOFF_MS = 60_000;
 
-/** Exponential backoff from 1 s to 60 s with jitter, so a fleet does not reconnect in step. */
+/**
+ * Exponential backoff from 1 s to 60 s with full jitter: the delay is anywhere between 1 s and a
+ * ceiling that doubles with each attempt (2 s, 4 s, ... 60 s), so a fleet does not reconnect in step.
+ */
 export function backoffDelay(attempt: number, random: () => number = Math.random): number {
-  const ceiling = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** Math.min(attempt, 16));
-  return Math.max(MIN_BACKOFF_MS, Math.round(ceiling / 2 + random() * (ceiling / 2)));
+  const ceiling = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** (Math.min(attempt, 16) + 1));
+  return Math.round(MIN_BACKOFF_MS + random() * (ceiling - MIN_BACKOFF_MS));
 }
+
+// A link that drops soon after it came up (a duplicate client id, a broker that refuses the
+// session) must keep backing off; the attempts count restarts only after this long connected.
+const STABLE_AFTER_MS = 30_000;
 
 /**
  * The one MQTT connection to the cloud broker. It never queues: publish() is only called while
@@ -33,6 +40,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
   private client: MqttClient | null = null;
   private connectedNow = false;
   private attempt = 0;
+  private connectedAt = 0;
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private readonly statusTopic: string;
@@ -97,7 +105,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
 
   private onConnect(client: MqttClient): void {
     if (client !== this.client) return;
-    this.attempt = 0;
+    this.connectedAt = Date.now();
     client.subscribe(`${this.downPrefix}#`, { qos: 1 }, (err) => {
       if (err) this.log.error({ err: err.message, topic: `${this.downPrefix}#` }, 'cannot subscribe to the cloud downlink; check the broker ACL for this client');
     });
@@ -115,6 +123,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     this.client = null;
     const wasConnected = this.connectedNow;
     this.connectedNow = false;
+    if (wasConnected && Date.now() - this.connectedAt >= STABLE_AFTER_MS) this.attempt = 0;
     if (wasConnected) {
       this.log.warn({ url: this.cfg.url }, 'disconnected from the cloud broker; caching messages and reconnecting');
       this.emit('down');

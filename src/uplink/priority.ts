@@ -1,7 +1,8 @@
 import type { Priority } from '../config/types.js';
+import { PRIORITIES } from '../config/schema.js';
 
-// Stored as small integers so that "ORDER BY priority" drains the most urgent first.
-export const PRIORITIES: readonly Priority[] = ['critical', 'high', 'normal', 'low'];
+// A priority's rank is its place in PRIORITIES, most urgent first: the cache keys on it.
+export { PRIORITIES };
 
 export function priorityRank(p: Priority): number {
   return PRIORITIES.indexOf(p);

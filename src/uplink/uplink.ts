@@ -2,7 +2,6 @@ import type { Logger } from 'pino';
 import type { Config, Priority } from '../config/types.js';
 import type { EdgeMessage } from '../core/message.js';
 import type { EdgeError } from '../core/errors.js';
-import { topicMatches } from '../core/topic.js';
 import type { Metrics } from '../admin/metrics.js';
 import type { DurableCache } from './cache.js';
 import { cloudTopic } from './envelope.js';
@@ -15,7 +14,8 @@ export type SubmitDone = (err: EdgeError | null) => void;
  * control topics never go up, so no device can push rules or inject downlink through it.
  */
 export class Uplink {
-  private readonly controlFilters: string[];
+  private readonly controlTopics: Set<string>;
+  private readonly downPrefix: string;
 
   constructor(
     private readonly cfg: Config['uplink'],
@@ -24,15 +24,15 @@ export class Uplink {
     private readonly log: Logger,
   ) {
     const cp = cfg.controlPrefix;
-    this.controlFilters = [`${cp}status`, `${cp}down/#`, `${cp}rules/set`, `${cp}rules/result`];
+    this.controlTopics = new Set([`${cp}status`, `${cp}down`, `${cp}rules/set`, `${cp}rules/result`]);
+    this.downPrefix = `${cp}down/`;
   }
 
+  /** The proxy's own cloud topics: status, down/#, rules/set, rules/result. */
   isControlTopic(localTopic: string): boolean {
+    // A device topic holds no wildcards, so plain comparisons decide it.
     const topic = cloudTopic(this.cfg.topicPrefix, localTopic);
-    // Every control filter starts with the control prefix: most topics are ruled out here.
-    if (!topic.startsWith(this.cfg.controlPrefix)) return false;
-    for (const f of this.controlFilters) if (topicMatches(f, topic)) return true;
-    return false;
+    return this.controlTopics.has(topic) || topic.startsWith(this.downPrefix);
   }
 
   /** Commit a message for the cloud; `done` runs once it is durable, or with why it was refused. */
@@ -47,12 +47,6 @@ export class Uplink {
       done(null);
       return;
     }
-    this.cache.append(msg, priority, (err) => {
-      if (err) {
-        this.metrics.cacheRefused.inc();
-        this.metrics.refused.labels('cache').inc();
-      }
-      done(err);
-    });
+    this.cache.append(msg, priority, done);
   }
 }

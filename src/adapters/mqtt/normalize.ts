@@ -3,6 +3,7 @@ import type { EdgeMessage, QoS } from '../../core/message.js';
 import { EDGE_DEVICE_ID, isValidDeviceId } from '../../core/message.js';
 import { sniffContentType } from '../../core/content-type.js';
 import { newMessageId } from '../../core/ids.js';
+import { asBuffer } from '../../core/bytes.js';
 
 export interface MqttPublishFields {
   topic: string;
@@ -42,6 +43,6 @@ export function mqttToEdgeMessage(p: MqttPublishFields, deviceId: string, now: n
 
 /** The packet that publishes an EdgeMessage to local MQTT subscribers. */
 export function edgeMessageToMqtt(msg: EdgeMessage): MqttPublishFields & { cmd: 'publish'; dup: false } {
-  const payload = Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength);
+  const payload = asBuffer(msg.payload);
   return { cmd: 'publish', topic: msg.topic, payload, qos: msg.qos, retain: msg.retain, dup: false };
 }

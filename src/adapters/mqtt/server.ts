@@ -34,12 +34,19 @@ interface ParserHandle {
   _parser: { parse(buf: Buffer): number; prependListener(event: 'error', fn: (err: Error) => void): void };
 }
 
+// aedes's session store, where it keeps inbound QoS 2 publishes until their PUBREL; not in its types.
+interface SessionStore {
+  persistence: { incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown> };
+}
+
 /** MQTT over TCP through the embedded aedes broker. */
 export class MqttAdapter {
   private broker!: Aedes;
   private server: Server | null = null;
   private readonly connections = new WeakMap<Client, Connection>();
   private readonly sockets = new Set<Socket>();
+  /** set at shutdown: publishes not yet in hand are not accepted (the device sends them again later) */
+  private stopping = false;
 
   constructor(
     private readonly cfg: Config,
@@ -119,7 +126,7 @@ export class MqttAdapter {
       this.log.info({ ...who, err: err.message }, 'MQTT client connection ended with an error');
       return;
     }
-    // Cache refusals are counted by the uplink stage, where they happen.
+    // Cache refusals are counted per message where they happen, not per closed connection.
     if (refusal.reason !== 'cache') this.metrics.refused.labels(refusal.reason).inc();
     const hint = refusal.reason === 'too_large' ? ` (limits.maxPayloadBytes=${this.cfg.limits.maxPayloadBytes})` : '';
     this.log.warn({ ...who, reason: refusal.reason }, `closed MQTT client ${client.id ?? conn.remote}: ${refusal.detail}${hint}`);
@@ -159,6 +166,11 @@ export class MqttAdapter {
       done(null); // the broker's own publishes (wills of other broker instances): not a device message
       return;
     }
+    if (this.stopping) {
+      conn.reported = true; // an expected close, not worth a line per device
+      done(new EdgeError('E_CACHE_WRITE', 'the proxy is stopping', { retryable: true }));
+      return;
+    }
     const problem = checkDeviceTopic(packet.topic, this.cfg.limits.maxTopicBytes);
     if (problem) {
       const reason = problem === 'reserved' ? 'acl' : 'malformed';
@@ -173,15 +185,26 @@ export class MqttAdapter {
       return;
     }
     const qos = packet.qos as QoS;
-    if (qos === 2 && packet.messageId !== undefined) {
-      const earlier = packet.dup ? conn.qos2.get(packet.messageId) : undefined;
+    if (qos === 2 && packet.dup && packet.messageId !== undefined) {
+      const earlier = conn.qos2.get(packet.messageId);
       if (earlier) {
-        // A resend of a QoS 2 publish still in flight: answered like the first, processed once.
+        // A resend of a QoS 2 publish still being accepted on this connection: answered like the first.
         void earlier.then(done);
         return;
       }
+      // A resend after a reconnect (persistent session): aedes kept the first until PUBREL, and
+      // answers the resend with PUBREC without publishing it again; the proxy does not take it twice.
+      (this.broker as unknown as SessionStore).persistence.incomingGetPacket(client, packet).then(
+        () => done(null),
+        () => this.accept(conn, packet, qos, done),
+      );
+      return;
     }
-    const msg = mqttToEdgeMessage({ topic: packet.topic, payload: packet.payload, qos, retain: packet.retain }, conn.deviceId);
+    this.accept(conn, packet, qos, done);
+  }
+
+  private accept(conn: Connection, packet: PublishPacket, qos: QoS, done: (err?: Error | null) => void): void {
+    const msg = mqttToEdgeMessage({ topic: packet.topic, payload: packet.payload, qos, retain: packet.retain }, conn.deviceId!);
     if (qos === 0) {
       this.pipeline.acceptFromDevice(msg, (err) => {
         if (err) this.metrics.dropped.labels('qos0_refused').inc();
@@ -197,6 +220,7 @@ export class MqttAdapter {
     }
     const accepted = conn.acks.reserve((err) => {
       if (err) {
+        this.metrics.refused.labels('cache').inc();
         conn.refusal = { reason: 'cache', detail: `message not accepted, closing so the device retries later: ${err.message}` };
       }
       settle?.(err);
@@ -226,10 +250,18 @@ export class MqttAdapter {
     return this.broker?.connectedClients ?? 0;
   }
 
-  /** Stop accepting, close every client, then the broker. */
-  async stop(): Promise<void> {
+  /**
+   * Stop accepting and reading, let `settle` commit what is in hand so that its PUBACKs go out,
+   * then close every client and the broker. Wills are cleared first: a device is not dead because
+   * the proxy restarts.
+   */
+  async stop(settle: () => Promise<void> = async () => {}): Promise<void> {
     const server = this.server;
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    this.stopping = true;
+    await settle();
+    await new Promise<void>((resolve) => setImmediate(resolve)); // the PUBACKs of the last commit are written
+    for (const client of Object.values((this.broker as unknown as { clients: Record<string, { will: unknown }> }).clients)) client.will = null;
     await new Promise<void>((resolve) => this.broker.close(() => resolve()));
     for (const socket of this.sockets) socket.destroy();
     await closed;
