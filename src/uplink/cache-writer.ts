@@ -1,7 +1,7 @@
 // The cache's writer thread. Every write (inserts, deletes) happens here, so the fsync of a commit
 // never stalls the event loop that serves devices: the main thread keeps reading packets while
 // the disk confirms the previous batch, and the next batch is whatever arrived meanwhile.
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { PRAGMAS, SCHEMA_SQL, type WriteBatch, type WriterReply, type WriterRequest } from './cache-schema.js';
 
@@ -22,7 +22,7 @@ const insert = db.prepare('INSERT OR REPLACE INTO messages (key, id, ts, device_
 const deleteRange = db.prepare('DELETE FROM messages WHERE key >= ? AND key <= ?');
 const touch = db.prepare("INSERT INTO meta (k, v) VALUES ('probe', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v");
 
-const writeBatch = db.transaction((b: WriteBatch) => {
+function applyBatch(b: WriteBatch): void {
   const ins = b.inserts;
   let start = 0;
   for (let i = 0; i < ins.keys.length; i++) {
@@ -31,6 +31,12 @@ const writeBatch = db.transaction((b: WriteBatch) => {
     start = end;
   }
   for (const [lo, hi] of b.deletes) deleteRange.run(lo, hi);
+}
+
+// Group commit: every batch that queued up while the previous transaction was being committed
+// goes into one transaction, so they share one fsync.
+const writeBatches = db.transaction((batches: WriteBatch[]) => {
+  for (const b of batches) applyBatch(b);
 });
 
 function errorCode(err: unknown): string {
@@ -38,15 +44,37 @@ function errorCode(err: unknown): string {
   return code;
 }
 
-port.on('message', (req: WriterRequest) => {
+function commit(batches: WriteBatch[]): void {
+  if (batches.length === 0) return;
+  try {
+    writeBatches(batches);
+    for (const b of batches) reply({ type: 'done', batch: b.batch });
+  } catch (err) {
+    for (const b of batches) reply({ type: 'failed', batch: b.batch, code: errorCode(err), message: (err as Error).message });
+  }
+}
+
+port.on('message', (first: WriterRequest) => {
+  // Take everything already queued, in order: consecutive writes become one transaction.
+  const requests = [first];
+  for (let next = receiveMessageOnPort(port); next; next = receiveMessageOnPort(port)) requests.push(next.message as WriterRequest);
+  let writes: WriteBatch[] = [];
+  for (const req of requests) {
+    if (req.type === 'write') {
+      writes.push(req.batch);
+      continue;
+    }
+    commit(writes);
+    writes = [];
+    handle(req);
+  }
+  commit(writes);
+});
+
+function handle(req: WriterRequest): void {
   switch (req.type) {
     case 'write':
-      try {
-        writeBatch(req.batch);
-        reply({ type: 'done', batch: req.batch.batch });
-      } catch (err) {
-        reply({ type: 'failed', batch: req.batch.batch, code: errorCode(err), message: (err as Error).message });
-      }
+      commit([req.batch]);
       return;
     case 'probe':
       try {
@@ -66,6 +94,6 @@ port.on('message', (req: WriterRequest) => {
       port.close();
       return;
   }
-});
+}
 
 reply({ type: 'ready' });

@@ -58,15 +58,8 @@ interface InFlightBatch {
   probe: boolean;
 }
 
-interface Row {
-  key: number;
-  id: string;
-  ts: number;
-  device_id: string;
-  topic: string;
-  content_type: number;
-  payload: Buffer;
-}
+/** A row as the drain reads it, in raw (array) mode: key, id, ts, device_id, topic, content_type, payload. */
+type Row = [number, string, number, string, string, number, Buffer];
 
 const RANKS = PRIORITIES.length;
 const CRITICAL = 0;
@@ -80,11 +73,8 @@ const PROBE_INTERVAL_MS = 1000;
 const WRITE_ERRORS = /^SQLITE_(FULL|IOERR|READONLY|CANTOPEN|BUSY|LOCKED|NOMEM)/;
 const DAMAGE_ERRORS = /^SQLITE_(CORRUPT|NOTADB)/;
 
-function rowToMessage(r: Row): CachedMessage {
-  return {
-    key: r.key, id: r.id, ts: r.ts, deviceId: r.device_id, topic: r.topic,
-    contentType: CONTENT_TYPES[r.content_type] ?? 'binary', payload: r.payload, priority: PRIORITIES[rankOfKey(r.key)]!,
-  };
+function rowToMessage(r: Row, priority: Priority): CachedMessage {
+  return { key: r[0], id: r[1], ts: r[2], deviceId: r[3], topic: r[4], contentType: CONTENT_TYPES[r[5]] ?? 'binary', payload: r[6], priority };
 }
 
 /**
@@ -169,7 +159,8 @@ export class DurableCache implements CacheGaugeSource {
   private readonly deleting = new Set<number>();
   private deleteQueue: number[] = [];
   private pending: PendingAppend[] = [];
-  private inFlight: InFlightBatch | null = null;
+  /** batches handed to the writer and not answered yet, in the order they were sent */
+  private readonly inFlight = new Map<number, InFlightBatch>();
   private flushScheduled = false;
   private deleteTimer: NodeJS.Timeout | null = null;
   private probeTimer: NodeJS.Timeout | null = null;
@@ -185,7 +176,8 @@ export class DurableCache implements CacheGaugeSource {
   private constructor(private readonly opts: CacheOptions) {
     this.log = opts.log;
     this.reader = openReader(opts.path, opts.log);
-    this.readRange = this.reader.prepare('SELECT key, id, ts, device_id, topic, content_type, payload FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?');
+    // Raw mode: rows as arrays, which the drain reads by the hundred thousand.
+    this.readRange = this.reader.prepare('SELECT key, id, ts, device_id, topic, content_type, payload FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?').raw(true);
     this.oldestRows = this.reader.prepare(`SELECT key, ts, ${SIZE_SQL} AS size FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?`);
     this.firstTs = this.reader.prepare('SELECT ts FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT 1');
     const maxKey = this.reader.prepare('SELECT max(key) AS k FROM messages WHERE key >= ? AND key < ?');
@@ -263,7 +255,7 @@ export class DurableCache implements CacheGaugeSource {
   }
 
   private scheduleFlush(): void {
-    if (this.flushScheduled || this.inFlight) return;
+    if (this.flushScheduled) return;
     this.flushScheduled = true;
     // setImmediate, not a timer: everything that arrives in this turn of the event loop joins.
     setImmediate(() => {
@@ -272,8 +264,13 @@ export class DurableCache implements CacheGaugeSource {
     });
   }
 
+  /**
+   * Hand everything gathered to the writer now, without waiting for the batch before it: the
+   * writer takes every batch that queued up while it was committing into its next transaction,
+   * so under load many batches share one fsync, and when idle a batch is written at once.
+   */
   private flush(): void {
-    if (this.inFlight || !this.worker) return;
+    if (!this.worker) return;
     if (!this.isWritable) return; // the probe brings it back
     const appends = this.pending;
     const deleteKeys = this.deleteQueue;
@@ -305,15 +302,16 @@ export class DurableCache implements CacheGaugeSource {
       inserts.ends.push(at);
     }
     inserts.payloads = payloads;
-    this.inFlight = { batch, appends, deleteKeys, probe: false };
+    this.inFlight.set(batch, { batch, appends, deleteKeys, probe: false });
     const req: WriterRequest = { type: 'write', batch: { batch, inserts, deletes: toRanges(deleteKeys) } };
     this.worker.postMessage(req, [payloads.buffer]);
   }
 
   private onReply(r: WriterReply): void {
-    const batch = this.inFlight;
-    if (!batch || (r.type !== 'done' && r.type !== 'failed') || r.batch !== batch.batch) return;
-    this.inFlight = null;
+    if (r.type !== 'done' && r.type !== 'failed') return;
+    const batch = this.inFlight.get(r.batch);
+    if (!batch) return;
+    this.inFlight.delete(r.batch);
     if (r.type === 'failed') {
       this.onWriteFailed(batch, r.code, r.message);
       return;
@@ -336,10 +334,9 @@ export class DurableCache implements CacheGaugeSource {
       for (const a of batch.appends) a.done(null);
       for (const l of this.committedListeners) l(rows);
     }
-    // What gathered while this batch was written is the next batch.
-    if (this.pending.length > 0 || this.deleteQueue.length >= DELETE_BATCH || (this.closing && this.deleteQueue.length > 0)) this.flush();
+    if (this.deleteQueue.length >= DELETE_BATCH || (this.closing && this.deleteQueue.length > 0)) this.scheduleFlush();
     else if (this.deleteQueue.length > 0) this.scheduleDeletes();
-    else this.notifyIdle();
+    this.notifyIdle();
   }
 
   private onWriteFailed(batch: InFlightBatch, code: string, message: string): void {
@@ -375,10 +372,10 @@ export class DurableCache implements CacheGaugeSource {
   }
 
   private failInFlight(code: string, message: string): void {
-    const batch = this.inFlight;
-    this.inFlight = null;
-    if (batch) this.onWriteFailed(batch, code, message);
-    else {
+    const batches = [...this.inFlight.values()];
+    this.inFlight.clear();
+    for (const batch of batches) this.onWriteFailed(batch, code, message);
+    if (batches.length === 0) {
       this.isWritable = false;
       this.startProbing();
     }
@@ -388,13 +385,13 @@ export class DurableCache implements CacheGaugeSource {
   private startProbing(): void {
     if (this.probeTimer || this.closing) return;
     this.probeTimer = setInterval(() => {
-      if (this.isWritable || this.inFlight || this.closing) return;
+      if (this.isWritable || this.inFlight.size > 0 || this.closing) return;
       if (!this.worker) {
         this.startWorker().then(() => this.log.info('the cache writer thread is back'), (err: Error) => this.log.error({ err: err.message }, 'cannot restart the cache writer thread'));
         return;
       }
       const batch = this.batchNo++;
-      this.inFlight = { batch, appends: [], deleteKeys: [], probe: true };
+      this.inFlight.set(batch, { batch, appends: [], deleteKeys: [], probe: true });
       const req: WriterRequest = { type: 'probe', batch };
       this.worker.postMessage(req);
     }, PROBE_INTERVAL_MS);
@@ -419,7 +416,7 @@ export class DurableCache implements CacheGaugeSource {
     this.deleteQueue.push(key);
     this.counts[rank]!--;
     this.byteCounts[rank]! -= messageSize(m.payload.byteLength, m.topic, m.deviceId);
-    if (this.inFlight || this.flushScheduled) return; // rides with the next batch
+    if (this.flushScheduled) return; // rides with the batch about to go
     if (this.deleteQueue.length >= DELETE_BATCH) this.scheduleFlush();
     else this.scheduleDeletes();
   }
@@ -531,8 +528,8 @@ export class DurableCache implements CacheGaugeSource {
     const from = Math.max(afterKey, this.evictedThrough[rank]!);
     const rows = this.readRange.all(from, keyOf(rank + 1, 0), limit) as Row[];
     const messages: CachedMessage[] = [];
-    for (const r of rows) if (!this.deleting.has(r.key)) messages.push(rowToMessage(r));
-    return { messages, lastKey: rows.length > 0 ? rows[rows.length - 1]!.key : from, rows: rows.length };
+    for (const r of rows) if (!this.deleting.has(r[0])) messages.push(rowToMessage(r, priority));
+    return { messages, lastKey: rows.length > 0 ? rows[rows.length - 1]![0] : from, rows: rows.length };
   }
 
   /** The key before the first of a priority: where a reader of that queue starts. */
@@ -579,16 +576,16 @@ export class DurableCache implements CacheGaugeSource {
   // --- shutdown --------------------------------------------------------------------------------
 
   private notifyIdle(): void {
-    if (this.inFlight || this.pending.length > 0) return;
+    if (this.inFlight.size > 0 || this.pending.length > 0) return;
     for (const w of this.idleWaiters.splice(0)) w();
   }
 
   /** Resolves once everything queued so far, deletes included, is written (or has failed). */
   async drainWrites(): Promise<void> {
-    if (!this.inFlight && this.pending.length === 0 && this.deleteQueue.length === 0) return;
+    if (this.inFlight.size === 0 && this.pending.length === 0 && this.deleteQueue.length === 0) return;
     await new Promise<void>((resolve) => {
       this.idleWaiters.push(resolve);
-      if (!this.inFlight) this.flush();
+      this.flush();
     });
     if (this.deleteQueue.length > 0 && this.isWritable) await this.drainWrites();
   }
