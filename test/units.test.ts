@@ -47,6 +47,7 @@ t.test('envelope: fields, and payload by content type', async (t) => {
   const parse = (contentType: 'json' | 'text' | 'binary' | 'cbor', payload: Buffer): Record<string, unknown> =>
     JSON.parse(encodeEnvelope({ ...base, contentType, payload }, 'pi-hall-2').toString()) as Record<string, unknown>;
   t.same(parse('json', Buffer.from(' {"a":[1,2],"s":"é"} ')), { ...base, contentType: 'json', payload: { a: [1, 2], s: 'é' }, edge: 'pi-hall-2' });
+  t.same(parse('json', Buffer.from('\ufeff{"a":1}')).payload, { a: 1 }, 'a byte order mark before JSON does not break the envelope');
   t.same(parse('text', Buffer.from('say "hi"\n')).payload, 'say "hi"\n');
   t.same(parse('binary', Buffer.from([0, 255])).payload, 'AP8=');
   t.same(parse('cbor', Buffer.from([0xa1, 0x61])).payload, 'oWE=');
@@ -57,7 +58,7 @@ t.test('envelope: fields, and payload by content type', async (t) => {
 t.test('content type sniffing (MQTT has none)', async (t) => {
   const table: Array<[string | Buffer, string]> = [
     ['{"t":1}', 'json'], ['[1,2]', 'json'], ['  {"t":1}\n', 'json'], ['42', 'text'], ['"str"', 'text'], ['{broken', 'text'],
-    ['hello', 'text'], ['', 'text'], [Buffer.from([0xff, 0xfe, 0x00]), 'binary'], [Buffer.from([0xc3, 0x28]), 'binary'],
+    ['hello', 'text'], ['', 'text'], ['\ufeff{"bom":1}', 'json'], [Buffer.from([0xff, 0xfe, 0x00]), 'binary'], [Buffer.from([0xc3, 0x28]), 'binary'],
   ];
   for (const [input, want] of table) t.equal(sniffContentType(Buffer.from(input)).contentType, want, JSON.stringify(input.toString()));
 });

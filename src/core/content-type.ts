@@ -1,6 +1,5 @@
+import { isUtf8 } from 'node:buffer';
 import type { ContentType } from './message.js';
-
-const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** What detection learnt: the type, and the decoded value when detection had to parse it anyway. */
 export interface Detected {
@@ -9,12 +8,11 @@ export interface Detected {
   decoded?: unknown;
 }
 
+// A native check, then a decode: cheaper than a fatal TextDecoder that throws on bad input.
 function decodeUtf8(bytes: Uint8Array): string | undefined {
-  try {
-    return utf8.decode(bytes);
-  } catch {
-    return undefined;
-  }
+  if (!isUtf8(bytes)) return undefined;
+  const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text; // a byte order mark is not content
 }
 
 /**
