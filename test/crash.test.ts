@@ -4,9 +4,8 @@
 // message seen twice is one the proxy resent (same id); order per device and priority holds.
 // CRASH_LOOPS sets the number of kills (default 4 here; raise it for a long run).
 import t from 'tap';
-import { startMosquitto } from './helpers/mosquitto.js';
+import { cloudWithChecker } from './helpers/mosquitto.js';
 import { startProxy } from './helpers/proxy.js';
-import { connectClient, collect } from './helpers/clients.js';
 import { startRawDevice, type RawDevice } from './helpers/raw-device.js';
 import { eventually, freePort, sleep } from './helpers/ports.js';
 
@@ -16,12 +15,7 @@ const LOOPS = Number(process.env.CRASH_LOOPS ?? 4);
 
 t.test(`kill -9 at random moments (${LOOPS} times) while the cloud flaps loses no acknowledged message`, { timeout: 60_000 + LOOPS * 15_000 }, async (t) => {
   const dir = t.testdir();
-  const cloud = await startMosquitto(`${dir}/cloud`, { persistence: true });
-  t.teardown(() => cloud.stop());
-  const checker = await connectClient(cloud.port, { clientId: 'checker', clean: false, reconnectPeriod: 200 });
-  checker.on('error', () => {});
-  t.teardown(() => checker.endAsync(true));
-  const up = await collect(checker, 'edge/test-edge/up/#');
+  const { cloud, up } = await cloudWithChecker(t, dir);
 
   const mqttPort = await freePort();
   const proxy = await startProxy(dir, {

@@ -2,9 +2,9 @@
 // in the middle, bounds seen from a device. Real proxy, real Mosquitto, real clients.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { startMosquitto, type Mosquitto } from './helpers/mosquitto.js';
+import { cloudWithChecker, type Mosquitto } from './helpers/mosquitto.js';
 import { startProxy, CLI, type ProxyProcess } from './helpers/proxy.js';
-import { connectClient, collect } from './helpers/clients.js';
+import { connectClient, type Collected } from './helpers/clients.js';
 import { connectPacket, rawClient } from './helpers/raw.js';
 import { eventually, sleep } from './helpers/ports.js';
 
@@ -12,14 +12,9 @@ interface Envelope { id: string; topic: string; payload: { seq: number } }
 const PRIORITIES = [{ topic: 'devices/+/alarm/#', priority: 'critical' }, { topic: 'devices/+/event', priority: 'high' }, { topic: 'devices/+/debug/#', priority: 'low' }];
 
 /** A proxy whose cloud is down while a device fills the cache; the checker keeps a persistent session. */
-async function backlog(t: Tap.Test, uplink: Record<string, unknown>, fill: (publish: (topic: string, seq: number) => Promise<void>) => Promise<void>): Promise<{ cloud: Mosquitto; proxy: ProxyProcess; up: Awaited<ReturnType<typeof collect>> }> {
+async function backlog(t: Tap.Test, uplink: Record<string, unknown>, fill: (publish: (topic: string, seq: number) => Promise<void>) => Promise<void>): Promise<{ cloud: Mosquitto; proxy: ProxyProcess; up: Collected }> {
   const dir = t.testdir();
-  const cloud = await startMosquitto(`${dir}/cloud`, { persistence: true });
-  t.teardown(() => cloud.stop());
-  const checker = await connectClient(cloud.port, { clientId: 'checker', clean: false, reconnectPeriod: 200 });
-  checker.on('error', () => {});
-  t.teardown(() => checker.endAsync(true));
-  const up = await collect(checker, 'edge/test-edge/up/#');
+  const { cloud, up } = await cloudWithChecker(t, dir);
   await cloud.stop();
   const proxy = await startProxy(dir, { uplink: { url: cloud.url, ...uplink }, routing: { priorities: PRIORITIES } });
   t.teardown(() => proxy.stop());

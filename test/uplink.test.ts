@@ -1,6 +1,6 @@
 // End to end through the built proxy: real MQTT.js devices, a real Mosquitto as the cloud broker.
 import t from 'tap';
-import { startMosquitto } from './helpers/mosquitto.js';
+import { startMosquitto, cloudWithChecker } from './helpers/mosquitto.js';
 import { startProxy } from './helpers/proxy.js';
 import { connectClient, collect } from './helpers/clients.js';
 import { eventually } from './helpers/ports.js';
@@ -50,12 +50,7 @@ t.test('a device message reaches the cloud broker in the envelope', async (t) =>
 
 t.test('with the cloud down, acknowledged messages wait in the cache and arrive in order when it is back', async (t) => {
   const dir = t.testdir();
-  const cloud = await startMosquitto(`${dir}/cloud`, { persistence: true });
-  t.teardown(() => cloud.stop());
-  // A persistent QoS 1 session, so the cloud keeps for the checker what arrives while it reconnects.
-  const checker = await connectClient(cloud.port, { clientId: 'checker', clean: false, reconnectPeriod: 200 });
-  t.teardown(() => checker.endAsync(true));
-  const up = await collect(checker, 'edge/test-edge/up/#');
+  const { cloud, up } = await cloudWithChecker(t, dir);
   const proxy = await startProxy(dir, { uplink: { url: cloud.url } });
   t.teardown(() => proxy.stop());
   await eventually('proxy connected to the cloud', async () => (await proxy.metric('edge_uplink_connected')) === 1);
@@ -77,11 +72,7 @@ t.test('with the cloud down, acknowledged messages wait in the cache and arrive 
 
 t.test('kill -9 of the proxy loses no acknowledged message', async (t) => {
   const dir = t.testdir();
-  const cloud = await startMosquitto(`${dir}/cloud`, { persistence: true });
-  t.teardown(() => cloud.stop());
-  const checker = await connectClient(cloud.port, { clientId: 'checker', clean: false, reconnectPeriod: 200 });
-  t.teardown(() => checker.endAsync(true));
-  const up = await collect(checker, 'edge/test-edge/up/#');
+  const { cloud, up } = await cloudWithChecker(t, dir);
   await cloud.stop(); // the cloud is down while the device publishes and the proxy is killed
 
   const proxy = await startProxy(dir, { uplink: { url: cloud.url } });

@@ -4,25 +4,20 @@ import { dirname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Priority } from '../config/types.js';
-import type { ContentType, EdgeMessage } from '../core/message.js';
+import type { EdgeMessage } from '../core/message.js';
 import { CONTENT_TYPES } from '../core/message.js';
 import { EdgeError } from '../core/errors.js';
 import type { CacheGaugeSource } from '../admin/metrics.js';
 import { PRIORITIES, priorityRank } from './priority.js';
+import type { UplinkFields } from './envelope.js';
 import {
   PRAGMAS, SCHEMA_SQL, SIZE_SQL, keyOf, messageSize, rankOfKey, seqOfKey,
   type WriteBatch, type WriterReply, type WriterRequest,
 } from './cache-schema.js';
 
-/** A message as the cache holds it: what the uplink needs to send it, and its place in its queue. */
-export interface CachedMessage {
+/** A message as the cache holds it: what the uplink sends, and its place in its queue. */
+export interface CachedMessage extends UplinkFields {
   key: number;
-  id: string;
-  ts: number;
-  deviceId: string;
-  topic: string;
-  contentType: ContentType;
-  payload: Uint8Array;
   priority: Priority;
 }
 

@@ -11,8 +11,13 @@ export interface Received {
   retain: boolean;
 }
 
+export interface Collected {
+  messages: Received[];
+  json<T = Record<string, unknown>>(): T[];
+}
+
 /** Subscribes and collects every message; `json()` parses the payloads. */
-export async function collect(client: MqttClient, filter: string, qos: 0 | 1 = 1): Promise<{ messages: Received[]; json<T = Record<string, unknown>>(): T[] }> {
+export async function collect(client: MqttClient, filter: string, qos: 0 | 1 = 1): Promise<Collected> {
   const messages: Received[] = [];
   client.on('message', (topic, payload, packet) => {
     if (topicMatches(filter, topic)) messages.push({ topic, payload, retain: packet.retain });

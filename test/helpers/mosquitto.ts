@@ -3,6 +3,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { userInfo } from 'node:os';
 import { freePort, waitForPort } from './ports.js';
+import { connectClient, collect, type Collected } from './clients.js';
 
 /**
  * A real Mosquitto playing the cloud broker. `listener 0` would be a unix socket to Mosquitto 2,
@@ -59,4 +60,18 @@ export async function startMosquitto(dir: string, opts: { persistence?: boolean 
   };
   await broker.start();
   return broker;
+}
+
+/**
+ * A cloud Mosquitto with persistence, and a checking subscriber on a persistent QoS 1 session:
+ * the cloud keeps for the checker whatever arrives while either of them restarts, so what the
+ * checker sees is what the proxy delivered.
+ */
+export async function cloudWithChecker(t: { teardown(fn: () => unknown): void }, dir: string): Promise<{ cloud: Mosquitto; up: Collected }> {
+  const cloud = await startMosquitto(`${dir}/cloud`, { persistence: true });
+  t.teardown(() => cloud.stop());
+  const checker = await connectClient(cloud.port, { clientId: 'checker', clean: false, reconnectPeriod: 200 });
+  checker.on('error', () => {});
+  t.teardown(() => checker.endAsync(true));
+  return { cloud, up: await collect(checker, 'edge/test-edge/up/#') };
 }
