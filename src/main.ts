@@ -180,10 +180,11 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
         // Then the cloud: what is in flight gets its PUBACK (else it is resent at the next start).
         await forwarder?.settle(3_000);
         await cloud?.stop();
+        const backlog = cache.messageCount();
         await cache.close();
         await adminServer.stop();
         rmSync(localPortsFile, { force: true });
-        log.info({ backlog: 'kept in the cache' }, 'stopped');
+        log.info({ backlog }, 'stopped; the backlog stays in the cache for the next start');
       })();
       return stopping;
     },
