@@ -66,7 +66,7 @@ export async function benchDrain(opts: DrainOptions, progress: (line: string) =>
     const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-t', 'edge/bench/up/#', '-q', '0'], { stdio: 'ignore' });
     await new Promise((r) => setTimeout(r, 300));
     const proxy = await startProxy(join(dir, 'proxy'), [
-      'edge: { id: bench }', `dataDir: ${dataDir}`, 'mqtt: { port: 0 }', 'admin: { port: 0 }',
+      'edge: { id: bench }', `dataDir: ${dataDir}`, `rules: { dir: ${join(dir, 'rules')} }`, 'mqtt: { port: 0 }', 'admin: { port: 0 }',
       `uplink: { url: "${cloud.url}", maxInflight: ${opts.maxInflight} }`, 'log: { level: warn }', '',
     ].join('\n'));
     try {

@@ -41,6 +41,7 @@ export async function benchForward(opts: ForwardOptions, progress: (line: string
   const proxy = opts.baseline ? await startBaseline(join(dir, 'baseline'), cloud.url) : await startProxy(join(dir, 'proxy'), [
     'edge: { id: bench }',
     `dataDir: ${join(dir, 'proxy/data')}`,
+    `rules: { dir: ${join(dir, 'proxy/rules')} }`,
     'mqtt: { port: 0 }',
     'admin: { port: 0 }',
     `uplink: { url: "${cloud.url}", maxInflight: 256 }`,

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
-import { ConfigError, EdgeError, formatConfigProblem } from './core/errors.js';
+import { ConfigError, EdgeError, RuleLoadError, formatConfigProblem } from './core/errors.js';
 import { loadConfig } from './config/load.js';
 import { createLogger } from './log.js';
 import { startProxy, RUNTIME_PORTS_FILE } from './main.js';
@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { readLocalToken } from './admin/token.js';
 import { VERSION } from './version.js';
 import type { ProxyStatus } from './admin/status.js';
+import type { Config } from './config/types.js';
+import { rulesCheck, rulesTest } from './rules/cli.js';
 
 const USAGE = `edge-proxy ${VERSION}: an IoT edge proxy (MQTT devices in, durable store-and-forward to a cloud MQTT broker)
 
@@ -17,6 +19,9 @@ Usage:
   edge-proxy check-config [FILE]                          validate a configuration and list every problem
   edge-proxy status [--config FILE] [--admin URL] [--token T] [--json]
                                                           ask a running proxy for its state
+  edge-proxy rules check FILE...                          check rules files; every error with file:line:col
+  edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text]
+                                                          run rules over recorded messages, sending nothing
   edge-proxy version                                      print the version
   edge-proxy VERB --help                                  help for one verb
 
@@ -40,6 +45,15 @@ const HELP: Record<string, string> = {
   Exits 2 when the proxy cannot be reached.
 `,
   version: 'edge-proxy version\n  Prints the version.\n',
+  rules: `edge-proxy rules check FILE... [--config FILE]
+  Compiles the files as one ruleset and prints every error as file:line:col: CODE: message with the
+  line and a caret. Exit 0 when clean, 1 with errors.
+
+edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text] [--config FILE]
+  Runs the rules over recorded messages (one JSON object a line: topic, payload as JSON, and any
+  other EdgeMessage field; ts defaults to the previous line's + 1000, deviceId to the topic's second
+  level) without sending anything, and prints per message what fired and what would go up.
+`,
 };
 
 function fail(message: string, code = 2): never {
@@ -71,7 +85,9 @@ async function run(args: string[]): Promise<void> {
     proxy = await startProxy(loaded, log, { portsFile: values['ports-file'] ?? null });
   } catch (err) {
     const e = err as Error;
-    log.fatal({ code: (err as EdgeError).code, err: e.message }, `cannot start: ${e.message}`);
+    log.fatal({ code: (err as EdgeError).code, err: e.message }, `cannot start: ${e.message.split('\n')[0]}`);
+    // Code frames read best as they are, not escaped inside a JSON log line.
+    if (err instanceof RuleLoadError) process.stderr.write(e.message + '\n');
     process.exit(1);
   }
   const shutdown = (signal: string): void => {
@@ -158,8 +174,38 @@ async function status(args: string[]): Promise<void> {
   ].join('\n'));
 }
 
+function configOrDefaults(file: string | undefined): Config {
+  try {
+    return loadConfig({ file, env: process.env, cwd: process.cwd() }).config;
+  } catch (err) {
+    if (err instanceof ConfigError) { printConfigError(err); process.exit(1); }
+    throw err;
+  }
+}
+
+function rules(args: string[]): void {
+  const [sub, ...rest] = args;
+  if (sub !== 'check' && sub !== 'test') {
+    if (sub === '--help' || sub === undefined) return void process.stdout.write(HELP.rules!);
+    fail(`unknown rules command "${sub}": rules check or rules test (E_USAGE)\n\n${HELP.rules}`);
+  }
+  const { values, positionals } = parseArgs({
+    args: rest, allowPositionals: true, strict: true,
+    options: { config: { type: 'string' }, input: { type: 'string' }, format: { type: 'string', default: 'json' }, help: { type: 'boolean' } },
+  });
+  if (values.help) return void process.stdout.write(HELP.rules!);
+  if (positionals.length === 0) fail(`rules ${sub} needs at least one FILE (E_USAGE)`);
+  const cfg = configOrDefaults(values.config);
+  const out = (s: string): void => void process.stdout.write(s);
+  const err = (s: string): void => void process.stderr.write(s);
+  if (sub === 'check') process.exit(rulesCheck(positionals, cfg, out, err));
+  if (!values.input) fail('rules test needs --input MESSAGES.jsonl (E_USAGE)');
+  if (values.format !== 'json' && values.format !== 'text') fail('--format is json or text (E_USAGE)');
+  process.exit(rulesTest(positionals, values.input, values.format, cfg, out, err));
+}
+
 async function main(argv: string[]): Promise<void> {
-  const verbs = new Set(['run', 'check-config', 'status', 'version', 'help']);
+  const verbs = new Set(['run', 'check-config', 'status', 'rules', 'version', 'help']);
   const first = argv[0];
   const verb = first && verbs.has(first) ? first : first === '--help' || first === '-h' ? 'help' : first && !first.startsWith('-') ? null : 'run';
   if (verb === null) fail(`unknown verb "${first}" (E_USAGE)\n\n${USAGE}`);
@@ -169,6 +215,7 @@ async function main(argv: string[]): Promise<void> {
       case 'run': return await run(rest);
       case 'check-config': return checkConfig(rest);
       case 'status': return await status(rest);
+      case 'rules': return rules(rest);
       case 'version': return void process.stdout.write(`${VERSION}\n`);
       case 'help': return void process.stdout.write(USAGE);
     }

@@ -40,6 +40,7 @@ t.test('no file: the embedded defaults', async (t) => {
     auth: { mode: 'open' },
     routing: { default: 'uplink', priorities: [] },
     cache: { path: join(cwd, 'data', 'cache.db'), maxBytes: 512 * 1024 * 1024, maxAgeSeconds: 604800 },
+    rules: { dir: join(cwd, 'rules'), maxWindowValues: 10000, stateTtlSeconds: 3600, maxFileBytes: 1048576, maxRules: 10000 },
     uplink: {
       url: null,
       clientId: `edge-${hostname()}`,
@@ -154,7 +155,6 @@ t.test('keys of features that do not exist yet are refused as unknown keys', asy
   const yaml = [
     'coap: { port: 5683 }',
     'http: { port: 8080 }',
-    'rules: { dir: ./rules }',
     'models: { dir: ./models }',
     'inference: { threads: 2 }',
     'devicesFile: devices.yaml',
@@ -164,11 +164,11 @@ t.test('keys of features that do not exist yet are refused as unknown keys', asy
     '',
   ].join('\n');
   const found = problems(t, yaml);
-  t.equal(found.length, 9);
+  t.equal(found.length, 8);
   for (const line of found) t.match(line, /: E_CONFIG_UNKNOWN_KEY: unknown key `\w+`: [\w.]+ is not available/);
   t.match(found, [/:1:1: coap:/, /:2:1: http:/]);
-  t.ok(found.some((p) => p.includes(':7:9: mqtt.tls:')));
-  t.ok(found.some((p) => p.includes(':9:8: log.pretty:')));
+  t.ok(found.some((p) => p.includes(':6:9: mqtt.tls:')));
+  t.ok(found.some((p) => p.includes(':8:8: log.pretty:')));
 });
 
 t.test('routing.priorities: an ordered list of topic filters and priorities', async (t) => {

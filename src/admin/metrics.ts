@@ -30,6 +30,10 @@ export class Metrics {
   readonly uplinkDrainRate: client.Gauge;
   readonly connections: client.Gauge<'protocol'>;
   readonly downlinkReceived: client.Counter;
+  readonly rulesFired: client.Counter<'rule'>;
+  readonly ruleErrors: client.Counter<'rule'>;
+  readonly ruleWindowTruncated: client.Counter<'rule'>;
+  readonly rulesLoaded: client.Gauge;
   private cacheSource: CacheGaugeSource | null = null;
   private drainSource: (() => number) | null = null;
 
@@ -50,6 +54,10 @@ export class Metrics {
     this.uplinkDrainRate = new client.Gauge({ name: 'edge_uplink_drain_rate', help: 'Messages acknowledged by the cloud per second, over the last 10 s', registers, collect() { this.set(drain()); } });
     this.connections = new client.Gauge({ name: 'edge_connections', help: 'Connected devices, by protocol', labelNames: ['protocol'], registers });
     this.downlinkReceived = new client.Counter({ name: 'edge_downlink_received_total', help: 'Messages received from the cloud downlink', registers });
+    this.rulesFired = new client.Counter({ name: 'edge_rules_fired_total', help: 'Rule firings, by rule', labelNames: ['rule'], registers });
+    this.ruleErrors = new client.Counter({ name: 'edge_rule_errors_total', help: 'Runtime faults of rules, by rule', labelNames: ['rule'], registers });
+    this.ruleWindowTruncated = new client.Counter({ name: 'edge_rule_window_truncated_total', help: 'Window values dropped at rules.maxWindowValues, by rule', labelNames: ['rule'], registers });
+    this.rulesLoaded = new client.Gauge({ name: 'edge_rules_loaded', help: 'Rules in the running ruleset', registers });
     const source = (): CacheGaugeSource | null => this.cacheSource;
     new client.Gauge({
       name: 'edge_cache_messages', help: 'Messages in the durable cache, by priority', labelNames: ['priority'], registers,

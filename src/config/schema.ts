@@ -192,6 +192,14 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     maxBytes: { type: 'integer', minimum: KiB, default: 512 * MiB, unit: 'size' },
     maxAgeSeconds: { type: 'integer', minimum: 1, default: 7 * DAY, unit: 'duration' },
   }),
+  // The rules directory is the one source of truth for the running ruleset (rules-dsl.md).
+  rules: object<Config['rules']>({
+    dir: { type: 'string', minLength: 1, default: './rules', resolvePath: true },
+    maxWindowValues: { type: 'integer', minimum: 1, maximum: 10_000_000, default: 10_000 },
+    stateTtlSeconds: { type: 'integer', minimum: 1, default: 3600, unit: 'duration' },
+    maxFileBytes: { type: 'integer', minimum: 1, maximum: 64 * MiB, default: 1 * MiB, unit: 'size' },
+    maxRules: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 10_000 },
+  }),
   uplink: object<Uplink>({
     // No real default: without a url the proxy runs offline and keeps everything in the cache.
     url: {
@@ -241,7 +249,7 @@ export const configSchemaTree: SchemaNode = configSchema;
  * They are refused like any unknown key; the message just says why, so nobody hunts for a typo.
  */
 export const PLANNED_KEYS: ReadonlySet<string> = new Set([
-  'coap', 'http', 'devicesFile', 'rules', 'models', 'inference',
+  'coap', 'http', 'devicesFile', 'models', 'inference',
   'mqtt.tls', 'limits.perDeviceRate', 'log.pretty',
 ]);
 

@@ -14,6 +14,7 @@ export interface Config {
     priorities: ReadonlyArray<{ readonly topic: string; readonly priority: Priority }>;
   };
   cache: { path: string; maxBytes: number; maxAgeSeconds: number };
+  rules: { dir: string; maxWindowValues: number; stateTtlSeconds: number; maxFileBytes: number; maxRules: number };
   uplink: {
     url: string | null;
     clientId: string;

@@ -17,6 +17,7 @@ export const ERROR_CODES = {
   E_UPLINK_CONFIG: 'the uplink settings cannot be used',
   E_ADMIN_AUTH: 'an admin request without a valid token',
   E_USAGE: 'a command line that cannot be understood',
+  E_RULES_INVALID: 'the rules directory holds a ruleset with errors',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -46,6 +47,14 @@ export interface ConfigProblem {
 
 export function formatConfigProblem(p: ConfigProblem): string {
   return `${p.source}:${p.line}:${p.col}: ${p.key || '(root)'}: ${p.code}: ${p.message}`;
+}
+
+/** A ruleset that does not compile: the message lists every error with its code frame. */
+export class RuleLoadError extends EdgeError {
+  constructor(listing: string, readonly count: number) {
+    super('E_RULES_INVALID', `the rules have ${count} error${count === 1 ? '' : 's'}:\n${listing}`);
+    this.name = 'RuleLoadError';
+  }
 }
 
 export class ConfigError extends EdgeError {

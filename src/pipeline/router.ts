@@ -1,49 +1,174 @@
+import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import type { EdgeMessage } from '../core/message.js';
-import type { EdgeError } from '../core/errors.js';
+import { EdgeError } from '../core/errors.js';
+import { newMessageId } from '../core/ids.js';
+import { checkDeviceTopic } from '../core/topic.js';
 import type { Metrics } from '../admin/metrics.js';
+import type { RuleSet, Evaluation } from '../rules/engine.js';
+import { fromJson, type Value } from '../rules/values.js';
 import type { LocalDelivery } from './local.js';
 import { PriorityTable } from './priorities.js';
+import { encodePayload, planActions, type Plan } from './plan.js';
 
 /** What the router needs of the uplink stage. */
 export interface UplinkStage {
   submit(msg: EdgeMessage, priority: 'critical' | 'high' | 'normal' | 'low', done: (err: EdgeError | null) => void): void;
 }
 
+/** The running ruleset, swapped as a whole (hot reload replaces `current`). */
+export interface RulesHolder {
+  current: RuleSet | null;
+}
+
+export interface RouterOptions {
+  routing: Config['routing'];
+  maxHops: number;
+  maxTopicBytes: number;
+  edge: { id: string; uplinkConnected(): boolean };
+}
+
+const EMPTY: Evaluation = { fired: [], actions: [], dropped: false, routed: false, errors: [] };
+const NO_INFERENCE = 'no inference yet: infer() is checked but this version runs no models';
+
 /**
- * accept → route → act. Until the rule language exists, routing is `routing.default`: device
- * messages go up (or stay local), cloud messages are delivered locally and never go up.
- * `done` is the acceptance: it runs once the message is safe (committed where it goes up), and
- * the adapter acknowledges the device only then.
+ * accept → rules → actions. Each message is evaluated by the running ruleset; the actions the
+ * fired rules collected are carried out in order, and default routing applies when no fired rule
+ * decided. `done` is the acceptance: it runs once everything the message sends up is committed,
+ * and the adapter acknowledges the device only then.
  */
 export class Router {
   private readonly priorities: PriorityTable;
+  private readonly faultLogged = new Map<string, number>();
 
   constructor(
-    private readonly routing: Config['routing'],
-    private readonly uplink: UplinkStage | null,
+    private readonly opts: RouterOptions,
+    private readonly uplink: UplinkStage,
     private readonly local: LocalDelivery,
+    private readonly rules: RulesHolder,
     private readonly metrics: Metrics,
+    private readonly log: Logger,
   ) {
-    this.priorities = new PriorityTable(routing.priorities);
+    this.priorities = new PriorityTable(opts.routing.priorities);
   }
 
-  /**
-   * A message from a device. Its adapter's own broker delivers it to local subscribers of its
-   * topic (as the embedded MQTT broker does); the router decides whether and how it goes up.
-   */
+  /** A message from a device. Its adapter's broker delivers it to local subscribers of its topic. */
   acceptFromDevice(msg: EdgeMessage, done: (err: EdgeError | null) => void): void {
     this.metrics.receivedFrom(msg.protocol).inc();
-    if (this.routing.default === 'uplink' && this.uplink) {
-      this.uplink.submit(msg, this.priorities.priorityOf(msg.topic), done);
-    } else {
-      done(null);
-    }
+    this.carryOut(msg, this.evaluate(msg), done);
   }
 
-  /** A message from the cloud downlink: published locally, never sent back up. */
+  /** A message from the cloud downlink: published locally, evaluated by the rules, never sent back up. */
   acceptFromCloud(msg: EdgeMessage): void {
     this.metrics.receivedFrom('cloud').inc();
     this.local.deliver(msg);
+    this.carryOut(msg, this.evaluate(msg), () => {});
   }
+
+  /** A message made by a rule (publish, emit): delivered locally, then evaluated in turn. */
+  private acceptInternal(msg: EdgeMessage): void {
+    this.metrics.receivedFrom('internal').inc();
+    this.local.deliver(msg);
+    this.carryOut(msg, this.evaluate(msg), () => {});
+  }
+
+  evaluate(msg: EdgeMessage): Evaluation {
+    const rules = this.rules.current;
+    if (!rules) return EMPTY;
+    let decoded: Value | undefined;
+    const ev = rules.evaluate(msg, {
+      payload: () => (decoded ??= this.decode(msg)),
+      msgValue: () => msgValue(msg),
+      device: null, // no device registry in open mode: every device is unknown
+      edge: { id: this.opts.edge.id, uplinkConnected: this.opts.edge.uplinkConnected() },
+    });
+    for (const f of ev.fired) this.metrics.rulesFired.labels(f.rule).inc();
+    for (const e of ev.errors) this.fault(e.rule, e.error.message, msg);
+    return ev;
+  }
+
+  /** The decoded payload, parsed once per message and only when a rule reads it. */
+  private decode(msg: EdgeMessage): Value {
+    if (msg.contentType === 'text') return Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength).toString('utf8');
+    if (msg.contentType !== 'json') return null; // binary; CBOR is not decoded yet
+    try {
+      return fromJson(JSON.parse(Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength).toString('utf8')));
+    } catch {
+      this.metrics.payloadDecodeErrors.inc();
+      return null;
+    }
+  }
+
+  private fault(rule: string, message: string, msg: EdgeMessage): void {
+    this.metrics.ruleErrors.labels(rule).inc();
+    const now = Date.now();
+    // At most one line a minute per rule: a faulty rule on a busy topic must not flood the log.
+    if ((this.faultLogged.get(rule) ?? 0) > now - 60_000) return;
+    this.faultLogged.set(rule, now);
+    this.log.warn({ rule, deviceId: msg.deviceId, topic: msg.topic, err: message }, `rule "${rule}" failed at run time (counted in edge_rule_errors_total; logged at most once a minute)`);
+  }
+
+  private carryOut(msg: EdgeMessage, ev: Evaluation, done: (err: EdgeError | null) => void): void {
+    const plan: Plan = planActions(msg, ev, this.opts.routing.default, (t) => this.priorities.priorityOf(t));
+    let pending = 1;
+    let failure: EdgeError | null = null;
+    const settle = (err: EdgeError | null): void => {
+      if (err && !failure) failure = err;
+      if (--pending === 0) done(failure);
+    };
+    for (const u of plan.uplinks) {
+      if (u.self) {
+        pending++;
+        this.uplink.submit(msg, u.priority, settle);
+        continue;
+      }
+      const derived = this.derive(u.rule ?? '', msg, u.topic, u.payload);
+      if (!derived) continue;
+      pending++;
+      this.uplink.submit(derived, u.priority, settle);
+    }
+    for (const p of plan.publishes) {
+      const derived = this.derive(p.rule, msg, p.topic, p.payload, { qos: p.qos, retain: p.retain });
+      if (derived) setImmediate(() => this.acceptInternal(derived));
+    }
+    for (const e of plan.emits) {
+      const derived = this.derive(e.rule, msg, `events/${e.name}`, e.data);
+      if (!derived) continue;
+      pending++;
+      this.uplink.submit(derived, 'high', settle);
+      setImmediate(() => this.acceptInternal(derived));
+    }
+    for (const i of plan.infers) this.fault(i.rule, NO_INFERENCE, msg);
+    for (const l of plan.logs) this.log[l.level]({ rule: l.rule, deviceId: msg.deviceId, topic: msg.topic }, typeof l.text === 'string' ? l.text : JSON.stringify(l.text));
+    settle(null);
+  }
+
+  /** A new message made from `parent` by a rule: new id, parent's device, hops + 1 within the limit. */
+  private derive(ruleOf: string, parent: EdgeMessage, topic: string, payload: Value | undefined, opts: { qos?: 0 | 1; retain?: boolean } = {}): EdgeMessage | null {
+    const hops = parent.hops + 1;
+    if (hops > this.opts.maxHops) {
+      this.metrics.dropped.labels('hops').inc();
+      return null;
+    }
+    const problem = checkDeviceTopic(topic, this.opts.maxTopicBytes);
+    if (problem) {
+      this.fault(ruleOf, `cannot make a message on topic "${topic.slice(0, 300)}": ${problem}`, parent);
+      return null;
+    }
+    const encoded = payload === undefined ? { bytes: parent.payload, contentType: parent.contentType } : encodePayload(payload);
+    const now = Date.now();
+    return {
+      id: newMessageId(now), ts: now, deviceId: parent.deviceId, protocol: 'internal', topic,
+      payload: encoded.bytes, contentType: encoded.contentType, qos: opts.qos ?? 0, retain: opts.retain ?? false,
+      props: {}, hops, parentId: parent.id,
+    };
+  }
+}
+
+/** The `msg` root as rules read it. */
+export function msgValue(msg: EdgeMessage): Value {
+  return {
+    id: msg.id, ts: msg.ts, topic: msg.topic, deviceId: msg.deviceId, protocol: msg.protocol, qos: msg.qos,
+    retain: msg.retain, props: { ...msg.props }, hops: msg.hops, parentId: msg.parentId ?? null,
+  };
 }

@@ -36,7 +36,8 @@ function merge(a: Record<string, unknown>, b: Record<string, unknown>): Record<s
 export async function startProxy(dir: string, config: Record<string, unknown> = {}, env: NodeJS.ProcessEnv = {}): Promise<ProxyProcess> {
   const configFile = join(dir, 'edge-proxy.yaml');
   const portsFile = join(dir, 'ports.json');
-  const base = { edge: { id: 'test-edge' }, dataDir: join(dir, 'data'), mqtt: { port: 0 }, admin: { port: 0 }, log: { level: 'debug' } };
+  // Its own rules directory (empty unless a test writes rules there), not the project's examples.
+  const base = { edge: { id: 'test-edge' }, dataDir: join(dir, 'data'), rules: { dir: join(dir, 'rules') }, mqtt: { port: 0 }, admin: { port: 0 }, log: { level: 'debug' } };
   writeFileSync(configFile, stringify(merge(base, config)));
   let child: ChildProcess;
   let out = '';

@@ -1,0 +1,53 @@
+// Compile errors of the rule language: each with a stable code, a place, and a code frame.
+
+export const RULE_ERROR_CODES = [
+  'E_RULE_SYNTAX', 'E_RULE_UNKNOWN_FUNCTION', 'E_RULE_UNKNOWN_ACTION', 'E_RULE_ARITY', 'E_RULE_ARG',
+  'E_RULE_UNKNOWN_ROOT', 'E_RULE_DUPLICATE', 'E_RULE_TOO_LARGE',
+] as const;
+
+export type RuleErrorCode = (typeof RULE_ERROR_CODES)[number];
+
+export interface RuleError {
+  file: string;
+  line: number;
+  col: number;
+  code: RuleErrorCode;
+  message: string;
+}
+
+/** `file:line:col: code: message`, then the source line and a caret under the column. */
+export function formatRuleError(e: RuleError, source: string | undefined): string {
+  const head = `${e.file}:${e.line}:${e.col}: ${e.code}: ${e.message}`;
+  const line = source?.split('\n')[e.line - 1];
+  if (line === undefined) return head;
+  const text = line.replace(/\t/g, ' ').replace(/\r$/, '');
+  return `${head}\n  ${text}\n  ${' '.repeat(Math.max(0, e.col - 1))}^`;
+}
+
+/** The closest of `candidates` to `word`, when it is close enough to be a likely typo. */
+export function didYouMean(word: string, candidates: readonly string[]): string | null {
+  let best: string | null = null;
+  let bestDistance = Infinity;
+  for (const c of candidates) {
+    const d = editDistance(word.toLowerCase(), c.toLowerCase());
+    if (d < bestDistance) {
+      bestDistance = d;
+      best = c;
+    }
+  }
+  return best !== null && bestDistance <= Math.max(1, Math.floor(word.length / 3)) ? best : null;
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = tmp;
+    }
+  }
+  return row[b.length]!;
+}

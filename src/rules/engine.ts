@@ -1,0 +1,149 @@
+import type { EdgeMessage } from '../core/message.js';
+import { topicMatches } from '../core/topic.js';
+import { compileRule, type CompiledRule, type EvalState, type WindowDef } from './compiler.js';
+import type { CheckedRule } from './dsl/checker.js';
+import { TopicIndex } from './topic-index.js';
+import { fromJson, type Value } from './values.js';
+import type { WindowLimits } from './windows.js';
+
+/** One action a fired rule asked for, with its arguments evaluated. */
+export interface ActionCall {
+  rule: string;
+  name: string;
+  args: Record<string, Value>;
+}
+
+/** What the rules decided for one message: the actions to carry out, in order. */
+export interface Evaluation {
+  fired: Array<{ rule: string; actions: ActionCall[] }>;
+  actions: ActionCall[];
+  dropped: boolean;
+  /** a fired rule called uplink, emit or drop: default routing does not apply */
+  routed: boolean;
+  errors: Array<{ rule: string; error: Error }>;
+}
+
+export interface EngineOptions {
+  maxWindowValues: number;
+  stateTtlSeconds: number;
+  /** per rule: counted and logged by the caller */
+  onTruncated(rule: string): void;
+}
+
+/** The decoded payload of a message, parsed once and only when something reads it. */
+export interface PayloadSource {
+  payload(msg: EdgeMessage): Value;
+}
+
+interface RuleState {
+  compiled: CompiledRule;
+  /** last firing per device, by msg.ts, for throttle */
+  lastFired: Map<string, number> | null;
+  /** the scope conjuncts the index did not already check */
+  otherScope: string[][];
+  ttlMs: number;
+}
+
+/**
+ * A compiled, immutable ruleset. Rules are ordered by descending priority, then file name, then
+ * position; a message evaluates only the rules the topic index puts in its scope.
+ */
+export class RuleSet {
+  private readonly rules: RuleState[];
+  private readonly index = new TopicIndex();
+  readonly windows = new Map<string, WindowDef>();
+  private seq = 0;
+
+  constructor(checked: CheckedRule[], private readonly opts: EngineOptions) {
+    const ordered = [...checked].filter((c) => !c.rule.disabled).sort((a, b) =>
+      b.rule.priority - a.rule.priority || (a.rule.file < b.rule.file ? -1 : a.rule.file > b.rule.file ? 1 : 0) || a.rule.index - b.rule.index);
+    const limitsByRule = new Map<string, WindowLimits>();
+    const limits = (rule: string): WindowLimits => {
+      let l = limitsByRule.get(rule);
+      if (!l) {
+        l = { maxValues: opts.maxWindowValues, truncated: () => opts.onTruncated(rule) };
+        limitsByRule.set(rule, l);
+      }
+      return l;
+    };
+    this.rules = ordered.map((c, i) => {
+      const compiled = compileRule(c, { windows: this.windows, limits });
+      this.index.add(i, compiled.scope[0] ?? null);
+      const longest = Math.max(0, ...compiled.windows.map((w) => w.longestMs()), c.rule.throttleMs ?? 0);
+      return {
+        compiled,
+        lastFired: c.rule.throttleMs !== null ? new Map() : null,
+        otherScope: compiled.scope.slice(1),
+        ttlMs: Math.max(opts.stateTtlSeconds * 1000, longest),
+      };
+    });
+  }
+
+  get size(): number {
+    return this.rules.length;
+  }
+
+  names(): string[] {
+    return this.rules.map((r) => r.compiled.rule.name);
+  }
+
+  /** Evaluate every rule in the message's scope. Never throws: a rule's fault is reported in `errors`. */
+  evaluate(msg: EdgeMessage, env: { payload: () => Value; device: Value; edge: Value; msgValue: () => Value }): Evaluation {
+    const result: Evaluation = { fired: [], actions: [], dropped: false, routed: false, errors: [] };
+    const candidates = this.index.candidates(msg.topic);
+    if (candidates.length === 0) return result;
+    let msgValue: Value | undefined;
+    const state: EvalState = {
+      seq: ++this.seq,
+      ts: msg.ts,
+      deviceId: msg.deviceId,
+      get msg(): Value { return (msgValue ??= env.msgValue()); },
+      payload: env.payload,
+      device: env.device,
+      edge: env.edge,
+    };
+    for (let c = 0; c < candidates.length; c++) {
+      const r = this.rules[candidates[c]!]!;
+      if (r.otherScope.length > 0 && !r.otherScope.every((filters) => filters.some((f) => topicMatches(f, msg.topic)))) continue;
+      const compiled = r.compiled;
+      try {
+        // Windows record every message in scope before any condition is evaluated, even after drop().
+        for (const w of compiled.windows) w.record(state);
+        if (result.dropped) continue;
+        if (compiled.condition(state) !== true) continue;
+        if (r.lastFired) {
+          const last = r.lastFired.get(msg.deviceId);
+          if (last !== undefined && msg.ts - last < compiled.rule.throttleMs!) continue;
+          r.lastFired.set(msg.deviceId, msg.ts);
+        }
+        const calls: ActionCall[] = [];
+        for (const a of compiled.actions) calls.push({ rule: compiled.rule.name, name: a.name, args: a.args(state) });
+        result.fired.push({ rule: compiled.rule.name, actions: calls });
+        for (const call of calls) {
+          if (call.name === 'drop') {
+            // drop() discards the uplinks collected so far and stops the rules after it.
+            result.actions = result.actions.filter((x) => x.name !== 'uplink');
+            result.dropped = true;
+            result.routed = true;
+          } else if (call.name === 'uplink' || call.name === 'emit') {
+            result.routed = true;
+          }
+          result.actions.push(call);
+        }
+      } catch (err) {
+        result.errors.push({ rule: compiled.rule.name, error: err as Error });
+      }
+    }
+    return result;
+  }
+
+  /** Release per-device window and throttle state not used for each rule's TTL. */
+  sweep(now: number): void {
+    for (const r of this.rules) {
+      for (const w of r.compiled.windows) w.sweep(now, r.ttlMs);
+      if (r.lastFired) for (const [d, t] of r.lastFired) if (now - t > r.ttlMs) r.lastFired.delete(d);
+    }
+  }
+}
+
+export { fromJson };
