@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { availableParallelism, cpus, totalmem } from 'node:os';
 import { benchForward, type ForwardResult } from './forward.js';
 import { benchDrain, type DrainResult } from './drain.js';
+import { benchRules, type RulesResult } from './rules.js';
 
 const { values } = parseArgs({
   options: {
@@ -21,7 +22,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(`npm run bench -- [options]
-  --only forward|drain     one section (default: both)
+  --only forward|drain|rules  one section (default: all three)
   forward: durable ingest, devices -> proxy -> loopback Mosquitto
     --devices N (50)  --inflight K QoS 1 publishes in flight per device (1)  --seconds S (15)  --warmup S (3)
     --baseline        also run the same load through a bare aedes broker with an in-memory MQTT.js forwarder
@@ -33,10 +34,10 @@ if (values.help) {
 }
 
 const log = (line: string): void => { process.stderr.write(line + '\n'); };
-const sections = values.only ? [values.only] : ['forward', 'drain'];
+const sections = values.only ? [values.only] : ['forward', 'drain', 'rules'];
 log(`edge-proxy benchmark on ${availableParallelism()} cores (${cpus()[0]?.model ?? 'unknown cpu'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
 
-const out: { forward?: ForwardResult; baseline?: ForwardResult; drain?: DrainResult } = {};
+const out: { forward?: ForwardResult; baseline?: ForwardResult; drain?: DrainResult; rules?: RulesResult } = {};
 const lines: string[] = [];
 const f = (n: number, digits = 0): string => n.toFixed(digits);
 
@@ -74,6 +75,14 @@ if (sections.includes('drain')) {
     `  disk written per message ${f(r.diskBytesPerMessage)} bytes (deletes and checkpoints)`,
     `  filling the cache        ${f(r.messages / r.fillSeconds)} msg/s through the cache API alone`,
   );
+}
+
+if (sections.includes('rules')) {
+  log('rules: the engine alone, rules of the form  msg.topic matches "devices/+/telemetry" and payload.temp > 30 and avg(payload.temp, 10) > 25 then uplink(priority = "high")');
+  const r = out.rules = benchRules(log);
+  lines.push('rules: cost per message of evaluating the ruleset (payload decoded once, outside)');
+  for (const c of r.cases) lines.push(`  ${String(c.rules).padStart(5)} rules, ${String(c.inScope).padStart(4)} in scope   ${f(c.nsPerMessage / 1000, 2)} us`);
+  lines.push(`  compiling 1,000 rules      ${f(r.compileMs1000, 1)} ms`);
 }
 
 process.stdout.write(values.json ? JSON.stringify(out) + '\n' : lines.join('\n') + '\n');

@@ -40,6 +40,7 @@ const NO_INFERENCE = 'no inference yet: infer() is checked but this version runs
 export class Router {
   private readonly priorities: PriorityTable;
   private readonly faultLogged = new Map<string, number>();
+  private readonly firedCounters = new Map<string, { inc(): void }>();
 
   constructor(
     private readonly opts: RouterOptions,
@@ -82,9 +83,19 @@ export class Router {
       device: null, // no device registry in open mode: every device is unknown
       edge: { id: this.opts.edge.id, uplinkConnected: this.opts.edge.uplinkConnected() },
     });
-    for (const f of ev.fired) this.metrics.rulesFired.labels(f.rule).inc();
+    for (const f of ev.fired) this.firedCounter(f.rule).inc();
     for (const e of ev.errors) this.fault(e.rule, e.error.message, msg);
     return ev;
+  }
+
+  // Label children bound once per rule: a message can fire hundreds of rules.
+  private firedCounter(rule: string): { inc(): void } {
+    let c = this.firedCounters.get(rule);
+    if (!c) {
+      c = this.metrics.rulesFired.labels(rule);
+      this.firedCounters.set(rule, c);
+    }
+    return c;
   }
 
   /** The decoded payload, parsed once per message and only when a rule reads it. */

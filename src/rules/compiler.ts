@@ -73,6 +73,7 @@ export interface CompiledAction {
   name: string;
   /** evaluates the arguments; a constant when every argument is a literal */
   args: (s: EvalState) => Record<string, Value>;
+  constant: boolean;
 }
 
 export interface CompiledRule {
@@ -120,6 +121,8 @@ function conjuncts(e: Expr): Expr[] {
 export interface CompileContext {
   /** window definitions of the whole ruleset, by scope and expression */
   windows: Map<string, WindowDef>;
+  /** conditions of the whole ruleset, by scope and expression: each evaluated once per message */
+  conditions: Map<string, { seq: number; value: boolean; fn: Compiled }>;
   limits: (rule: string) => WindowLimits;
 }
 
@@ -220,10 +223,26 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
   };
 
   const rest0 = rest[0];
-  const condition: Compiled = rest.length === 0 ? () => true : rest.length === 1 ? compile(rest0!) : rest.slice(1).reduce<Compiled>((acc, p) => {
+  const plain: Compiled = rest.length === 0 ? () => true : rest.length === 1 ? compile(rest0!) : rest.slice(1).reduce<Compiled>((acc, p) => {
     const next = compile(p);
     return (s) => truthy(acc(s)) && truthy(next(s));
   }, compile(rest0!));
+  // Rules with the same scope and the same condition (a fleet's rules often differ only in their
+  // actions) share one evaluation per message: expressions are pure and windows are shared too.
+  const conditionKey = `${scopeKey}#${rest.map(canonical).join('&')}`;
+  let memo = ctx.conditions.get(conditionKey);
+  if (!memo) {
+    memo = { seq: -1, value: false, fn: plain };
+    ctx.conditions.set(conditionKey, memo);
+  }
+  const m = memo;
+  const condition: Compiled = (s) => {
+    if (m.seq !== s.seq) {
+      m.value = m.fn(s) === true;
+      m.seq = s.seq;
+    }
+    return m.value;
+  };
 
   const actions = checked.actions.map(({ action, args }) => compileAction(action.name, args, compile));
   return { rule, scope, condition, windows, actions };
@@ -237,11 +256,12 @@ function compileAction(name: string, bound: BoundArgs, compile: (e: Expr) => Com
     // Literal arguments: one object for every firing, no work per message.
     const constant: Record<string, Value> = {};
     for (const [k, e] of entries) constant[k] = (e as { value: Value }).value;
-    return { name, args: () => constant };
+    return { name, args: () => constant, constant: true };
   }
   const compiled = entries.map(([k, e]) => [k, compile(e)] as const);
   return {
     name,
+    constant: false,
     args: (s) => {
       const out: Record<string, Value> = {};
       for (const [k, f] of compiled) out[k] = f(s);

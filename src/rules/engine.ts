@@ -6,6 +6,28 @@ import { TopicIndex } from './topic-index.js';
 import { fromJson, type Value } from './values.js';
 import type { WindowLimits } from './windows.js';
 
+/** What the rules read of the message being evaluated; one class, so the closures stay monomorphic. */
+class MessageState implements EvalState {
+  readonly ts: number;
+  readonly deviceId: string;
+  readonly device: Value;
+  readonly edge: Value;
+  readonly payload: () => Value;
+  private msgCache: Value | undefined;
+
+  constructor(readonly seq: number, msg: EdgeMessage, private readonly env: { payload: () => Value; device: Value; edge: Value; msgValue: () => Value }) {
+    this.ts = msg.ts;
+    this.deviceId = msg.deviceId;
+    this.device = env.device;
+    this.edge = env.edge;
+    this.payload = env.payload;
+  }
+
+  get msg(): Value {
+    return (this.msgCache ??= this.env.msgValue());
+  }
+}
+
 /** One action a fired rule asked for, with its arguments evaluated. */
 export interface ActionCall {
   rule: string;
@@ -37,6 +59,10 @@ export interface PayloadSource {
 
 interface RuleState {
   compiled: CompiledRule;
+  /** when every argument of every action is a literal: the record of a firing, made once */
+  constantFiring: { rule: string; actions: ActionCall[] } | null;
+  drops: boolean;
+  routes: boolean;
   /** last firing per device, by msg.ts, for throttle */
   lastFired: Map<string, number> | null;
   /** the scope conjuncts the index did not already check */
@@ -52,6 +78,7 @@ export class RuleSet {
   private readonly rules: RuleState[];
   private readonly index = new TopicIndex();
   readonly windows = new Map<string, WindowDef>();
+  private readonly conditions = new Map<string, { seq: number; value: boolean; fn: (s: EvalState) => Value }>();
   private seq = 0;
 
   constructor(checked: CheckedRule[], private readonly opts: EngineOptions) {
@@ -67,11 +94,16 @@ export class RuleSet {
       return l;
     };
     this.rules = ordered.map((c, i) => {
-      const compiled = compileRule(c, { windows: this.windows, limits });
+      const compiled = compileRule(c, { windows: this.windows, conditions: this.conditions, limits });
       this.index.add(i, compiled.scope[0] ?? null);
       const longest = Math.max(0, ...compiled.windows.map((w) => w.longestMs()), c.rule.throttleMs ?? 0);
+      const names = c.actions.map((a) => a.action.name);
+      const constant = compiled.actions.every((a) => a.constant);
       return {
         compiled,
+        constantFiring: constant ? { rule: c.rule.name, actions: compiled.actions.map((a) => ({ rule: c.rule.name, name: a.name, args: a.args(null as never) })) } : null,
+        drops: names.includes('drop'),
+        routes: names.some((n) => n === 'drop' || n === 'uplink' || n === 'emit'),
         lastFired: c.rule.throttleMs !== null ? new Map() : null,
         otherScope: compiled.scope.slice(1),
         ttlMs: Math.max(opts.stateTtlSeconds * 1000, longest),
@@ -92,23 +124,15 @@ export class RuleSet {
     const result: Evaluation = { fired: [], actions: [], dropped: false, routed: false, errors: [] };
     const candidates = this.index.candidates(msg.topic);
     if (candidates.length === 0) return result;
-    let msgValue: Value | undefined;
-    const state: EvalState = {
-      seq: ++this.seq,
-      ts: msg.ts,
-      deviceId: msg.deviceId,
-      get msg(): Value { return (msgValue ??= env.msgValue()); },
-      payload: env.payload,
-      device: env.device,
-      edge: env.edge,
-    };
+    const state = new MessageState(++this.seq, msg, env);
     for (let c = 0; c < candidates.length; c++) {
       const r = this.rules[candidates[c]!]!;
       if (r.otherScope.length > 0 && !r.otherScope.every((filters) => filters.some((f) => topicMatches(f, msg.topic)))) continue;
       const compiled = r.compiled;
       try {
         // Windows record every message in scope before any condition is evaluated, even after drop().
-        for (const w of compiled.windows) w.record(state);
+        const windows = compiled.windows;
+        for (let w = 0; w < windows.length; w++) windows[w]!.record(state);
         if (result.dropped) continue;
         if (compiled.condition(state) !== true) continue;
         if (r.lastFired) {
@@ -116,25 +140,31 @@ export class RuleSet {
           if (last !== undefined && msg.ts - last < compiled.rule.throttleMs!) continue;
           r.lastFired.set(msg.deviceId, msg.ts);
         }
-        const calls: ActionCall[] = [];
-        for (const a of compiled.actions) calls.push({ rule: compiled.rule.name, name: a.name, args: a.args(state) });
-        result.fired.push({ rule: compiled.rule.name, actions: calls });
-        for (const call of calls) {
-          if (call.name === 'drop') {
-            // drop() discards the uplinks collected so far and stops the rules after it.
-            result.actions = result.actions.filter((x) => x.name !== 'uplink');
-            result.dropped = true;
-            result.routed = true;
-          } else if (call.name === 'uplink' || call.name === 'emit') {
-            result.routed = true;
-          }
-          result.actions.push(call);
-        }
+        this.fire(r, state, result);
       } catch (err) {
         result.errors.push({ rule: compiled.rule.name, error: err as Error });
       }
     }
     return result;
+  }
+
+  private fire(r: RuleState, state: EvalState, result: Evaluation): void {
+    const firing = r.constantFiring ?? {
+      rule: r.compiled.rule.name,
+      actions: r.compiled.actions.map((a) => ({ rule: r.compiled.rule.name, name: a.name, args: a.args(state) })),
+    };
+    result.fired.push(firing);
+    if (r.routes) result.routed = true;
+    const calls = firing.actions;
+    for (let i = 0; i < calls.length; i++) {
+      const call = calls[i]!;
+      if (r.drops && call.name === 'drop') {
+        // drop() discards the uplinks collected so far and stops the rules after it.
+        result.actions = result.actions.filter((x) => x.name !== 'uplink');
+        result.dropped = true;
+      }
+      result.actions.push(call);
+    }
   }
 
   /** Release per-device window and throttle state not used for each rule's TTL. */
