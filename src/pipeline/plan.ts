@@ -19,6 +19,8 @@ export interface PlannedUplink {
 
 export interface Plan {
   uplinks: PlannedUplink[];
+  /** everything that goes up, events included, in the order the actions asked (default routing last) */
+  sends: Array<{ topic: string; priority: Priority; payload: Value | undefined }>;
   publishes: Array<{ rule: string; topic: string; payload: Value; qos: 0 | 1; retain: boolean }>;
   emits: Array<{ rule: string; name: string; data: Value }>;
   infers: Array<{ rule: string; model: string; to: string | null }>;
@@ -32,7 +34,7 @@ export interface Plan {
  * cloud never goes back up. Pure, so that `edge-proxy rules test` shows exactly what the proxy does.
  */
 export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'uplink' | 'local', priorityOf: (topic: string) => Priority): Plan {
-  const plan: Plan = { uplinks: [], publishes: [], emits: [], infers: [], logs: [] };
+  const plan: Plan = { uplinks: [], sends: [], publishes: [], emits: [], infers: [], logs: [] };
   let self: PlannedUplink | null = null;
   for (const a of ev.actions) {
     const args = a.args;
@@ -46,12 +48,15 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
           if (!self) {
             self = { rule: a.rule, self: true, topic: msg.topic, payload: undefined, priority };
             plan.uplinks.push(self);
+            plan.sends.push(self);
           } else if (RANK[priority] < RANK[self.priority]) {
             self.priority = priority;
           }
         } else {
           const topic = hasTopic ? (args.topic as string) : msg.topic;
-          plan.uplinks.push({ rule: a.rule, self: false, topic, payload: hasPayload ? args.payload : undefined, priority: asked ?? priorityOf(topic) });
+          const derived: PlannedUplink = { rule: a.rule, self: false, topic, payload: hasPayload ? args.payload : undefined, priority: asked ?? priorityOf(topic) };
+          plan.uplinks.push(derived);
+          plan.sends.push(derived);
         }
         break;
       }
@@ -59,7 +64,10 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
         if (typeof args.topic === 'string') plan.publishes.push({ rule: a.rule, topic: args.topic, payload: args.payload ?? null, qos: args.qos === 1 ? 1 : 0, retain: args.retain === true });
         break;
       case 'emit':
-        if (typeof args.name === 'string') plan.emits.push({ rule: a.rule, name: args.name, data: args.data ?? null });
+        if (typeof args.name === 'string') {
+          plan.emits.push({ rule: a.rule, name: args.name, data: args.data ?? null });
+          plan.sends.push({ topic: `events/${args.name}`, priority: 'high', payload: args.data ?? null });
+        }
         break;
       case 'infer':
         plan.infers.push({ rule: a.rule, model: String(args.model), to: typeof args.to === 'string' ? args.to : null });
@@ -72,9 +80,14 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
     }
   }
   if (!ev.routed && DEVICE_PROTOCOLS.has(msg.protocol) && routingDefault === 'uplink') {
-    plan.uplinks.push({ rule: null, self: true, topic: msg.topic, payload: undefined, priority: priorityOf(msg.topic) });
+    const routed: PlannedUplink = { rule: null, self: true, topic: msg.topic, payload: undefined, priority: priorityOf(msg.topic) };
+    plan.uplinks.push(routed);
+    plan.sends.push(routed);
   }
-  if (msg.protocol === 'cloud') plan.uplinks = plan.uplinks.filter((u) => !u.self);
+  if (msg.protocol === 'cloud') {
+    plan.uplinks = plan.uplinks.filter((u) => !u.self);
+    plan.sends = plan.sends.filter((u) => !(u as PlannedUplink).self);
+  }
   return plan;
 }
 

@@ -94,14 +94,17 @@ export function rulesTest(paths: string[], inputPath: string, format: 'json' | '
     const decoded: Value = fromJson(line.payload ?? null);
     const ev = rules.evaluate(msg, { payload: () => decoded, msgValue: () => msgValue(msg), device: null, edge: { id: cfg.edge.id, uplinkConnected: true } });
     const plan = planActions(msg, ev, cfg.routing.default, (t) => priorities.priorityOf(t));
-    const uplink = [
-      ...plan.uplinks.map((u) => ({ topic: u.topic, priority: u.priority, payload: u.payload === undefined ? decoded : u.payload })),
-      ...plan.emits.map((e) => ({ topic: `events/${e.name}`, priority: 'high', payload: e.data })),
-    ];
+    const uplink = plan.sends.map((u) => ({ topic: u.topic, priority: u.priority, payload: u.payload === undefined ? decoded : u.payload }));
+    // An uplink action lists what it sends: its topic, payload and priority, resolved.
+    const resolve = (name: string, args: Record<string, Value>): Record<string, Value> => name !== 'uplink' ? args : {
+      topic: typeof args.topic === 'string' ? args.topic : msg.topic,
+      priority: typeof args.priority === 'string' ? args.priority : priorities.priorityOf(typeof args.topic === 'string' ? args.topic : msg.topic),
+      payload: Object.hasOwn(args, 'payload') ? args.payload! : decoded,
+    };
     const record = {
       id: msg.id,
       topic: msg.topic,
-      fired: ev.fired.map((f) => ({ rule: f.rule, actions: f.actions.map((a) => ({ action: a.name, ...a.args })) })),
+      fired: ev.fired.map((f) => ({ rule: f.rule, actions: f.actions.map((a) => ({ action: a.name, ...resolve(a.name, a.args) })) })),
       uplink,
       dropped: ev.dropped,
       ...(ev.errors.length ? { errors: ev.errors.map((e) => ({ rule: e.rule, error: e.error.message })) } : {}),
