@@ -40,8 +40,11 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
     const args = a.args;
     switch (a.name) {
       case 'uplink': {
-        const hasTopic = typeof args.topic === 'string';
+        // A topic given is a new message, even when it evaluates to no string: then there is nothing
+        // to send, and the message itself must not go up in its place.
+        const hasTopic = Object.hasOwn(args, 'topic');
         const hasPayload = Object.hasOwn(args, 'payload');
+        if (hasTopic && typeof args.topic !== 'string') break;
         const asked = typeof args.priority === 'string' ? (args.priority as Priority) : null;
         if (!hasTopic && !hasPayload) {
           const priority = asked ?? priorityOf(msg.topic);

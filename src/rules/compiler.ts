@@ -1,7 +1,7 @@
 import type { Expr, Rule } from './dsl/ast.js';
 import type { BoundArgs, CheckedRule } from './dsl/checker.js';
 import { FUNCTIONS, matches } from './functions.js';
-import { equal, finite, index, member, type Value } from './values.js';
+import { compareCodePoints, equal, finite, index, member, type Value } from './values.js';
 import { CountWindow, PreviousWindow, SeriesWindow, type WindowLimits } from './windows.js';
 
 /** What a compiled expression reads while one message is evaluated. */
@@ -20,8 +20,9 @@ export type Compiled = (s: EvalState) => Value;
 type WindowState = SeriesWindow | PreviousWindow | CountWindow;
 
 /**
- * One window of one expression, per device, shared by every rule that has the same expression
- * and the same scope (so the same stream of values). Its state for the current message's device
+ * One window of one expression, per device, shared by every rule that has the same expression,
+ * the same scope (so the same stream of values) and the same state TTL (so the same sweep: each
+ * rule's state lives for its own TTL). Its state for the current message's device
  * is looked up once, when the message is recorded, and read from `current` after that.
  */
 export class WindowDef {
@@ -119,11 +120,41 @@ function conjuncts(e: Expr): Expr[] {
 }
 
 export interface CompileContext {
-  /** window definitions of the whole ruleset, by scope and expression */
+  /** window definitions of the whole ruleset, by state TTL, scope and expression */
   windows: Map<string, WindowDef>;
-  /** conditions of the whole ruleset, by scope and expression: each evaluated once per message */
+  /** conditions of the whole ruleset, by state TTL, scope and expression: each evaluated once per message */
   conditions: Map<string, { seq: number; value: boolean; fn: Compiled }>;
   limits: (rule: string) => WindowLimits;
+  /** how long this rule keeps a silent device's state (see stateTtlMs) */
+  ttlMs: number;
+}
+
+/**
+ * How long a rule keeps a device's window and throttle state without a message in its scope:
+ * rules.stateTtlSeconds, or the rule's longest time window or throttle if longer.
+ */
+export function stateTtlMs(checked: CheckedRule, stateTtlSeconds: number): number {
+  let longest = Math.max(stateTtlSeconds * 1000, checked.rule.throttleMs ?? 0);
+  const walk = (e: Expr): void => {
+    switch (e.kind) {
+      case 'call': {
+        const w = e.args[e.args.length - 1]?.value;
+        if (e.name in windowNames && e.name !== 'delta' && e.name !== 'last' && e.name !== 'changed' && w && w.kind === 'literal' && w.duration) longest = Math.max(longest, w.value as number);
+        for (const a of e.args) walk(a.value);
+        return;
+      }
+      case 'member': return walk(e.object);
+      case 'index': walk(e.object); return walk(e.index);
+      case 'unary': return walk(e.operand);
+      case 'binary': walk(e.left); return walk(e.right);
+      case 'list': for (const x of e.items) walk(x); return;
+      case 'object': for (const x of e.entries) walk(x.value); return;
+      default: return;
+    }
+  };
+  walk(checked.rule.when);
+  for (const { args } of checked.actions) for (const e of args.values()) walk(e);
+  return longest;
 }
 
 export function compileRule(checked: CheckedRule, ctx: CompileContext): CompiledRule {
@@ -140,7 +171,7 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
   const windows: WindowDef[] = [];
 
   const compileWindow = (e: Extract<Expr, { kind: 'call' }>): Compiled => {
-    const key = `${scopeKey}#${canonical(e)}`;
+    const key = `${ctx.ttlMs}@${scopeKey}#${canonical(e)}`;
     let def = ctx.windows.get(key);
     if (!def) {
       const takesValue = e.name !== 'count';
@@ -148,7 +179,10 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
       const shape = e.name === 'delta' || e.name === 'last' || e.name === 'changed'
         ? { kind: 'previous' as const }
         : w.kind === 'literal' && w.duration ? { kind: 'time' as const, ms: w.value as number } : { kind: 'count' as const, n: (w as { value: number }).value };
-      def = new WindowDef(key, e.name, takesValue ? compile(e.args[0]!.value) : null, shape, ctx.limits(rule.name));
+      // a truncation counts for every rule that holds the window
+      const holder: { def?: WindowDef } = {};
+      const limits: WindowLimits = { maxValues: ctx.limits(rule.name).maxValues, truncated: () => { for (const r of holder.def!.rules) ctx.limits(r).truncated(); } };
+      def = holder.def = new WindowDef(key, e.name, takesValue ? compile(e.args[0]!.value) : null, shape, limits);
       ctx.windows.set(key, def);
     }
     if (!def.rules.includes(rule.name)) def.rules.push(rule.name);
@@ -229,7 +263,7 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
   }, compile(rest0!));
   // Rules with the same scope and the same condition (a fleet's rules often differ only in their
   // actions) share one evaluation per message: expressions are pure and windows are shared too.
-  const conditionKey = `${scopeKey}#${rest.map(canonical).join('&')}`;
+  const conditionKey = `${ctx.ttlMs}@${scopeKey}#${rest.map(canonical).join('&')}`;
   let memo = ctx.conditions.get(conditionKey);
   if (!memo) {
     memo = { seq: -1, value: false, fn: plain };
@@ -276,10 +310,10 @@ function binary(op: string, l: Compiled, r: Compiled): Compiled {
     case 'or': return (s) => truthy(l(s)) || truthy(r(s));
     case '==': return (s) => equal(l(s), r(s));
     case '!=': return (s) => !equal(l(s), r(s));
-    case '<': return (s) => { const a = l(s); const b = r(s); return comparable(a, b) && (a as number) < (b as number); };
-    case '<=': return (s) => { const a = l(s); const b = r(s); return comparable(a, b) && (a as number) <= (b as number); };
-    case '>': return (s) => { const a = l(s); const b = r(s); return comparable(a, b) && (a as number) > (b as number); };
-    case '>=': return (s) => { const a = l(s); const b = r(s); return comparable(a, b) && (a as number) >= (b as number); };
+    case '<': return (s) => order(l(s), r(s)) < 0;
+    case '<=': return (s) => order(l(s), r(s)) <= 0;
+    case '>': return (s) => order(l(s), r(s)) > 0;
+    case '>=': return (s) => order(l(s), r(s)) >= 0;
     case 'matches': return (s) => matches(l(s), r(s));
     case 'contains': return (s) => contains(l(s), r(s));
     case 'in': return (s) => contains(r(s), l(s));
@@ -291,9 +325,11 @@ function binary(op: string, l: Compiled, r: Compiled): Compiled {
   }
 }
 
-/** Two numbers, or two strings (compared by code point). */
-function comparable(a: Value, b: Value): boolean {
-  return (typeof a === 'number' && typeof b === 'number') || (typeof a === 'string' && typeof b === 'string');
+/** Two numbers, or two strings by code point: negative, zero or positive; anything else NaN (every comparison false). */
+function order(a: Value, b: Value): number {
+  if (typeof a === 'number' && typeof b === 'number') return a < b ? -1 : a > b ? 1 : a === b ? 0 : NaN;
+  if (typeof a === 'string' && typeof b === 'string') return compareCodePoints(a, b);
+  return NaN;
 }
 
 function add(a: Value, b: Value): Value {

@@ -1,9 +1,9 @@
 import type { EdgeMessage } from '../core/message.js';
 import { topicMatches } from '../core/topic.js';
-import { compileRule, type CompiledRule, type EvalState, type WindowDef } from './compiler.js';
+import { compileRule, stateTtlMs, type CompiledRule, type EvalState, type WindowDef } from './compiler.js';
 import type { CheckedRule } from './dsl/checker.js';
 import { TopicIndex } from './topic-index.js';
-import { fromJson, type Value } from './values.js';
+import { compareCodePoints, fromJson, type Value } from './values.js';
 import type { WindowLimits } from './windows.js';
 
 /** What the rules read of the message being evaluated; one class, so the closures stay monomorphic. */
@@ -83,7 +83,8 @@ export class RuleSet {
 
   constructor(checked: CheckedRule[], private readonly opts: EngineOptions) {
     const ordered = [...checked].filter((c) => !c.rule.disabled).sort((a, b) =>
-      b.rule.priority - a.rule.priority || (a.rule.file < b.rule.file ? -1 : a.rule.file > b.rule.file ? 1 : 0) || a.rule.index - b.rule.index);
+      // file names in byte order (of their UTF-8), which is code point order
+      b.rule.priority - a.rule.priority || compareCodePoints(a.rule.file, b.rule.file) || a.rule.index - b.rule.index);
     const limitsByRule = new Map<string, WindowLimits>();
     const limits = (rule: string): WindowLimits => {
       let l = limitsByRule.get(rule);
@@ -94,9 +95,9 @@ export class RuleSet {
       return l;
     };
     this.rules = ordered.map((c, i) => {
-      const compiled = compileRule(c, { windows: this.windows, conditions: this.conditions, limits });
+      const ttlMs = stateTtlMs(c, opts.stateTtlSeconds);
+      const compiled = compileRule(c, { windows: this.windows, conditions: this.conditions, limits, ttlMs });
       this.index.add(i, compiled.scope[0] ?? null);
-      const longest = Math.max(0, ...compiled.windows.map((w) => w.longestMs()), c.rule.throttleMs ?? 0);
       const names = c.actions.map((a) => a.action.name);
       const constant = compiled.actions.every((a) => a.constant);
       return {
@@ -106,7 +107,7 @@ export class RuleSet {
         routes: names.some((n) => n === 'drop' || n === 'uplink' || n === 'emit'),
         lastFired: c.rule.throttleMs !== null ? new Map() : null,
         otherScope: compiled.scope.slice(1),
-        ttlMs: Math.max(opts.stateTtlSeconds * 1000, longest),
+        ttlMs,
       };
     });
   }

@@ -57,7 +57,8 @@ export interface FunctionSpec {
 
 export const FUNCTIONS: Record<string, FunctionSpec> = {
   abs: { min: 1, max: 1, fn: (x) => (num(x!) ? Math.abs(x) : null) },
-  round: { min: 1, max: 2, fn: (x, d) => round(x!, d ?? 0) },
+  // digits absent: 0; digits given but null (missing data) is a value of the wrong kind
+  round: { min: 1, max: 2, fn: (x, d) => round(x!, d === undefined ? 0 : d) },
   floor: { min: 1, max: 1, fn: (x) => (num(x!) ? Math.floor(x) : null) },
   ceil: { min: 1, max: 1, fn: (x) => (num(x!) ? Math.ceil(x) : null) },
   min: { min: 2, max: 2, fn: (a, b) => (num(a!) && num(b!) ? Math.min(a, b) : null) },

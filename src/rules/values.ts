@@ -46,6 +46,24 @@ export function equal(a: Value, b: Value): boolean {
   return false;
 }
 
+/**
+ * Orders two strings by code point (which is also the byte order of their UTF-8): JavaScript's own
+ * `<` compares UTF-16 units, which puts U+E000..U+FFFF after every code point above U+FFFF.
+ */
+export function compareCodePoints(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    // a surrogate is part of a code point above U+FFFF: after any unit that is not one
+    const xs = x >= 0xd800 && x <= 0xdfff;
+    const ys = y >= 0xd800 && y <= 0xdfff;
+    return xs === ys ? x - y : xs ? 1 : -1;
+  }
+  return a.length - b.length;
+}
+
 /** A number result, or null when arithmetic left the finite numbers. */
 export function finite(n: number): Value {
   return Number.isFinite(n) ? n : null;

@@ -8,6 +8,10 @@ const LOG_LEVELS = ['debug', 'info', 'warn', 'error'];
 const RESERVED_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
 export const LIMITS = { maxDepth: 64, maxNodes: 100_000 } as const;
+// Chains such as a.b.c... or 1 + 1 + ... are parsed in a loop, but walked here by recursion: past
+// this depth (far past the limit, so the rule is refused anyway) the walk stops going down, so that
+// a hostile file cannot exhaust the stack.
+const MAX_WALK = 512;
 
 interface Param {
   name: string;
@@ -73,6 +77,7 @@ export function checkRules(rules: Rule[], errors: RuleError[]): CheckedRule[] {
     const expr = (e: Expr, depth: number, inWindow: boolean): void => {
       nodes++;
       if (depth > deepest) { deepest = depth; deepestPos = e.pos; }
+      if (depth > MAX_WALK) return;
       switch (e.kind) {
         case 'literal':
           return;
@@ -168,7 +173,7 @@ export function checkRules(rules: Rule[], errors: RuleError[]): CheckedRule[] {
 
     expr(rule.when, 1, false);
     const actions = rule.then.map((action) => ({ action, args: checkAction(action) }));
-    if (deepest > LIMITS.maxDepth) err(rule, deepestPos, 'E_RULE_TOO_LARGE', `rule "${rule.name}" nests expressions ${deepest} deep; the limit is ${LIMITS.maxDepth}`);
+    if (deepest > LIMITS.maxDepth) err(rule, deepestPos, 'E_RULE_TOO_LARGE', `rule "${rule.name}" nests expressions ${deepest > MAX_WALK ? `more than ${MAX_WALK}` : deepest} deep; the limit is ${LIMITS.maxDepth}`);
     if (nodes > LIMITS.maxNodes && !reportedTooLarge) {
       reportedTooLarge = true;
       err(rule, rule.pos, 'E_RULE_TOO_LARGE', `the ruleset passes ${LIMITS.maxNodes} syntax nodes at rule "${rule.name}"`);
