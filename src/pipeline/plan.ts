@@ -25,6 +25,8 @@ export interface Plan {
   emits: Array<{ rule: string; name: string; data: Value }>;
   infers: Array<{ rule: string; model: string; to: string | null }>;
   logs: Array<{ rule: string; level: 'debug' | 'info' | 'warn' | 'error'; text: Value }>;
+  /** actions that could not be carried out: counted in edge_rule_errors_total and logged */
+  faults: Array<{ rule: string; message: string }>;
 }
 
 /**
@@ -34,7 +36,7 @@ export interface Plan {
  * cloud never goes back up. Pure, so that `edge-proxy rules test` shows exactly what the proxy does.
  */
 export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'uplink' | 'local', priorityOf: (topic: string) => Priority): Plan {
-  const plan: Plan = { uplinks: [], sends: [], publishes: [], emits: [], infers: [], logs: [] };
+  const plan: Plan = { uplinks: [], sends: [], publishes: [], emits: [], infers: [], logs: [], faults: [] };
   let self: PlannedUplink | null = null;
   for (const a of ev.actions) {
     const args = a.args;
@@ -44,7 +46,10 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
         // to send, and the message itself must not go up in its place.
         const hasTopic = Object.hasOwn(args, 'topic');
         const hasPayload = Object.hasOwn(args, 'payload');
-        if (hasTopic && typeof args.topic !== 'string') break;
+        if (hasTopic && typeof args.topic !== 'string') {
+          plan.faults.push({ rule: a.rule, message: `uplink(): topic is ${JSON.stringify(args.topic)}, not a string; nothing was sent` });
+          break;
+        }
         const asked = typeof args.priority === 'string' ? (args.priority as Priority) : null;
         if (!hasTopic && !hasPayload) {
           const priority = asked ?? priorityOf(msg.topic);
@@ -64,7 +69,8 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
         break;
       }
       case 'publish':
-        if (typeof args.topic === 'string') plan.publishes.push({ rule: a.rule, topic: args.topic, payload: args.payload ?? null, qos: args.qos === 1 ? 1 : 0, retain: args.retain === true });
+        if (typeof args.topic !== 'string') plan.faults.push({ rule: a.rule, message: `publish(): topic is ${JSON.stringify(args.topic)}, not a string; nothing was published` });
+        else plan.publishes.push({ rule: a.rule, topic: args.topic, payload: args.payload ?? null, qos: args.qos === 1 ? 1 : 0, retain: args.retain === true });
         break;
       case 'emit':
         if (typeof args.name === 'string') {

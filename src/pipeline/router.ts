@@ -150,6 +150,7 @@ export class Router {
       setImmediate(() => this.acceptInternal(derived));
     }
     for (const i of plan.infers) this.fault(i.rule, NO_INFERENCE, msg);
+    for (const f of plan.faults) this.fault(f.rule, f.message, msg);
     for (const l of plan.logs) this.log[l.level]({ rule: l.rule, deviceId: msg.deviceId, topic: msg.topic }, typeof l.text === 'string' ? l.text : JSON.stringify(l.text));
     settle(null);
   }

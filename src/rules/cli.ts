@@ -107,7 +107,7 @@ export function rulesTest(paths: string[], inputPath: string, format: 'json' | '
       fired: ev.fired.map((f) => ({ rule: f.rule, actions: f.actions.map((a) => ({ action: a.name, ...resolve(a.name, a.args) })) })),
       uplink,
       dropped: ev.dropped,
-      ...(ev.errors.length ? { errors: ev.errors.map((e) => ({ rule: e.rule, error: e.error.message })) } : {}),
+      ...(ev.errors.length || plan.faults.length ? { errors: [...ev.errors.map((e) => ({ rule: e.rule, error: e.error.message })), ...plan.faults.map((f) => ({ rule: f.rule, error: f.message }))] } : {}),
     };
     if (format === 'json') {
       out(JSON.stringify(record) + '\n');

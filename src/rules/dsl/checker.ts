@@ -150,14 +150,17 @@ export function checkRules(rules: Rule[], errors: RuleError[]): CheckedRule[] {
         for (const arg of a.args) expr(arg.value, 2, false);
         return bound;
       }
+      const beforeBinding = errors.length;
       bindArgs(a.name, a.args, params, bound, (pos, code, message) => err(rule, pos, code, message));
+      // When the arguments could not be bound, "missing argument" would only repeat the same problem.
+      const bindingFailed = errors.length > beforeBinding;
       if (a.args.length > params.length) {
         err(rule, a.pos, 'E_RULE_ARITY', `${a.name}() takes at most ${params.length} argument${params.length === 1 ? '' : 's'}, not ${a.args.length}`);
       }
       for (const p of params) {
         const v = bound.get(p.name);
         if (!v) {
-          if (p.required) err(rule, a.pos, 'E_RULE_ARITY', `${a.name}() needs its ${p.name} argument`);
+          if (p.required && !bindingFailed) err(rule, a.pos, 'E_RULE_ARITY', `${a.name}() needs its ${p.name} argument`);
           continue;
         }
         if (p.literal && v.kind === 'literal') {
