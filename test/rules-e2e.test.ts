@@ -98,3 +98,34 @@ t.test('a ruleset with errors stops the start, every error listed with file:line
   t.match(r.stderr, /bad\.rules:6:13: E_RULE_UNKNOWN_FUNCTION: unknown function "avrg"; did you mean "avg"\?/);
   t.match(r.stderr, /\n {2}then uplnk\(\)\n {7}\^/, 'with the source line and a caret');
 });
+
+t.test('hostile input through rules: a deeply nested payload and a fan-out of publishes do not bring the proxy down', async (t) => {
+  const dir = t.testdir();
+  mkdirSync(join(dir, 'rules'), { recursive: true });
+  writeFileSync(join(dir, 'rules', 'echo.rules'), `
+rule echo
+when msg.topic matches "devices/+/in"
+then publish("devices/" + msg.deviceId + "/out", payload) uplink(payload = payload) log("info", payload)
+end
+
+rule fan_out
+when msg.topic matches "loop/#"
+then publish("loop/a", 1) publish("loop/b", 2) publish("loop/c", 3) publish("loop/d", 4) publish("loop/e", 5) publish("loop/f", 6) publish("loop/g", 7) publish("loop/h", 8)
+end
+`);
+  const proxy = await startProxy(dir, { limits: { maxHops: 16 } });
+  t.teardown(() => proxy.stop());
+  const device = await connectClient(proxy.ports.mqtt, { clientId: 'nasty' });
+  t.teardown(() => device.endAsync());
+  const deep = '['.repeat(100_000) + ']'.repeat(100_000);
+  await device.publishAsync('devices/nasty/in', deep, { qos: 1 });
+  await device.publishAsync('loop/start', '0', { qos: 1 });
+  await sleep(1000);
+  t.equal((await fetch(`http://127.0.0.1:${proxy.ports.admin}/healthz`)).status, 200, 'the proxy is still up');
+  t.ok(await proxy.metric('edge_rule_errors_total', 'rule="echo"') >= 1, 'the payload too deep to re-encode is the rule\'s counted fault');
+  t.ok(await proxy.metric('edge_messages_dropped_total', 'reason="derived_limit"') >= 1, 'one message cannot fan out without bound');
+  const made = await proxy.metric('edge_messages_received_total', 'protocol="internal"');
+  t.ok(made <= 64, `at most 64 messages made from one (${made})`);
+  await device.publishAsync('devices/nasty/in', '{"ok":1}', { qos: 1 });
+  t.pass('and it still acknowledges the next message');
+});

@@ -5,7 +5,7 @@ import type { Protocol } from '../core/message.js';
 // handles they need; label children are bound once here so the hot path only increments.
 
 export type RefuseReason = 'too_large' | 'malformed' | 'acl' | 'cache';
-export type DropReason = 'control_topic' | 'hops' | 'qos0_refused' | 'cloud_refused' | 'downlink_invalid';
+export type DropReason = 'control_topic' | 'hops' | 'derived_limit' | 'qos0_refused' | 'cloud_refused' | 'downlink_invalid';
 
 export interface CacheGaugeSource {
   messagesByPriority(): Record<string, number>;

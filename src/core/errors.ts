@@ -18,6 +18,7 @@ export const ERROR_CODES = {
   E_ADMIN_AUTH: 'an admin request without a valid token',
   E_USAGE: 'a command line that cannot be understood',
   E_RULES_INVALID: 'the rules directory holds a ruleset with errors',
+  E_INTERNAL: 'a fault of the proxy itself while handling a message',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

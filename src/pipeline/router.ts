@@ -30,6 +30,7 @@ export interface RouterOptions {
 
 const EMPTY: Evaluation = { fired: [], actions: [], dropped: false, routed: false, errors: [] };
 const NO_INFERENCE = 'no inference yet: infer() is checked but this version runs no models';
+const MAX_DERIVED_PER_MESSAGE = 64;
 
 /**
  * accept → rules → actions. Each message is evaluated by the running ruleset; the actions the
@@ -40,6 +41,8 @@ const NO_INFERENCE = 'no inference yet: infer() is checked but this version runs
 export class Router {
   private readonly priorities: PriorityTable;
   private readonly faultLogged = new Map<string, number>();
+  /** the messages rules may still make, shared by a root message and everything made from it */
+  private readonly budgets = new WeakMap<EdgeMessage, { left: number }>();
   private readonly firedCounters = new Map<string, { inc(): void }>();
 
   constructor(
@@ -56,7 +59,16 @@ export class Router {
   /** A message from a device. Its adapter's broker delivers it to local subscribers of its topic. */
   acceptFromDevice(msg: EdgeMessage, done: (err: EdgeError | null) => void): void {
     this.metrics.receivedFrom(msg.protocol).inc();
-    this.carryOut(msg, this.evaluate(msg), done);
+    let ev: Evaluation;
+    try {
+      ev = this.evaluate(msg);
+    } catch (err) {
+      // Not acknowledged rather than acknowledged and lost: the device sends it again.
+      this.log.error({ deviceId: msg.deviceId, topic: msg.topic, err: (err as Error).message }, 'a device message could not be evaluated; it is not acknowledged');
+      done(new EdgeError('E_INTERNAL', `the message could not be processed: ${(err as Error).message}`, { retryable: true }));
+      return;
+    }
+    this.carryOut(msg, ev, done);
   }
 
   /** A message from the cloud downlink: published locally, evaluated by the rules, never sent back up. */
@@ -69,8 +81,13 @@ export class Router {
   /** A message made by a rule (publish, emit): delivered locally, then evaluated in turn. */
   private acceptInternal(msg: EdgeMessage): void {
     this.metrics.receivedFrom('internal').inc();
-    this.local.deliver(msg);
-    this.carryOut(msg, this.evaluate(msg), () => {});
+    try {
+      this.local.deliver(msg);
+      this.carryOut(msg, this.evaluate(msg), () => {});
+    } catch (err) {
+      // Runs from setImmediate: nothing may escape into the event loop.
+      this.log.error({ topic: msg.topic, err: (err as Error).message }, 'a message made by a rule could not be handled');
+    }
   }
 
   evaluate(msg: EdgeMessage): Evaluation {
@@ -120,7 +137,14 @@ export class Router {
   }
 
   private carryOut(msg: EdgeMessage, ev: Evaluation, done: (err: EdgeError | null) => void): void {
-    const plan: Plan = planActions(msg, ev, this.opts.routing.default, (t) => this.priorities.priorityOf(t));
+    let plan: Plan;
+    try {
+      plan = planActions(msg, ev, this.opts.routing.default, (t) => this.priorities.priorityOf(t));
+    } catch (err) {
+      this.fault(ev.fired[0]?.rule ?? '', `the actions could not be planned: ${(err as Error).message}`, msg);
+      done(null);
+      return;
+    }
     let pending = 1;
     let failure: EdgeError | null = null;
     const settle = (err: EdgeError | null): void => {
@@ -133,17 +157,17 @@ export class Router {
         this.uplink.submit(msg, u.priority, settle);
         continue;
       }
-      const derived = this.derive(u.rule ?? '', msg, u.topic, u.payload);
+      const derived = this.tryDerive(u.rule ?? '', msg, u.topic, u.payload);
       if (!derived) continue;
       pending++;
       this.uplink.submit(derived, u.priority, settle);
     }
     for (const p of plan.publishes) {
-      const derived = this.derive(p.rule, msg, p.topic, p.payload, { qos: p.qos, retain: p.retain });
+      const derived = this.tryDerive(p.rule, msg, p.topic, p.payload, { qos: p.qos, retain: p.retain });
       if (derived) setImmediate(() => this.acceptInternal(derived));
     }
     for (const e of plan.emits) {
-      const derived = this.derive(e.rule, msg, `events/${e.name}`, e.data);
+      const derived = this.tryDerive(e.rule, msg, `events/${e.name}`, e.data);
       if (!derived) continue;
       pending++;
       this.uplink.submit(derived, 'high', settle);
@@ -151,8 +175,44 @@ export class Router {
     }
     for (const i of plan.infers) this.fault(i.rule, NO_INFERENCE, msg);
     for (const f of plan.faults) this.fault(f.rule, f.message, msg);
-    for (const l of plan.logs) this.log[l.level]({ rule: l.rule, deviceId: msg.deviceId, topic: msg.topic }, typeof l.text === 'string' ? l.text : JSON.stringify(l.text));
+    for (const l of plan.logs) {
+      try {
+        this.log[l.level]({ rule: l.rule, deviceId: msg.deviceId, topic: msg.topic }, typeof l.text === 'string' ? l.text : JSON.stringify(l.text));
+      } catch (err) {
+        this.fault(l.rule, `log(): ${(err as Error).message}`, msg);
+      }
+    }
     settle(null);
+  }
+
+  /**
+   * derive() that never throws: a payload too deep to encode (JSON.stringify of a hostile
+   * nesting) is the rule's fault, counted and logged, not the proxy's end. Every root message has
+   * a budget of messages its rules may make, however they chain, so one message cannot fan out
+   * into thousands.
+   */
+  private tryDerive(rule: string, parent: EdgeMessage, topic: string, payload: Value | undefined, opts: { qos?: 0 | 1; retain?: boolean } = {}): EdgeMessage | null {
+    let budget = this.budgets.get(parent);
+    if (!budget) {
+      budget = { left: MAX_DERIVED_PER_MESSAGE };
+      this.budgets.set(parent, budget);
+    }
+    if (budget.left <= 0) {
+      this.metrics.dropped.labels('derived_limit').inc();
+      this.fault(rule, `more than ${MAX_DERIVED_PER_MESSAGE} messages made from one message; the rest are not made`, parent);
+      return null;
+    }
+    try {
+      const derived = this.derive(rule, parent, topic, payload, opts);
+      if (derived) {
+        budget.left--;
+        this.budgets.set(derived, budget);
+      }
+      return derived;
+    } catch (err) {
+      this.fault(rule, `cannot make a message on "${topic.slice(0, 200)}": ${(err as Error).message}`, parent);
+      return null;
+    }
   }
 
   /** A new message made from `parent` by a rule: new id, parent's device, hops + 1 within the limit. */

@@ -139,7 +139,7 @@ export function stateTtlMs(checked: CheckedRule, stateTtlSeconds: number): numbe
     switch (e.kind) {
       case 'call': {
         const w = e.args[e.args.length - 1]?.value;
-        if (e.name in windowNames && e.name !== 'delta' && e.name !== 'last' && e.name !== 'changed' && w && w.kind === 'literal' && w.duration) longest = Math.max(longest, w.value as number);
+        if (Object.hasOwn(windowNames, e.name) && e.name !== 'delta' && e.name !== 'last' && e.name !== 'changed' && w && w.kind === 'literal' && w.duration) longest = Math.max(longest, w.value as number);
         for (const a of e.args) walk(a.value);
         return;
       }
@@ -246,7 +246,7 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
       }
       case 'call': {
         if (e.name === 'now') return (s) => s.ts;
-        if (e.name in windowNames) return compileWindow(e);
+        if (Object.hasOwn(windowNames, e.name)) return compileWindow(e);
         const fn = FUNCTIONS[e.name]!.fn;
         const args = e.args.map((a) => compile(a.value));
         if (args.length === 1) { const a0 = args[0]!; return (s) => fn(a0(s)); }

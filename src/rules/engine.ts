@@ -139,9 +139,10 @@ export class RuleSet {
         if (r.lastFired) {
           const last = r.lastFired.get(msg.deviceId);
           if (last !== undefined && msg.ts - last < compiled.rule.throttleMs!) continue;
-          r.lastFired.set(msg.deviceId, msg.ts);
         }
         this.fire(r, state, result);
+        // Only a firing that happened starts the throttle period.
+        r.lastFired?.set(msg.deviceId, msg.ts);
       } catch (err) {
         result.errors.push({ rule: compiled.rule.name, error: err as Error });
       }

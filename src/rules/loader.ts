@@ -67,5 +67,10 @@ export function readRulesDir(dir: string): RuleFile[] {
 
 /** Every error as `file:line:col: code: message` with its code frame, one after the other. */
 export function formatErrors(result: CompileResult, pathOf: (file: string) => string = (f) => f): string {
-  return result.errors.map((e) => formatRuleError({ ...e, file: pathOf(e.file) }, result.sources.get(e.file))).join('\n');
+  const split = new Map<string, string[]>();
+  const linesOf = (file: string): string[] | undefined => {
+    if (!split.has(file)) split.set(file, result.sources.get(file)?.split('\n') ?? []);
+    return split.get(file);
+  };
+  return result.errors.map((e) => formatRuleError({ ...e, file: pathOf(e.file) }, linesOf(e.file))).join('\n');
 }

@@ -14,11 +14,13 @@ const node = (): Node => ({ children: new Map(), plus: null, hash: [], exact: []
 
 // Topics repeat (a device sends on the same few topics), so each topic's answer is remembered.
 const MAX_REMEMBERED = 20_000;
+const MAX_REMEMBERED_LENGTH = 2_000_000;
 
 export class TopicIndex {
   private readonly root = node();
   private readonly everywhere: number[] = [];
   private readonly remembered = new Map<string, Int32Array>();
+  private rememberedLength = 0;
 
   /** Index rule `id` under each of `filters` (one conjunct of its scope); no filters: every topic. */
   add(id: number, filters: string[] | null): void {
@@ -72,8 +74,14 @@ export class TopicIndex {
     };
     walk(this.root, 0);
     hit = Int32Array.from(found).sort();
-    if (this.remembered.size >= MAX_REMEMBERED) this.remembered.clear();
+    // Bounded by entries and by their total length: many distinct topics times many rules
+    // without a scope must not fill the heap.
+    if (this.remembered.size >= MAX_REMEMBERED || this.rememberedLength + hit.length > MAX_REMEMBERED_LENGTH) {
+      this.remembered.clear();
+      this.rememberedLength = 0;
+    }
     this.remembered.set(topic, hit);
+    this.rememberedLength += hit.length;
     return hit;
   }
 }

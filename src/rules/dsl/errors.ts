@@ -15,14 +15,26 @@ export interface RuleError {
   message: string;
 }
 
-/** `file:line:col: code: message`, then the source line and a caret under the column. */
-export function formatRuleError(e: RuleError, source: string | undefined): string {
+/**
+ * `file:line:col: code: message`, then the source line and a caret under the column. `lines` is
+ * the source already split, so that many errors in one file cost one split. A long line is cut to
+ * the part around the column.
+ */
+export function formatRuleError(e: RuleError, lines: readonly string[] | undefined): string {
   const head = `${e.file}:${e.line}:${e.col}: ${e.code}: ${e.message}`;
-  const line = source?.split('\n')[e.line - 1];
+  const line = lines?.[e.line - 1];
   if (line === undefined) return head;
-  const text = line.replace(/\t/g, ' ').replace(/\r$/, '');
-  return `${head}\n  ${text}\n  ${' '.repeat(Math.max(0, e.col - 1))}^`;
+  let text = line.replace(/\t/g, ' ').replace(/\r$/, '');
+  let col = e.col;
+  if (text.length > FRAME_WIDTH) {
+    const from = Math.max(0, Math.min(col - 1 - FRAME_WIDTH / 2, text.length - FRAME_WIDTH));
+    text = (from > 0 ? '…' : '') + text.slice(from, from + FRAME_WIDTH) + (from + FRAME_WIDTH < text.length ? '…' : '');
+    col = col - from + (from > 0 ? 1 : 0);
+  }
+  return `${head}\n  ${text}\n  ${' '.repeat(Math.max(0, col - 1))}^`;
 }
+
+const FRAME_WIDTH = 160;
 
 /** The closest of `candidates` to `word`, when it is close enough to be a likely typo. */
 export function didYouMean(word: string, candidates: readonly string[]): string | null {

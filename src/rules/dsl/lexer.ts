@@ -12,6 +12,7 @@ export interface Token {
   pos: Pos;
 }
 
+const MAX_ERRORS_PER_FILE = 50;
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 // Longest first, so that `<=` is one token, not `<` then `=`.
 const PUNCT = ['==', '!=', '<=', '>=', '&&', '||', '(', ')', '[', ']', '{', '}', ',', '.', ':', '=', '<', '>', '+', '-', '*', '/', '%', '!'];
@@ -27,8 +28,11 @@ export function tokenize(source: string, file: string, errors: RuleError[]): Tok
   let line = 1;
   let lineStart = 0;
   const pos = (at: number): Pos => ({ line, col: at - lineStart + 1 });
+  let failures = 0;
   const fail = (at: number, message: string): void => {
-    errors.push({ file, ...pos(at), code: 'E_RULE_SYNTAX', message });
+    // A file of junk would otherwise make one error per character.
+    if (++failures <= MAX_ERRORS_PER_FILE) errors.push({ file, ...pos(at), code: 'E_RULE_SYNTAX', message });
+    else if (failures === MAX_ERRORS_PER_FILE + 1) errors.push({ file, ...pos(at), code: 'E_RULE_SYNTAX', message: `more than ${MAX_ERRORS_PER_FILE} errors in this file; the rest are not listed` });
   };
   while (i < source.length) {
     const c = source[i]!;
