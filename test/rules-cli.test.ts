@@ -83,18 +83,8 @@ t.test('rules check: the shipped rules are clean', async (t) => {
   t.match(r.stdout, new RegExp(`^\\d+ rules in ${names.length} files: OK\\n$`));
 });
 
-const TEST_RULES = `rule overheat priority 10
-when msg.topic matches "devices/+/telemetry" and payload.temp > 40
-then
-  uplink(priority = "high")
-  publish("devices/" + msg.deviceId + "/cmd/fan", { on: true })
-end
-
-rule quiet_debug
-when msg.topic matches "devices/+/debug/#"
-then drop()
-end
-
+// The two rules of GOOD, and more.
+const TEST_RULES = `${GOOD}
 rule stamp
 when msg.topic matches "stamp/#"
 then log("info", { ts: now(), deviceId: msg.deviceId, protocol: msg.protocol, qos: msg.qos, id: msg.id })

@@ -4,6 +4,7 @@ import type { EdgeMessage } from '../core/message.js';
 import { EdgeError } from '../core/errors.js';
 import { newMessageId } from '../core/ids.js';
 import { checkDeviceTopic } from '../core/topic.js';
+import { asBuffer } from '../core/bytes.js';
 import type { Metrics } from '../admin/metrics.js';
 import type { RuleSet, Evaluation } from '../rules/engine.js';
 import { fromJson, type Value } from '../rules/values.js';
@@ -117,10 +118,10 @@ export class Router {
 
   /** The decoded payload, parsed once per message and only when a rule reads it. */
   private decode(msg: EdgeMessage): Value {
-    if (msg.contentType === 'text') return Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength).toString('utf8');
+    if (msg.contentType === 'text') return asBuffer(msg.payload).toString('utf8');
     if (msg.contentType !== 'json') return null; // binary; CBOR is not decoded yet
     try {
-      return fromJson(JSON.parse(Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength).toString('utf8')));
+      return fromJson(JSON.parse(asBuffer(msg.payload).toString('utf8')));
     } catch {
       this.metrics.payloadDecodeErrors.inc();
       return null;
