@@ -12,9 +12,8 @@ import { newMessageId } from './core/ids.js';
 import { sniffContentType } from './core/content-type.js';
 import { checkDeviceTopic } from './core/topic.js';
 import { LocalDelivery } from './pipeline/local.js';
-import { Router, type RulesHolder } from './pipeline/router.js';
-import { compileRuleset, formatErrors, readRulesDir } from './rules/loader.js';
-import { RuleLoadError } from './core/errors.js';
+import { Router } from './pipeline/router.js';
+import { RulesStore } from './rules/store.js';
 import { DurableCache } from './uplink/cache.js';
 import { CloudLink } from './uplink/cloud.js';
 import { Forwarder } from './uplink/forwarder.js';
@@ -41,23 +40,6 @@ function redactUrl(url: string | null): string | null {
   } catch {
     return url;
   }
-}
-
-/**
- * Loads and compiles the rules directory. A set with errors stops the start, every error listed
- * (rules-dsl.md); no directory or no file means no rules: default routing for everything.
- */
-function loadRules(cfg: Config, metrics: Metrics, log: Logger): RulesHolder {
-  const files = readRulesDir(cfg.rules.dir);
-  const result = compileRuleset(files, { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules }, {
-    maxWindowValues: cfg.rules.maxWindowValues,
-    stateTtlSeconds: cfg.rules.stateTtlSeconds,
-    onTruncated: (rule) => metrics.ruleWindowTruncated.labels(rule).inc(),
-  });
-  if (result.errors.length > 0) throw new RuleLoadError(formatErrors(result, (f) => join(cfg.rules.dir, f)), result.errors.length);
-  metrics.rulesLoaded.set(result.ruleset?.size ?? 0);
-  log.info({ dir: cfg.rules.dir, files: files.map((f) => f.name), rules: result.ruleset?.size ?? 0 }, files.length ? 'rules loaded' : 'no rules files: every message follows routing.default');
-  return { current: result.ruleset && result.ruleset.size > 0 ? result.ruleset : null };
 }
 
 /** Where a running proxy keeps its real ports, in its data directory. */
@@ -111,7 +93,22 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   }
 
   const local = new LocalDelivery();
-  const rules = loadRules(cfg, metrics, log.child({ stage: 'rules' }));
+  const rulesStore = new RulesStore({
+    dir: cfg.rules.dir,
+    historyDir: join(cfg.dataDir, 'rules-history'),
+    limits: { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules },
+    engine: { maxWindowValues: cfg.rules.maxWindowValues, stateTtlSeconds: cfg.rules.stateTtlSeconds, onTruncated: (rule) => metrics.ruleWindowTruncated.labels(rule).inc() },
+    log: log.child({ stage: 'rules' }),
+    onReloadFailure: () => metrics.rulesReloadFailures.inc(),
+    onSwap: (v) => { metrics.rulesLoaded.set(v.rules); metrics.rulesVersion.set(v.version); },
+  });
+  try {
+    rulesStore.start();
+  } catch (err) {
+    await cache.close();
+    throw err;
+  }
+  const rules = rulesStore.holder;
   const router = new Router(
     { routing: cfg.routing, maxHops: cfg.limits.maxHops, maxTopicBytes: cfg.limits.maxTopicBytes, edge: { id: cfg.edge.id, uplinkConnected: () => cloud?.connected ?? false } },
     uplink, local, rules, metrics, log.child({ stage: 'router' }),
@@ -152,7 +149,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
         ports,
         devices: { mqtt: mqtt.connectedCount() },
         rates: { receivedPerSecond: rates.receivedPerSecond(), ackedPerSecond: drain },
-        rules: null,
+        rules: rulesStore.version ? { version: rulesStore.version.version, sha256: rulesStore.version.sha256, rules: rulesStore.version.rules } : null,
         models: [],
         cache: {
           path: cfg.cache.path, messages: backlog, byPriority: cache.messagesByPriority(), bytes: cache.bytes(),
@@ -201,6 +198,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
         rates.stop();
         stopWatchdog();
         clearInterval(sweeper);
+        rulesStore.stop();
         // Devices first: no new packets are read, what is in hand is committed and acknowledged.
         await mqtt.stop(() => cache.drainWrites());
         // Then the cloud: what is in flight gets its PUBACK (else it is resent at the next start).

@@ -34,6 +34,8 @@ export class Metrics {
   readonly ruleErrors: client.Counter<'rule'>;
   readonly ruleWindowTruncated: client.Counter<'rule'>;
   readonly rulesLoaded: client.Gauge;
+  readonly rulesVersion: client.Gauge;
+  readonly rulesReloadFailures: client.Counter;
   private cacheSource: CacheGaugeSource | null = null;
   private drainSource: (() => number) | null = null;
 
@@ -58,6 +60,8 @@ export class Metrics {
     this.ruleErrors = new client.Counter({ name: 'edge_rule_errors_total', help: 'Runtime faults of rules, by rule', labelNames: ['rule'], registers });
     this.ruleWindowTruncated = new client.Counter({ name: 'edge_rule_window_truncated_total', help: 'Window values dropped at rules.maxWindowValues, by rule', labelNames: ['rule'], registers });
     this.rulesLoaded = new client.Gauge({ name: 'edge_rules_loaded', help: 'Rules in the running ruleset', registers });
+    this.rulesVersion = new client.Gauge({ name: 'edge_rules_version', help: 'Version number of the running ruleset', registers });
+    this.rulesReloadFailures = new client.Counter({ name: 'edge_rules_reload_failures_total', help: 'Rules reloads refused because the set had errors', registers });
     const source = (): CacheGaugeSource | null => this.cacheSource;
     new client.Gauge({
       name: 'edge_cache_messages', help: 'Messages in the durable cache, by priority', labelNames: ['priority'], registers,

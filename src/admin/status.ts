@@ -6,7 +6,7 @@ export interface ProxyStatus {
   ports: Record<string, number>;
   devices: { mqtt: number };
   rates: { receivedPerSecond: number; ackedPerSecond: number };
-  rules: null;
+  rules: { version: number; sha256: string; rules: number } | null;
   models: string[];
   cache: {
     path: string;

@@ -6,6 +6,10 @@ import { TopicIndex } from './topic-index.js';
 import { compareCodePoints, fromJson, type Value } from './values.js';
 import type { WindowLimits } from './windows.js';
 
+// One sequence for every ruleset: window state carried from one set to the next compares
+// sequence numbers, which must not start again at a swap.
+let messageSeq = 0;
+
 /** What the rules read of the message being evaluated; one class, so the closures stay monomorphic. */
 class MessageState implements EvalState {
   readonly ts: number;
@@ -79,8 +83,6 @@ export class RuleSet {
   private readonly index = new TopicIndex();
   readonly windows = new Map<string, WindowDef>();
   private readonly conditions = new Map<string, { seq: number; value: boolean; fn: (s: EvalState) => Value }>();
-  private seq = 0;
-
   constructor(checked: CheckedRule[], private readonly opts: EngineOptions) {
     const ordered = [...checked].filter((c) => !c.rule.disabled).sort((a, b) =>
       // file names in byte order (of their UTF-8), which is code point order
@@ -125,7 +127,7 @@ export class RuleSet {
     const result: Evaluation = { fired: [], actions: [], dropped: false, routed: false, errors: [] };
     const candidates = this.index.candidates(msg.topic);
     if (candidates.length === 0) return result;
-    const state = new MessageState(++this.seq, msg, env);
+    const state = new MessageState(++messageSeq, msg, env);
     for (let c = 0; c < candidates.length; c++) {
       const r = this.rules[candidates[c]!]!;
       if (r.otherScope.length > 0 && !r.otherScope.every((filters) => filters.some((f) => topicMatches(f, msg.topic)))) continue;
@@ -167,6 +169,30 @@ export class RuleSet {
       }
       result.actions.push(call);
     }
+  }
+
+  /**
+   * Take over the window and throttle state of `previous` for every rule whose name and window
+   * expressions are unchanged (rules-dsl.md, hot reload); the others start empty. Call before this
+   * set evaluates its first message.
+   */
+  carryOver(previous: RuleSet): number {
+    const before = new Map(previous.rules.map((r) => [r.compiled.rule.name, r] as const));
+    let carried = 0;
+    for (const r of this.rules) {
+      const old = before.get(r.compiled.rule.name);
+      if (!old) continue;
+      const keys = r.compiled.windows.map((w) => w.key);
+      const oldKeys = old.compiled.windows.map((w) => w.key);
+      if (keys.length !== oldKeys.length || keys.some((k, i) => k !== oldKeys[i])) continue;
+      r.compiled.windows.forEach((w, i) => {
+        const from = old.compiled.windows[i]!;
+        if (w.byDevice.size === 0) for (const [device, st] of from.byDevice) w.byDevice.set(device, st);
+      });
+      if (r.lastFired && old.lastFired) for (const [device, t] of old.lastFired) r.lastFired.set(device, t);
+      carried++;
+    }
+    return carried;
   }
 
   /** Release per-device window and throttle state not used for each rule's TTL. */
