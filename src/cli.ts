@@ -167,9 +167,10 @@ async function status(args: string[]): Promise<void> {
   process.stdout.write([
     `edge-proxy ${body.version} on ${body.edgeId}, up ${seconds(body.uptimeSeconds)}`,
     `devices:  ${body.devices.mqtt} MQTT connected; ${body.rates.receivedPerSecond.toFixed(1)} msg/s in`,
-    `uplink:   ${u.url ?? 'none (offline mode)'}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
+    u.url === null ? 'uplink:   none (offline mode): what would go up stays in the cache' : `uplink:   ${u.url}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
     `cache:    ${c.messages} messages, ${c.bytes} bytes, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
     `drain:    ${c.messages === 0 ? 'nothing to drain' : c.timeToDrainSeconds === null ? `not draining now${u.connected ? '' : ' (the uplink is not connected)'}` : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
+    ...(body.rules ? [`rules:    version ${body.rules.version}, ${body.rules.rules} rules (sha256 ${body.rules.sha256.slice(0, 12)})`] : []),
     '',
   ].join('\n'));
 }
