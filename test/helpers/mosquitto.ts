@@ -17,6 +17,10 @@ export interface Mosquitto {
   start(): Promise<void>;
 }
 
+// A test that times out skips its teardown: no broker may outlive the test process.
+const running = new Set<ChildProcess>();
+process.once('exit', () => { for (const c of running) c.kill('SIGKILL'); });
+
 export async function startMosquitto(dir: string, opts: { persistence?: boolean } = {}): Promise<Mosquitto> {
   mkdirSync(dir, { recursive: true });
   const port = await freePort();
@@ -43,6 +47,9 @@ export async function startMosquitto(dir: string, opts: { persistence?: boolean 
     async start() {
       const bin = process.env.MOSQUITTO_BIN ?? (process.env.PATH?.split(':').some((d) => d.endsWith('sbin')) ? 'mosquitto' : '/usr/sbin/mosquitto');
       child = spawn(bin, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+      running.add(child);
+      const mine = child;
+      child.once('exit', () => running.delete(mine));
       child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
       child.on('error', (err) => { stderr += String(err); });
       try {

@@ -6,6 +6,10 @@ import { eventually } from './ports.js';
 
 export const CLI = new URL('../../dist/src/cli.js', import.meta.url).pathname;
 
+// A test that times out skips its teardown: whatever it started must not outlive the test process.
+const started = new Set<ChildProcess>();
+process.once('exit', () => { for (const c of started) c.kill('SIGKILL'); });
+
 export interface ProxyProcess {
   dir: string;
   configFile: string;
@@ -77,7 +81,8 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
     child = spawn(process.execPath, [CLI, 'run', '--config', configFile, '--ports-file', portsFile], {
       env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'],
     });
-    proc.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    started.add(child);
+    proc.exited = new Promise((resolve) => child.once('exit', (code) => { started.delete(child); resolve(code); }));
     let partial = '';
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
