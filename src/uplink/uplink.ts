@@ -16,6 +16,7 @@ export type SubmitDone = (err: EdgeError | null) => void;
 export class Uplink {
   private readonly controlTopics: Set<string>;
   private readonly downPrefix: string;
+  private lastControlLog = 0;
 
   constructor(
     private readonly cfg: Config['uplink'],
@@ -43,6 +44,13 @@ export class Uplink {
     }
     if (this.isControlTopic(msg.topic)) {
       this.metrics.dropped.labels('control_topic').inc();
+      // Counted every time, logged at most once a minute: a device must not flood the log.
+      const now = Date.now();
+      if (now - this.lastControlLog < 60_000) {
+        done(null);
+        return;
+      }
+      this.lastControlLog = now;
       this.log.warn({ deviceId: msg.deviceId, topic: msg.topic }, 'not sent up: its cloud topic falls under the control prefix; choose device topics outside it or change uplink.topicPrefix');
       done(null);
       return;
