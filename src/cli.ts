@@ -3,14 +3,13 @@ import { parseArgs } from 'node:util';
 import { ConfigError, EdgeError, RuleLoadError, formatConfigProblem } from './core/errors.js';
 import { loadConfig } from './config/load.js';
 import { createLogger } from './log.js';
-import { startProxy, RUNTIME_PORTS_FILE } from './main.js';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { readLocalToken } from './admin/token.js';
+import { startProxy } from './main.js';
+import { adminTarget, type AdminTarget } from './admin/client.js';
 import { VERSION } from './version.js';
 import type { ProxyStatus } from './admin/status.js';
 import type { Config } from './config/types.js';
 import { rulesCheck, rulesTest } from './rules/cli.js';
+import { rulesPush, rulesRollback } from './rules/remote.js';
 
 const USAGE = `edge-proxy ${VERSION}: an IoT edge proxy (MQTT devices in, durable store-and-forward to a cloud MQTT broker)
 
@@ -22,6 +21,8 @@ Usage:
   edge-proxy rules check FILE...                          check rules files; every error with file:line:col
   edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text]
                                                           run rules over recorded messages, sending nothing
+  edge-proxy rules push FILE... [--admin URL] [--token T] replace a running proxy's rules with FILEs
+  edge-proxy rules rollback [--admin URL] [--token T]     run the rules before the running ones again
   edge-proxy version                                      print the version
   edge-proxy VERB --help                                  help for one verb
 
@@ -53,6 +54,16 @@ edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text] [--con
   Runs the rules over recorded messages (one JSON object a line: topic, payload as JSON, and any
   other EdgeMessage field; ts defaults to the previous line's + 1000, deviceId to the topic's second
   level) without sending anything, and prints per message what fired and what would go up.
+
+edge-proxy rules push FILE... [--admin URL] [--token T] [--config FILE]
+  Replaces every rules file of a running proxy with FILEs (stored under their base names) and runs
+  them as a new version, or changes nothing and prints every error as rules check does.
+  Without --admin and --token: the proxy the configuration describes, with the token it keeps in
+  its data directory. Exit 0 when the files run, 1 with errors, 2 when the proxy cannot be reached.
+
+edge-proxy rules rollback [--admin URL] [--token T] [--config FILE]
+  Runs the rules of the version before the running one again, as a new version (two rollbacks in a
+  row come back to where they started). Exit 0, 1 when there is no earlier version, 2 unreachable.
 `,
 };
 
@@ -121,16 +132,6 @@ function checkConfig(args: string[]): void {
   }
 }
 
-/** The admin port of the proxy running on this data directory, which may differ from the config's (port 0). */
-function runningAdminPort(dataDir: string): number | null {
-  try {
-    const ports = JSON.parse(readFileSync(join(dataDir, RUNTIME_PORTS_FILE), 'utf8')) as { admin?: number };
-    return typeof ports.admin === 'number' ? ports.admin : null;
-  } catch {
-    return null;
-  }
-}
-
 function seconds(s: number): string {
   if (s < 60) return `${s.toFixed(0)} s`;
   if (s < 3600) return `${(s / 60).toFixed(1)} min`;
@@ -140,19 +141,7 @@ function seconds(s: number): string {
 async function status(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { config: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } }, strict: true });
   if (values.help) return void process.stdout.write(HELP.status!);
-  let url = values.admin;
-  let token = values.token ?? null;
-  if (!url || !token) {
-    try {
-      const { config } = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
-      const host = config.admin.host === '0.0.0.0' ? '127.0.0.1' : config.admin.host === '::' ? '[::1]' : config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host;
-      url ??= `http://${host}:${runningAdminPort(config.dataDir) ?? config.admin.port}`;
-      token ??= config.admin.token ?? readLocalToken(config.dataDir);
-    } catch (err) {
-      if (err instanceof ConfigError) { printConfigError(err); process.exit(1); }
-      throw err;
-    }
-  }
+  const { url, token } = targetOf(values);
   let body: ProxyStatus;
   try {
     const res = await fetch(new URL('/api/v1/status', url), { headers: token ? { authorization: `Bearer ${token}` } : {} });
@@ -175,6 +164,11 @@ async function status(args: string[]): Promise<void> {
   ].join('\n'));
 }
 
+/** The proxy an admin command talks to: --admin and --token, else the local one and its token. */
+function targetOf(values: { admin?: string; token?: string; config?: string }): AdminTarget {
+  return adminTarget(values, () => configOrDefaults(values.config));
+}
+
 function configOrDefaults(file: string | undefined): Config {
   try {
     return loadConfig({ file, env: process.env, cwd: process.cwd() }).config;
@@ -184,11 +178,23 @@ function configOrDefaults(file: string | undefined): Config {
   }
 }
 
-function rules(args: string[]): void {
+async function rules(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
-  if (sub !== 'check' && sub !== 'test') {
+  if (sub !== 'check' && sub !== 'test' && sub !== 'push' && sub !== 'rollback') {
     if (sub === '--help' || sub === undefined) return void process.stdout.write(HELP.rules!);
-    fail(`unknown rules command "${sub}": rules check or rules test (E_USAGE)\n\n${HELP.rules}`);
+    fail(`unknown rules command "${sub}": rules check, test, push or rollback (E_USAGE)\n\n${HELP.rules}`);
+  }
+  const out = (s: string): void => void process.stdout.write(s);
+  const err = (s: string): void => void process.stderr.write(s);
+  if (sub === 'push' || sub === 'rollback') {
+    const { values, positionals } = parseArgs({
+      args: rest, allowPositionals: sub === 'push', strict: true,
+      options: { config: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, help: { type: 'boolean' } },
+    });
+    if (values.help) return void process.stdout.write(HELP.rules!);
+    if (sub === 'push' && positionals.length === 0) fail('rules push needs at least one FILE (E_USAGE)');
+    const target = targetOf(values);
+    process.exit(sub === 'push' ? await rulesPush(positionals, target, out, err) : await rulesRollback(target, out, err));
   }
   const { values, positionals } = parseArgs({
     args: rest, allowPositionals: true, strict: true,
@@ -197,8 +203,6 @@ function rules(args: string[]): void {
   if (values.help) return void process.stdout.write(HELP.rules!);
   if (positionals.length === 0) fail(`rules ${sub} needs at least one FILE (E_USAGE)`);
   const cfg = configOrDefaults(values.config);
-  const out = (s: string): void => void process.stdout.write(s);
-  const err = (s: string): void => void process.stderr.write(s);
   if (sub === 'check') process.exit(rulesCheck(positionals, cfg, out, err));
   if (!values.input) fail('rules test needs --input MESSAGES.jsonl (E_USAGE)');
   if (values.format !== 'json' && values.format !== 'text') fail('--format is json or text (E_USAGE)');
@@ -216,7 +220,7 @@ async function main(argv: string[]): Promise<void> {
       case 'run': return await run(rest);
       case 'check-config': return checkConfig(rest);
       case 'status': return await status(rest);
-      case 'rules': return rules(rest);
+      case 'rules': return await rules(rest);
       case 'version': return void process.stdout.write(`${VERSION}\n`);
       case 'help': return void process.stdout.write(USAGE);
     }

@@ -6,6 +6,7 @@ import { Metrics } from './admin/metrics.js';
 import { Rates } from './admin/rates.js';
 import { AdminServer } from './admin/server.js';
 import { resolveAdminToken } from './admin/token.js';
+import { RUNTIME_PORTS_FILE } from './admin/client.js';
 import { MqttAdapter } from './adapters/mqtt/server.js';
 import { EDGE_DEVICE_ID } from './core/message.js';
 import { newMessageId } from './core/ids.js';
@@ -14,6 +15,8 @@ import { checkDeviceTopic } from './core/topic.js';
 import { LocalDelivery } from './pipeline/local.js';
 import { Router } from './pipeline/router.js';
 import { RulesStore } from './rules/store.js';
+import { filesFromBody, PushRequestError } from './rules/push-request.js';
+import { outcomeBody } from './admin/server.js';
 import { DurableCache } from './uplink/cache.js';
 import { CloudLink } from './uplink/cloud.js';
 import { Forwarder } from './uplink/forwarder.js';
@@ -21,6 +24,7 @@ import { Uplink } from './uplink/uplink.js';
 import { notifySystemd, startWatchdog } from './systemd.js';
 import { VERSION } from './version.js';
 import type { ProxyStatus } from './admin/status.js';
+import type { EdgeError } from './core/errors.js';
 
 export interface RunOptions {
   portsFile?: string | null;
@@ -42,8 +46,6 @@ function redactUrl(url: string | null): string | null {
   }
 }
 
-/** Where a running proxy keeps its real ports, in its data directory. */
-export const RUNTIME_PORTS_FILE = 'ports.json';
 
 /** Written whole and renamed, so a script polling for it never reads half a file. */
 function writePortsFile(file: string, ports: Record<string, number>): void {
@@ -95,12 +97,13 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   const local = new LocalDelivery();
   const rulesStore = new RulesStore({
     dir: cfg.rules.dir,
-    historyDir: join(cfg.dataDir, 'rules-history'),
+    dataDir: cfg.dataDir,
     limits: { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules },
     engine: { maxWindowValues: cfg.rules.maxWindowValues, stateTtlSeconds: cfg.rules.stateTtlSeconds, onTruncated: (rule) => metrics.ruleWindowTruncated.labels(rule).inc() },
     log: log.child({ stage: 'rules' }),
     onReloadFailure: () => metrics.rulesReloadFailures.inc(),
     onSwap: (v) => { metrics.rulesLoaded.set(v.rules); metrics.rulesVersion.set(v.version); },
+    onPush: (source, result) => metrics.rulesPushes.labels(source, result).inc(),
   });
   try {
     rulesStore.start();
@@ -134,10 +137,38 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
     });
   });
 
+  // A ruleset pushed from the cloud, answered on <controlPrefix>rules/result like the admin API answers.
+  cloud?.on('rulesSet', (payload, retained) => {
+    if (retained) {
+      // Replayed by the broker at each (re)subscription: applying it would undo later pushes made here.
+      log.warn({ topic: `${cfg.uplink.controlPrefix}rules/set` }, 'a retained rules push is ignored; publish rules/set without the retain flag');
+      return;
+    }
+    const answer = (status: number, body: Record<string, unknown>): void => {
+      cloud.publishRulesResult(JSON.stringify({ status, ...body }));
+    };
+    let files;
+    try {
+      files = filesFromBody(payload, 'auto');
+    } catch (err) {
+      if (!(err instanceof PushRequestError)) throw err;
+      log.warn({ err: err.message }, 'a rules push from the cloud could not be read; nothing changed');
+      return answer(err.status, { error: err.message, code: err.code });
+    }
+    rulesStore.push(files, 'cloud').then((outcome) => {
+      const { status, body } = outcomeBody(outcome);
+      answer(status, body);
+    }, (err: EdgeError) => {
+      log.error({ err: err.message, code: err.code }, 'a rules push from the cloud failed; the running set keeps running');
+      answer(500, { error: err.message, code: err.code ?? 'E_INTERNAL' });
+    });
+  });
+
   let listening = false;
   const rates = new Rates(metrics);
   metrics.watchDrainRate(() => rates.ackedPerSecond());
   const adminServer = new AdminServer(cfg.admin, admin.token, metrics, {
+    rules: rulesStore,
     readiness: () => listening ? (cache.writable() ? { ready: true, reason: null } : { ready: false, reason: 'the cache is not writable' }) : { ready: false, reason: 'starting' },
     status: (): ProxyStatus => {
       const drain = rates.ackedPerSecond();
@@ -198,7 +229,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
         rates.stop();
         stopWatchdog();
         clearInterval(sweeper);
-        rulesStore.stop();
+        await rulesStore.stop();
         // Devices first: no new packets are read, what is in hand is committed and acknowledged.
         await mqtt.stop(() => cache.drainWrites());
         // Then the cloud: what is in flight gets its PUBACK (else it is resent at the next start).

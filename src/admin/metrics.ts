@@ -36,6 +36,7 @@ export class Metrics {
   readonly rulesLoaded: client.Gauge;
   readonly rulesVersion: client.Gauge;
   readonly rulesReloadFailures: client.Counter;
+  readonly rulesPushes: client.Counter<'source' | 'result'>;
   private cacheSource: CacheGaugeSource | null = null;
   private drainSource: (() => number) | null = null;
 
@@ -61,7 +62,8 @@ export class Metrics {
     this.ruleWindowTruncated = new client.Counter({ name: 'edge_rule_window_truncated_total', help: 'Window values dropped at rules.maxWindowValues, by rule', labelNames: ['rule'], registers });
     this.rulesLoaded = new client.Gauge({ name: 'edge_rules_loaded', help: 'Rules in the running ruleset', registers });
     this.rulesVersion = new client.Gauge({ name: 'edge_rules_version', help: 'Version number of the running ruleset', registers });
-    this.rulesReloadFailures = new client.Counter({ name: 'edge_rules_reload_failures_total', help: 'Rules reloads refused because the set had errors', registers });
+    this.rulesReloadFailures = new client.Counter({ name: 'edge_rules_reload_failures_total', help: 'Rulesets refused because they had errors (reloads, pushes, rollbacks)', registers });
+    this.rulesPushes = new client.Counter({ name: 'edge_rules_pushes_total', help: 'Rules pushes and rollbacks, by source (api, cloud, rollback) and result (applied, unchanged, rejected)', labelNames: ['source', 'result'], registers });
     const source = (): CacheGaugeSource | null => this.cacheSource;
     new client.Gauge({
       name: 'edge_cache_messages', help: 'Messages in the durable cache, by priority', labelNames: ['priority'], registers,

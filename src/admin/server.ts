@@ -2,6 +2,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { EdgeError } from '../core/errors.js';
+import { bodyKindOf, filesFromBody, MAX_PUSH_BYTES, PushRequestError } from '../rules/push-request.js';
+import type { RulesOutcome, RulesVersion } from '../rules/store.js';
+import type { RuleFile } from '../rules/loader.js';
 import type { Metrics } from './metrics.js';
 import { tokenMatches } from './token.js';
 import { STATUS_PAGE } from './status-page.js';
@@ -12,9 +15,18 @@ export interface Readiness {
   reason: string | null;
 }
 
+/** Rule management behind /api/v1/rules (rules-dsl.md); the RulesStore. */
+export interface RulesAdmin {
+  readonly version: RulesVersion | null;
+  validate(files: RuleFile[]): Promise<RulesOutcome>;
+  push(files: RuleFile[], source: 'api'): Promise<RulesOutcome>;
+  rollback(): Promise<RulesOutcome>;
+}
+
 export interface AdminSources {
   readiness(): Readiness;
   status(): ProxyStatus;
+  rules: RulesAdmin;
 }
 
 function isLoopback(host: string): boolean {
@@ -24,6 +36,38 @@ function isLoopback(host: string): boolean {
 function send(res: ServerResponse, status: number, body: string, type = 'application/json'): void {
   res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
   res.end(body);
+}
+
+function sendError(res: ServerResponse, status: number, code: string, message: string): void {
+  send(res, status, JSON.stringify({ error: message, code }));
+}
+
+/** The answer to a push, a validation or a rollback: 200 with the version, 422 with every error. */
+export function outcomeBody(o: RulesOutcome): { status: 200 | 422; body: Record<string, unknown> } {
+  return o.ok
+    ? { status: 200, body: { version: o.version, sha256: o.sha256, rules: o.rules, changed: o.changed } }
+    : { status: 422, body: { errors: o.errors.map((e) => ({ file: e.file, line: e.line, col: e.col, code: e.code, message: e.message })) } };
+}
+
+/** The request body, refused past MAX_PUSH_BYTES without reading the rest. */
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > MAX_PUSH_BYTES) return Promise.reject(new PushRequestError(`the body is ${declared} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_PUSH_BYTES) {
+        reject(new PushRequestError(`the body is over ${MAX_PUSH_BYTES} bytes, the most a push may carry`, 413));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
 }
 
 /** The admin endpoint: health, readiness, metrics, status. Never on a device-facing port. */
@@ -65,16 +109,15 @@ export class AdminServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      send(res, 405, JSON.stringify({ error: 'method not allowed' }));
-      return;
+    const path = (req.url ?? '/').split('?')[0]!;
+    const read = req.method === 'GET' || req.method === 'HEAD';
+    if (path === '/healthz' && read) return send(res, 200, JSON.stringify({ status: 'ok' }));
+    // Every write needs the token; reads need it beyond loopback, where others could reach them.
+    if ((!read || this.readsNeedToken) && !this.authorized(req)) {
+      return sendError(res, 401, 'E_ADMIN_AUTH', `a valid bearer token is required${read ? '' : ' for every change'}: Authorization: Bearer <token> (the token is in <dataDir>/admin-token unless admin.token or admin.tokenFile is set)`);
     }
-    if (path === '/healthz') return send(res, 200, JSON.stringify({ status: 'ok' }));
-    if (this.readsNeedToken && !this.authorized(req)) {
-      send(res, 401, JSON.stringify({ error: 'a bearer token is required (E_ADMIN_AUTH)' }));
-      return;
-    }
+    if (path.startsWith('/api/v1/rules')) return this.rules(req, res, path);
+    if (!read) return sendError(res, 405, 'E_USAGE', `${req.method} is not allowed on ${path}`);
     switch (path) {
       case '/readyz': {
         const r = this.sources.readiness();
@@ -88,6 +131,45 @@ export class AdminServer {
         return send(res, 200, STATUS_PAGE, 'text/html; charset=utf-8');
       default:
         return send(res, 404, JSON.stringify({ error: `no route ${path}` }));
+    }
+  }
+
+  private async rules(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    const rules = this.sources.rules;
+    const route = `${req.method} ${path}`;
+    try {
+      switch (route) {
+        case 'GET /api/v1/rules':
+        case 'HEAD /api/v1/rules': {
+          const v = rules.version;
+          return send(res, 200, JSON.stringify(v ? { version: v.version, sha256: v.sha256, rules: v.rules, files: v.files } : { version: 0, sha256: null, rules: 0, files: {} }));
+        }
+        case 'PUT /api/v1/rules':
+        case 'POST /api/v1/rules/validate': {
+          const files = filesFromBody(await readBody(req), bodyKindOf(req.headers['content-type']));
+          const outcome = path === '/api/v1/rules' ? await rules.push(files, 'api') : await rules.validate(files);
+          const { status, body } = outcomeBody(outcome);
+          return send(res, status, JSON.stringify(body));
+        }
+        case 'POST /api/v1/rules/rollback': {
+          const { status, body } = outcomeBody(await rules.rollback());
+          return send(res, status, JSON.stringify(body));
+        }
+        default: {
+          const known = ['/api/v1/rules', '/api/v1/rules/validate', '/api/v1/rules/rollback'].includes(path);
+          return known
+            ? sendError(res, 405, 'E_USAGE', `${req.method} is not allowed on ${path} (GET or PUT /api/v1/rules, POST /api/v1/rules/validate, POST /api/v1/rules/rollback)`)
+            : sendError(res, 404, 'E_USAGE', `no route ${path}`);
+        }
+      }
+    } catch (err) {
+      if (err instanceof PushRequestError) return sendError(res, err.status, err.code, err.message);
+      if (err instanceof EdgeError && err.code === 'E_RULES_NO_EARLIER') return sendError(res, 409, err.code, err.message);
+      if (err instanceof EdgeError && err.code === 'E_RULES_WRITE') {
+        this.log.error({ err: err.message }, 'a valid rules push could not be written; the running set keeps running');
+        return sendError(res, 500, err.code, err.message);
+      }
+      throw err;
     }
   }
 

@@ -18,6 +18,9 @@ export const ERROR_CODES = {
   E_ADMIN_AUTH: 'an admin request without a valid token',
   E_USAGE: 'a command line that cannot be understood',
   E_RULES_INVALID: 'the rules directory holds a ruleset with errors',
+  E_RULES_REQUEST: 'a rules push whose body cannot be read as rules files',
+  E_RULES_WRITE: 'the rules directory cannot be written, so a push cannot be applied',
+  E_RULES_NO_EARLIER: 'a rollback with no earlier rules version to go back to',
   E_INTERNAL: 'a fault of the proxy itself while handling a message',
 } as const;
 

@@ -79,39 +79,69 @@ interface RuleState {
  * position; a message evaluates only the rules the topic index puts in its scope.
  */
 export class RuleSet {
-  private readonly rules: RuleState[];
+  private readonly rules: RuleState[] = [];
   private readonly index = new TopicIndex();
   readonly windows = new Map<string, WindowDef>();
   private readonly conditions = new Map<string, { seq: number; value: boolean; fn: (s: EvalState) => Value }>();
-  constructor(checked: CheckedRule[], private readonly opts: EngineOptions) {
-    const ordered = [...checked].filter((c) => !c.rule.disabled).sort((a, b) =>
+  private readonly limitsByRule = new Map<string, WindowLimits>();
+  /** rules not compiled yet (only while build() works through them) */
+  private pending: CheckedRule[];
+
+  constructor(checked: CheckedRule[], private readonly opts: EngineOptions, deferred = false) {
+    this.pending = [...checked].filter((c) => !c.rule.disabled).sort((a, b) =>
       // file names in byte order (of their UTF-8), which is code point order
       b.rule.priority - a.rule.priority || compareCodePoints(a.rule.file, b.rule.file) || a.rule.index - b.rule.index);
-    const limitsByRule = new Map<string, WindowLimits>();
-    const limits = (rule: string): WindowLimits => {
-      let l = limitsByRule.get(rule);
-      if (!l) {
-        l = { maxValues: opts.maxWindowValues, truncated: () => opts.onTruncated(rule) };
-        limitsByRule.set(rule, l);
-      }
-      return l;
-    };
-    this.rules = ordered.map((c, i) => {
-      const ttlMs = stateTtlMs(c, opts.stateTtlSeconds);
-      const compiled = compileRule(c, { windows: this.windows, conditions: this.conditions, limits, ttlMs });
-      this.index.add(i, compiled.scope[0] ?? null);
-      const names = c.actions.map((a) => a.action.name);
-      const constant = compiled.actions.every((a) => a.constant);
-      return {
-        compiled,
-        constantFiring: constant ? { rule: c.rule.name, actions: compiled.actions.map((a) => ({ rule: c.rule.name, name: a.name, args: a.args(null as never) })) } : null,
-        drops: names.includes('drop'),
-        routes: names.some((n) => n === 'drop' || n === 'uplink' || n === 'emit'),
-        lastFired: c.rule.throttleMs !== null ? new Map() : null,
-        otherScope: compiled.scope.slice(1),
-        ttlMs,
-      };
+    if (!deferred) while (this.compileNext()) { /* all at once */ }
+  }
+
+  /**
+   * Compiles the set a few milliseconds at a time, giving the event loop back in between, so that
+   * building a large set while messages flow does not hold them up. The set is used only once
+   * the promise resolves.
+   */
+  static async build(checked: CheckedRule[], opts: EngineOptions, sliceMs = 4): Promise<RuleSet> {
+    const set = new RuleSet(checked, opts, true);
+    let sliceStart = performance.now();
+    while (set.compileNext()) {
+      if (performance.now() - sliceStart < sliceMs) continue;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      sliceStart = performance.now();
+    }
+    return set;
+  }
+
+  private limits = (rule: string): WindowLimits => {
+    let l = this.limitsByRule.get(rule);
+    if (!l) {
+      l = { maxValues: this.opts.maxWindowValues, truncated: () => this.opts.onTruncated(rule) };
+      this.limitsByRule.set(rule, l);
+    }
+    return l;
+  };
+
+  /** Compiles the next pending rule; false when none is left. */
+  private compileNext(): boolean {
+    const i = this.rules.length;
+    const c = this.pending[i];
+    if (!c) {
+      this.pending = [];
+      return false;
+    }
+    const ttlMs = stateTtlMs(c, this.opts.stateTtlSeconds);
+    const compiled = compileRule(c, { windows: this.windows, conditions: this.conditions, limits: this.limits, ttlMs });
+    this.index.add(i, compiled.scope[0] ?? null);
+    const names = c.actions.map((a) => a.action.name);
+    const constant = compiled.actions.every((a) => a.constant);
+    this.rules.push({
+      compiled,
+      constantFiring: constant ? { rule: c.rule.name, actions: compiled.actions.map((a) => ({ rule: c.rule.name, name: a.name, args: a.args(null as never) })) } : null,
+      drops: names.includes('drop'),
+      routes: names.some((n) => n === 'drop' || n === 'uplink' || n === 'emit'),
+      lastFired: c.rule.throttleMs !== null ? new Map() : null,
+      otherScope: compiled.scope.slice(1),
+      ttlMs,
     });
+    return true;
   }
 
   get size(): number {

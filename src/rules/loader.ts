@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { checkRules } from './dsl/checker.js';
+import { checkRules, type CheckedRule } from './dsl/checker.js';
 import { formatRuleError, type RuleError } from './dsl/errors.js';
 import { parseRules } from './dsl/parser.js';
 import { RuleSet, type EngineOptions } from './engine.js';
@@ -24,13 +24,21 @@ export interface CompileResult {
   rules: number;
 }
 
-/** Compiles a whole ruleset: every error of every file is reported, and nothing runs unless there is none. */
-export function compileRuleset(files: RuleFile[], limits: RuleLimits, engine: EngineOptions): CompileResult {
+/**
+ * What parsing and checking a ruleset found: plain data (no closures), so that it can be made in
+ * a worker thread and handed over. `checked` is empty when there is any error.
+ */
+export interface Analysis {
+  checked: CheckedRule[];
+  errors: RuleError[];
+  rules: number;
+}
+
+/** Parses and checks a whole ruleset: every error of every file is reported. */
+export function analyzeRuleset(files: RuleFile[], limits: RuleLimits): Analysis {
   const errors: RuleError[] = [];
-  const sources = new Map<string, string>();
   const parsed: Rule[] = [];
   for (const f of [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-    sources.set(f.name, f.text);
     const bytes = Buffer.byteLength(f.text);
     if (bytes > limits.maxFileBytes) {
       errors.push({ file: f.name, line: 1, col: 1, code: 'E_RULE_TOO_LARGE', message: `the file is ${bytes} bytes; rules.maxFileBytes is ${limits.maxFileBytes}` });
@@ -50,7 +58,18 @@ export function compileRuleset(files: RuleFile[], limits: RuleLimits, engine: En
   }
   const checked = checkRules(parsed, errors);
   errors.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.line - b.line || a.col - b.col));
-  return { ruleset: errors.length === 0 ? new RuleSet(checked, engine) : null, errors, sources, rules: parsed.length };
+  return { checked: errors.length === 0 ? checked : [], errors, rules: parsed.length };
+}
+
+/** The files' texts by name, for code frames. */
+export function sourcesOf(files: RuleFile[]): Map<string, string> {
+  return new Map(files.map((f) => [f.name, f.text]));
+}
+
+/** Compiles a whole ruleset: every error of every file is reported, and nothing runs unless there is none. */
+export function compileRuleset(files: RuleFile[], limits: RuleLimits, engine: EngineOptions): CompileResult {
+  const a = analyzeRuleset(files, limits);
+  return { ruleset: a.errors.length === 0 ? new RuleSet(a.checked, engine) : null, errors: a.errors, sources: sourcesOf(files), rules: a.rules };
 }
 
 /** The `*.rules` files of a directory, in byte order of their names; none when it does not exist. */
@@ -66,7 +85,7 @@ export function readRulesDir(dir: string): RuleFile[] {
 }
 
 /** Every error as `file:line:col: code: message` with its code frame, one after the other. */
-export function formatErrors(result: CompileResult, pathOf: (file: string) => string = (f) => f): string {
+export function formatErrors(result: Pick<CompileResult, 'errors' | 'sources'>, pathOf: (file: string) => string = (f) => f): string {
   const split = new Map<string, string[]>();
   const linesOf = (file: string): string[] | undefined => {
     if (!split.has(file)) split.set(file, result.sources.get(file)?.split('\n') ?? []);

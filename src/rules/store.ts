@@ -2,9 +2,13 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { RuleLoadError } from '../core/errors.js';
-import type { EngineOptions, RuleSet } from './engine.js';
-import { compileRuleset, formatErrors, readRulesDir, type CompileResult, type RuleFile, type RuleLimits } from './loader.js';
+import { EdgeError, RuleLoadError } from '../core/errors.js';
+import type { RuleError } from './dsl/errors.js';
+import { RuleSet, type EngineOptions } from './engine.js';
+import { RuleAnalyzer } from './analyzer.js';
+import { compileRuleset, formatErrors, readRulesDir, sourcesOf, type RuleFile, type RuleLimits } from './loader.js';
+import { badFileNames } from './push-request.js';
+import { RulesDirectory } from './rules-dir.js';
 
 /** One accepted ruleset: what the history keeps and the API answers. */
 export interface RulesVersion {
@@ -15,19 +19,31 @@ export interface RulesVersion {
   at: string;
 }
 
+/** Where a change of the rules came from, for logs and metrics. */
+export type RulesSource = 'api' | 'cloud' | 'file change' | 'rollback';
+
+/** The answer to a push, a validation or a rollback (rules-dsl.md). */
+export type RulesOutcome =
+  | { ok: true; version: number; sha256: string; rules: number; changed: boolean }
+  | { ok: false; errors: RuleError[] };
+
 export interface RulesStoreOptions {
   dir: string;
-  historyDir: string;
+  dataDir: string;
   limits: RuleLimits;
   engine: EngineOptions;
   log: Logger;
-  /** a reload that found errors: nothing changed */
+  /** a set with errors was refused (reload or push): nothing changed */
   onReloadFailure(): void;
   onSwap(version: RulesVersion): void;
+  /** how each push ended, for the metrics */
+  onPush?(source: RulesSource, result: 'applied' | 'unchanged' | 'rejected'): void;
 }
 
 const HISTORY = 10;
 const DEBOUNCE_MS = 250;
+export const HISTORY_DIR = 'rules-history';
+export const PUSH_JOURNAL = 'rules-push.json';
 
 /** SHA-256 over the files' names and texts, in name order: equal content, equal hash. */
 export function contentHash(files: RuleFile[]): string {
@@ -36,11 +52,17 @@ export function contentHash(files: RuleFile[]): string {
   return h.digest('hex');
 }
 
+const versionFile = (v: number): string => `v${String(v).padStart(8, '0')}.json`;
+
 /**
  * The rules directory as the one source of truth for the running set (rules-dsl.md): loaded at
- * start, reloaded whole when a file changes, each accepted content a new version kept in
- * <dataDir>/rules-history/. A set with errors changes nothing. The swap replaces one reference,
- * between two messages, and carries window and throttle state over for unchanged rules.
+ * start, reloaded whole when a file changes, replaced whole by a push or a rollback, each accepted
+ * content a new version kept in <dataDir>/rules-history/. A set with errors changes nothing.
+ *
+ * Changes are applied one at a time. A set is parsed and checked in a worker thread and compiled
+ * a slice at a time, so messages keep flowing under the running set meanwhile; the swap itself
+ * replaces one reference between two messages and carries window and throttle state over for
+ * unchanged rules.
  */
 export class RulesStore {
   /** the running set; the router reads it for every message */
@@ -48,8 +70,17 @@ export class RulesStore {
   private running: RulesVersion | null = null;
   private watcher: FSWatcher | null = null;
   private timer: NodeJS.Timeout | null = null;
+  private writing = false;
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly historyDir: string;
+  private readonly directory: RulesDirectory;
+  private readonly analyzer: RuleAnalyzer;
 
-  constructor(private readonly opts: RulesStoreOptions) {}
+  constructor(private readonly opts: RulesStoreOptions) {
+    this.historyDir = join(opts.dataDir, HISTORY_DIR);
+    this.directory = new RulesDirectory(opts.dir, join(opts.dataDir, PUSH_JOURNAL), opts.log);
+    this.analyzer = new RuleAnalyzer(opts.log);
+  }
 
   get version(): RulesVersion | null {
     return this.running;
@@ -57,90 +88,181 @@ export class RulesStore {
 
   /** Load the directory; a set with errors stops the start (RuleLoadError, every error listed). */
   start(): void {
+    this.directory.recover();
     const files = readRulesDir(this.opts.dir);
-    const result = this.compile(files);
+    const result = compileRuleset(files, this.opts.limits, this.opts.engine);
     if (result.errors.length > 0) throw new RuleLoadError(formatErrors(result, (f) => join(this.opts.dir, f)), result.errors.length);
-    this.accept(files, result, 'start');
+    this.swap(files, result.ruleset, result.rules, 'start');
     this.watch();
   }
 
-  private compile(files: RuleFile[]): CompileResult {
-    return compileRuleset(files, this.opts.limits, this.opts.engine);
+  /** One change at a time: a push waits for a reload in progress, and the other way round. */
+  private serial<T>(op: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(op, op);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  /**
+   * Parse and check off the event loop. For a pushed set, file names that cannot be stored in the
+   * directory are errors too (the directory's own files already have names it holds).
+   */
+  private async analyze(files: RuleFile[], pushed: boolean): Promise<{ errors: RuleError[]; ruleset: () => Promise<RuleSet>; rules: number }> {
+    const a = await this.analyzer.analyze(files, this.opts.limits);
+    const named = pushed ? badFileNames(files) : [];
+    const errors = named.length === 0 ? a.errors : [...named, ...a.errors].sort((x, y) => (x.file < y.file ? -1 : x.file > y.file ? 1 : x.line - y.line || x.col - y.col));
+    return { errors, rules: a.rules, ruleset: () => RuleSet.build(a.checked, this.opts.engine) };
+  }
+
+  private answer(v: RulesVersion, changed: boolean): RulesOutcome {
+    return { ok: true, version: v.version, sha256: v.sha256, rules: v.rules, changed };
+  }
+
+  private refuse(files: RuleFile[], errors: RuleError[], source: RulesSource): RulesOutcome {
+    this.opts.onReloadFailure();
+    this.opts.onPush?.(source, 'rejected');
+    const where = source === 'file change' ? (f: string) => join(this.opts.dir, f) : (f: string) => f;
+    this.opts.log.error({ source, errors: errors.length, listing: formatErrors({ errors, sources: sourcesOf(files) }, where) },
+      `a ruleset from ${source === 'file change' ? this.opts.dir : source === 'api' ? 'the admin API' : source === 'cloud' ? 'the cloud' : 'the history'} has ${errors.length} error(s); nothing changed, version ${this.running?.version ?? 0} keeps running`);
+    return { ok: false, errors };
+  }
+
+  /** What a push of `files` would answer, applying nothing. */
+  validate(files: RuleFile[]): Promise<RulesOutcome> {
+    return (async () => {
+      const a = await this.analyze(files, true);
+      if (a.errors.length > 0) return { ok: false, errors: a.errors };
+      const sha256 = contentHash(files);
+      const same = this.running?.sha256 === sha256;
+      const version = same ? this.running!.version : (this.latestVersion() ?? 0) + 1;
+      return { ok: true, version, sha256, rules: a.rules, changed: !same };
+    })();
+  }
+
+  /** Replace the directory's rules with `files` and run them; with errors nothing changes. */
+  push(files: RuleFile[], source: RulesSource): Promise<RulesOutcome> {
+    return this.serial(() => this.apply(files, source));
+  }
+
+  /** Re-apply the set before the running one as a new version; E_RULES_NO_EARLIER when there is none. */
+  rollback(): Promise<RulesOutcome> {
+    return this.serial(async () => {
+      const running = this.running?.version ?? 0;
+      const earlier = this.history().filter((v) => v.version < running).pop();
+      if (!earlier) throw new EdgeError('E_RULES_NO_EARLIER', `there is no rules version before version ${running} in ${this.historyDir}`);
+      this.opts.log.info({ from: running, to: earlier.version }, `rolling back to the rules of version ${earlier.version}`);
+      return this.apply(Object.entries(earlier.files).map(([name, text]) => ({ name, text })), 'rollback');
+    });
+  }
+
+  private async apply(files: RuleFile[], source: RulesSource): Promise<RulesOutcome> {
+    const started = performance.now();
+    const a = await this.analyze(files, source !== 'rollback');
+    if (a.errors.length > 0) return this.refuse(files, a.errors, source);
+    if (this.running?.sha256 === contentHash(files)) {
+      this.opts.onPush?.(source, 'unchanged');
+      this.opts.log.info({ source, version: this.running.version }, `the pushed rules are the running version ${this.running.version}; nothing changed`);
+      return this.answer(this.running, false);
+    }
+    const ruleset = await a.ruleset();
+    this.writing = true;
+    try {
+      await this.directory.replace(files, Object.entries(this.running?.files ?? {}).map(([name, text]) => ({ name, text })));
+    } finally {
+      this.writing = false;
+    }
+    this.watch(); // the push may have made the directory
+    const v = this.swap(files, ruleset, a.rules, source, performance.now() - started);
+    this.opts.onPush?.(source, 'applied');
+    return this.answer(v, true);
   }
 
   /** Read the directory again; swap to it if it compiles and differs from the running set. */
-  reload(reason: string): { changed: boolean; errors: CompileResult['errors'] } {
-    const files = readRulesDir(this.opts.dir);
-    const result = this.compile(files);
-    if (result.errors.length > 0) {
-      this.opts.onReloadFailure();
-      this.opts.log.error({ dir: this.opts.dir, reason, errors: result.errors.length, listing: formatErrors(result, (f) => join(this.opts.dir, f)) },
-        `the rules in ${this.opts.dir} have ${result.errors.length} error(s); nothing changed, version ${this.running?.version ?? 0} keeps running. Fix them (edge-proxy rules check) and save again`);
-      return { changed: false, errors: result.errors };
-    }
-    return { changed: this.accept(files, result, reason), errors: [] };
+  reload(reason: RulesSource = 'file change'): Promise<{ changed: boolean; errors: RuleError[] }> {
+    return this.serial(async () => {
+      const files = readRulesDir(this.opts.dir);
+      // The directory a push has just written holds the running set: nothing to compile.
+      if (this.running?.sha256 === contentHash(files)) return { changed: false, errors: [] };
+      const a = await this.analyze(files, false);
+      if (a.errors.length > 0) {
+        this.refuse(files, a.errors, reason);
+        this.opts.log.error({ dir: this.opts.dir }, `fix the rules in ${this.opts.dir} (edge-proxy rules check) and save again`);
+        return { changed: false, errors: a.errors };
+      }
+      const ruleset = await a.ruleset();
+      // A push may have written the directory while this set was compiled.
+      if (contentHash(readRulesDir(this.opts.dir)) !== contentHash(files)) return { changed: false, errors: [] };
+      this.swap(files, ruleset, a.rules, reason);
+      return { changed: true, errors: [] };
+    });
   }
 
-  private accept(files: RuleFile[], result: CompileResult, reason: string): boolean {
+  /** Make `files` the running version: kept in the history, then swapped in between two messages. */
+  private swap(files: RuleFile[], ruleset: RuleSet | null, rules: number, reason: string, tookMs?: number): RulesVersion {
     const sha256 = contentHash(files);
-    if (this.running && this.running.sha256 === sha256) return false; // the same content makes no version
     const history = this.history();
     const latest = history[history.length - 1];
+    // At start, the directory usually holds the latest version of the history: it keeps its number.
     const version: RulesVersion = latest && latest.sha256 === sha256 && !this.running
       ? latest
-      : { version: (latest?.version ?? 0) + 1, sha256, rules: result.rules, files: Object.fromEntries(files.map((f) => [f.name, f.text])), at: new Date().toISOString() };
+      : { version: (latest?.version ?? 0) + 1, sha256, rules, files: Object.fromEntries(files.map((f) => [f.name, f.text])), at: new Date().toISOString() };
     if (version !== latest) this.save(version);
-    const next = result.ruleset && result.ruleset.size > 0 ? result.ruleset : null;
+    const next = ruleset && ruleset.size > 0 ? ruleset : null;
     const previous = this.holder.current;
     const carried = next && previous ? next.carryOver(previous) : 0;
     this.holder.current = next; // the swap: the next message is evaluated wholly by the new set
     this.running = version;
     this.opts.onSwap(version);
-    this.opts.log.info({ version: version.version, sha256, rules: result.rules, files: files.map((f) => f.name), carried, reason },
-      reason === 'start' ? (files.length ? 'rules loaded' : 'no rules files: every message follows routing.default') : `rules version ${version.version} running`);
-    return true;
+    this.opts.log.info({ version: version.version, sha256, rules, files: files.map((f) => f.name), carried, reason, ...(tookMs === undefined ? {} : { tookMs: Math.round(tookMs) }) },
+      reason === 'start' ? (files.length ? 'rules loaded' : 'no rules files: every message follows routing.default') : `rules version ${version.version} running (${reason})`);
+    return version;
+  }
+
+  private latestVersion(): number | null {
+    const h = this.history();
+    return h.length ? h[h.length - 1]!.version : null;
   }
 
   /** The kept versions, oldest first. */
   history(): RulesVersion[] {
-    if (!existsSync(this.opts.historyDir)) return [];
+    if (!existsSync(this.historyDir)) return [];
     const out: RulesVersion[] = [];
-    for (const name of readdirSync(this.opts.historyDir).filter((n) => /^v\d+\.json$/.test(n))) {
+    for (const name of readdirSync(this.historyDir).filter((n) => /^v\d+\.json$/.test(n))) {
       try {
-        out.push(JSON.parse(readFileSync(join(this.opts.historyDir, name), 'utf8')) as RulesVersion);
+        out.push(JSON.parse(readFileSync(join(this.historyDir, name), 'utf8')) as RulesVersion);
       } catch {
-        this.opts.log.warn({ file: join(this.opts.historyDir, name) }, 'an unreadable rules history file is ignored');
+        this.opts.log.warn({ file: join(this.historyDir, name) }, 'an unreadable rules history file is ignored');
       }
     }
     return out.sort((a, b) => a.version - b.version);
   }
 
   private save(v: RulesVersion): void {
-    mkdirSync(this.opts.historyDir, { recursive: true });
-    const file = join(this.opts.historyDir, `v${String(v.version).padStart(8, '0')}.json`);
+    mkdirSync(this.historyDir, { recursive: true });
+    const file = join(this.historyDir, versionFile(v.version));
     writeFileSync(`${file}.tmp`, JSON.stringify(v));
     renameSync(`${file}.tmp`, file);
     const all = this.history();
-    for (const old of all.slice(0, Math.max(0, all.length - HISTORY))) rmSync(join(this.opts.historyDir, `v${String(old.version).padStart(8, '0')}.json`), { force: true });
+    for (const old of all.slice(0, Math.max(0, all.length - HISTORY))) rmSync(join(this.historyDir, versionFile(old.version)), { force: true });
   }
 
   /** Any change in the directory reloads the whole set, once the burst of events is over. */
   private watch(): void {
+    if (this.watcher) return;
     if (!existsSync(this.opts.dir)) {
-      this.opts.log.info({ dir: this.opts.dir }, 'the rules directory does not exist; create it and restart to use rules');
+      this.opts.log.info({ dir: this.opts.dir }, 'the rules directory does not exist; it is watched once a push creates it (or create it and restart)');
       return;
     }
     try {
       this.watcher = watch(this.opts.dir, () => {
+        if (this.writing) return; // a push is writing the directory: the set it writes is already running
         if (this.timer) clearTimeout(this.timer);
         this.timer = setTimeout(() => {
           this.timer = null;
-          try {
-            this.reload('file change');
-          } catch (err) {
+          this.reload('file change').catch((err: Error) => {
             this.opts.onReloadFailure();
-            this.opts.log.error({ dir: this.opts.dir, err: (err as Error).message }, 'cannot read the rules directory; the running set keeps running');
-          }
+            this.opts.log.error({ dir: this.opts.dir, err: err.message }, 'cannot read the rules directory; the running set keeps running');
+          });
         }, DEBOUNCE_MS);
       });
       this.watcher.on('error', (err) => this.opts.log.warn({ dir: this.opts.dir, err: err.message }, 'watching the rules directory failed; changes need a restart'));
@@ -149,8 +271,10 @@ export class RulesStore {
     }
   }
 
-  stop(): void {
+  async stop(): Promise<void> {
     this.watcher?.close();
+    this.watcher = null;
     if (this.timer) clearTimeout(this.timer);
+    await this.analyzer.close();
   }
 }

@@ -11,6 +11,8 @@ export interface CloudEvents {
   down: [];
   /** a message under <controlPrefix>down/: its local topic, payload and retain flag */
   downlink: [localTopic: string, payload: Buffer, retain: boolean];
+  /** a message on <controlPrefix>rules/set: a ruleset pushed from the cloud */
+  rulesSet: [payload: Buffer, retained: boolean];
 }
 
 export type PublishDone = (err: Error | null) => void;
@@ -45,6 +47,8 @@ export class CloudLink extends EventEmitter<CloudEvents> {
   private stopped = false;
   private readonly statusTopic: string;
   private readonly downPrefix: string;
+  private readonly rulesSetTopic: string;
+  private readonly rulesResultTopic: string;
   private readonly tlsFiles: Pick<IClientOptions, 'ca' | 'cert' | 'key'>;
 
   constructor(private readonly cfg: Config['uplink'], private readonly log: Logger) {
@@ -52,6 +56,8 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     if (!cfg.url) throw new EdgeError('E_UPLINK_CONFIG', 'uplink.url is not set');
     this.statusTopic = `${cfg.controlPrefix}status`;
     this.downPrefix = `${cfg.controlPrefix}down/`;
+    this.rulesSetTopic = `${cfg.controlPrefix}rules/set`;
+    this.rulesResultTopic = `${cfg.controlPrefix}rules/result`;
     this.tlsFiles = {};
     try {
       if (cfg.tls.ca) this.tlsFiles.ca = readFileSync(cfg.tls.ca);
@@ -95,6 +101,8 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     client.on('message', (topic, payload, packet) => {
       if (topic.startsWith(this.downPrefix) && topic.length > this.downPrefix.length) {
         this.emit('downlink', topic.slice(this.downPrefix.length), payload, packet.retain);
+      } else if (topic === this.rulesSetTopic) {
+        this.emit('rulesSet', payload, packet.retain);
       }
     });
     client.on('error', (err) => {
@@ -108,6 +116,9 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     this.connectedAt = Date.now();
     client.subscribe(`${this.downPrefix}#`, { qos: 1 }, (err) => {
       if (err) this.log.error({ err: err.message, topic: `${this.downPrefix}#` }, 'cannot subscribe to the cloud downlink; check the broker ACL for this client');
+    });
+    client.subscribe(this.rulesSetTopic, { qos: 1 }, (err) => {
+      if (err) this.log.error({ err: err.message, topic: this.rulesSetTopic }, 'cannot subscribe to the rules push topic; check the broker ACL for this client');
     });
     client.publish(this.statusTopic, 'online', { qos: 1, retain: true });
     this.connectedNow = true;
@@ -142,6 +153,16 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     const opts: IClientPublishOptions = { qos: this.cfg.qos };
     if (this.cfg.protocolVersion === 5 && this.cfg.format === 'raw') opts.properties = { userProperties: { id } };
     client.publish(topic, payload, opts, (err) => done(err ?? null));
+    return true;
+  }
+
+  /** Answer a rules push on <controlPrefix>rules/result (QoS 1, not retained); dropped when not connected. */
+  publishRulesResult(body: string): boolean {
+    const client = this.client;
+    if (!client || !this.connectedNow) return false;
+    client.publish(this.rulesResultTopic, body, { qos: 1 }, (err) => {
+      if (err) this.log.warn({ topic: this.rulesResultTopic, err: err.message }, 'the answer to a rules push from the cloud was not delivered');
+    });
     return true;
   }
 

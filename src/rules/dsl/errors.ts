@@ -2,7 +2,7 @@
 
 export const RULE_ERROR_CODES = [
   'E_RULE_SYNTAX', 'E_RULE_UNKNOWN_FUNCTION', 'E_RULE_UNKNOWN_ACTION', 'E_RULE_ARITY', 'E_RULE_ARG',
-  'E_RULE_UNKNOWN_ROOT', 'E_RULE_DUPLICATE', 'E_RULE_TOO_LARGE',
+  'E_RULE_UNKNOWN_ROOT', 'E_RULE_DUPLICATE', 'E_RULE_TOO_LARGE', 'E_RULE_FILE_NAME',
 ] as const;
 
 export type RuleErrorCode = (typeof RULE_ERROR_CODES)[number];
@@ -50,16 +50,16 @@ export function didYouMean(word: string, candidates: readonly string[]): string 
   return best !== null && bestDistance <= Math.max(1, Math.floor(word.length / 3)) ? best : null;
 }
 
+/** Edits between two words, a swap of two neighbouring letters counting as one ("lgo" is one from "log"). */
 function editDistance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
   for (let i = 1; i <= a.length; i++) {
-    let prev = row[0]!;
-    row[0] = i;
     for (let j = 1; j <= b.length; j++) {
-      const tmp = row[j]!;
-      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = tmp;
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
+      d[i]![j] = v;
     }
   }
-  return row[b.length]!;
+  return d[a.length]![b.length]!;
 }

@@ -1,0 +1,95 @@
+import { isUtf8 } from 'node:buffer';
+import { EdgeError } from '../core/errors.js';
+import type { RuleError } from './dsl/errors.js';
+import type { RuleFile } from './loader.js';
+
+/** The largest push body read, JSON escaping included: far above any sane ruleset, small for the heap. */
+export const MAX_PUSH_BYTES = 16 * 2 ** 20;
+
+/** The name a single pushed text is stored under (rules-dsl.md). */
+export const PUSHED_FILE = 'pushed.rules';
+
+/** A push body that cannot be read as rules files; `status` is the HTTP answer it gets. */
+export class PushRequestError extends EdgeError {
+  constructor(message: string, readonly status: 400 | 413 | 415 = 400) {
+    super('E_RULES_REQUEST', message);
+    this.name = 'PushRequestError';
+  }
+}
+
+export type BodyKind = 'json' | 'text' | 'auto';
+
+/** What an HTTP content type makes of a body: JSON for application/json (and +json), else text. */
+export function bodyKindOf(contentType: string | undefined): BodyKind {
+  const type = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
+  return type === 'application/json' || type.endsWith('+json') ? 'json' : 'text';
+}
+
+// Plain names only: no directories, no hidden files, nothing a shell or the watcher would trip on.
+const FILE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*\.rules$/;
+const MAX_NAME_BYTES = 200;
+
+/** The file names of a push that cannot be stored in the rules directory, as rule errors. */
+export function badFileNames(files: RuleFile[]): RuleError[] {
+  const errors: RuleError[] = [];
+  for (const f of files) {
+    if (FILE_NAME.test(f.name) && Buffer.byteLength(f.name) <= MAX_NAME_BYTES) continue;
+    errors.push({
+      file: f.name, line: 1, col: 1, code: 'E_RULE_FILE_NAME',
+      message: `a rules file name is letters, digits, ".", "_" and "-", at most ${MAX_NAME_BYTES} bytes, does not start with "." or "-", and ends with ".rules"`,
+    });
+  }
+  return errors;
+}
+
+/** Where in the text a JSON.parse error points, as line and column. */
+function jsonErrorPlace(text: string, err: Error): string {
+  const m = /position (\d+)/.exec(err.message);
+  if (!m) return '';
+  const at = Number(m[1]);
+  const before = text.slice(0, at).split('\n');
+  return ` at line ${before.length}, column ${before[before.length - 1]!.length + 1}`;
+}
+
+/**
+ * The rules files a push carries: a text is one file stored as pushed.rules; JSON is
+ * {"files": {"name.rules": "text", ...}}. `auto` (the cloud topic) reads JSON when the body parses
+ * as a JSON object, else text.
+ */
+export function filesFromBody(body: Buffer, kind: BodyKind): RuleFile[] {
+  if (body.length > MAX_PUSH_BYTES) throw new PushRequestError(`the body is ${body.length} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413);
+  if (!isUtf8(body)) throw new PushRequestError('the body is not UTF-8 text');
+  const text = body.toString('utf8');
+  if (kind === 'auto') {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      return [{ name: PUSHED_FILE, text }];
+    }
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return [{ name: PUSHED_FILE, text }];
+    return filesOfJson(parsed as Record<string, unknown>);
+  }
+  if (kind === 'text') return [{ name: PUSHED_FILE, text }];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new PushRequestError(`the body is not valid JSON${jsonErrorPlace(text, err as Error)}: ${(err as Error).message}`);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new PushRequestError('the body must be a JSON object {"files": {"name.rules": "text", ...}}');
+  return filesOfJson(parsed as Record<string, unknown>);
+}
+
+function filesOfJson(body: Record<string, unknown>): RuleFile[] {
+  const extra = Object.keys(body).filter((k) => k !== 'files');
+  if (extra.length > 0) throw new PushRequestError(`unknown field${extra.length === 1 ? '' : 's'} ${extra.map((k) => JSON.stringify(k)).join(', ')}: the body is {"files": {"name.rules": "text", ...}}`);
+  const files = body.files;
+  if (files === null || typeof files !== 'object' || Array.isArray(files)) throw new PushRequestError('"files" must be an object of "name.rules": "text"');
+  const out: RuleFile[] = [];
+  for (const [name, text] of Object.entries(files as Record<string, unknown>)) {
+    if (typeof text !== 'string') throw new PushRequestError(`files[${JSON.stringify(name)}] is ${text === null ? 'null' : Array.isArray(text) ? 'an array' : `a ${typeof text}`}, not the file's text`);
+    out.push({ name, text });
+  }
+  return out;
+}

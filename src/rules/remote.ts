@@ -1,0 +1,93 @@
+import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { adminRequest, AdminUnreachable, type AdminAnswer, type AdminTarget } from '../admin/client.js';
+import type { RuleError } from './dsl/errors.js';
+import { formatErrors } from './loader.js';
+
+type Print = (s: string) => void;
+
+function describeVersion(body: Record<string, unknown>): string {
+  return `version ${String(body.version)}: ${String(body.rules)} rule${body.rules === 1 ? '' : 's'} (sha256 ${String(body.sha256).slice(0, 12)})`;
+}
+
+function failure(a: AdminAnswer, url: string, err: Print): number {
+  err(`${url} answered ${a.status}: ${String(a.body.error ?? JSON.stringify(a.body))}${a.body.code ? ` (${String(a.body.code)})` : ''}\n`);
+  if (a.status === 401) err('pass the admin token with --token, or run this on the proxy\'s machine as a user who can read <dataDir>/admin-token\n');
+  return 1;
+}
+
+/** Run an admin call; 2 when the proxy cannot be reached. */
+async function call(target: AdminTarget, err: Print, request: () => Promise<AdminAnswer>): Promise<AdminAnswer | number> {
+  try {
+    return await request();
+  } catch (e) {
+    if (e instanceof AdminUnreachable) {
+      err(e.message + '\n');
+      return 2;
+    }
+    throw e;
+  }
+}
+
+/**
+ * `edge-proxy rules push FILE...`: replaces the proxy's rules with these files (stored under their
+ * base names). Exit 0 when they run, 1 with the errors printed as `rules check` prints them, 2 when
+ * the proxy cannot be reached.
+ */
+export async function rulesPush(paths: string[], target: AdminTarget, out: Print, err: Print): Promise<number> {
+  const byName = new Map<string, string>();
+  for (const p of paths) {
+    const name = basename(p);
+    if (!name.endsWith('.rules')) {
+      err(`${p}: a pushed file must end in .rules, as the rules directory loads only those (E_USAGE)\n`);
+      return 2;
+    }
+    if (byName.has(name)) {
+      err(`${p} and ${byName.get(name)} would both be stored as ${name} (E_USAGE)\n`);
+      return 2;
+    }
+    byName.set(name, p);
+  }
+  const texts = new Map<string, string>();
+  for (const [name, p] of byName) {
+    try {
+      texts.set(name, readFileSync(p, 'utf8'));
+    } catch (e) {
+      err(`cannot read ${p}: ${(e as Error).message}\n`);
+      return 2;
+    }
+  }
+  const data = JSON.stringify({ files: Object.fromEntries(texts) });
+  const a = await call(target, err, () => adminRequest(target, 'PUT', '/api/v1/rules', { type: 'application/json', data }));
+  if (typeof a === 'number') return a;
+  if (a.status === 200) {
+    out(a.body.changed === false ? `unchanged: ${describeVersion(a.body)} is already running\n` : `pushed: ${describeVersion(a.body)} running\n`);
+    return 0;
+  }
+  if (a.status === 422 && Array.isArray(a.body.errors)) {
+    const errors = a.body.errors as RuleError[];
+    // The proxy names the files as stored; the listing names them as given here, with code frames.
+    const sources = new Map([...texts].map(([name, text]) => [byName.get(name)!, text]));
+    const local = errors.map((e) => ({ ...e, file: byName.get(e.file) ?? e.file }));
+    err(formatErrors({ errors: local, sources }) + '\n');
+    err(`${errors.length} error${errors.length === 1 ? '' : 's'}: nothing changed, the running rules keep running\n`);
+    return 1;
+  }
+  return failure(a, target.url, err);
+}
+
+/** `edge-proxy rules rollback`: the set before the running one runs again, as a new version. */
+export async function rulesRollback(target: AdminTarget, out: Print, err: Print): Promise<number> {
+  const a = await call(target, err, () => adminRequest(target, 'POST', '/api/v1/rules/rollback'));
+  if (typeof a === 'number') return a;
+  if (a.status === 200) {
+    out(`rolled back: ${describeVersion(a.body)} running\n`);
+    return 0;
+  }
+  if (a.status === 422 && Array.isArray(a.body.errors)) {
+    // The earlier set no longer passes the current limits (rules.maxRules, rules.maxFileBytes).
+    err(formatErrors({ errors: a.body.errors as RuleError[], sources: new Map() }) + '\n');
+    return 1;
+  }
+  return failure(a, target.url, err);
+}

@@ -1,0 +1,147 @@
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Logger } from 'pino';
+import { EdgeError } from '../core/errors.js';
+import type { RuleFile } from './loader.js';
+
+interface Journal {
+  dir: string;
+  files: Record<string, string>;
+}
+
+const TEMP_SUFFIX = '.push-tmp';
+
+async function fsyncPath(path: string): Promise<void> {
+  const h = await open(path, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+async function writeDurably(file: string, text: string): Promise<void> {
+  const h = await open(file, 'w', 0o644);
+  try {
+    await h.writeFile(text);
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+/**
+ * Replaces the rules directory's `*.rules` files with a pushed set so that a crash or power cut
+ * leaves either the old set or the whole new one, never a mix: the new set is first written to a
+ * journal in the data directory, then put in place, then the journal is removed. A start that finds
+ * a journal finishes the replacement before it reads the directory.
+ */
+export class RulesDirectory {
+  constructor(readonly dir: string, private readonly journalFile: string, private readonly log: Logger) {}
+
+  /**
+   * Put `files` in place of every `*.rules` file of the directory. On failure (E_RULES_WRITE) the
+   * directory is put back to `previous`, the set it held; if even that fails, the journal makes
+   * the next start finish one set or the other whole.
+   */
+  async replace(files: RuleFile[], previous: RuleFile[]): Promise<void> {
+    try {
+      await this.writeJournal(files);
+    } catch (err) {
+      throw this.writeError(err, dirname(this.journalFile));
+    }
+    try {
+      await this.putInPlace(files);
+    } catch (err) {
+      try {
+        await this.writeJournal(previous);
+        await this.putInPlace(previous);
+        await rm(this.journalFile, { force: true });
+      } catch (again) {
+        this.log.error({ dir: this.dir, err: (again as Error).message }, 'the rules directory could not be put back either; the next start completes one whole set from the push journal');
+      }
+      throw this.writeError(err, this.dir);
+    }
+    await rm(this.journalFile, { force: true });
+  }
+
+  private async writeJournal(files: RuleFile[]): Promise<void> {
+    const journal: Journal = { dir: this.dir, files: Object.fromEntries(files.map((f) => [f.name, f.text])) };
+    try {
+      await mkdir(dirname(this.journalFile), { recursive: true });
+      await writeDurably(`${this.journalFile}.tmp`, JSON.stringify(journal));
+      await rename(`${this.journalFile}.tmp`, this.journalFile);
+      await fsyncPath(dirname(this.journalFile));
+    } catch (err) {
+      await rm(`${this.journalFile}.tmp`, { force: true }).catch(() => {});
+      throw err;
+    }
+  }
+
+  private async putInPlace(files: RuleFile[]): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    for (const f of files) {
+      const tmp = join(this.dir, `.${f.name}${TEMP_SUFFIX}`);
+      try {
+        await writeDurably(tmp, f.text);
+        await rename(tmp, join(this.dir, f.name));
+      } catch (err) {
+        await rm(tmp, { force: true }).catch(() => {});
+        throw err;
+      }
+    }
+    const keep = new Set(files.map((f) => f.name));
+    for (const name of await readdir(this.dir)) {
+      if (!name.endsWith('.rules') || keep.has(name)) continue;
+      if ((await stat(join(this.dir, name))).isFile()) await rm(join(this.dir, name));
+    }
+    await fsyncPath(this.dir);
+  }
+
+  private writeError(err: unknown, where: string): EdgeError {
+    const e = err as NodeJS.ErrnoException;
+    return new EdgeError('E_RULES_WRITE', `cannot write ${where} (${e.code ?? e.message}); nothing changed. Point rules.dir at a directory the proxy may write`, { cause: err });
+  }
+
+  /** Finish a replacement a crash interrupted, and clear temporary files. True when there was one to finish. */
+  recover(): boolean {
+    if (existsSync(this.dir)) {
+      for (const name of readdirSync(this.dir)) if (name.startsWith('.') && name.endsWith(TEMP_SUFFIX)) rmSync(join(this.dir, name), { force: true });
+    }
+    rmSync(`${this.journalFile}.tmp`, { force: true });
+    if (!existsSync(this.journalFile)) return false;
+    let journal: Journal;
+    try {
+      journal = JSON.parse(readFileSync(this.journalFile, 'utf8')) as Journal;
+    } catch (err) {
+      // Only a complete journal is ever renamed into place; an unreadable one means the disk lost it.
+      this.log.error({ file: this.journalFile, err: (err as Error).message }, 'an unreadable rules push journal is ignored; the rules directory is used as it is');
+      rmSync(this.journalFile, { force: true });
+      return false;
+    }
+    if (journal.dir !== this.dir) {
+      this.log.warn({ file: this.journalFile, journalDir: journal.dir, dir: this.dir }, 'a rules push journal for another rules directory is ignored');
+      rmSync(this.journalFile, { force: true });
+      return false;
+    }
+    mkdirSync(this.dir, { recursive: true });
+    for (const [name, text] of Object.entries(journal.files)) {
+      const tmp = join(this.dir, `.${name}${TEMP_SUFFIX}`);
+      writeFileSync(tmp, text);
+      const fd = openSync(tmp, 'r');
+      fsyncSync(fd);
+      closeSync(fd);
+      renameSync(tmp, join(this.dir, name));
+    }
+    for (const name of readdirSync(this.dir)) {
+      if (name.endsWith('.rules') && !Object.hasOwn(journal.files, name) && statSync(join(this.dir, name)).isFile()) rmSync(join(this.dir, name));
+    }
+    const fd = openSync(this.dir, 'r');
+    fsyncSync(fd);
+    closeSync(fd);
+    rmSync(this.journalFile, { force: true });
+    this.log.warn({ dir: this.dir, files: Object.keys(journal.files) }, 'finished a rules push that a stop or crash interrupted');
+    return true;
+  }
+}

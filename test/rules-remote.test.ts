@@ -1,0 +1,131 @@
+// Pushing rules from elsewhere: `edge-proxy rules push|rollback` as an operator runs them (the
+// built CLI, finding the local proxy and its token by itself), and the cloud topic
+// <controlPrefix>rules/set answered on rules/result (mosquitto_pub and mosquitto_sub on a real Mosquitto).
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CLI, startProxy } from './helpers/proxy.js';
+import { startMosquitto } from './helpers/mosquitto.js';
+import { eventually, freePort } from './helpers/ports.js';
+import { api } from './helpers/admin.js';
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], cwd: string): Promise<Run> {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EDGE_PROXY_')));
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd, env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.on('exit', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+const RULE = (name: string, level = 'info'): string => `rule ${name}\nwhen msg.topic matches "devices/#"\nthen log("${level}", "${name}")\nend\n`;
+
+t.test('rules push and rollback find the local proxy and its token; exit 0, 1 with errors, 2 unreachable', async (t) => {
+  const dir = t.testdir();
+  const proxy = await startProxy(dir);
+  t.teardown(() => proxy.stop());
+  const work = join(dir, 'work');
+  mkdirSync(work);
+  writeFileSync(join(work, 'alarms.rules'), RULE('alarm', 'warn'));
+  writeFileSync(join(work, 'telemetry.rules'), RULE('telemetry'));
+  const cfg = ['--config', proxy.configFile];
+
+  const push = await cli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
+  t.equal(push.status, 0, push.stderr);
+  t.match(push.stdout, /^pushed: version 2: 2 rules \(sha256 [0-9a-f]{12}\) running\n$/);
+  t.same(readdirSync(join(dir, 'rules')).sort(), ['alarms.rules', 'telemetry.rules'], 'stored under their base names');
+
+  const same = await cli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
+  t.equal(same.status, 0);
+  t.match(same.stdout, /^unchanged: version 2: 2 rules/);
+
+  writeFileSync(join(work, 'broken.rules'), 'rule broken\nwhen msg.topic matches "devices/#"\nthen uplnk()\nend\n');
+  const bad = await cli(['rules', 'push', 'alarms.rules', 'broken.rules', ...cfg], work);
+  t.equal(bad.status, 1);
+  t.equal(bad.stderr, 'broken.rules:3:6: E_RULE_UNKNOWN_ACTION: unknown action "uplnk"; did you mean "uplink"?\n  then uplnk()\n       ^\n1 error: nothing changed, the running rules keep running\n',
+    'the errors are printed as rules check prints them, with the file as it was given');
+  t.equal((await api(proxy, 'GET', '/api/v1/rules')).body.version, 2, 'and nothing changed');
+
+  const back = await cli(['rules', 'rollback', ...cfg], work);
+  t.equal(back.status, 0, back.stderr);
+  t.match(back.stdout, /^rolled back: version 3: 0 rules/);
+  t.same(readdirSync(join(dir, 'rules')), [], 'version 1 had no rules files');
+
+  const token = readFileSync(join(dir, 'data', 'admin-token'), 'utf8').trim();
+  const admin = `http://127.0.0.1:${proxy.ports.admin}`;
+  const remote = await cli(['rules', 'push', join(work, 'alarms.rules'), '--admin', admin, '--token', token], work);
+  t.equal(remote.status, 0, 'an explicit --admin and --token work from anywhere');
+  t.match(remote.stdout, /version 4: 1 rule /);
+
+  const wrong = await cli(['rules', 'push', 'alarms.rules', '--admin', admin, '--token', 'wrong'], work);
+  t.equal(wrong.status, 1);
+  t.match(wrong.stderr, /answered 401: .*\(E_ADMIN_AUTH\)/);
+
+  const nowhere = await cli(['rules', 'push', 'alarms.rules', '--admin', `http://127.0.0.1:${await freePort()}`, '--token', token], work);
+  t.equal(nowhere.status, 2, 'exit 2 when the proxy cannot be reached');
+  t.match(nowhere.stderr, /cannot reach the proxy at http:\/\/127\.0\.0\.1:\d+: .*Is it running\?/);
+  const rollbackNowhere = await cli(['rules', 'rollback', '--admin', `http://127.0.0.1:${await freePort()}`, '--token', token], work);
+  t.equal(rollbackNowhere.status, 2);
+
+  writeFileSync(join(work, 'notes.txt'), RULE('x'));
+  const notRules = await cli(['rules', 'push', 'notes.txt', ...cfg], work);
+  t.equal(notRules.status, 2);
+  t.match(notRules.stderr, /notes\.txt: a pushed file must end in \.rules/);
+});
+
+t.test('rules rollback with no earlier version exits 1 and says so', async (t) => {
+  const dir = t.testdir();
+  const proxy = await startProxy(dir);
+  t.teardown(() => proxy.stop());
+  const r = await cli(['rules', 'rollback', '--config', proxy.configFile], dir);
+  t.equal(r.status, 1);
+  t.match(r.stderr, /answered 409: there is no rules version before version 1 .*\(E_RULES_NO_EARLIER\)/);
+});
+
+t.test('a push on <controlPrefix>rules/set is applied and answered on rules/result', async (t) => {
+  const dir = t.testdir();
+  const cloud = await startMosquitto(join(dir, 'cloud'));
+  t.teardown(() => cloud.stop());
+  const proxy = await startProxy(dir, { uplink: { url: cloud.url } });
+  t.teardown(() => proxy.stop());
+  await eventually('uplink connected', async () => (await proxy.metric('edge_uplink_connected')) === 1);
+
+  /** mosquitto_pub a body on rules/set; mosquitto_sub's first answer on rules/result. */
+  const pushFromCloud = async (body: string): Promise<Record<string, unknown>> => {
+    const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-t', 'edge/test-edge/rules/result', '-q', '1', '-C', '1']);
+    let out = '';
+    sub.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    const done = new Promise((resolve) => sub.on('exit', resolve));
+    await new Promise((r) => setTimeout(r, 300)); // subscribed before the push goes out
+    const file = join(dir, 'body');
+    writeFileSync(file, body);
+    const pub = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-q', '1', '-t', 'edge/test-edge/rules/set', '-f', file]);
+    await new Promise((r) => pub.on('exit', r));
+    await Promise.race([done, new Promise((r) => setTimeout(r, 10_000))]);
+    sub.kill();
+    return JSON.parse(out) as Record<string, unknown>;
+  };
+
+  const text = await pushFromCloud(RULE('from_cloud'));
+  t.match(text, { status: 200, version: 2, rules: 1, changed: true, sha256: /^[0-9a-f]{64}$/ }, 'a text body is one file');
+  t.same(readdirSync(join(dir, 'rules')), ['pushed.rules']);
+
+  const json = await pushFromCloud(JSON.stringify({ files: { 'a.rules': RULE('a'), 'b.rules': RULE('b') } }));
+  t.match(json, { status: 200, version: 3, rules: 2 }, 'a JSON body carries files');
+  t.same(readdirSync(join(dir, 'rules')).sort(), ['a.rules', 'b.rules']);
+
+  const bad = await pushFromCloud(JSON.stringify({ files: { 'a.rules': 'rule a\nwhen payload.x >\nthen drop()\nend\n' } }));
+  t.match(bad, { status: 422, errors: [{ file: 'a.rules', line: 3, col: 1, code: 'E_RULE_SYNTAX' }] }, 'a bad set is answered with its errors');
+  t.equal((await api(proxy, 'GET', '/api/v1/rules')).body.version, 3, 'and changes nothing');
+  t.equal(await proxy.metric('edge_rules_pushes_total', 'source="cloud"'), 3);
+});
