@@ -13,10 +13,19 @@ export interface LoadOptions {
   inflight: number;
   /** telemetry payload builder: device index and sequence number */
   payload?: (device: number, seq: number) => string;
+  /**
+   * A steady load instead of as fast as acknowledged: this many messages/s over all devices, each
+   * device sending on its own clock (at most `inflight` unacknowledged).
+   */
+  rate?: number;
+  /** each acknowledgement: when the publish was sent (performance.now() ms) and how long the PUBACK took */
+  onAck?: (sentAt: number, latencyMs: number) => void;
 }
 
 export interface Load {
   acked(): number;
+  /** publishes the clock could not send because `inflight` were still unacknowledged */
+  behind(): number;
   ready: Promise<void>;
   stop(): Promise<void>;
 }
@@ -29,7 +38,9 @@ function telemetry(device: number, seq: number): string {
 export function startLoad(opts: LoadOptions): Load {
   const build = opts.payload ?? telemetry;
   let acked = 0;
+  let behind = 0;
   let stopping = false;
+  const timers: NodeJS.Timeout[] = [];
   const sockets: Socket[] = [];
   const readies: Promise<void>[] = [];
   for (let d = 0; d < opts.devices; d++) {
@@ -40,10 +51,16 @@ export function startLoad(opts: LoadOptions): Load {
     sockets.push(socket);
     let seq = 0;
     let messageId = 0;
+    let outstanding = 0;
+    const sentAt = new Map<number, number>();
     const publish = (): Buffer => {
       messageId = (messageId % 65535) + 1;
+      outstanding++;
+      if (opts.onAck) sentAt.set(messageId, performance.now());
       return mqttPacket.generate({ cmd: 'publish', topic, payload: build(d, ++seq), qos: 1, messageId, retain: false, dup: false });
     };
+    const paced = opts.rate !== undefined;
+    const perDevice = (opts.rate ?? 0) / opts.devices;
     readies.push(new Promise<void>((resolve, reject) => {
       let pending: Buffer = Buffer.alloc(0);
       let connected = false;
@@ -59,10 +76,35 @@ export function startLoad(opts: LoadOptions): Load {
           if (type === 2) {
             connected = true;
             resolve();
-            for (let k = 0; k < opts.inflight; k++) out.push(publish());
+            if (paced) {
+              // Each device on its own clock: the messages due by now, minus what was sent.
+              const deviceStart = performance.now();
+              const timer = setInterval(() => {
+                if (stopping) return;
+                const due = Math.floor(((performance.now() - deviceStart) / 1000) * perDevice);
+                const batch: Buffer[] = [];
+                while (seq < due) {
+                  if (outstanding >= opts.inflight) { behind += due - seq; seq = due; break; }
+                  batch.push(publish());
+                }
+                if (batch.length) socket.write(batch.length === 1 ? batch[0]! : Buffer.concat(batch));
+              }, 5);
+              timers.push(timer);
+            } else {
+              for (let k = 0; k < opts.inflight; k++) out.push(publish());
+            }
           } else if (type === 4) {
             acked++;
-            if (!stopping) out.push(publish());
+            outstanding--;
+            if (opts.onAck) {
+              const id = pending.readUInt16BE(i + 2);
+              const t0 = sentAt.get(id);
+              if (t0 !== undefined) {
+                sentAt.delete(id);
+                opts.onAck(t0, performance.now() - t0);
+              }
+            }
+            if (!stopping && !paced) out.push(publish());
           }
           i += 2 + pending[i + 1]!;
         }
@@ -74,9 +116,11 @@ export function startLoad(opts: LoadOptions): Load {
   }
   return {
     acked: () => acked,
+    behind: () => behind,
     ready: Promise.all(readies).then(() => undefined),
     async stop() {
       stopping = true;
+      for (const timer of timers) clearInterval(timer);
       await new Promise((r) => setTimeout(r, 200));
       for (const s of sockets) s.destroy();
     },

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
@@ -55,13 +55,13 @@ export async function startMosquitto(dir: string): Promise<Service & { port: num
 }
 
 /** The built proxy as its own process, on ports it picks itself. */
-export async function startProxy(dir: string, configYaml: string): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+export async function startProxy(dir: string, configYaml: string, opts: { logFile?: string } = {}): Promise<Service & { ports: { mqtt: number; admin: number } }> {
   mkdirSync(dir, { recursive: true });
   const cfg = join(dir, 'edge-proxy.yaml');
   const portsFile = join(dir, 'ports.json');
   writeFileSync(cfg, configYaml);
   const cli = new URL('../src/cli.js', import.meta.url).pathname;
-  return startProcess([cli, 'run', '--config', cfg, '--ports-file', portsFile], portsFile);
+  return startProcess([cli, 'run', '--config', cfg, '--ports-file', portsFile], portsFile, opts.logFile);
 }
 
 /** The bare aedes + MQTT.js forwarder (bench/baseline.ts) as its own process. */
@@ -71,8 +71,8 @@ export async function startBaseline(dir: string, cloudUrl: string): Promise<Serv
   return startProcess([new URL('./baseline.js', import.meta.url).pathname, cloudUrl, portsFile], portsFile);
 }
 
-async function startProcess(args: string[], portsFile: string): Promise<Service & { ports: { mqtt: number; admin: number } }> {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+async function startProcess(args: string[], portsFile: string, logFile?: string): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', logFile ? openSync(logFile, 'a') : 'ignore', 'inherit'] });
   await waitFor('the proxy to be ready', () => existsSync(portsFile) || child.exitCode !== null);
   if (!existsSync(portsFile)) throw new Error('the proxy exited at start');
   return { child, ports: JSON.parse(readFileSync(portsFile, 'utf8')) as { mqtt: number; admin: number }, stop: () => stopChild(child) };

@@ -38,6 +38,18 @@ fi
 chown -R root:edge-proxy "$confdir"
 chmod 0750 "$confdir"; chmod 0640 "$confdir/edge-proxy.yaml"
 
+echo "== rules in /var/lib/edge-proxy/rules"
+# The service may write only its StateDirectory, and pushes replace the rules files: they live there.
+if [ ! -d /var/lib/edge-proxy/rules ]; then
+  mkdir -p /var/lib/edge-proxy/rules
+  [ -d "$src/rules" ] && cp "$src"/rules/*.rules /var/lib/edge-proxy/rules/ 2>/dev/null || true
+  chown -R edge-proxy:edge-proxy /var/lib/edge-proxy
+  chmod 0750 /var/lib/edge-proxy
+  echo "   copied the example rules; edit them there, or push: edge-proxy rules push FILE..."
+else
+  echo "   kept the existing rules"
+fi
+
 echo "== checking the configuration"
 node "$prefix/dist/src/cli.js" check-config "$confdir/edge-proxy.yaml" || echo "   fix the problems above, then: systemctl restart edge-proxy"
 

@@ -3,6 +3,7 @@
 // error, writes need the token, validate applies nothing, rollback goes back, and all of it
 // survives a restart.
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startProxy, type ProxyProcess } from './helpers/proxy.js';
@@ -177,4 +178,45 @@ t.test('a push creates a missing rules directory, and the new directory is watch
   t.same(readdirSync(join(dir, 'rules')), ['a.rules']);
   writeFileSync(join(dir, 'rules', 'b.rules'), mark('b', 'b').replace('seen/', 'other/'));
   await eventually('the edit in the new directory reloads', async () => (await proxy.metric('edge_rules_version')) === 3, 10_000);
+});
+
+// A rules directory the proxy cannot write: a small tmpfs the test mounts, then makes read-only.
+const roDir = join(process.cwd(), '.tap', 'rules-ro-mount');
+function mountReadOnly(files: Record<string, string>): string | null {
+  if (process.getuid?.() !== 0) return 'mounting a tmpfs needs root';
+  mkdirSync(roDir, { recursive: true });
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', roDir], { stdio: 'pipe' });
+    for (const [name, text] of Object.entries(files)) writeFileSync(join(roDir, name), text);
+    execFileSync('mount', ['-o', 'remount,ro', roDir], { stdio: 'pipe' });
+    return null;
+  } catch (err) {
+    return (err as { stderr?: Buffer }).stderr?.toString().trim() || (err as Error).message;
+  }
+}
+const roWhy = mountReadOnly({ 'a.rules': mark('v1') });
+
+t.test('a valid push to a directory that cannot be written answers 500 E_RULES_WRITE and changes nothing', { skip: roWhy ? `cannot mount a read-only file system here: ${roWhy}` : false }, async (t) => {
+  t.teardown(() => { try { execFileSync('umount', ['-l', roDir]); } catch { /* already gone */ } });
+  const dir = t.testdir();
+  const proxy = await startProxy(dir, { rules: { dir: roDir } });
+  t.teardown(() => proxy.stop());
+  const r = await pushFiles(proxy, { 'b.rules': mark('v2') });
+  t.equal(r.status, 500);
+  t.equal(r.body.code, 'E_RULES_WRITE');
+  t.match(r.body.error, /cannot write .*rules-ro-mount \(EROFS\); nothing changed/);
+  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1, files: { 'a.rules': mark('v1') } }, 'the old set keeps running');
+  t.notOk(existsSync(join(dir, 'data', 'rules-push.json')), 'no journal is left to apply the refused set at the next start');
+  await proxy.stop();
+  await proxy.restart();
+  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1 }, 'and after a restart the old set still runs');
+
+  // An interrupted push that cannot be finished, because the directory has become read-only since:
+  // the proxy still starts (a crash loop would help nobody), says why, and keeps the journal.
+  await proxy.stop();
+  writeFileSync(join(dir, 'data', 'rules-push.json'), JSON.stringify({ dir: roDir, files: { 'z.rules': mark('z') } }));
+  await proxy.restart();
+  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1 }, 'the proxy starts on the directory as it is');
+  t.ok(proxy.logs.some((l) => l.level === 'error' && String(l.msg).startsWith('cannot finish a rules push that a stop or crash interrupted')), 'and logs what to do');
+  t.ok(existsSync(join(dir, 'data', 'rules-push.json')), 'the journal stays for a start that can write the directory');
 });

@@ -1,8 +1,8 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { checkRules, type CheckedRule } from './dsl/checker.js';
+import { ruleChecker, type CheckedRule } from './dsl/checker.js';
 import { formatRuleError, type RuleError } from './dsl/errors.js';
-import { parseRules } from './dsl/parser.js';
+import { parseRulesStepwise } from './dsl/parser.js';
 import { RuleSet, type EngineOptions } from './engine.js';
 import type { Rule } from './dsl/ast.js';
 
@@ -24,27 +24,32 @@ export interface CompileResult {
   rules: number;
 }
 
-/**
- * What parsing and checking a ruleset found: plain data (no closures), so that it can be made in
- * a worker thread and handed over. `checked` is empty when there is any error.
- */
+/** What parsing and checking a ruleset found. `checked` is empty when there is any error. */
 export interface Analysis {
   checked: CheckedRule[];
   errors: RuleError[];
   rules: number;
 }
 
-/** Parses and checks a whole ruleset: every error of every file is reported. */
-export function analyzeRuleset(files: RuleFile[], limits: RuleLimits): Analysis {
-  const errors: RuleError[] = [];
+const byName = (files: RuleFile[]): RuleFile[] => [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+
+/**
+ * Parsing and checking a whole ruleset, one rule at a time: the generator yields after each rule
+ * parsed and after each rule checked, and fills `out`. Every error of every file is reported.
+ */
+function* analyzeSteps(files: RuleFile[], limits: RuleLimits, out: Analysis): Generator<void, void, undefined> {
+  const errors = out.errors;
   const parsed: Rule[] = [];
-  for (const f of [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+  for (const f of byName(files)) {
     const bytes = Buffer.byteLength(f.text);
     if (bytes > limits.maxFileBytes) {
       errors.push({ file: f.name, line: 1, col: 1, code: 'E_RULE_TOO_LARGE', message: `the file is ${bytes} bytes; rules.maxFileBytes is ${limits.maxFileBytes}` });
       continue;
     }
-    parsed.push(...parseRules(f.text, f.name, errors));
+    for (const rule of parseRulesStepwise(f.text, f.name, errors)) {
+      parsed.push(rule);
+      yield;
+    }
   }
   const seen = new Map<string, Rule>();
   for (const r of parsed) {
@@ -56,9 +61,37 @@ export function analyzeRuleset(files: RuleFile[], limits: RuleLimits): Analysis 
     const r = parsed[limits.maxRules]!;
     errors.push({ file: r.file, line: r.pos.line, col: r.pos.col, code: 'E_RULE_TOO_LARGE', message: `the ruleset has ${parsed.length} rules; rules.maxRules is ${limits.maxRules}` });
   }
-  const checked = checkRules(parsed, errors);
+  const check = ruleChecker(errors);
+  for (const rule of parsed) {
+    const c = check(rule);
+    if (c) out.checked.push(c);
+    yield;
+  }
   errors.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.line - b.line || a.col - b.col));
-  return { checked: errors.length === 0 ? checked : [], errors, rules: parsed.length };
+  out.rules = parsed.length;
+  if (errors.length > 0) out.checked = [];
+}
+
+/** Parses and checks a whole ruleset at once: every error of every file is reported. */
+export function analyzeRuleset(files: RuleFile[], limits: RuleLimits): Analysis {
+  const out: Analysis = { checked: [], errors: [], rules: 0 };
+  for (const _ of analyzeSteps(files, limits, out)) { /* all at once */ }
+  return out;
+}
+
+/**
+ * The same, a few milliseconds at a time, giving the event loop back in between: a set pushed
+ * while messages flow is read without holding them up, however large it is.
+ */
+export async function analyzeInSlices(files: RuleFile[], limits: RuleLimits, sliceMs = 4): Promise<Analysis> {
+  const out: Analysis = { checked: [], errors: [], rules: 0 };
+  let sliceStart = performance.now();
+  for (const _ of analyzeSteps(files, limits, out)) {
+    if (performance.now() - sliceStart < sliceMs) continue;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    sliceStart = performance.now();
+  }
+  return out;
 }
 
 /** The files' texts by name, for code frames. */

@@ -1,5 +1,5 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { EdgeError } from '../core/errors.js';
@@ -51,12 +51,15 @@ export class RulesDirectory {
     } catch (err) {
       throw this.writeError(err, dirname(this.journalFile));
     }
+    const progress = { changed: false };
     try {
-      await this.putInPlace(files);
+      await this.putInPlace(files, progress);
     } catch (err) {
       try {
-        await this.writeJournal(previous);
-        await this.putInPlace(previous);
+        if (progress.changed) {
+          await this.writeJournal(previous);
+          await this.putInPlace(previous, { changed: false });
+        }
         await rm(this.journalFile, { force: true });
       } catch (again) {
         this.log.error({ dir: this.dir, err: (again as Error).message }, 'the rules directory could not be put back either; the next start completes one whole set from the push journal');
@@ -79,13 +82,17 @@ export class RulesDirectory {
     }
   }
 
-  private async putInPlace(files: RuleFile[]): Promise<void> {
+  /** Write what differs (a file already holding its text is left alone); `progress.changed` once the directory differs. */
+  private async putInPlace(files: RuleFile[], progress: { changed: boolean }): Promise<void> {
     await mkdir(this.dir, { recursive: true });
     for (const f of files) {
+      const target = join(this.dir, f.name);
+      if (await readFile(target, 'utf8').then((t) => t === f.text, () => false)) continue;
       const tmp = join(this.dir, `.${f.name}${TEMP_SUFFIX}`);
       try {
         await writeDurably(tmp, f.text);
-        await rename(tmp, join(this.dir, f.name));
+        progress.changed = true;
+        await rename(tmp, target);
       } catch (err) {
         await rm(tmp, { force: true }).catch(() => {});
         throw err;
@@ -94,9 +101,11 @@ export class RulesDirectory {
     const keep = new Set(files.map((f) => f.name));
     for (const name of await readdir(this.dir)) {
       if (!name.endsWith('.rules') || keep.has(name)) continue;
-      if ((await stat(join(this.dir, name))).isFile()) await rm(join(this.dir, name));
+      if (!(await stat(join(this.dir, name))).isFile()) continue;
+      progress.changed = true;
+      await rm(join(this.dir, name));
     }
-    await fsyncPath(this.dir);
+    if (progress.changed) await fsyncPath(this.dir);
   }
 
   private writeError(err: unknown, where: string): EdgeError {
@@ -106,10 +115,14 @@ export class RulesDirectory {
 
   /** Finish a replacement a crash interrupted, and clear temporary files. True when there was one to finish. */
   recover(): boolean {
-    if (existsSync(this.dir)) {
-      for (const name of readdirSync(this.dir)) if (name.startsWith('.') && name.endsWith(TEMP_SUFFIX)) rmSync(join(this.dir, name), { force: true });
+    try {
+      if (existsSync(this.dir)) {
+        for (const name of readdirSync(this.dir)) if (name.startsWith('.') && name.endsWith(TEMP_SUFFIX)) rmSync(join(this.dir, name), { force: true });
+      }
+      rmSync(`${this.journalFile}.tmp`, { force: true });
+    } catch (err) {
+      this.log.warn({ dir: this.dir, err: (err as Error).message }, 'cannot remove the temporary files of an interrupted rules push; they are ignored');
     }
-    rmSync(`${this.journalFile}.tmp`, { force: true });
     if (!existsSync(this.journalFile)) return false;
     let journal: Journal;
     try {
@@ -125,8 +138,34 @@ export class RulesDirectory {
       rmSync(this.journalFile, { force: true });
       return false;
     }
+    try {
+      this.finish(journal);
+    } catch (err) {
+      // A start must not fail on this (systemd would restart it into the same failure): the
+      // directory is loaded as it is, and the journal stays for a start that can write it.
+      this.log.error({ dir: this.dir, journal: this.journalFile, err: (err as Error).message },
+        'cannot finish a rules push that a stop or crash interrupted: the rules directory cannot be written. Its files are loaded as they are; make it writable and restart to finish the push');
+      return false;
+    }
+    rmSync(this.journalFile, { force: true });
+    this.log.warn({ dir: this.dir, files: Object.keys(journal.files) }, 'finished a rules push that a stop or crash interrupted');
+    return true;
+  }
+
+  /** Put a journal's files in place, writing only what differs. */
+  private finish(journal: Journal): void {
+    const differs = (name: string, text: string): boolean => {
+      try {
+        return readFileSync(join(this.dir, name), 'utf8') !== text;
+      } catch {
+        return true;
+      }
+    };
     mkdirSync(this.dir, { recursive: true });
+    let changed = false;
     for (const [name, text] of Object.entries(journal.files)) {
+      if (!differs(name, text)) continue;
+      changed = true;
       const tmp = join(this.dir, `.${name}${TEMP_SUFFIX}`);
       writeFileSync(tmp, text);
       const fd = openSync(tmp, 'r');
@@ -135,13 +174,14 @@ export class RulesDirectory {
       renameSync(tmp, join(this.dir, name));
     }
     for (const name of readdirSync(this.dir)) {
-      if (name.endsWith('.rules') && !Object.hasOwn(journal.files, name) && statSync(join(this.dir, name)).isFile()) rmSync(join(this.dir, name));
+      if (name.endsWith('.rules') && !Object.hasOwn(journal.files, name) && statSync(join(this.dir, name)).isFile()) {
+        changed = true;
+        rmSync(join(this.dir, name));
+      }
     }
+    if (!changed) return;
     const fd = openSync(this.dir, 'r');
     fsyncSync(fd);
     closeSync(fd);
-    rmSync(this.journalFile, { force: true });
-    this.log.warn({ dir: this.dir, files: Object.keys(journal.files) }, 'finished a rules push that a stop or crash interrupted');
-    return true;
   }
 }

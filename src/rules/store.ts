@@ -1,23 +1,16 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
+import { existsSync, watch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { EdgeError, RuleLoadError } from '../core/errors.js';
 import type { RuleError } from './dsl/errors.js';
 import { RuleSet, type EngineOptions } from './engine.js';
-import { RuleAnalyzer } from './analyzer.js';
-import { compileRuleset, formatErrors, readRulesDir, sourcesOf, type RuleFile, type RuleLimits } from './loader.js';
+import { analyzeInSlices, compileRuleset, formatErrors, readRulesDir, sourcesOf, type RuleFile, type RuleLimits } from './loader.js';
 import { badFileNames } from './push-request.js';
 import { RulesDirectory } from './rules-dir.js';
+import { RulesHistory, type RulesVersion } from './history.js';
 
-/** One accepted ruleset: what the history keeps and the API answers. */
-export interface RulesVersion {
-  version: number;
-  sha256: string;
-  rules: number;
-  files: Record<string, string>;
-  at: string;
-}
+export type { RulesVersion } from './history.js';
 
 /** Where a change of the rules came from, for logs and metrics. */
 export type RulesSource = 'api' | 'cloud' | 'file change' | 'rollback';
@@ -40,7 +33,6 @@ export interface RulesStoreOptions {
   onPush?(source: RulesSource, result: 'applied' | 'unchanged' | 'rejected'): void;
 }
 
-const HISTORY = 10;
 const DEBOUNCE_MS = 250;
 export const HISTORY_DIR = 'rules-history';
 export const PUSH_JOURNAL = 'rules-push.json';
@@ -52,17 +44,14 @@ export function contentHash(files: RuleFile[]): string {
   return h.digest('hex');
 }
 
-const versionFile = (v: number): string => `v${String(v).padStart(8, '0')}.json`;
-
 /**
  * The rules directory as the one source of truth for the running set (rules-dsl.md): loaded at
  * start, reloaded whole when a file changes, replaced whole by a push or a rollback, each accepted
  * content a new version kept in <dataDir>/rules-history/. A set with errors changes nothing.
  *
- * Changes are applied one at a time. A set is parsed and checked in a worker thread and compiled
- * a slice at a time, so messages keep flowing under the running set meanwhile; the swap itself
- * replaces one reference between two messages and carries window and throttle state over for
- * unchanged rules.
+ * Changes are applied one at a time. A set is parsed, checked and compiled a few milliseconds at
+ * a time, so messages keep flowing under the running set meanwhile; the swap itself replaces one
+ * reference between two messages and carries window and throttle state over for unchanged rules.
  */
 export class RulesStore {
   /** the running set; the router reads it for every message */
@@ -73,13 +62,13 @@ export class RulesStore {
   private writing = false;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly historyDir: string;
+  private readonly history: RulesHistory;
   private readonly directory: RulesDirectory;
-  private readonly analyzer: RuleAnalyzer;
 
   constructor(private readonly opts: RulesStoreOptions) {
     this.historyDir = join(opts.dataDir, HISTORY_DIR);
+    this.history = new RulesHistory(this.historyDir, opts.log);
     this.directory = new RulesDirectory(opts.dir, join(opts.dataDir, PUSH_JOURNAL), opts.log);
-    this.analyzer = new RuleAnalyzer(opts.log);
   }
 
   get version(): RulesVersion | null {
@@ -104,11 +93,11 @@ export class RulesStore {
   }
 
   /**
-   * Parse and check off the event loop. For a pushed set, file names that cannot be stored in the
+   * Parse and check a slice at a time. For a pushed set, file names that cannot be stored in the
    * directory are errors too (the directory's own files already have names it holds).
    */
   private async analyze(files: RuleFile[], pushed: boolean): Promise<{ errors: RuleError[]; ruleset: () => Promise<RuleSet>; rules: number }> {
-    const a = await this.analyzer.analyze(files, this.opts.limits);
+    const a = await analyzeInSlices(files, this.opts.limits);
     const named = pushed ? badFileNames(files) : [];
     const errors = named.length === 0 ? a.errors : [...named, ...a.errors].sort((x, y) => (x.file < y.file ? -1 : x.file > y.file ? 1 : x.line - y.line || x.col - y.col));
     return { errors, rules: a.rules, ruleset: () => RuleSet.build(a.checked, this.opts.engine) };
@@ -134,7 +123,7 @@ export class RulesStore {
       if (a.errors.length > 0) return { ok: false, errors: a.errors };
       const sha256 = contentHash(files);
       const same = this.running?.sha256 === sha256;
-      const version = same ? this.running!.version : (this.latestVersion() ?? 0) + 1;
+      const version = same ? this.running!.version : (this.history.latest()?.version ?? 0) + 1;
       return { ok: true, version, sha256, rules: a.rules, changed: !same };
     })();
   }
@@ -148,7 +137,7 @@ export class RulesStore {
   rollback(): Promise<RulesOutcome> {
     return this.serial(async () => {
       const running = this.running?.version ?? 0;
-      const earlier = this.history().filter((v) => v.version < running).pop();
+      const earlier = this.history.before(running);
       if (!earlier) throw new EdgeError('E_RULES_NO_EARLIER', `there is no rules version before version ${running} in ${this.historyDir}`);
       this.opts.log.info({ from: running, to: earlier.version }, `rolling back to the rules of version ${earlier.version}`);
       return this.apply(Object.entries(earlier.files).map(([name, text]) => ({ name, text })), 'rollback');
@@ -164,15 +153,23 @@ export class RulesStore {
       this.opts.log.info({ source, version: this.running.version }, `the pushed rules are the running version ${this.running.version}; nothing changed`);
       return this.answer(this.running, false);
     }
-    const ruleset = await a.ruleset();
+    // The files are written while the set is compiled: the disk waits on fsync, the compiler on the CPU.
+    const previous = Object.entries(this.running?.files ?? {}).map(([name, text]) => ({ name, text }));
     this.writing = true;
-    try {
-      await this.directory.replace(files, Object.entries(this.running?.files ?? {}).map(([name, text]) => ({ name, text })));
-    } finally {
-      this.writing = false;
+    const analyzed = performance.now();
+    const timing = { analyzeMs: Math.round(analyzed - started), compileMs: 0, writeMs: 0 };
+    const written = this.directory.replace(files, previous).finally(() => { this.writing = false; timing.writeMs = Math.round(performance.now() - analyzed); });
+    const built = a.ruleset().finally(() => { timing.compileMs = Math.round(performance.now() - analyzed); });
+    const [write, build] = await Promise.allSettled([written, built]);
+    if (write.status === 'rejected') throw write.reason;
+    if (build.status === 'rejected') {
+      // A fault of the proxy itself: the directory goes back to the set that keeps running.
+      await this.directory.replace(previous, files).catch(() => {});
+      throw new EdgeError('E_INTERNAL', `compiling a checked ruleset failed: ${(build.reason as Error).message}`, { cause: build.reason });
     }
+    const ruleset = build.value;
     this.watch(); // the push may have made the directory
-    const v = this.swap(files, ruleset, a.rules, source, performance.now() - started);
+    const v = this.swap(files, ruleset, a.rules, source, { tookMs: Math.round(performance.now() - started), ...timing });
     this.opts.onPush?.(source, 'applied');
     return this.answer(v, true);
   }
@@ -198,52 +195,23 @@ export class RulesStore {
   }
 
   /** Make `files` the running version: kept in the history, then swapped in between two messages. */
-  private swap(files: RuleFile[], ruleset: RuleSet | null, rules: number, reason: string, tookMs?: number): RulesVersion {
+  private swap(files: RuleFile[], ruleset: RuleSet | null, rules: number, reason: string, timing: Record<string, number> = {}): RulesVersion {
     const sha256 = contentHash(files);
-    const history = this.history();
-    const latest = history[history.length - 1];
+    const latest = this.history.latest();
     // At start, the directory usually holds the latest version of the history: it keeps its number.
-    const version: RulesVersion = latest && latest.sha256 === sha256 && !this.running
-      ? latest
-      : { version: (latest?.version ?? 0) + 1, sha256, rules, files: Object.fromEntries(files.map((f) => [f.name, f.text])), at: new Date().toISOString() };
-    if (version !== latest) this.save(version);
+    const kept = latest && latest.sha256 === sha256 && !this.running ? this.history.get(latest.version) : null;
+    const version: RulesVersion = kept
+      ?? { version: (latest?.version ?? 0) + 1, sha256, rules, files: Object.fromEntries(files.map((f) => [f.name, f.text])), at: new Date().toISOString() };
+    if (!kept) this.history.add(version);
     const next = ruleset && ruleset.size > 0 ? ruleset : null;
     const previous = this.holder.current;
     const carried = next && previous ? next.carryOver(previous) : 0;
     this.holder.current = next; // the swap: the next message is evaluated wholly by the new set
     this.running = version;
     this.opts.onSwap(version);
-    this.opts.log.info({ version: version.version, sha256, rules, files: files.map((f) => f.name), carried, reason, ...(tookMs === undefined ? {} : { tookMs: Math.round(tookMs) }) },
+    this.opts.log.info({ version: version.version, sha256, rules, files: files.map((f) => f.name), carried, reason, ...timing },
       reason === 'start' ? (files.length ? 'rules loaded' : 'no rules files: every message follows routing.default') : `rules version ${version.version} running (${reason})`);
     return version;
-  }
-
-  private latestVersion(): number | null {
-    const h = this.history();
-    return h.length ? h[h.length - 1]!.version : null;
-  }
-
-  /** The kept versions, oldest first. */
-  history(): RulesVersion[] {
-    if (!existsSync(this.historyDir)) return [];
-    const out: RulesVersion[] = [];
-    for (const name of readdirSync(this.historyDir).filter((n) => /^v\d+\.json$/.test(n))) {
-      try {
-        out.push(JSON.parse(readFileSync(join(this.historyDir, name), 'utf8')) as RulesVersion);
-      } catch {
-        this.opts.log.warn({ file: join(this.historyDir, name) }, 'an unreadable rules history file is ignored');
-      }
-    }
-    return out.sort((a, b) => a.version - b.version);
-  }
-
-  private save(v: RulesVersion): void {
-    mkdirSync(this.historyDir, { recursive: true });
-    const file = join(this.historyDir, versionFile(v.version));
-    writeFileSync(`${file}.tmp`, JSON.stringify(v));
-    renameSync(`${file}.tmp`, file);
-    const all = this.history();
-    for (const old of all.slice(0, Math.max(0, all.length - HISTORY))) rmSync(join(this.historyDir, versionFile(old.version)), { force: true });
   }
 
   /** Any change in the directory reloads the whole set, once the burst of events is over. */
@@ -275,6 +243,7 @@ export class RulesStore {
     this.watcher?.close();
     this.watcher = null;
     if (this.timer) clearTimeout(this.timer);
-    await this.analyzer.close();
+    // A change under way finishes (or fails) before the proxy goes on stopping.
+    await this.queue;
   }
 }

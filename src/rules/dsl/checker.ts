@@ -62,14 +62,24 @@ export interface CheckedRule {
  * arity, bad literal arguments, nested windows, reserved object keys, and the size limits.
  */
 export function checkRules(rules: Rule[], errors: RuleError[]): CheckedRule[] {
+  const check = ruleChecker(errors);
   const out: CheckedRule[] = [];
+  for (const rule of rules) {
+    const c = check(rule);
+    if (c) out.push(c);
+  }
+  return out;
+}
+
+/** Checks the rules of one set one at a time (the size limits count over the set): null for a rule with errors. */
+export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | null {
   let nodes = 0;
   let reportedTooLarge = false;
   const err = (rule: Rule, pos: Pos, code: RuleErrorCode, message: string): void => {
     errors.push({ file: rule.file, line: pos.line, col: pos.col, code, message });
   };
 
-  for (const rule of rules) {
+  return (rule: Rule): CheckedRule | null => {
     const before = errors.length;
     let deepest = 0;
     let deepestPos = rule.pos;
@@ -181,9 +191,8 @@ export function checkRules(rules: Rule[], errors: RuleError[]): CheckedRule[] {
       reportedTooLarge = true;
       err(rule, rule.pos, 'E_RULE_TOO_LARGE', `the ruleset passes ${LIMITS.maxNodes} syntax nodes at rule "${rule.name}"`);
     }
-    if (errors.length === before) out.push({ rule, actions });
-  }
-  return out;
+    return errors.length === before ? { rule, actions } : null;
+  };
 }
 
 function bindArgs(action: string, args: Arg[], params: Param[], bound: BoundArgs, err: (pos: Pos, code: RuleErrorCode, message: string) => void): void {

@@ -1,6 +1,6 @@
 import type { Action, Arg, BinaryOp, Expr, Pos, Rule } from './ast.js';
 import type { RuleError, RuleErrorCode } from './errors.js';
-import { tokenize, type Token } from './lexer.js';
+import { lexer, type Token } from './lexer.js';
 
 const KEYWORDS = new Set(['rule', 'when', 'then', 'end', 'priority', 'throttle', 'disabled', 'and', 'or', 'not', 'in', 'contains', 'matches', 'true', 'false', 'null']);
 const COMPARISONS: Record<string, BinaryOp> = { '==': '==', '!=': '!=', '<': '<', '<=': '<=', '>': '>', '>=': '>=', matches: 'matches', in: 'in', contains: 'contains' };
@@ -22,13 +22,34 @@ function describe(t: Token): string {
 
 /** Parses one rules file. Errors are collected; after one, parsing resumes at the next rule. */
 export function parseRules(source: string, file: string, errors: RuleError[]): Rule[] {
-  const tokens = tokenize(source, file, errors);
+  return [...parseRulesStepwise(source, file, errors)];
+}
+
+/**
+ * Parses one rules file a rule at a time: each rule is yielded as soon as it is read, and the file
+ * is tokenized only as far as the parser has come, so that a caller can give the event loop back
+ * between two rules however large the file.
+ */
+export function* parseRulesStepwise(source: string, file: string, errors: RuleError[]): Generator<Rule, void, undefined> {
+  const nextToken = lexer(source, file, errors);
+  // Only the tokens from the one before the current on are kept: the parser never looks further
+  // back, and a large file's tokens then never pile up in the heap.
+  let window: Token[] = [];
+  let base = 0;
+  const tokenAt = (k: number): Token => {
+    while (base + window.length <= k && window[window.length - 1]?.kind !== 'eof') window.push(nextToken());
+    return window[Math.min(k - base, window.length - 1)]!;
+  };
+  const forget = (): void => {
+    if (at - 1 - base < 256) return;
+    window = window.slice(at - 1 - base);
+    base = at - 1;
+  };
   let at = 0;
   let nesting = 0;
-  const rules: Rule[] = [];
 
-  const peek = (ahead = 0): Token => tokens[Math.min(at + ahead, tokens.length - 1)]!;
-  const next = (): Token => tokens[Math.min(at++, tokens.length - 1)]!;
+  const peek = (ahead = 0): Token => tokenAt(at + ahead);
+  const next = (): Token => tokenAt(at++);
   const isWord = (t: Token, word: string): boolean => t.kind === 'ident' && t.text === word;
   const isPunct = (t: Token, p: string): boolean => t.kind === 'punct' && t.text === p;
   const expectPunct = (p: string, what: string): Token => {
@@ -256,16 +277,20 @@ export function parseRules(source: string, file: string, errors: RuleError[]): R
   let index = 0;
   while (peek().kind !== 'eof') {
     const before = at;
+    let rule: Rule;
     try {
       if (!isWord(peek(), 'rule')) throw new SyntaxProblem(peek().pos, `expected "rule", found ${describe(peek())}`);
-      rules.push(parseRule(index++));
+      rule = parseRule(index++);
     } catch (err) {
       if (!(err instanceof SyntaxProblem)) throw err;
       errors.push({ file, line: err.pos.line, col: err.pos.col, code: err.code, message: err.message });
       // Resume at the next "rule" that starts a line's first token, or the end.
       if (at === before) at++;
-      while (peek().kind !== 'eof' && !(isWord(peek(), 'rule') && (at === 0 || tokens[at - 1]!.pos.line < peek().pos.line))) at++;
+      while (peek().kind !== 'eof' && !(isWord(peek(), 'rule') && (at === 0 || tokenAt(at - 1).pos.line < peek().pos.line))) at++;
+      forget();
+      continue;
     }
+    forget();
+    yield rule;
   }
-  return rules;
 }
