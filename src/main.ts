@@ -145,7 +145,9 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       return;
     }
     const answer = (status: number, body: Record<string, unknown>): void => {
-      cloud.publishRulesResult(JSON.stringify({ status, ...body }));
+      if (!cloud.publishRulesResult(JSON.stringify({ status, ...body }))) {
+        log.warn({ status }, 'the answer to a rules push from the cloud was not sent: the cloud link is down');
+      }
     };
     let files;
     try {

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { startProxy, type ProxyProcess } from './helpers/proxy.js';
 import { collect, connectClient, type Collected } from './helpers/clients.js';
 import { eventually } from './helpers/ports.js';
-import { api, pushFiles } from './helpers/admin.js';
+import { request } from 'node:http';
+import { adminToken, api, pushFiles } from './helpers/admin.js';
 
 const mark = (tag: string, name = 'mark'): string => `rule ${name}
 when msg.topic matches "devices/+/telemetry"
@@ -96,6 +97,22 @@ t.test('a bad push answers 422 with every error and the old set keeps running', 
   t.match(notUtf8, { status: 400, body: { code: 'E_RULES_REQUEST', error: /not UTF-8/ } });
   const huge = await api(proxy, 'PUT', '/api/v1/rules', { type: 'text/plain', body: Buffer.alloc(17 * 2 ** 20, 0x20) });
   t.match(huge, { status: 413, body: { code: 'E_RULES_REQUEST' } });
+  // The same without a content-length (chunked): refused once the limit is passed, answered all the same.
+  const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port: proxy.ports.admin, path: '/api/v1/rules', method: 'PUT', headers: { authorization: `Bearer ${adminToken(proxy)}`, 'content-type': 'text/plain' } }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => { body += d.toString(); });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    const chunk = Buffer.alloc(2 ** 20, 0x20);
+    for (let i = 0; i < 17; i++) req.write(chunk);
+    req.end();
+  });
+  t.equal(chunked.status, 413, 'a chunked body over 16 MiB gets 413');
+  t.match(JSON.parse(chunked.body), { code: 'E_RULES_REQUEST' });
+  const tooMany = await pushFiles(proxy, Object.fromEntries(Array.from({ length: 1001 }, (_, i) => [`f${i}.rules`, ''])));
+  t.match(tooMany, { status: 400, body: { code: 'E_RULES_REQUEST', error: 'the push carries 1001 files; at most 1000 are taken' } });
   t.equal(await send(), 'v1', 'none of them changed anything, and the proxy is still up');
 });
 

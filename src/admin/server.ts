@@ -54,18 +54,20 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > MAX_PUSH_BYTES) return Promise.reject(new PushRequestError(`the body is ${declared} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413));
   return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
+    let chunks: Buffer[] = [];
+    // A promise settles once: the 413 is given at the first chunk past the limit, the rest is ignored.
     let size = 0;
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size > MAX_PUSH_BYTES) {
+        // The rest is read and thrown away, so that the client gets the answer rather than a reset.
+        chunks = [];
         reject(new PushRequestError(`the body is over ${MAX_PUSH_BYTES} bytes, the most a push may carry`, 413));
-        req.destroy();
         return;
       }
       chunks.push(c);
     });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('end', () => { if (size <= MAX_PUSH_BYTES) resolve(Buffer.concat(chunks)); });
     req.on('error', reject);
   });
 }

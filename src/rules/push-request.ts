@@ -6,6 +6,9 @@ import type { RuleFile } from './loader.js';
 /** The largest push body read, JSON escaping included: far above any sane ruleset, small for the heap. */
 export const MAX_PUSH_BYTES = 16 * 2 ** 20;
 
+/** The most files one push may carry: each is a file written, and a set is a handful of them. */
+export const MAX_PUSH_FILES = 1000;
+
 /** The name a single pushed text is stored under (rules-dsl.md). */
 export const PUSHED_FILE = 'pushed.rules';
 
@@ -86,8 +89,10 @@ function filesOfJson(body: Record<string, unknown>): RuleFile[] {
   if (extra.length > 0) throw new PushRequestError(`unknown field${extra.length === 1 ? '' : 's'} ${extra.map((k) => JSON.stringify(k)).join(', ')}: the body is {"files": {"name.rules": "text", ...}}`);
   const files = body.files;
   if (files === null || typeof files !== 'object' || Array.isArray(files)) throw new PushRequestError('"files" must be an object of "name.rules": "text"');
+  const entries = Object.entries(files as Record<string, unknown>);
+  if (entries.length > MAX_PUSH_FILES) throw new PushRequestError(`the push carries ${entries.length} files; at most ${MAX_PUSH_FILES} are taken`);
   const out: RuleFile[] = [];
-  for (const [name, text] of Object.entries(files as Record<string, unknown>)) {
+  for (const [name, text] of entries) {
     if (typeof text !== 'string') throw new PushRequestError(`files[${JSON.stringify(name)}] is ${text === null ? 'null' : Array.isArray(text) ? 'an array' : `a ${typeof text}`}, not the file's text`);
     out.push({ name, text });
   }
