@@ -14,7 +14,7 @@ export const PUSHED_FILE = 'pushed.rules';
 
 /** A push body that cannot be read as rules files; `status` is the HTTP answer it gets. */
 export class PushRequestError extends EdgeError {
-  constructor(message: string, readonly status: 400 | 413 | 415 = 400) {
+  constructor(message: string, readonly status: 400 | 413 = 400) {
     super('E_RULES_REQUEST', message);
     this.name = 'PushRequestError';
   }
