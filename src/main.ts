@@ -162,7 +162,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       answer(status, body);
     }, (err: EdgeError) => {
       log.error({ err: err.message, code: err.code }, 'a rules push from the cloud failed; the running set keeps running');
-      answer(500, { error: err.message, code: err.code ?? 'E_INTERNAL' });
+      answer(err.code === 'E_STOPPING' ? 503 : 500, { error: err.message, code: err.code ?? 'E_INTERNAL' });
     });
   });
 

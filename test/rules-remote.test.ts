@@ -128,4 +128,16 @@ t.test('a push on <controlPrefix>rules/set is applied and answered on rules/resu
   t.match(bad, { status: 422, errors: [{ file: 'a.rules', line: 3, col: 1, code: 'E_RULE_SYNTAX' }] }, 'a bad set is answered with its errors');
   t.equal((await api(proxy, 'GET', '/api/v1/rules')).body.version, 3, 'and changes nothing');
   t.equal(await proxy.metric('edge_rules_pushes_total', 'source="cloud"'), 3);
+
+  // A retained push is applied when it is published (subscribers get it live), but the broker
+  // replays it at every reconnection: that copy must not undo what was pushed on the board since.
+  const retained = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-q', '1', '-r', '-t', 'edge/test-edge/rules/set', '-m', RULE('retained')]);
+  await new Promise((r) => retained.on('exit', r));
+  await eventually('the retained push applied live', async () => (await api(proxy, 'GET', '/api/v1/rules')).body.version === 4);
+  t.equal((await api(proxy, 'PUT', '/api/v1/rules', { type: 'text/plain', body: RULE('local') })).body.version, 5, 'then a push on the board');
+  await proxy.stop();
+  await proxy.restart();
+  await eventually('uplink connected again', async () => (await proxy.metric('edge_uplink_connected')) === 1);
+  await eventually('the replayed retained push was seen and ignored', () => proxy.logs.some((l) => String(l.msg).startsWith('a retained rules push is ignored')));
+  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 5, files: { 'pushed.rules': RULE('local') } }, 'the board\'s push still runs');
 });

@@ -167,6 +167,7 @@ export class AdminServer {
     } catch (err) {
       if (err instanceof PushRequestError) return sendError(res, err.status, err.code, err.message);
       if (err instanceof EdgeError && err.code === 'E_RULES_NO_EARLIER') return sendError(res, 409, err.code, err.message);
+      if (err instanceof EdgeError && err.code === 'E_STOPPING') return sendError(res, 503, err.code, err.message);
       if (err instanceof EdgeError && err.code === 'E_RULES_WRITE') {
         this.log.error({ err: err.message }, 'a valid rules push could not be written; the running set keeps running');
         return sendError(res, 500, err.code, err.message);

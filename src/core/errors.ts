@@ -21,6 +21,7 @@ export const ERROR_CODES = {
   E_RULES_REQUEST: 'a rules push whose body cannot be read as rules files',
   E_RULES_WRITE: 'the rules directory cannot be written, so a push cannot be applied',
   E_RULES_NO_EARLIER: 'a rollback with no earlier rules version to go back to',
+  E_STOPPING: 'a change asked of the proxy while it is stopping',
   E_INTERNAL: 'a fault of the proxy itself while handling a message',
 } as const;
 

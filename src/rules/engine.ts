@@ -99,12 +99,13 @@ export class RuleSet {
    * building a large set while messages flow does not hold them up. The set is used only once
    * the promise resolves.
    */
-  static async build(checked: CheckedRule[], opts: EngineOptions, sliceMs = 4): Promise<RuleSet> {
+  static async build(checked: CheckedRule[], opts: EngineOptions, sliceMs = 4, signal?: AbortSignal): Promise<RuleSet> {
     const set = new RuleSet(checked, opts, true);
     let sliceStart = performance.now();
     while (set.compileNext()) {
       if (performance.now() - sliceStart < sliceMs) continue;
       await new Promise<void>((resolve) => setImmediate(resolve));
+      signal?.throwIfAborted();
       sliceStart = performance.now();
     }
     return set;

@@ -49,7 +49,8 @@ export class RulesDirectory {
     try {
       await this.writeJournal(files);
     } catch (err) {
-      throw this.writeError(err, dirname(this.journalFile));
+      const e = err as NodeJS.ErrnoException;
+      throw new EdgeError('E_RULES_WRITE', `cannot write the push journal in the data directory ${dirname(this.journalFile)} (${e.code ?? e.message}); nothing changed. Check that dataDir has space and is writable`, { cause: err });
     }
     const progress = { changed: false };
     try {
@@ -63,6 +64,8 @@ export class RulesDirectory {
         await rm(this.journalFile, { force: true });
       } catch (again) {
         this.log.error({ dir: this.dir, err: (again as Error).message }, 'the rules directory could not be put back either; the next start completes one whole set from the push journal');
+        const e = err as NodeJS.ErrnoException;
+        throw new EdgeError('E_RULES_WRITE', `cannot write ${this.dir} (${e.code ?? e.message}), nor put its old files back: the running set keeps running, but the directory may hold part of the pushed set, which the next start completes from the journal. Make the directory writable and push again`, { cause: err });
       }
       throw this.writeError(err, this.dir);
     }

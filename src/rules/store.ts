@@ -61,6 +61,11 @@ export class RulesStore {
   private watcher: FSWatcher | null = null;
   private timer: NodeJS.Timeout | null = null;
   private writing = false;
+  /** a file event came while a push wrote the directory: look again once it is done */
+  private changedWhileWriting = false;
+  private stopped = false;
+  private warming: Promise<void> | null = null;
+  private readonly warmUpAbort = new AbortController();
   private queue: Promise<unknown> = Promise.resolve();
   private readonly historyDir: string;
   private readonly history: RulesHistory;
@@ -84,7 +89,7 @@ export class RulesStore {
     if (result.errors.length > 0) throw new RuleLoadError(formatErrors(result, (f) => join(this.opts.dir, f)), result.errors.length);
     this.swap(files, result.ruleset, result.rules, 'start');
     this.watch();
-    if (result.rules > 0) void this.serial(() => this.warmUp(files));
+    if (result.rules > 0) this.warming = this.warmUp(files);
   }
 
   /**
@@ -94,13 +99,24 @@ export class RulesStore {
    * 450 ms instead of 70 for 1,000 rules under load), and holds messages up longer.
    */
   private async warmUp(files: RuleFile[]): Promise<void> {
+    // It gives way to the first change or to a stop: a push does not wait for it.
+    const signal = this.warmUpAbort.signal;
     const started = performance.now();
-    for (let round = 0; round < WARM_UP_ROUNDS; round++) await (await this.analyze(files, false)).ruleset();
-    this.opts.log.debug({ tookMs: Math.round(performance.now() - started) }, 'rules compiler warmed up');
+    try {
+      for (let round = 0; round < WARM_UP_ROUNDS; round++) {
+        const a = await analyzeInSlices(files, this.opts.limits, 4, signal);
+        await RuleSet.build(a.checked, this.opts.engine, 4, signal);
+      }
+      this.opts.log.debug({ tookMs: Math.round(performance.now() - started) }, 'rules compiler warmed up');
+    } catch {
+      this.opts.log.debug({ tookMs: Math.round(performance.now() - started) }, 'rules compiler warm-up given up for a change or a stop');
+    }
   }
 
   /** One change at a time: a push waits for a reload in progress, and the other way round. */
   private serial<T>(op: () => Promise<T>): Promise<T> {
+    this.warmUpAbort.abort();
+    if (this.stopped) return Promise.reject(new EdgeError('E_STOPPING', 'the proxy is stopping; nothing changed. Push again once it runs'));
     const next = this.queue.then(op, op);
     this.queue = next.catch(() => undefined);
     return next;
@@ -123,7 +139,7 @@ export class RulesStore {
 
   private refuse(files: RuleFile[], errors: RuleError[], source: RulesSource): RulesOutcome {
     this.opts.onReloadFailure();
-    this.opts.onPush?.(source, 'rejected');
+    if (source !== 'file change') this.opts.onPush?.(source, 'rejected');
     const where = source === 'file change' ? (f: string) => join(this.opts.dir, f) : (f: string) => f;
     this.opts.log.error({ source, errors: errors.length, listing: formatErrors({ errors, sources: sourcesOf(files) }, where) },
       `a ruleset from ${source === 'file change' ? this.opts.dir : source === 'api' ? 'the admin API' : source === 'cloud' ? 'the cloud' : 'the history'} has ${errors.length} error(s); nothing changed, version ${this.running?.version ?? 0} keeps running`);
@@ -163,6 +179,11 @@ export class RulesStore {
     const a = await this.analyze(files, source !== 'rollback');
     if (a.errors.length > 0) return this.refuse(files, a.errors, source);
     if (this.running?.sha256 === contentHash(files)) {
+      // The directory may hold an edit that was refused: a push of the running set puts it back.
+      if (contentHash(readRulesDir(this.opts.dir)) !== this.running.sha256) {
+        await this.directory.replace(files, readRulesDir(this.opts.dir));
+        this.opts.log.info({ dir: this.opts.dir }, 'the rules directory differed from the running set; the push put the running files back');
+      }
       this.opts.onPush?.(source, 'unchanged');
       this.opts.log.info({ source, version: this.running.version }, `the pushed rules are the running version ${this.running.version}; nothing changed`);
       return this.answer(this.running, false);
@@ -172,17 +193,23 @@ export class RulesStore {
     this.writing = true;
     const analyzed = performance.now();
     const timing = { analyzeMs: Math.round(analyzed - started), compileMs: 0, writeMs: 0 };
-    const written = this.directory.replace(files, previous).finally(() => { this.writing = false; timing.writeMs = Math.round(performance.now() - analyzed); });
+    const written = this.directory.replace(files, previous).finally(() => {
+      this.writing = false;
+      timing.writeMs = Math.round(performance.now() - analyzed);
+      if (this.changedWhileWriting) this.scheduleReload();
+    });
     const built = a.ruleset().finally(() => { timing.compileMs = Math.round(performance.now() - analyzed); });
     const [write, build] = await Promise.allSettled([written, built]);
     if (write.status === 'rejected') throw write.reason;
     if (build.status === 'rejected') {
       // A fault of the proxy itself: the directory goes back to the set that keeps running.
-      await this.directory.replace(previous, files).catch(() => {});
+      await this.directory.replace(previous, files).catch((err: Error) => {
+        this.opts.log.error({ dir: this.opts.dir, err: err.message }, 'the rules directory could not be put back to the running set after a failed compile; check it before the next start');
+      });
       throw new EdgeError('E_INTERNAL', `compiling a checked ruleset failed: ${(build.reason as Error).message}`, { cause: build.reason });
     }
     const ruleset = build.value;
-    this.watch(); // the push may have made the directory
+    if (!this.stopped) this.watch(); // the push may have made the directory
     const v = this.swap(files, ruleset, a.rules, source, { tookMs: Math.round(performance.now() - started), ...timing });
     this.opts.onPush?.(source, 'applied');
     return this.answer(v, true);
@@ -216,7 +243,14 @@ export class RulesStore {
     const kept = latest && latest.sha256 === sha256 && !this.running ? this.history.get(latest.version) : null;
     const version: RulesVersion = kept
       ?? { version: (latest?.version ?? 0) + 1, sha256, rules, files: Object.fromEntries(files.map((f) => [f.name, f.text])), at: new Date().toISOString() };
-    if (!kept) this.history.add(version);
+    if (!kept) {
+      try {
+        this.history.add(version);
+      } catch (err) {
+        // The directory is the source of truth and holds the set; only rollback to it is lost.
+        this.opts.log.error({ dir: this.historyDir, err: (err as Error).message }, `rules version ${version.version} could not be kept in the history; it runs, but a rollback cannot come back to it`);
+      }
+    }
     const next = ruleset && ruleset.size > 0 ? ruleset : null;
     const previous = this.holder.current;
     const carried = next && previous ? next.carryOver(previous) : 0;
@@ -237,15 +271,13 @@ export class RulesStore {
     }
     try {
       this.watcher = watch(this.opts.dir, () => {
-        if (this.writing) return; // a push is writing the directory: the set it writes is already running
-        if (this.timer) clearTimeout(this.timer);
-        this.timer = setTimeout(() => {
-          this.timer = null;
-          this.reload('file change').catch((err: Error) => {
-            this.opts.onReloadFailure();
-            this.opts.log.error({ dir: this.opts.dir, err: err.message }, 'cannot read the rules directory; the running set keeps running');
-          });
-        }, DEBOUNCE_MS);
+        // While a push writes the directory its events are not acted on (it would be read half
+        // written); once the push is done, one look tells whether someone else changed it too.
+        if (this.writing) {
+          this.changedWhileWriting = true;
+          return;
+        }
+        this.scheduleReload();
       });
       this.watcher.on('error', (err) => this.opts.log.warn({ dir: this.opts.dir, err: err.message }, 'watching the rules directory failed; changes need a restart'));
     } catch (err) {
@@ -253,11 +285,28 @@ export class RulesStore {
     }
   }
 
+  private scheduleReload(): void {
+    this.changedWhileWriting = false;
+    if (this.stopped) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.reload('file change').catch((err: EdgeError) => {
+        if (err.code === 'E_STOPPING') return;
+        this.opts.onReloadFailure();
+        this.opts.log.error({ dir: this.opts.dir, err: err.message }, 'cannot read the rules directory; the running set keeps running');
+      });
+    }, DEBOUNCE_MS);
+  }
+
+  /** No change is taken from now on (E_STOPPING); one under way finishes (or fails) first. */
   async stop(): Promise<void> {
+    this.stopped = true;
+    this.warmUpAbort.abort();
     this.watcher?.close();
     this.watcher = null;
     if (this.timer) clearTimeout(this.timer);
-    // A change under way finishes (or fails) before the proxy goes on stopping.
     await this.queue;
+    await this.warming;
   }
 }
