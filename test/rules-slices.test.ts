@@ -68,6 +68,6 @@ t.test('reading and compiling 3,000 rules in slices never holds the event loop l
   const a = await analyzeInSlices(files, limits);
   await RuleSet.build(a.checked, engine);
   clearInterval(timer);
-  // Slices are 4 ms; a garbage collection can add some. A whole read at once takes far longer.
+  // Slices are 2 ms; a garbage collection can add some. A whole read at once takes far longer.
   t.ok(longest < 100, `the longest pause between two timer ticks was ${longest.toFixed(1)} ms`);
 });

@@ -99,7 +99,7 @@ export class RuleSet {
    * building a large set while messages flow does not hold them up. The set is used only once
    * the promise resolves.
    */
-  static async build(checked: CheckedRule[], opts: EngineOptions, sliceMs = 4, signal?: AbortSignal): Promise<RuleSet> {
+  static async build(checked: CheckedRule[], opts: EngineOptions, sliceMs = 2, signal?: AbortSignal): Promise<RuleSet> {
     const set = new RuleSet(checked, opts, true);
     let sliceStart = performance.now();
     while (set.compileNext()) {

@@ -83,7 +83,7 @@ export function analyzeRuleset(files: RuleFile[], limits: RuleLimits): Analysis 
  * The same, a few milliseconds at a time, giving the event loop back in between: a set pushed
  * while messages flow is read without holding them up, however large it is.
  */
-export async function analyzeInSlices(files: RuleFile[], limits: RuleLimits, sliceMs = 4, signal?: AbortSignal): Promise<Analysis> {
+export async function analyzeInSlices(files: RuleFile[], limits: RuleLimits, sliceMs = 2, signal?: AbortSignal): Promise<Analysis> {
   const out: Analysis = { checked: [], errors: [], rules: 0 };
   let sliceStart = performance.now();
   for (const _ of analyzeSteps(files, limits, out)) {

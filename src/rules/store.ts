@@ -104,8 +104,8 @@ export class RulesStore {
     const started = performance.now();
     try {
       for (let round = 0; round < WARM_UP_ROUNDS; round++) {
-        const a = await analyzeInSlices(files, this.opts.limits, 4, signal);
-        await RuleSet.build(a.checked, this.opts.engine, 4, signal);
+        const a = await analyzeInSlices(files, this.opts.limits, undefined, signal);
+        await RuleSet.build(a.checked, this.opts.engine, undefined, signal);
       }
       this.opts.log.debug({ tookMs: Math.round(performance.now() - started) }, 'rules compiler warmed up');
     } catch {
