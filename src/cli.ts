@@ -159,7 +159,7 @@ async function status(args: string[]): Promise<void> {
     u.url === null ? 'uplink:   none (offline mode): what would go up stays in the cache' : `uplink:   ${u.url}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
     `cache:    ${c.messages} messages, ${c.bytes} bytes, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
     `drain:    ${c.messages === 0 ? 'nothing to drain' : c.timeToDrainSeconds === null ? `not draining now${u.connected ? '' : ' (the uplink is not connected)'}` : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
-    ...(body.rules ? [`rules:    version ${body.rules.version}, ${body.rules.rules} rules (sha256 ${body.rules.sha256.slice(0, 12)})`] : []),
+    ...(body.rules ? [`rules:    version ${body.rules.version}, ${body.rules.rules} rule${body.rules.rules === 1 ? '' : 's'} (sha256 ${body.rules.sha256.slice(0, 12)})`] : []),
     '',
   ].join('\n'));
 }
