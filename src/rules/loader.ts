@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ruleChecker, type CheckedRule } from './dsl/checker.js';
-import { formatRuleError, type RuleError } from './dsl/errors.js';
+import { byPlace, formatRuleError, type RuleError } from './dsl/errors.js';
 import { parseRulesStepwise } from './dsl/parser.js';
 import { RuleSet, type EngineOptions } from './engine.js';
 import type { Rule } from './dsl/ast.js';
@@ -67,7 +67,7 @@ function* analyzeSteps(files: RuleFile[], limits: RuleLimits, out: Analysis): Ge
     if (c) out.checked.push(c);
     yield;
   }
-  errors.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.line - b.line || a.col - b.col));
+  errors.sort(byPlace);
   out.rules = parsed.length;
   if (errors.length > 0) out.checked = [];
 }

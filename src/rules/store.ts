@@ -3,7 +3,7 @@ import { existsSync, watch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { EdgeError, RuleLoadError } from '../core/errors.js';
-import type { RuleError } from './dsl/errors.js';
+import { byPlace, type RuleError } from './dsl/errors.js';
 import { RuleSet, type EngineOptions } from './engine.js';
 import { analyzeInSlices, compileRuleset, formatErrors, readRulesDir, sourcesOf, type RuleFile, type RuleLimits } from './loader.js';
 import { badFileNames } from './push-request.js';
@@ -129,7 +129,7 @@ export class RulesStore {
   private async analyze(files: RuleFile[], pushed: boolean): Promise<{ errors: RuleError[]; ruleset: () => Promise<RuleSet>; rules: number }> {
     const a = await analyzeInSlices(files, this.opts.limits);
     const named = pushed ? badFileNames(files) : [];
-    const errors = named.length === 0 ? a.errors : [...named, ...a.errors].sort((x, y) => (x.file < y.file ? -1 : x.file > y.file ? 1 : x.line - y.line || x.col - y.col));
+    const errors = named.length === 0 ? a.errors : [...named, ...a.errors].sort(byPlace);
     return { errors, rules: a.rules, ruleset: () => RuleSet.build(a.checked, this.opts.engine) };
   }
 

@@ -15,6 +15,11 @@ export interface RuleError {
   message: string;
 }
 
+/** The order errors are listed in: by file name, then line, then column. */
+export function byPlace(a: RuleError, b: RuleError): number {
+  return a.file < b.file ? -1 : a.file > b.file ? 1 : a.line - b.line || a.col - b.col;
+}
+
 /**
  * `file:line:col: code: message`, then the source line and a caret under the column. `lines` is
  * the source already split, so that many errors in one file cost one split. A long line is cut to
