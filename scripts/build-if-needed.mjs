@@ -25,4 +25,5 @@ if (!existsSync(built) || statSync(built).mtimeMs < sources) {
   console.error('building (tsc)...');
   const r = spawnSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.json')], { stdio: 'inherit' });
   if (r.status !== 0) process.exit(r.status ?? 1);
+  await import('./mark-executable.mjs');
 }
