@@ -1,6 +1,6 @@
 import type { EdgeMessage } from '../src/core/message.js';
 import { compileRuleset } from '../src/rules/loader.js';
-import { msgValue } from '../src/pipeline/router.js';
+import { msgValue } from '../src/rules/msg.js';
 import type { Value } from '../src/rules/values.js';
 
 export interface RulesCase {

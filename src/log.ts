@@ -1,7 +1,5 @@
 import pino, { type Logger } from 'pino';
 
-export type { Logger };
-
 /** JSON lines on stdout; journald keeps them under systemd. */
 export function createLogger(level: string): Logger {
   return pino({

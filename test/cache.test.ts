@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { DurableCache, toRanges, type CacheOptions, type CachedMessage } from '../src/uplink/cache.js';
 import type { EdgeMessage } from '../src/core/message.js';
-import type { Priority } from '../src/config/types.js';
+import type { Priority } from '../src/core/priority.js';
 import { newMessageId } from '../src/core/ids.js';
 import { messageSize } from '../src/uplink/cache-schema.js';
 

@@ -35,9 +35,10 @@ t.test('no file: the embedded defaults', async (t) => {
   t.same(config, {
     edge: { id: hostname() },
     dataDir: join(cwd, 'data'),
-    mqtt: { host: '127.0.0.1', port: 1883 },
+    mqtt: { host: '127.0.0.1', port: 1883, tls: { port: 8883, cert: null, key: null, ca: null } },
     admin: { host: '127.0.0.1', port: 9180, token: null, tokenFile: null },
     auth: { mode: 'open' },
+    devicesFile: join(cwd, 'devices.yaml'),
     routing: { default: 'uplink', priorities: [] },
     cache: { path: join(cwd, 'data', 'cache.db'), maxBytes: 512 * 1024 * 1024, maxAgeSeconds: 604800 },
     rules: { dir: join(cwd, 'rules'), maxWindowValues: 10000, stateTtlSeconds: 3600, maxFileBytes: 1048576, maxRules: 10000 },
@@ -157,18 +158,15 @@ t.test('keys of features that do not exist yet are refused as unknown keys', asy
     'http: { port: 8080 }',
     'models: { dir: ./models }',
     'inference: { threads: 2 }',
-    'devicesFile: devices.yaml',
-    'mqtt: { tls: { port: 8883 } }',
     'limits: { perDeviceRate: 100 }',
     'log: { pretty: true }',
     '',
   ].join('\n');
   const found = problems(t, yaml);
-  t.equal(found.length, 8);
+  t.equal(found.length, 6);
   for (const line of found) t.match(line, /: E_CONFIG_UNKNOWN_KEY: unknown key `\w+`: [\w.]+ is not available/);
   t.match(found, [/:1:1: coap:/, /:2:1: http:/]);
-  t.ok(found.some((p) => p.includes(':6:9: mqtt.tls:')));
-  t.ok(found.some((p) => p.includes(':8:8: log.pretty:')));
+  t.ok(found.some((p) => p.includes(':6:8: log.pretty:')));
 });
 
 t.test('routing.priorities: an ordered list of topic filters and priorities', async (t) => {
@@ -393,11 +391,11 @@ t.test('ports: integers from 0 (any free port) to 65535', async (t) => {
 });
 
 t.test('values outside their enum', async (t) => {
-  t.same(problems(t, 'log: { level: verbose }\nauth: { mode: token }\nuplink: { qos: 2, protocolVersion: 3 }\n'), [
+  t.same(problems(t, 'log: { level: verbose }\nauth: { mode: tokens }\nuplink: { qos: 2, protocolVersion: 3 }\n'), [
     'edge-proxy.test.yaml:1:15: log.level: E_CONFIG_VALUE: ' +
       'must be one of `trace`, `debug`, `info`, `warn`, `error`, `fatal`, not `verbose`',
     'edge-proxy.test.yaml:2:15: auth.mode: E_CONFIG_VALUE: ' +
-      'must be `open`, not `token`; token mode is not available in this version yet',
+      'must be one of `open`, `token`, not `tokens`; open admits any client (trials on loopback); token admits only the devices in devicesFile',
     'edge-proxy.test.yaml:3:16: uplink.qos: E_CONFIG_VALUE: must be `1`, not 2; only QoS 1 is supported',
     'edge-proxy.test.yaml:3:36: uplink.protocolVersion: E_CONFIG_VALUE: must be one of `4`, `5`, not 3',
   ]);
@@ -595,6 +593,16 @@ t.test('settings that contradict each other', async (t) => {
   t.match(problems(t, 'uplink: { tls: { cert: c.pem } }\n'), [
     /uplink\.tls\.cert: E_CONFIG_VALUE: uplink\.tls\.key must be set too/,
   ]);
+  t.same(problems(t, 'mqtt:\n  tls: { key: k.pem }\n'), [
+    "edge-proxy.test.yaml:2:15: mqtt.tls.key: E_CONFIG_VALUE: mqtt.tls.cert must be set too: the TLS endpoint's certificate needs its key",
+  ]);
+  t.same(problems(t, 'mqtt:\n  tls: { ca: devices-ca.pem }\n'), [
+    'edge-proxy.test.yaml:2:14: mqtt.tls.ca: E_CONFIG_VALUE: mqtt.tls.ca asks for client certificates on the TLS endpoint, which runs only when mqtt.tls.cert and mqtt.tls.key are set',
+  ]);
+  const { config } = load(t, 'auth: { mode: token }\ndevicesFile: site/devices.yaml\nmqtt: { tls: { cert: s.pem, key: s.key, ca: ca.pem } }\n');
+  t.equal(config.auth.mode, 'token');
+  t.match(config.devicesFile, /site\/devices\.yaml$/, 'a relative registry path is resolved');
+  t.same(Object.keys(config.mqtt.tls), ['port', 'cert', 'key', 'ca']);
 });
 
 t.test('the result is deeply frozen', async (t) => {
@@ -621,7 +629,10 @@ t.test('config/edge-proxy.production.yaml loads without problems', async (t) => 
   t.equal(config.dataDir, '/var/lib/edge-proxy');
   t.equal(config.uplink.url, 'mqtts://broker.example.com:8883');
   t.equal(config.uplink.tls.ca, '/etc/edge-proxy/ca.pem');
-  t.equal(config.auth.mode, 'open');
+  t.equal(config.auth.mode, 'token', 'only registered devices get in');
+  t.equal(config.devicesFile, '/etc/edge-proxy/devices.yaml');
+  t.equal(config.mqtt.tls.port, 8883, 'devices on the site network use TLS');
+  t.ok(config.mqtt.tls.cert && config.mqtt.tls.key, 'the TLS endpoint runs');
   t.same(config.routing.priorities, [
     { topic: 'devices/+/alarm/#', priority: 'critical' },
     { topic: 'devices/+/debug/#', priority: 'low' },

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { analyzeInSlices, analyzeRuleset, type RuleFile } from '../src/rules/loader.js';
 import { RuleSet } from '../src/rules/engine.js';
 import type { EdgeMessage } from '../src/core/message.js';
-import { msgValue } from '../src/pipeline/router.js';
+import { msgValue } from '../src/rules/msg.js';
 
 const limits = { maxFileBytes: 4 * 2 ** 20, maxRules: 100_000 };
 const engine = { maxWindowValues: 10_000, stateTtlSeconds: 3600, onTruncated() {} };

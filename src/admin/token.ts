@@ -2,8 +2,7 @@ import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Config } from '../config/types.js';
-
-export const ADMIN_TOKEN_FILE = 'admin-token';
+import { ADMIN_TOKEN_FILE } from './local-files.js';
 
 /**
  * The admin token: `admin.token`, else the content of `admin.tokenFile`, else one made at the
@@ -32,12 +31,4 @@ export function tokenMatches(presented: string | undefined, token: string): bool
   const a = createHash('sha256').update(presented).digest();
   const b = createHash('sha256').update(token).digest();
   return timingSafeEqual(a, b);
-}
-
-export function readLocalToken(dataDir: string): string | null {
-  try {
-    return readFileSync(join(dataDir, ADMIN_TOKEN_FILE), 'utf8').trim() || null;
-  } catch {
-    return null;
-  }
 }

@@ -7,6 +7,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document } from 'yaml';
+import { closestName } from '../core/did-you-mean.js';
 import { ConfigError, type ConfigProblem } from '../core/errors.js';
 import {
   configValidator,
@@ -22,10 +23,10 @@ import {
 import type { Config, LoadedConfig } from './types.js';
 import { DURATION_UNIT_NAMES, formatSize, parseDuration, parseSize, SIZE_UNIT_NAMES } from './units.js';
 
-export const DEFAULT_CONFIG_FILE = 'edge-proxy.yaml';
-export const ENV_PREFIX = 'EDGE_PROXY_';
+const DEFAULT_CONFIG_FILE = 'edge-proxy.yaml';
+const ENV_PREFIX = 'EDGE_PROXY_';
 /** The `source` of problems that come from neither a file nor the environment. */
-export const DEFAULTS_SOURCE = '(defaults)';
+const DEFAULTS_SOURCE = '(defaults)';
 
 export interface LoadOptions {
   /** the file to read; undefined: ./edge-proxy.yaml if present, else the defaults; null: the defaults */
@@ -36,7 +37,7 @@ export interface LoadOptions {
   cwd?: string;
 }
 
-export interface CheckResult {
+interface CheckResult {
   /** the absolute path of the file read, or null for the embedded defaults */
   file: string | null;
   /** every problem found, in file order, then environment problems */
@@ -62,7 +63,7 @@ export function checkConfig(opts: LoadOptions = {}): CheckResult {
   return { ...result, problems: [input.problem, ...result.problems], loaded: null };
 }
 
-export interface TextOptions {
+interface TextOptions {
   /** how problems name the text, usually the file path as the user gave it */
   source: string;
   /** what LoadedConfig.file says */
@@ -72,7 +73,7 @@ export interface TextOptions {
 }
 
 /** Checks configuration text that did not come from a file (null: the embedded defaults). */
-export function checkConfigText(text: string | null, opts: TextOptions): CheckResult {
+function checkConfigText(text: string | null, opts: TextOptions): CheckResult {
   const file = opts.file ?? null;
   const cwd = opts.cwd ?? process.cwd();
   const parsed = text === null ? emptyInput(opts.source) : parseYaml(text, opts.source);
@@ -87,11 +88,6 @@ export function checkConfigText(text: string | null, opts: TextOptions): CheckRe
   const validate = configValidator();
   if (problems.length > 0 || !validate(tree)) return { file, problems: sortProblems(problems), loaded: null };
   return { file, problems: [], loaded: { config: finish(tree, cwd), file, trialDefaults } };
-}
-
-/** EDGE_PROXY_* variable name -> dotted key path, for every key the environment can set. */
-export function envOverrideNames(): ReadonlyMap<string, string> {
-  return new Map([...envLeaves()].map(([name, leaf]) => [name, leaf.path.join('.')]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,7 +541,7 @@ function describeValue(value: unknown, node?: SchemaNode, withType = false): str
   if (typeof value === 'number' && withType) return `the number ${value}`;
   if (typeof value === 'number') return node?.unit === 'size' ? formatSize(value) : String(value);
   if (typeof value === 'object') return 'a mapping';
-  return `\`${String(value)}\``;
+  return `\`${typeof value === 'boolean' ? String(value) : typeof value}\``;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -560,13 +556,20 @@ function crossKeyProblems(tree: Tree, where: Locations): ConfigProblem[] {
     const message = 'set admin.token or admin.tokenFile, not both';
     problems.push(makeProblem('E_CONFIG_VALUE', where.ofValue(path), path, message));
   }
-  // A client certificate is useless without its key, and the reverse; TLS would fail only at connect time.
-  const cert = ['uplink', 'tls', 'cert'];
-  const key = ['uplink', 'tls', 'key'];
-  if (isSet(cert) !== isSet(key)) {
+  // A certificate is useless without its key, and the reverse; TLS would fail only at connect time.
+  for (const [section, what] of [['uplink', 'a client certificate'], ['mqtt', 'the TLS endpoint\'s certificate']] as const) {
+    const cert = [section, 'tls', 'cert'];
+    const key = [section, 'tls', 'key'];
+    if (isSet(cert) === isSet(key)) continue;
     const [given, missing] = isSet(cert) ? [cert, key] : [key, cert];
-    const message = `${missing.join('.')} must be set too: a client certificate needs its key`;
+    const message = `${missing.join('.')} must be set too: ${what} needs its key`;
     problems.push(makeProblem('E_CONFIG_VALUE', where.ofValue(given), given, message));
+  }
+  // Client certificates are checked against a CA only on the TLS endpoint, which needs cert and key.
+  const ca = ['mqtt', 'tls', 'ca'];
+  if (isSet(ca) && !isSet(['mqtt', 'tls', 'cert'])) {
+    const message = 'mqtt.tls.ca asks for client certificates on the TLS endpoint, which runs only when mqtt.tls.cert and mqtt.tls.key are set';
+    problems.push(makeProblem('E_CONFIG_VALUE', where.ofValue(ca), ca, message));
   }
   return problems;
 }
@@ -675,40 +678,4 @@ function pathOf(pointer: string): string[] {
 function didYouMean(unknown: string, known: readonly string[], prefix: string): string {
   const name = closestName(unknown, known);
   return name === undefined ? '' : `: did you mean \`${prefix}${name}\`?`;
-}
-
-/** The known name the unknown one is likely a typo of, if any. */
-function closestName(unknown: string, known: readonly string[]): string | undefined {
-  const wanted = normaliseName(unknown);
-  const limit = wanted.length <= 4 ? 1 : wanted.length <= 8 ? 2 : 3;
-  let best: { name: string; distance: number } | undefined;
-  for (const name of known) {
-    const candidate = normaliseName(name);
-    const close = wanted.length >= 4 && (candidate.startsWith(wanted) || wanted.startsWith(candidate));
-    const distance = close ? 0.5 : editDistance(wanted, candidate);
-    if (distance <= limit && (!best || distance < best.distance)) best = { name, distance };
-  }
-  return best?.name;
-}
-
-// `topic_prefix`, `TopicPrefix` and `topicprefix` are all someone meaning topicPrefix.
-function normaliseName(name: string): string {
-  return name.toLowerCase().replace(/[_-]/g, '');
-}
-
-/** Optimal string alignment distance: Levenshtein plus swapping two neighbours (`prot` -> `port`). */
-function editDistance(a: string, b: string): number {
-  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) =>
-    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
-  );
-  const at = (i: number, j: number) => d[i]?.[j] ?? Infinity;
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let best = Math.min(at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) best = Math.min(best, at(i - 2, j - 2) + 1);
-      (d[i] as number[])[j] = best;
-    }
-  }
-  return at(a.length, b.length);
 }

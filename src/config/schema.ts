@@ -6,22 +6,17 @@
 // numbers and filled in the defaults, so a value it accepts is a Config.
 
 import { Ajv, type ValidateFunction } from 'ajv';
-import type { Config, Priority } from './types.js';
+import { PRIORITIES } from '../core/priority.js';
+import type { Config } from './types.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const DAY = 86400;
 
-/** Schemes MQTT.js can reach a cloud broker with (uplink-cache.md). */
+/** Schemes MQTT.js can reach a cloud broker with: MQTT over TCP or TLS, over WebSocket or secure WebSocket. */
 export const UPLINK_URL_SCHEMES = ['mqtt', 'mqtts', 'ws', 'wss'] as const;
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
-
-/** The uplink priorities, most urgent first (uplink-cache.md). */
-export const PRIORITIES = ['critical', 'high', 'normal', 'low'] as const satisfies readonly Priority[];
-// Fails to compile when Priority gains a value PRIORITIES does not list.
-const everyPriorityListed: Priority extends (typeof PRIORITIES)[number] ? true : never = true;
-void everyPriorityListed;
 
 /**
  * Annotations this project adds to the schema; ajv ignores them, load.ts reads them.
@@ -127,7 +122,7 @@ function list<E>(
   return { shape: `a list of mappings with ${named}`, ...extra, type: 'array', items };
 }
 
-// A port of 0 asks the system for any free port (operations.md).
+// A port of 0 asks the system for any free port (docs/configuration.md, Ports).
 const port = (dflt: number) => ({ type: 'integer', minimum: 0, maximum: 65535, default: dflt }) as const;
 const host = (dflt: string) => ({ type: 'string', minLength: 1, default: dflt }) as const;
 const optionalPath = { type: 'string', nullable: true, minLength: 1, default: null, resolvePath: true } as const;
@@ -157,23 +152,28 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     },
   }),
   dataDir: { type: 'string', minLength: 1, default: './data', resolvePath: true, trialDefault: true },
-  mqtt: object<Config['mqtt']>({ host: host('127.0.0.1'), port: port(1883) }),
+  mqtt: object<Config['mqtt']>({
+    host: host('127.0.0.1'),
+    port: port(1883),
+    // Runs only when cert and key are both set (load.ts checks the pair).
+    tls: object<Config['mqtt']['tls']>({ port: port(8883), cert: optionalPath, key: optionalPath, ca: optionalPath }),
+  }),
   admin: object<Config['admin']>({
     host: host('127.0.0.1'),
     port: port(9180),
     token: { type: 'string', nullable: true, minLength: 1, default: null },
     tokenFile: optionalPath,
   }),
-  // `token` mode (with devicesFile) is in the contract but not built yet.
   auth: object<Config['auth']>({
     mode: {
       type: 'string',
-      enum: ['open'],
+      enum: ['open', 'token'],
       default: 'open',
       trialDefault: true,
-      hint: 'token mode is not available in this version yet',
+      hint: 'open admits any client (trials on loopback); token admits only the devices in devicesFile',
     },
   }),
+  devicesFile: { type: 'string', minLength: 1, default: './devices.yaml', resolvePath: true },
   routing: object<Config['routing']>({
     default: { type: 'string', enum: ['uplink', 'local'], default: 'uplink' },
     // First match wins; a topic no filter matches goes up as `normal`.
@@ -186,13 +186,13 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     ),
   }),
   // Default path: <dataDir>/cache.db (load.ts), so moving dataDir moves the cache with it.
-  // `critical` messages are exempt from both bounds (uplink-cache.md).
+  // `critical` messages are exempt from both bounds (docs/cache.md, guarantee 5).
   cache: object<Config['cache']>({
     path: { type: 'string', minLength: 1, resolvePath: true },
     maxBytes: { type: 'integer', minimum: KiB, default: 512 * MiB, unit: 'size' },
     maxAgeSeconds: { type: 'integer', minimum: 1, default: 7 * DAY, unit: 'duration' },
   }),
-  // The rules directory is the one source of truth for the running ruleset (rules-dsl.md).
+  // The rules directory is the one source of truth for the running ruleset (docs/rules.md, Where rules live).
   rules: object<Config['rules']>({
     dir: { type: 'string', minLength: 1, default: './rules', resolvePath: true },
     maxWindowValues: { type: 'integer', minimum: 1, maximum: 10_000_000, default: 10_000 },
@@ -245,12 +245,12 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
 export const configSchemaTree: SchemaNode = configSchema;
 
 /**
- * Keys the contract (operations.md, uplink-cache.md) names for features this version does not have.
+ * Keys of features this version does not have yet (docs/configuration.md, Errors).
  * They are refused like any unknown key; the message just says why, so nobody hunts for a typo.
  */
 export const PLANNED_KEYS: ReadonlySet<string> = new Set([
-  'coap', 'http', 'devicesFile', 'models', 'inference',
-  'mqtt.tls', 'limits.perDeviceRate', 'log.pretty',
+  'coap', 'http', 'models', 'inference',
+  'limits.perDeviceRate', 'log.pretty',
 ]);
 
 export function isUplinkUrl(value: string): boolean {

@@ -1,13 +1,21 @@
 // The validated, frozen configuration every stage reads. Sizes are bytes, durations seconds.
 
-export type Priority = 'critical' | 'high' | 'normal' | 'low';
+import type { Priority } from '../core/priority.js';
+
 
 export interface Config {
   edge: { id: string };
   dataDir: string;
-  mqtt: { host: string; port: number };
+  mqtt: {
+    host: string;
+    port: number;
+    /** MQTT over TLS: only when cert and key are set; with ca, client certificates are required */
+    tls: { port: number; cert: string | null; key: string | null; ca: string | null };
+  };
   admin: { host: string; port: number; token: string | null; tokenFile: string | null };
-  auth: { mode: 'open' };
+  auth: { mode: 'open' | 'token' };
+  /** the device registry read in token mode */
+  devicesFile: string;
   routing: {
     default: 'uplink' | 'local';
     /** uplink priority by MQTT topic filter, first match wins; no match: `normal` */

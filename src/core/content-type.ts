@@ -2,7 +2,7 @@ import { isUtf8 } from 'node:buffer';
 import type { ContentType } from './message.js';
 
 /** What detection learnt: the type, and the decoded value when detection had to parse it anyway. */
-export interface Detected {
+interface Detected {
   contentType: ContentType;
   /** the parsed JSON value for `json`, the string for `text`, undefined otherwise */
   decoded?: unknown;
@@ -17,7 +17,7 @@ function decodeUtf8(bytes: Uint8Array): string | undefined {
 
 /**
  * MQTT 3.1.1 carries no content type, so it is sniffed: a JSON object or array is `json`,
- * other valid UTF-8 is `text`, anything else `binary` (message-model.md, Content type).
+ * other valid UTF-8 is `text`, anything else `binary` (docs/message-model.md, Content type).
  */
 export function sniffContentType(bytes: Uint8Array): Detected {
   const text = decodeUtf8(bytes);

@@ -1,13 +1,12 @@
-import type { Priority } from '../config/types.js';
+import { priorityRank, type Priority } from '../core/priority.js';
 import type { EdgeMessage } from '../core/message.js';
 import type { Evaluation } from '../rules/engine.js';
 import type { Value } from '../rules/values.js';
 
-const RANK: Record<Priority, number> = { critical: 0, high: 1, normal: 2, low: 3 };
 const DEVICE_PROTOCOLS = new Set(['mqtt', 'coap', 'ws']);
 
 /** What goes up for one message: the message itself, or a new one made by a rule. */
-export interface PlannedUplink {
+interface PlannedUplink {
   rule: string | null;
   /** true: the message itself (same id); false: a new message */
   self: boolean;
@@ -57,7 +56,7 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
             self = { rule: a.rule, self: true, topic: msg.topic, payload: undefined, priority };
             plan.uplinks.push(self);
             plan.sends.push(self);
-          } else if (RANK[priority] < RANK[self.priority]) {
+          } else if (priorityRank(priority) < priorityRank(self.priority)) {
             self.priority = priority;
           }
         } else {
@@ -79,7 +78,7 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
         }
         break;
       case 'infer':
-        plan.infers.push({ rule: a.rule, model: String(args.model), to: typeof args.to === 'string' ? args.to : null });
+        plan.infers.push({ rule: a.rule, model: typeof args.model === 'string' ? args.model : JSON.stringify(args.model), to: typeof args.to === 'string' ? args.to : null });
         break;
       case 'log':
         plan.logs.push({ rule: a.rule, level: args.level as Plan['logs'][number]['level'], text: args.text ?? null });

@@ -1,4 +1,4 @@
-import type { Priority } from '../config/types.js';
+import type { Priority } from '../core/priority.js';
 import { topicMatches } from '../core/topic.js';
 
 export interface PriorityRule {

@@ -15,7 +15,7 @@ export interface EvalState {
   edge: Value;
 }
 
-export type Compiled = (s: EvalState) => Value;
+type Compiled = (s: EvalState) => Value;
 
 type WindowState = SeriesWindow | PreviousWindow | CountWindow;
 
@@ -70,7 +70,7 @@ export class WindowDef {
   }
 }
 
-export interface CompiledAction {
+interface CompiledAction {
   name: string;
   /** evaluates the arguments; a constant when every argument is a literal */
   args: (s: EvalState) => Record<string, Value>;
@@ -87,7 +87,7 @@ export interface CompiledRule {
 }
 
 /** Canonical text of an expression, positions left out: equal text, equal expression. */
-export function canonical(e: Expr): string {
+function canonical(e: Expr): string {
   switch (e.kind) {
     case 'literal': return JSON.stringify(e.value) + (e.duration ? 'ms' : '');
     case 'name': return e.name;
@@ -119,7 +119,7 @@ function conjuncts(e: Expr): Expr[] {
   return e.kind === 'binary' && e.op === 'and' ? [...conjuncts(e.left), ...conjuncts(e.right)] : [e];
 }
 
-export interface CompileContext {
+interface CompileContext {
   /** window definitions of the whole ruleset, by state TTL, scope and expression */
   windows: Map<string, WindowDef>;
   /** conditions of the whole ruleset, by state TTL, scope and expression: each evaluated once per message */

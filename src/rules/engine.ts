@@ -3,7 +3,7 @@ import { topicMatches } from '../core/topic.js';
 import { compileRule, stateTtlMs, type CompiledRule, type EvalState, type WindowDef } from './compiler.js';
 import type { CheckedRule } from './dsl/checker.js';
 import { TopicIndex } from './topic-index.js';
-import { compareCodePoints, fromJson, type Value } from './values.js';
+import { compareCodePoints, type Value } from './values.js';
 import type { WindowLimits } from './windows.js';
 
 // One sequence for every ruleset: window state carried from one set to the next compares
@@ -33,7 +33,7 @@ class MessageState implements EvalState {
 }
 
 /** One action a fired rule asked for, with its arguments evaluated. */
-export interface ActionCall {
+interface ActionCall {
   rule: string;
   name: string;
   args: Record<string, Value>;
@@ -54,11 +54,6 @@ export interface EngineOptions {
   stateTtlSeconds: number;
   /** per rule: counted and logged by the caller */
   onTruncated(rule: string): void;
-}
-
-/** The decoded payload of a message, parsed once and only when something reads it. */
-export interface PayloadSource {
-  payload(msg: EdgeMessage): Value;
 }
 
 interface RuleState {
@@ -204,7 +199,7 @@ export class RuleSet {
 
   /**
    * Take over the window and throttle state of `previous` for every rule whose name and window
-   * expressions are unchanged (rules-dsl.md, hot reload); the others start empty. Call before this
+   * expressions are unchanged (docs/rules.md, Where rules live); the others start empty. Call before this
    * set evaluates its first message.
    */
   carryOver(previous: RuleSet): number {
@@ -234,5 +229,3 @@ export class RuleSet {
     }
   }
 }
-
-export { fromJson };

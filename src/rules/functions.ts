@@ -48,7 +48,7 @@ function topicLevel(topic: Value, i: Value): Value {
   return at >= 0 && at < levels.length ? levels[at]! : null;
 }
 
-export interface FunctionSpec {
+interface FunctionSpec {
   min: number;
   max: number;
   /** `now` reads the message's time: it is given it as its last argument */
@@ -56,23 +56,23 @@ export interface FunctionSpec {
 }
 
 export const FUNCTIONS: Record<string, FunctionSpec> = {
-  abs: { min: 1, max: 1, fn: (x) => (num(x!) ? Math.abs(x) : null) },
+  abs: { min: 1, max: 1, fn: (x) => (num(x) ? Math.abs(x) : null) },
   // digits absent: 0; digits given but null (missing data) is a value of the wrong kind
-  round: { min: 1, max: 2, fn: (x, d) => round(x!, d === undefined ? 0 : d) },
-  floor: { min: 1, max: 1, fn: (x) => (num(x!) ? Math.floor(x) : null) },
-  ceil: { min: 1, max: 1, fn: (x) => (num(x!) ? Math.ceil(x) : null) },
-  min: { min: 2, max: 2, fn: (a, b) => (num(a!) && num(b!) ? Math.min(a, b) : null) },
-  max: { min: 2, max: 2, fn: (a, b) => (num(a!) && num(b!) ? Math.max(a, b) : null) },
-  len: { min: 1, max: 1, fn: (x) => (str(x!) || Array.isArray(x) ? x.length : null) },
-  lower: { min: 1, max: 1, fn: (x) => (str(x!) ? x.toLowerCase() : null) },
-  upper: { min: 1, max: 1, fn: (x) => (str(x!) ? x.toUpperCase() : null) },
-  trim: { min: 1, max: 1, fn: (x) => (str(x!) ? x.trim() : null) },
-  startsWith: { min: 2, max: 2, fn: (s, p) => (str(s!) && str(p!) ? s.startsWith(p) : null) },
-  endsWith: { min: 2, max: 2, fn: (s, p) => (str(s!) && str(p!) ? s.endsWith(p) : null) },
-  number: { min: 1, max: 1, fn: (x) => toNumber(x!) },
-  string: { min: 1, max: 1, fn: (x) => toString(x!) },
-  bool: { min: 1, max: 1, fn: (x) => toBool(x!) },
-  topicLevel: { min: 2, max: 2, fn: (t, i) => topicLevel(t!, i!) },
+  round: { min: 1, max: 2, fn: (x, d) => round(x, d === undefined ? 0 : d) },
+  floor: { min: 1, max: 1, fn: (x) => (num(x) ? Math.floor(x) : null) },
+  ceil: { min: 1, max: 1, fn: (x) => (num(x) ? Math.ceil(x) : null) },
+  min: { min: 2, max: 2, fn: (a, b) => (num(a) && num(b) ? Math.min(a, b) : null) },
+  max: { min: 2, max: 2, fn: (a, b) => (num(a) && num(b) ? Math.max(a, b) : null) },
+  len: { min: 1, max: 1, fn: (x) => (str(x) || Array.isArray(x) ? x.length : null) },
+  lower: { min: 1, max: 1, fn: (x) => (str(x) ? x.toLowerCase() : null) },
+  upper: { min: 1, max: 1, fn: (x) => (str(x) ? x.toUpperCase() : null) },
+  trim: { min: 1, max: 1, fn: (x) => (str(x) ? x.trim() : null) },
+  startsWith: { min: 2, max: 2, fn: (s, p) => (str(s) && str(p) ? s.startsWith(p) : null) },
+  endsWith: { min: 2, max: 2, fn: (s, p) => (str(s) && str(p) ? s.endsWith(p) : null) },
+  number: { min: 1, max: 1, fn: (x) => toNumber(x) },
+  string: { min: 1, max: 1, fn: (x) => toString(x) },
+  bool: { min: 1, max: 1, fn: (x) => toBool(x) },
+  topicLevel: { min: 2, max: 2, fn: (t, i) => topicLevel(t, i) },
   now: { min: 0, max: 0, fn: () => null }, // compiled specially: the current message's ts
 };
 

@@ -25,7 +25,7 @@ export interface CompileResult {
 }
 
 /** What parsing and checking a ruleset found. `checked` is empty when there is any error. */
-export interface Analysis {
+interface Analysis {
   checked: CheckedRule[];
   errors: RuleError[];
   rules: number;

@@ -7,20 +7,20 @@ import type { RuleFile } from './loader.js';
 export const MAX_PUSH_BYTES = 16 * 2 ** 20;
 
 /** The most files one push may carry: each is a file written, and a set is a handful of them. */
-export const MAX_PUSH_FILES = 1000;
+const MAX_PUSH_FILES = 1000;
 
-/** The name a single pushed text is stored under (rules-dsl.md). */
-export const PUSHED_FILE = 'pushed.rules';
+/** The name a single pushed text is stored under (docs/rules.md, Pushing rules). */
+const PUSHED_FILE = 'pushed.rules';
 
 /** A push body that cannot be read as rules files; `status` is the HTTP answer it gets. */
 export class PushRequestError extends EdgeError {
-  constructor(message: string, readonly status: 400 | 413 = 400) {
-    super('E_RULES_REQUEST', message);
+  constructor(message: string, status: 400 | 413 = 400) {
+    super('E_RULES_REQUEST', message, { status });
     this.name = 'PushRequestError';
   }
 }
 
-export type BodyKind = 'json' | 'text' | 'auto';
+type BodyKind = 'json' | 'text' | 'auto';
 
 /** What an HTTP content type makes of a body: JSON for application/json (and +json), else text. */
 export function bodyKindOf(contentType: string | undefined): BodyKind {

@@ -13,14 +13,14 @@ import { RulesHistory, type RulesVersion } from './history.js';
 export type { RulesVersion } from './history.js';
 
 /** Where a change of the rules came from, for logs and metrics. */
-export type RulesSource = 'api' | 'cloud' | 'file change' | 'rollback';
+type RulesSource = 'api' | 'cloud' | 'file change' | 'rollback';
 
-/** The answer to a push, a validation or a rollback (rules-dsl.md). */
+/** The answer to a push, a validation or a rollback (docs/rules.md, Pushing rules). */
 export type RulesOutcome =
   | { ok: true; version: number; sha256: string; rules: number; changed: boolean }
   | { ok: false; errors: RuleError[] };
 
-export interface RulesStoreOptions {
+interface RulesStoreOptions {
   dir: string;
   dataDir: string;
   limits: RuleLimits;
@@ -35,18 +35,18 @@ export interface RulesStoreOptions {
 
 const DEBOUNCE_MS = 250;
 const WARM_UP_ROUNDS = 3;
-export const HISTORY_DIR = 'rules-history';
-export const PUSH_JOURNAL = 'rules-push.json';
+const HISTORY_DIR = 'rules-history';
+const PUSH_JOURNAL = 'rules-push.json';
 
 /** SHA-256 over the files' names and texts, in name order: equal content, equal hash. */
-export function contentHash(files: RuleFile[]): string {
+function contentHash(files: RuleFile[]): string {
   const h = createHash('sha256');
   for (const f of [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) h.update(f.name).update('\0').update(f.text).update('\0');
   return h.digest('hex');
 }
 
 /**
- * The rules directory as the one source of truth for the running set (rules-dsl.md): loaded at
+ * The rules directory as the one source of truth for the running set (docs/rules.md, Where rules live): loaded at
  * start, reloaded whole when a file changes, replaced whole by a push or a rollback, each accepted
  * content a new version kept in <dataDir>/rules-history/. A set with errors changes nothing.
  *

@@ -5,7 +5,7 @@ export type Value = null | boolean | number | string | Value[] | { [key: string]
 /** Names that never read as a field, whatever the object holds: no way to the prototype. */
 const BLOCKED = new Set(['__proto__', 'constructor', 'prototype']);
 
-export function isObject(v: unknown): v is { [key: string]: Value } {
+function isObject(v: unknown): v is { [key: string]: Value } {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
@@ -30,7 +30,7 @@ export function index(v: Value, i: Value): Value {
 export function equal(a: Value, b: Value): boolean {
   if (a === b) return true;
   if (typeof a !== typeof b || a === null || b === null) return false;
-  if (typeof a === 'number') return Number.isNaN(a) && Number.isNaN(b as number);
+  if (typeof a === 'number') return Number.isNaN(a) && Number.isNaN(b);
   if (Array.isArray(a)) {
     if (!Array.isArray(b) || a.length !== b.length) return false;
     for (let i = 0; i < a.length; i++) if (!equal(a[i]!, b[i]!)) return false;

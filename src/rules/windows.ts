@@ -1,11 +1,8 @@
+// What a window keeps for one device: recent values of one expression, by time (`5m`, over
+// msg.ts) or by count (`10`), or just the previous value (delta, last, changed).
+
 import type { Value } from './values.js';
 import { equal } from './values.js';
-
-/**
- * What a window keeps for one device: recent values of one expression, by time (`5m`, over
- * msg.ts) or by count (`10`), or just the previous value (delta, last, changed).
- */
-export type WindowShape = { kind: 'time'; ms: number } | { kind: 'count'; n: number } | { kind: 'previous' } | { kind: 'messages'; ms: number | null; n: number | null };
 
 export interface WindowLimits {
   maxValues: number;

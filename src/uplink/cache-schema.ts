@@ -7,7 +7,7 @@
  * deleting a run of delivered rows are all range operations on the primary key, with no second
  * index to keep up to date on every insert.
  */
-export const PRIORITY_SPAN = 2 ** 48;
+const PRIORITY_SPAN = 2 ** 48;
 
 export function keyOf(rank: number, seq: number): number {
   return rank * PRIORITY_SPAN + seq;
@@ -20,8 +20,6 @@ export function rankOfKey(key: number): number {
 export function seqOfKey(key: number): number {
   return key % PRIORITY_SPAN;
 }
-
-export const SCHEMA_VERSION = 1;
 
 export const SCHEMA_SQL = `
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;
@@ -37,7 +35,7 @@ CREATE TABLE IF NOT EXISTS messages (
 `;
 
 /** Counted size of a message in the cache: its variable fields plus a fixed row overhead. */
-export const ROW_OVERHEAD = 74;
+const ROW_OVERHEAD = 74;
 
 export function messageSize(payloadBytes: number, topic: string, deviceId: string): number {
   return payloadBytes + Buffer.byteLength(topic) + deviceId.length + ROW_OVERHEAD;

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { EdgeError } from '../core/errors.js';
 
-export interface CloudEvents {
+interface CloudEvents {
   up: [];
   down: [];
   /** a message under <controlPrefix>down/: its local topic, payload and retain flag */
@@ -15,7 +15,7 @@ export interface CloudEvents {
   rulesSet: [payload: Buffer, retained: boolean];
 }
 
-export type PublishDone = (err: Error | null) => void;
+type PublishDone = (err: Error | null) => void;
 
 const MIN_BACKOFF_MS = 1_000;
 const MAX_BACKOFF_MS = 60_000;

@@ -12,7 +12,7 @@ export interface UplinkFields {
 }
 
 /**
- * The cloud envelope: {"id","ts","deviceId","topic","contentType","payload","edge"} (uplink-cache.md).
+ * The cloud envelope: {"id","ts","deviceId","topic","contentType","payload","edge"} (docs/message-model.md, To the cloud).
  * A `json` payload is already JSON text, checked when the message arrived, so its bytes are
  * spliced in as they are instead of being parsed and serialized again.
  */

@@ -6,10 +6,10 @@ import type { Evaluation, RuleSet } from '../../src/rules/engine.js';
 import type { RuleError } from '../../src/rules/dsl/errors.js';
 import { planActions, type Plan } from '../../src/pipeline/plan.js';
 import { PriorityTable, type PriorityRule } from '../../src/pipeline/priorities.js';
-import { msgValue } from '../../src/pipeline/router.js';
+import { msgValue } from '../../src/rules/msg.js';
 import { fromJson, type Value } from '../../src/rules/values.js';
 import type { ContentType, EdgeMessage, Protocol, QoS } from '../../src/core/message.js';
-import type { Priority } from '../../src/config/types.js';
+import type { Priority } from '../../src/core/priority.js';
 
 export interface HarnessOptions {
   maxFileBytes?: number;

@@ -1,13 +1,14 @@
 import type { Action, Arg, Expr, Pos, Rule } from './ast.js';
-import { didYouMean, type RuleError, type RuleErrorCode } from './errors.js';
+import type { RuleError, RuleErrorCode } from './errors.js';
 import { FUNCTIONS, WINDOW_FUNCTIONS } from '../functions.js';
+import { closestIdentifier } from '../../core/did-you-mean.js';
+import { PRIORITIES } from '../../core/priority.js';
 
-export const ROOTS = ['msg', 'payload', 'device', 'edge'] as const;
-export const PRIORITY_NAMES = ['critical', 'high', 'normal', 'low'] as const;
+const ROOTS = ['msg', 'payload', 'device', 'edge'] as const;
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error'];
 const RESERVED_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
-export const LIMITS = { maxDepth: 64, maxNodes: 100_000 } as const;
+const LIMITS = { maxDepth: 64, maxNodes: 100_000 } as const;
 // Chains such as a.b.c... or 1 + 1 + ... are parsed in a loop, but walked here by recursion: past
 // this depth (far past the limit, so the rule is refused anyway) the walk stops going down, so that
 // a hostile file cannot exhaust the stack.
@@ -22,11 +23,11 @@ interface Param {
 
 const isString = (what: string) => (v: unknown): string | null => (typeof v === 'string' ? null : `${what} must be a string`);
 
-export const ACTIONS: Record<string, Param[]> = {
+const ACTIONS: Record<string, Param[]> = {
   uplink: [
     { name: 'topic', required: false, literal: isString('topic') },
     { name: 'payload', required: false },
-    { name: 'priority', required: false, literal: (v) => (PRIORITY_NAMES as readonly unknown[]).includes(v) ? null : `priority must be one of ${PRIORITY_NAMES.map((p) => `"${p}"`).join(', ')}` },
+    { name: 'priority', required: false, literal: (v) => (PRIORITIES as readonly unknown[]).includes(v) ? null : `priority must be one of ${PRIORITIES.map((p) => `"${p}"`).join(', ')}` },
   ],
   publish: [
     { name: 'topic', required: true, literal: isString('topic') },
@@ -58,20 +59,10 @@ export interface CheckedRule {
 }
 
 /**
- * Rejects what cannot run before anything runs: unknown roots, functions and actions, wrong
- * arity, bad literal arguments, nested windows, reserved object keys, and the size limits.
+ * Checks the rules of one set one at a time, rejecting what cannot run before anything runs:
+ * unknown roots, functions and actions, wrong arity, bad literal arguments, nested windows,
+ * reserved object keys, and the size limits (which count over the set). Null for a rule with errors.
  */
-export function checkRules(rules: Rule[], errors: RuleError[]): CheckedRule[] {
-  const check = ruleChecker(errors);
-  const out: CheckedRule[] = [];
-  for (const rule of rules) {
-    const c = check(rule);
-    if (c) out.push(c);
-  }
-  return out;
-}
-
-/** Checks the rules of one set one at a time (the size limits count over the set): null for a rule with errors. */
 export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | null {
   let nodes = 0;
   let reportedTooLarge = false;
@@ -93,7 +84,7 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
           return;
         case 'name':
           if (!(ROOTS as readonly string[]).includes(e.name)) {
-            const close = didYouMean(e.name, ROOTS);
+            const close = closestIdentifier(e.name, ROOTS);
             err(rule, e.pos, 'E_RULE_UNKNOWN_ROOT', `unknown name "${e.name}": a rule reads msg, payload, device and edge${close ? `; did you mean "${close}"?` : ''}`);
           }
           return;
@@ -139,7 +130,7 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
       }
       const fn = Object.hasOwn(FUNCTIONS, e.name) ? FUNCTIONS[e.name]! : undefined;
       if (!fn) {
-        const close = didYouMean(e.name, [...Object.keys(FUNCTIONS), ...Object.keys(WINDOW_FUNCTIONS)]);
+        const close = closestIdentifier(e.name, [...Object.keys(FUNCTIONS), ...Object.keys(WINDOW_FUNCTIONS)]);
         const isAction = Object.hasOwn(ACTIONS, e.name);
         err(rule, e.pos, 'E_RULE_UNKNOWN_FUNCTION', `unknown function "${e.name}"${isAction ? ' (it is an action: actions go after "then")' : close ? `; did you mean "${close}"?` : ''}`);
       } else if (e.args.length < fn.min || e.args.length > fn.max) {
@@ -154,7 +145,7 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
       const bound: BoundArgs = new Map();
       const params = Object.hasOwn(ACTIONS, a.name) ? ACTIONS[a.name] : undefined;
       if (!params) {
-        const close = didYouMean(a.name, Object.keys(ACTIONS));
+        const close = closestIdentifier(a.name, Object.keys(ACTIONS));
         const isFn = Object.hasOwn(FUNCTIONS, a.name) || Object.hasOwn(WINDOW_FUNCTIONS, a.name);
         err(rule, a.pos, 'E_RULE_UNKNOWN_ACTION', `unknown action "${a.name}"${close ? `; did you mean "${close}"?` : isFn ? ' (it is a function: actions are uplink, publish, infer, emit, drop and log)' : ''}`);
         for (const arg of a.args) expr(arg.value, 2, false);
@@ -210,7 +201,7 @@ function bindArgs(action: string, args: Arg[], params: Param[], bound: BoundArgs
     named = true;
     const p = params.find((q) => q.name === a.name);
     if (!p) {
-      const close = didYouMean(a.name, params.map((q) => q.name));
+      const close = closestIdentifier(a.name, params.map((q) => q.name));
       err(a.pos, 'E_RULE_ARG', `${action}() has no argument "${a.name}"${close ? `; did you mean "${close}"?` : params.length ? ` (it takes ${params.map((q) => q.name).join(', ')})` : ''}`);
       return;
     }

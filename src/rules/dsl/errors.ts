@@ -1,11 +1,8 @@
 // Compile errors of the rule language: each with a stable code, a place, and a code frame.
 
-export const RULE_ERROR_CODES = [
-  'E_RULE_SYNTAX', 'E_RULE_UNKNOWN_FUNCTION', 'E_RULE_UNKNOWN_ACTION', 'E_RULE_ARITY', 'E_RULE_ARG',
-  'E_RULE_UNKNOWN_ROOT', 'E_RULE_DUPLICATE', 'E_RULE_TOO_LARGE', 'E_RULE_FILE_NAME',
-] as const;
-
-export type RuleErrorCode = (typeof RULE_ERROR_CODES)[number];
+export type RuleErrorCode =
+  | 'E_RULE_SYNTAX' | 'E_RULE_UNKNOWN_FUNCTION' | 'E_RULE_UNKNOWN_ACTION' | 'E_RULE_ARITY' | 'E_RULE_ARG'
+  | 'E_RULE_UNKNOWN_ROOT' | 'E_RULE_DUPLICATE' | 'E_RULE_TOO_LARGE' | 'E_RULE_FILE_NAME';
 
 export interface RuleError {
   file: string;
@@ -40,31 +37,3 @@ export function formatRuleError(e: RuleError, lines: readonly string[] | undefin
 }
 
 const FRAME_WIDTH = 160;
-
-/** The closest of `candidates` to `word`, when it is close enough to be a likely typo. */
-export function didYouMean(word: string, candidates: readonly string[]): string | null {
-  let best: string | null = null;
-  let bestDistance = Infinity;
-  for (const c of candidates) {
-    const d = editDistance(word.toLowerCase(), c.toLowerCase());
-    if (d < bestDistance) {
-      bestDistance = d;
-      best = c;
-    }
-  }
-  return best !== null && bestDistance <= Math.max(1, Math.floor(word.length / 3)) ? best : null;
-}
-
-/** Edits between two words, a swap of two neighbouring letters counting as one ("lgo" is one from "log"). */
-function editDistance(a: string, b: string): number {
-  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
-      d[i]![j] = v;
-    }
-  }
-  return d[a.length]![b.length]!;
-}

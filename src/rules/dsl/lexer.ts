@@ -1,7 +1,7 @@
 import type { Pos } from './ast.js';
 import type { RuleError } from './errors.js';
 
-export type TokenKind = 'ident' | 'number' | 'duration' | 'string' | 'punct' | 'eof';
+type TokenKind = 'ident' | 'number' | 'duration' | 'string' | 'punct' | 'eof';
 
 export interface Token {
   kind: TokenKind;
@@ -20,16 +20,6 @@ const PUNCT = ['==', '!=', '<=', '>=', '&&', '||', '(', ')', '[', ']', '{', '}',
 const isDigit = (c: string): boolean => c >= '0' && c <= '9';
 const isIdentStart = (c: string): boolean => (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c === '_';
 const isIdentPart = (c: string): boolean => isIdentStart(c) || isDigit(c);
-
-/** Splits a rules file into tokens; problems are collected, and lexing goes on after each. */
-export function tokenize(source: string, file: string, errors: RuleError[]): Token[] {
-  const next = lexer(source, file, errors);
-  const tokens: Token[] = [];
-  for (let t = next(); ; t = next()) {
-    tokens.push(t);
-    if (t.kind === 'eof') return tokens;
-  }
-}
 
 /**
  * The tokens of a rules file one at a time, as the parser asks for them, so that a file can be

@@ -20,11 +20,6 @@ function describe(t: Token): string {
   return `"${t.text}"`;
 }
 
-/** Parses one rules file. Errors are collected; after one, parsing resumes at the next rule. */
-export function parseRules(source: string, file: string, errors: RuleError[]): Rule[] {
-  return [...parseRulesStepwise(source, file, errors)];
-}
-
 /**
  * Parses one rules file a rule at a time: each rule is yielded as soon as it is read, and the file
  * is tokenized only as far as the parser has come, so that a caller can give the event loop back

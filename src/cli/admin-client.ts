@@ -1,25 +1,13 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import type { Config } from '../config/types.js';
-import { readLocalToken } from './token.js';
+// The CLI's side of the admin API: finding the proxy to talk to and its token, and requests.
 
-/** Where a running proxy keeps its real ports, in its data directory. */
-export const RUNTIME_PORTS_FILE = 'ports.json';
+import { readFileSync } from 'node:fs';
+import type { Config } from '../config/types.js';
+import { readLocalAdminPort, readLocalToken } from '../admin/local-files.js';
 
 /** The admin endpoint the CLI talks to, and the token it presents. */
 export interface AdminTarget {
   url: string;
   token: string | null;
-}
-
-/** The admin port of the proxy running on this data directory, which may differ from the config's (port 0). */
-function runningAdminPort(dataDir: string): number | null {
-  try {
-    const ports = JSON.parse(readFileSync(join(dataDir, RUNTIME_PORTS_FILE), 'utf8')) as { admin?: number };
-    return typeof ports.admin === 'number' ? ports.admin : null;
-  } catch {
-    return null;
-  }
 }
 
 /**
@@ -32,7 +20,7 @@ export function adminTarget(given: { admin?: string; token?: string }, config: (
   const h = cfg.admin.host;
   const host = h === '0.0.0.0' ? '127.0.0.1' : h === '::' ? '[::1]' : h.includes(':') ? `[${h}]` : h;
   return {
-    url: given.admin ?? `http://${host}:${runningAdminPort(cfg.dataDir) ?? cfg.admin.port}`,
+    url: given.admin ?? `http://${host}:${readLocalAdminPort(cfg.dataDir) ?? cfg.admin.port}`,
     token: given.token ?? cfg.admin.token ?? (cfg.admin.tokenFile ? readTokenFile(cfg.admin.tokenFile) : readLocalToken(cfg.dataDir)),
   };
 }

@@ -1,8 +1,10 @@
+// `edge-proxy rules push` and `rules rollback`: a running proxy's rules, through its admin API.
+
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { adminRequest, AdminUnreachable, type AdminAnswer, type AdminTarget } from '../admin/client.js';
-import type { RuleError } from './dsl/errors.js';
-import { formatErrors } from './loader.js';
+import { formatErrors } from '../rules/loader.js';
+import type { RuleError } from '../rules/dsl/errors.js';
+import { adminRequest, AdminUnreachable, type AdminAnswer, type AdminTarget } from './admin-client.js';
 
 type Print = (s: string) => void;
 
@@ -11,7 +13,8 @@ function describeVersion(body: Record<string, unknown>): string {
 }
 
 function failure(a: AdminAnswer, url: string, err: Print): number {
-  err(`${url} answered ${a.status}: ${String(a.body.error ?? JSON.stringify(a.body))}${a.body.code ? ` (${String(a.body.code)})` : ''}\n`);
+  const text = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
+  err(`${url} answered ${a.status}: ${text(a.body.error ?? a.body)}${a.body.code ? ` (${text(a.body.code)})` : ''}\n`);
   if (a.status === 401) err('pass the admin token with --token, or run this on the proxy\'s machine as a user who can read <dataDir>/admin-token\n');
   return 1;
 }

@@ -1,0 +1,207 @@
+// `edge-proxy rules`: check and test rules files here; push and rollback are in rules-remote.ts.
+
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { Config } from '../config/types.js';
+import type { EdgeMessage, Protocol } from '../core/message.js';
+import { newMessageId } from '../core/ids.js';
+import { PriorityTable } from '../pipeline/priorities.js';
+import { planActions } from '../pipeline/plan.js';
+import { compileRuleset, formatErrors, type CompileResult } from '../rules/loader.js';
+import { formatRegistryProblem, parseRegistry } from '../auth/registry.js';
+import { msgValue } from '../rules/msg.js';
+import { fromJson, type Value } from '../rules/values.js';
+import { rulesPush, rulesRollback } from './rules-remote.js';
+import { configOrDefaults, fail, targetOf } from './terminal.js';
+
+export const RULES_HELP = `edge-proxy rules check FILE... [--config FILE]
+  Compiles the files as one ruleset and prints every error as file:line:col: CODE: message with the
+  line and a caret. Exit 0 when clean, 1 with errors.
+
+edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text] [--config FILE]
+  Runs the rules over recorded messages (one JSON object a line: topic, payload as JSON, and any
+  other EdgeMessage field; ts defaults to the previous line's + 1000, deviceId to the topic's second
+  level) without sending anything, and prints per message what fired and what would go up.
+  In token mode the rules read device.<attr> from the registry (devicesFile), as the running proxy does.
+
+edge-proxy rules push FILE... [--admin URL] [--token T] [--config FILE]
+  Replaces every rules file of a running proxy with FILEs (stored under their base names) and runs
+  them as a new version, or changes nothing and prints every error as rules check does.
+  Without --admin and --token: the proxy the configuration describes, with the token it keeps in
+  its data directory. Exit 0 when the files run, 1 with errors, 2 when the proxy cannot be reached.
+
+edge-proxy rules rollback [--admin URL] [--token T] [--config FILE]
+  Runs the rules of the version before the running one again, as a new version (two rollbacks in a
+  row come back to where they started). Exit 0, 1 when there is no earlier version, 2 unreachable.
+`;
+
+export async function rules(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  if (sub !== 'check' && sub !== 'test' && sub !== 'push' && sub !== 'rollback') {
+    if (sub === '--help' || sub === undefined) return void process.stdout.write(RULES_HELP);
+    fail(`unknown rules command "${sub}": rules check, test, push or rollback (E_USAGE)\n\n${RULES_HELP}`);
+  }
+  const out = (s: string): void => void process.stdout.write(s);
+  const err = (s: string): void => void process.stderr.write(s);
+  if (sub === 'push' || sub === 'rollback') {
+    const { values, positionals } = parseArgs({
+      args: rest, allowPositionals: sub === 'push', strict: true,
+      options: { config: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, help: { type: 'boolean' } },
+    });
+    if (values.help) return void process.stdout.write(RULES_HELP);
+    if (sub === 'push' && positionals.length === 0) fail('rules push needs at least one FILE (E_USAGE)');
+    const target = targetOf(values);
+    process.exit(sub === 'push' ? await rulesPush(positionals, target, out, err) : await rulesRollback(target, out, err));
+  }
+  const { values, positionals } = parseArgs({
+    args: rest, allowPositionals: true, strict: true,
+    options: { config: { type: 'string' }, input: { type: 'string' }, format: { type: 'string', default: 'json' }, help: { type: 'boolean' } },
+  });
+  if (values.help) return void process.stdout.write(RULES_HELP);
+  if (positionals.length === 0) fail(`rules ${sub} needs at least one FILE (E_USAGE)`);
+  const cfg = configOrDefaults(values.config);
+  if (sub === 'check') process.exit(rulesCheck(positionals, cfg, out, err));
+  if (!values.input) fail('rules test needs --input MESSAGES.jsonl (E_USAGE)');
+  if (values.format !== 'json' && values.format !== 'text') fail('--format is json or text (E_USAGE)');
+  process.exit(rulesTest(positionals, values.input, values.format, cfg, out, err));
+}
+
+/** Compiles the given files as one ruleset, with the limits of the configuration. */
+function compileFiles(paths: string[], cfg: Config): CompileResult {
+  const files = paths.map((p) => ({ name: p, text: readFileSync(p, 'utf8') }));
+  return compileRuleset(files, { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules }, {
+    maxWindowValues: cfg.rules.maxWindowValues, stateTtlSeconds: cfg.rules.stateTtlSeconds, onTruncated: () => {},
+  });
+}
+
+/** `edge-proxy rules check FILE...`: every error with its code frame; exit 1 with errors, 0 when clean. */
+function rulesCheck(paths: string[], cfg: Config, out: (s: string) => void, err: (s: string) => void): number {
+  const result = compileFiles(paths, cfg);
+  if (result.errors.length > 0) {
+    err(formatErrors(result) + '\n');
+    err(`${result.errors.length} error${result.errors.length === 1 ? '' : 's'} in ${paths.length} file${paths.length === 1 ? '' : 's'}\n`);
+    return 1;
+  }
+  out(`${result.rules} rule${result.rules === 1 ? '' : 's'} in ${paths.length} file${paths.length === 1 ? '' : 's'}: OK\n`);
+  return 0;
+}
+
+interface InputLine {
+  id?: string;
+  ts?: number;
+  deviceId?: string;
+  protocol?: Protocol;
+  topic?: string;
+  payload?: unknown;
+  qos?: 0 | 1 | 2;
+  retain?: boolean;
+  props?: Record<string, string>;
+  hops?: number;
+  parentId?: string;
+}
+
+function toMessage(line: InputLine, previousTs: number | null, where: string): EdgeMessage {
+  if (typeof line.topic !== 'string' || line.topic === '') throw new Error(`${where}: every message needs a "topic"`);
+  const ts = typeof line.ts === 'number' ? line.ts : previousTs === null ? 0 : previousTs + 1000;
+  const payload = line.payload === undefined ? null : line.payload;
+  const text = typeof payload === 'string';
+  return {
+    id: line.id ?? newMessageId(Date.now()),
+    ts,
+    deviceId: line.deviceId ?? line.topic.split('/')[1] ?? 'test',
+    protocol: line.protocol ?? 'mqtt',
+    topic: line.topic,
+    payload: Buffer.from(text ? payload : JSON.stringify(payload)),
+    contentType: text ? 'text' : 'json',
+    qos: line.qos ?? 0,
+    retain: line.retain ?? false,
+    props: line.props ?? {},
+    hops: line.hops ?? 0,
+    ...(line.parentId ? { parentId: line.parentId } : {}),
+  };
+}
+
+/**
+ * What rules read as `device`, as the running proxy gives it: the registry's attrs in token mode,
+ * nothing in open mode. Null (after printing why) when the registry cannot be read.
+ */
+function deviceAttrs(cfg: Config, err: (s: string) => void): ((deviceId: string) => Value) | null {
+  if (cfg.auth.mode !== 'token') return () => null;
+  let text: string;
+  try {
+    text = readFileSync(cfg.devicesFile, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return () => null; // no device registered yet
+    err(`cannot read the device registry ${cfg.devicesFile}: ${(e as Error).message}\n`);
+    return null;
+  }
+  const { devices, problems } = parseRegistry(text, cfg.devicesFile);
+  if (problems.length > 0) {
+    err(problems.map(formatRegistryProblem).join('\n') + '\n');
+    return null;
+  }
+  return (deviceId) => {
+    const entry = devices.get(deviceId);
+    return entry ? { ...entry.attrs, id: entry.id } : null;
+  };
+}
+
+/**
+ * `edge-proxy rules test FILE... --input messages.jsonl`: runs the rules over recorded messages,
+ * sending nothing, and prints for each what fired and what would go up (default routing included).
+ */
+function rulesTest(paths: string[], inputPath: string, format: 'json' | 'text', cfg: Config, out: (s: string) => void, err: (s: string) => void): number {
+  const result = compileFiles(paths, cfg);
+  if (result.errors.length > 0 || !result.ruleset) {
+    err(formatErrors(result) + '\n');
+    return 1;
+  }
+  const rules = result.ruleset;
+  const priorities = new PriorityTable(cfg.routing.priorities);
+  const attrs = deviceAttrs(cfg, err);
+  if (!attrs) return 1;
+  const lines = readFileSync(inputPath, 'utf8').split('\n');
+  let previousTs: number | null = null;
+  for (let i = 0; i < lines.length; i++) {
+    const raw = lines[i]!.trim();
+    if (raw === '') continue;
+    let msg: EdgeMessage;
+    let line: InputLine;
+    try {
+      line = JSON.parse(raw) as InputLine;
+      msg = toMessage(line, previousTs, `${inputPath}:${i + 1}`);
+    } catch (e) {
+      err(`${inputPath}:${i + 1}: ${(e as Error).message}\n`);
+      return 1;
+    }
+    previousTs = msg.ts;
+    // The payload as the rules read it: the JSON value given, a string for text.
+    const decoded: Value = fromJson(line.payload ?? null);
+    const ev = rules.evaluate(msg, { payload: () => decoded, msgValue: () => msgValue(msg), device: attrs(msg.deviceId), edge: { id: cfg.edge.id, uplinkConnected: true } });
+    const plan = planActions(msg, ev, cfg.routing.default, (t) => priorities.priorityOf(t));
+    const uplink = plan.sends.map((u) => ({ topic: u.topic, priority: u.priority, payload: u.payload === undefined ? decoded : u.payload }));
+    // An uplink action lists what it sends: its topic, payload and priority, resolved.
+    const resolve = (name: string, args: Record<string, Value>): Record<string, Value> => name !== 'uplink' ? args : {
+      topic: typeof args.topic === 'string' ? args.topic : msg.topic,
+      priority: typeof args.priority === 'string' ? args.priority : priorities.priorityOf(typeof args.topic === 'string' ? args.topic : msg.topic),
+      payload: Object.hasOwn(args, 'payload') ? args.payload! : decoded,
+    };
+    const record = {
+      id: msg.id,
+      topic: msg.topic,
+      fired: ev.fired.map((f) => ({ rule: f.rule, actions: f.actions.map((a) => ({ action: a.name, ...resolve(a.name, a.args) })) })),
+      uplink,
+      dropped: ev.dropped,
+      ...(ev.errors.length || plan.faults.length ? { errors: [...ev.errors.map((e) => ({ rule: e.rule, error: e.error.message })), ...plan.faults.map((f) => ({ rule: f.rule, error: f.message }))] } : {}),
+    };
+    if (format === 'json') {
+      out(JSON.stringify(record) + '\n');
+    } else {
+      out(`${msg.topic} (ts ${msg.ts}, ${msg.deviceId})${record.dropped ? ' DROPPED' : ''}\n`);
+      for (const f of record.fired) out(`  fired ${f.rule}: ${f.actions.map((a) => `${a.action}(${Object.entries(a).filter(([k]) => k !== 'action').map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ')})`).join(' ')}\n`);
+      for (const u of uplink) out(`  up    ${u.topic} [${u.priority}] ${JSON.stringify(u.payload)}\n`);
+      if (record.fired.length === 0 && uplink.length === 0) out('  nothing fired, nothing goes up\n');
+    }
+  }
+  return 0;
+}
