@@ -220,3 +220,35 @@ t.test('rules test: rules with errors, or a bad input line, exit 1', async (t) =
   t.equal(noInput.status, 2, 'usage error');
   t.match(noInput.stderr, /--input/);
 });
+
+t.test('rules test reads device.<attr> from the registry in token mode, as the running proxy does', async (t) => {
+  const rulesText = 'rule by_place\nwhen msg.topic matches "devices/+/telemetry"\nthen uplink(topic = "sites/" + device.location + "/" + msg.deviceId)\nend\n';
+  const registry = [
+    '- id: d1',
+    `  tokenSha256: ${'a'.repeat(64)}`,
+    '  attrs: { location: hall-2 }',
+    '',
+  ].join('\n');
+  const dir = t.testdir({
+    'site.rules': rulesText,
+    'devices.yaml': registry,
+    'token.yaml': 'auth: { mode: token }\ndevicesFile: devices.yaml\n',
+    'open.yaml': 'auth: { mode: open }\ndevicesFile: devices.yaml\n',
+    'broken.yaml': 'auth: { mode: token }\ndevicesFile: broken-devices.yaml\n',
+    'broken-devices.yaml': '- id: d1\n  tokenSha: x\n',
+    'in.jsonl': jsonl([{ id: 'M1', topic: 'devices/d1/telemetry', payload: { temp: 1 } }, { id: 'M2', topic: 'devices/d9/telemetry', payload: { temp: 2 } }]) + '\n',
+  });
+  const token = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl', '--config', 'token.yaml'], dir);
+  t.equal(token.status, 0, token.stderr);
+  type Line = { uplink: Array<{ topic: string }>; errors?: Array<{ error: string }> };
+  const [m1, m9] = token.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as Line);
+  t.same(m1!.uplink.map((u) => u.topic), ['sites/hall-2/d1'], 'a registered device: its attribute');
+  t.same(m9!.uplink, [], 'an unknown device: device is null, so the topic is null and nothing goes up');
+  t.match(m9!.errors, [{ error: /topic is null/ }]);
+  const open = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl', '--config', 'open.yaml'], dir);
+  const [o1] = open.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as Line);
+  t.same(o1!.uplink, [], 'open mode: no registry, as live, so device is null');
+  const broken = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl', '--config', 'broken.yaml'], dir);
+  t.equal(broken.status, 1);
+  t.match(broken.stderr, /broken-devices\.yaml:2:3: .*E_REGISTRY/, 'a registry with problems is named with file:line:col');
+});
