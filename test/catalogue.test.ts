@@ -9,9 +9,12 @@ t.test('every error code is documented, and every documented code exists', async
   t.same([...documented].sort(), Object.keys(ERROR_CODES).sort());
 });
 
-t.test('an EdgeError carries its code and whether it is worth retrying', async (t) => {
-  const e = new EdgeError('E_CACHE_WRITE', 'disk full', { retryable: true });
+t.test('an EdgeError carries its code, whether it is worth retrying, and its HTTP status, from the catalogue', async (t) => {
+  const e = new EdgeError('E_CACHE_WRITE', 'disk full');
   t.equal(e.code, 'E_CACHE_WRITE');
-  t.equal(e.retryable, true);
+  t.equal(e.retryable, true, 'a disk that cannot write now may write later');
+  t.equal(e.status, 503);
   t.ok(e instanceof Error);
+  for (const code of ['E_ACL', 'E_AUTH', 'E_TOO_LARGE', 'E_MALFORMED', 'E_RULES_REQUEST'] as const) t.equal(new EdgeError(code, 'x').retryable, false, `${code} is refused for good`);
+  for (const code of ['E_CACHE_FULL', 'E_STOPPING'] as const) t.equal(new EdgeError(code, 'x').status, 503, `${code} is answered 503`);
 });

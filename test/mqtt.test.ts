@@ -153,19 +153,32 @@ t.test('a QoS 2 resend of a publish still in flight is processed once', async (t
   raw.socket.destroy();
 });
 
-t.test('the reserved $edge/ tree: publishing closes the connection, subscribing is refused in the SUBACK', async (t) => {
+t.test('reserved $ topics: a publish is acknowledged and dropped, the connection stays; $edge/ subscriptions are refused in the SUBACK', async (t) => {
   const { proxy, up } = await setup(t);
   const sub = await rawClient(proxy.ports.mqtt);
   sub.send(connectPacket('curious'));
   await sub.next('connack');
   sub.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: '$edge/#', qos: 1 }, { topic: 'devices/curious/#', qos: 1 }] });
   t.match(await sub.next('suback'), { granted: [128, 1] });
+  const watcher = await connectClient(proxy.ports.mqtt, { clientId: 'sys-watcher' });
+  const seen: string[] = [];
+  watcher.on('message', (topic) => seen.push(topic));
+  await watcher.subscribeAsync('$SYS/+/injected', { qos: 1 });
+  // Conformance suites publish under $SYS/ and carry on: acknowledged, dropped, counted.
   sub.send({ cmd: 'publish', topic: '$edge/rules/set', payload: Buffer.from('rule x'), qos: 1, messageId: 2 });
-  await sub.closed;
-  t.notOk(sub.packets.some((p) => p.cmd === 'puback'));
-  t.equal(await proxy.metric('edge_messages_refused_total', 'reason="acl"'), 1);
+  t.match(await sub.next('puback'), { messageId: 2 }, 'a $edge/ publish is acknowledged');
+  sub.send({ cmd: 'publish', topic: '$SYS/edge-test-edge/injected', payload: Buffer.from('victim'), qos: 1, messageId: 3 });
+  t.match(await sub.next('puback'), { messageId: 3 }, 'a $SYS/ publish is acknowledged');
+  sub.send({ cmd: 'publish', topic: 'devices/curious/after', payload: Buffer.from('still here'), qos: 1, messageId: 4 });
+  t.match(await sub.next('puback'), { messageId: 4 }, 'the connection stayed open');
+  await eventually('the ordinary message went up', () => up.messages.some((m) => m.topic.endsWith('devices/curious/after')));
+  t.equal(await proxy.metric('edge_messages_dropped_total', 'reason="reserved_topic"'), 2);
+  t.equal(await proxy.metric('edge_messages_refused_total', 'reason="acl"'), 0, 'nothing refused: the publishes were dropped');
   await sleep(300);
-  t.notOk(up.messages.some((m) => m.topic.includes('$edge')), 'nothing went up');
+  t.notOk(up.messages.some((m) => m.topic.includes('$')), 'nothing of them went up');
+  t.same(seen, [], 'nobody received them');
+  sub.socket.destroy();
+  await watcher.endAsync();
 });
 
 t.test('no device reaches the control topics through the uplink', async (t) => {

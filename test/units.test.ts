@@ -2,7 +2,7 @@
 import t from 'tap';
 import { FrameGuard } from '../src/adapters/mqtt/frame-guard.js';
 import { OrderedAcks } from '../src/adapters/mqtt/ordered-acks.js';
-import { deviceIdProblem, deviceIdFor } from '../src/adapters/mqtt/normalize.js';
+import { deriveDeviceId } from '../src/auth/service.js';
 import { encodeEnvelope } from '../src/uplink/envelope.js';
 import { sniffContentType } from '../src/core/content-type.js';
 import { checkDeviceTopic, filterTouchesReserved, topicMatches } from '../src/core/topic.js';
@@ -73,6 +73,8 @@ t.test('topics: matching, device topic checks, the reserved tree', async (t) => 
   t.equal(checkDeviceTopic('devices/a', 256), null);
   t.equal(checkDeviceTopic('$edge/rules', 256), 'reserved');
   t.equal(checkDeviceTopic('$edge', 256), 'reserved');
+  t.equal(checkDeviceTopic('$SYS/broker/x', 256), 'reserved', 'every $ topic is reserved');
+  t.equal(checkDeviceTopic('a/$b', 256), null, 'only a leading $');
   t.equal(checkDeviceTopic('x'.repeat(256), 256), null, 'at the topic limit');
   t.equal(checkDeviceTopic('x'.repeat(257), 256), 'too_long', 'one byte over');
   t.equal(checkDeviceTopic('a\u0000b', 256), 'nul');
@@ -81,13 +83,17 @@ t.test('topics: matching, device topic checks, the reserved tree', async (t) => 
 });
 
 t.test('device ids', async (t) => {
-  t.equal(deviceIdFor('user-1', 'client-1'), 'user-1');
-  t.equal(deviceIdFor(undefined, 'client-1'), 'client-1');
-  t.equal(deviceIdProblem('pump-7'), null);
-  t.equal(deviceIdProblem('x'.repeat(128)), null);
-  t.not(deviceIdProblem('x'.repeat(129)), null);
-  t.not(deviceIdProblem('edge'), null, 'edge is reserved');
-  t.not(deviceIdProblem('a b'), null);
+  // Open mode: a valid id is kept; anything MQTT 3.1.1 allows becomes a valid id, the same every time.
+  t.equal(deriveDeviceId('pump-7'), 'pump-7');
+  t.equal(deriveDeviceId('x'.repeat(128)), 'x'.repeat(128));
+  for (const raw of ['a b', 'x'.repeat(129), 'edge', 'weird/id+#', 'ünïcode', 'conformance test client 1']) {
+    const id = deriveDeviceId(raw);
+    t.match(id, /^[A-Za-z0-9_.:-]{1,128}$/, `"${raw.slice(0, 20)}" gives a valid device id (${id})`);
+    t.equal(deriveDeviceId(raw), id, 'deterministically');
+  }
+  t.equal(deriveDeviceId('a b').slice(0, 4), 'a_b-', 'readable: the replaced characters become _');
+  t.not(deriveDeviceId('a b'), deriveDeviceId('a+b'), 'two ids that differ only in replaced characters stay two devices');
+  t.not(deriveDeviceId('edge'), 'edge', 'the proxy\'s own id is never a device\'s');
 });
 
 t.test('ULIDs are monotonic within one millisecond', async (t) => {

@@ -1,25 +1,39 @@
 import client from 'prom-client';
 import type { Protocol } from '../core/message.js';
+import type { AdapterEvents, Transport } from '../adapters/adapter.js';
+import type { DeviceProtocol, IngressEvents } from '../pipeline/ingress.js';
+import type { LocalDeliveryEvents } from '../pipeline/local.js';
+import type { RouterEvents } from '../pipeline/router.js';
+import type { CacheEvents, CacheStats } from '../uplink/cache.js';
+import type { ForwarderEvents } from '../uplink/forwarder.js';
+import type { UplinkEvents } from '../uplink/uplink.js';
 
-// Every edge_* metric of the contract that exists so far, in one registry. Stages get the
-// handles they need; label children are bound once here so the hot path only increments.
+// Every edge_* metric of the contract that exists so far, in one registry. Stages do not know it:
+// each declares the events it reports, and the observers below turn them into counts. Label
+// children are bound once and kept, so the hot path only increments.
 
-export type RefuseReason = 'too_large' | 'malformed' | 'acl' | 'cache';
-export type DropReason = 'control_topic' | 'hops' | 'derived_limit' | 'qos0_refused' | 'cloud_refused' | 'downlink_invalid';
-
-export interface CacheGaugeSource {
-  messagesByPriority(): Record<string, number>;
-  bytes(): number;
-  oldestAgeSeconds(): number;
-  writable(): boolean;
+/** A label child per value, bound at its first use. */
+function children<L extends string>(counter: client.Counter<L>, label: L): (value: string) => client.Counter.Internal {
+  const bound = new Map<string, client.Counter.Internal>();
+  return (value) => {
+    let child = bound.get(value);
+    if (!child) {
+      child = counter.labels({ [label]: value } as Partial<Record<L, string>>);
+      bound.set(value, child);
+    }
+    return child;
+  };
 }
 
 export class Metrics {
   readonly registry = new client.Registry();
-  private readonly receivedChildren = new Map<Protocol, client.Counter.Internal>();
-  private readonly received: client.Counter<'protocol'>;
-  readonly refused: client.Counter<'reason'>;
-  readonly dropped: client.Counter<'reason'>;
+  private readonly received: (protocol: string) => client.Counter.Internal;
+  private readonly refused: (reason: string) => client.Counter.Internal;
+  private readonly dropped: (reason: string) => client.Counter.Internal;
+  private readonly rulesFired: (rule: string) => client.Counter.Internal;
+  private readonly ruleErrors: (rule: string) => client.Counter.Internal;
+  private readonly deliveredLocally: (protocol: string) => client.Counter.Internal;
+  readonly authFailures: client.Counter<'protocol' | 'reason'>;
   readonly payloadDecodeErrors: client.Counter;
   readonly cacheWriteErrors: client.Counter;
   readonly cacheRefused: client.Counter;
@@ -27,44 +41,48 @@ export class Metrics {
   readonly uplinkSent: client.Counter;
   readonly uplinkAcked: client.Counter;
   readonly uplinkConnected: client.Gauge;
-  readonly uplinkDrainRate: client.Gauge;
-  readonly connections: client.Gauge<'protocol'>;
+  readonly connections: client.Gauge<'protocol' | 'transport'>;
   readonly downlinkReceived: client.Counter;
-  readonly rulesFired: client.Counter<'rule'>;
-  readonly ruleErrors: client.Counter<'rule'>;
   readonly ruleWindowTruncated: client.Counter<'rule'>;
   readonly rulesLoaded: client.Gauge;
   readonly rulesVersion: client.Gauge;
   readonly rulesReloadFailures: client.Counter;
   readonly rulesPushes: client.Counter<'source' | 'result'>;
-  private cacheSource: CacheGaugeSource | null = null;
+  readonly registryDevices: client.Gauge;
+  readonly registryReloadFailures: client.Counter;
+  private cacheSource: CacheStats | null = null;
   private drainSource: (() => number) | null = null;
 
   constructor() {
     const registers = [this.registry];
     client.collectDefaultMetrics({ register: this.registry });
-    this.received = new client.Counter({ name: 'edge_messages_received_total', help: 'Messages received, by protocol', labelNames: ['protocol'], registers });
-    this.refused = new client.Counter({ name: 'edge_messages_refused_total', help: 'Messages refused, by reason', labelNames: ['reason'], registers });
-    this.dropped = new client.Counter({ name: 'edge_messages_dropped_total', help: 'Messages accepted but not forwarded, by reason', labelNames: ['reason'], registers });
-    this.payloadDecodeErrors = new client.Counter({ name: 'edge_payload_decode_errors_total', help: 'Payloads that claimed JSON or CBOR and did not parse', registers });
-    this.cacheWriteErrors = new client.Counter({ name: 'edge_cache_write_errors_total', help: 'Failed writes to the durable cache', registers });
-    this.cacheRefused = new client.Counter({ name: 'edge_cache_refused_total', help: 'Messages the cache could not take (full, or not writable)', registers });
-    this.cacheEvicted = new client.Counter({ name: 'edge_cache_evicted_total', help: 'Messages evicted from the cache, by priority and reason (bytes, age)', labelNames: ['priority', 'reason'], registers });
-    this.uplinkSent = new client.Counter({ name: 'edge_uplink_sent_total', help: 'Publishes sent to the cloud broker (resends included)', registers });
-    this.uplinkAcked = new client.Counter({ name: 'edge_uplink_acked_total', help: 'Publishes acknowledged by the cloud broker', registers });
+    const counter = <L extends string>(name: string, help: string, labelNames: L[] = []): client.Counter<L> => new client.Counter({ name, help, labelNames, registers });
+    this.received = children(counter('edge_messages_received_total', 'Messages received, by protocol', ['protocol']), 'protocol');
+    this.refused = children(counter('edge_messages_refused_total', 'Messages refused, by reason', ['reason']), 'reason');
+    this.dropped = children(counter('edge_messages_dropped_total', 'Messages accepted but not forwarded, by reason', ['reason']), 'reason');
+    this.deliveredLocally = children(counter('edge_local_deliveries_total', 'Messages handed to local subscribers of every protocol, by the protocol they came from', ['protocol']), 'protocol');
+    this.authFailures = counter('edge_auth_failures_total', 'Devices refused: unknown_device, bad_token, acl (a topic outside its filters), tls; by protocol', ['protocol', 'reason']);
+    this.payloadDecodeErrors = counter('edge_payload_decode_errors_total', 'Payloads that claimed JSON or CBOR and did not parse');
+    this.cacheWriteErrors = counter('edge_cache_write_errors_total', 'Failed writes to the durable cache');
+    this.cacheRefused = counter('edge_cache_refused_total', 'Messages the cache could not take (full, or not writable)');
+    this.cacheEvicted = counter('edge_cache_evicted_total', 'Messages evicted from the cache, by priority and reason (bytes, age)', ['priority', 'reason']);
+    this.uplinkSent = counter('edge_uplink_sent_total', 'Publishes sent to the cloud broker (resends included)');
+    this.uplinkAcked = counter('edge_uplink_acked_total', 'Publishes acknowledged by the cloud broker');
     this.uplinkConnected = new client.Gauge({ name: 'edge_uplink_connected', help: '1 while connected to the cloud broker', registers });
     const drain = (): number => this.drainSource?.() ?? 0;
-    this.uplinkDrainRate = new client.Gauge({ name: 'edge_uplink_drain_rate', help: 'Messages acknowledged by the cloud per second, over the last 10 s', registers, collect() { this.set(drain()); } });
-    this.connections = new client.Gauge({ name: 'edge_connections', help: 'Connected devices, by protocol', labelNames: ['protocol'], registers });
-    this.downlinkReceived = new client.Counter({ name: 'edge_downlink_received_total', help: 'Messages received from the cloud downlink', registers });
-    this.rulesFired = new client.Counter({ name: 'edge_rules_fired_total', help: 'Rule firings, by rule', labelNames: ['rule'], registers });
-    this.ruleErrors = new client.Counter({ name: 'edge_rule_errors_total', help: 'Runtime faults of rules, by rule', labelNames: ['rule'], registers });
-    this.ruleWindowTruncated = new client.Counter({ name: 'edge_rule_window_truncated_total', help: 'Window values dropped at rules.maxWindowValues, by rule', labelNames: ['rule'], registers });
+    new client.Gauge({ name: 'edge_uplink_drain_rate', help: 'Messages acknowledged by the cloud per second, over the last 10 s', registers, collect() { this.set(drain()); } });
+    this.connections = new client.Gauge({ name: 'edge_connections', help: 'Connected devices, by protocol and transport (tcp, tls, ws, udp)', labelNames: ['protocol', 'transport'], registers });
+    this.downlinkReceived = counter('edge_downlink_received_total', 'Messages received from the cloud downlink');
+    this.rulesFired = children(counter('edge_rules_fired_total', 'Rule firings, by rule', ['rule']), 'rule');
+    this.ruleErrors = children(counter('edge_rule_errors_total', 'Runtime faults of rules, by rule', ['rule']), 'rule');
+    this.ruleWindowTruncated = counter('edge_rule_window_truncated_total', 'Window values dropped at rules.maxWindowValues, by rule', ['rule']);
     this.rulesLoaded = new client.Gauge({ name: 'edge_rules_loaded', help: 'Rules in the running ruleset', registers });
     this.rulesVersion = new client.Gauge({ name: 'edge_rules_version', help: 'Version number of the running ruleset', registers });
-    this.rulesReloadFailures = new client.Counter({ name: 'edge_rules_reload_failures_total', help: 'Rulesets refused because they had errors (reloads, pushes, rollbacks)', registers });
-    this.rulesPushes = new client.Counter({ name: 'edge_rules_pushes_total', help: 'Rules pushes and rollbacks, by source (api, cloud, rollback) and result (applied, unchanged, rejected)', labelNames: ['source', 'result'], registers });
-    const source = (): CacheGaugeSource | null => this.cacheSource;
+    this.rulesReloadFailures = counter('edge_rules_reload_failures_total', 'Rulesets refused because they had errors (reloads, pushes, rollbacks)');
+    this.rulesPushes = counter('edge_rules_pushes_total', 'Rules pushes and rollbacks, by source (api, cloud, rollback) and result (applied, unchanged, rejected)', ['source', 'result']);
+    this.registryDevices = new client.Gauge({ name: 'edge_registry_devices', help: 'Devices in the registry (token mode)', registers });
+    this.registryReloadFailures = counter('edge_registry_reload_failures_total', 'Edits of the device registry file refused because it had errors (the last good registry stays in force)');
+    const source = (): CacheStats | null => this.cacheSource;
     new client.Gauge({
       name: 'edge_cache_messages', help: 'Messages in the durable cache, by priority', labelNames: ['priority'], registers,
       collect() {
@@ -79,16 +97,61 @@ export class Metrics {
     this.uplinkConnected.set(0);
   }
 
-  receivedFrom(protocol: Protocol): client.Counter.Internal {
-    let child = this.receivedChildren.get(protocol);
-    if (!child) {
-      child = this.received.labels(protocol);
-      this.receivedChildren.set(protocol, child);
-    }
-    return child;
+  // ---- observers: each stage's events, counted
+
+  ingressEvents(): IngressEvents {
+    return {
+      authFailure: (protocol, reason) => this.authFailures.labels(protocol, reason).inc(),
+      refused: (reason) => this.refused(reason).inc(),
+      dropped: (reason) => this.dropped(reason).inc(),
+      downlinkReceived: () => this.downlinkReceived.inc(),
+    };
   }
 
-  watchCache(source: CacheGaugeSource): void {
+  adapterEvents(): AdapterEvents {
+    return {
+      connectionOpened: (protocol: DeviceProtocol, transport: Transport) => this.connections.labels(protocol, transport).inc(),
+      connectionClosed: (protocol: DeviceProtocol, transport: Transport) => this.connections.labels(protocol, transport).dec(),
+      framingRefused: (reason) => this.refused(reason).inc(),
+      notAccepted: (_protocol, qos) => (qos === 0 ? this.dropped('qos0_refused') : this.refused('cache')).inc(),
+    };
+  }
+
+  localEvents(): LocalDeliveryEvents {
+    return { delivered: (source: Protocol) => this.deliveredLocally(source).inc() };
+  }
+
+  routerEvents(): RouterEvents {
+    return {
+      received: (protocol) => this.received(protocol).inc(),
+      ruleFired: (rule) => this.rulesFired(rule).inc(),
+      ruleFailed: (rule) => this.ruleErrors(rule).inc(),
+      dropped: (reason) => this.dropped(reason).inc(),
+      payloadUndecodable: () => this.payloadDecodeErrors.inc(),
+    };
+  }
+
+  uplinkEvents(): UplinkEvents {
+    return { dropped: (reason) => this.dropped(reason).inc() };
+  }
+
+  forwarderEvents(): ForwarderEvents {
+    return {
+      sent: () => this.uplinkSent.inc(),
+      acked: () => this.uplinkAcked.inc(),
+      dropped: (reason) => this.dropped(reason).inc(),
+    };
+  }
+
+  cacheEvents(): CacheEvents {
+    return {
+      writeError: () => this.cacheWriteErrors.inc(),
+      evicted: (priority, reason, n) => this.cacheEvicted.labels(priority, reason).inc(n),
+      refused: () => this.cacheRefused.inc(),
+    };
+  }
+
+  watchCache(source: CacheStats): void {
     this.cacheSource = source;
   }
 

@@ -15,7 +15,7 @@ export interface Readiness {
   reason: string | null;
 }
 
-/** Rule management behind /api/v1/rules (rules-dsl.md); the RulesStore. */
+/** Rule management behind /api/v1/rules (docs/rules.md, Pushing rules); the RulesStore. */
 export interface RulesAdmin {
   readonly version: RulesVersion | null;
   validate(files: RuleFile[]): Promise<RulesOutcome>;
@@ -165,13 +165,11 @@ export class AdminServer {
         }
       }
     } catch (err) {
-      if (err instanceof PushRequestError) return sendError(res, err.status, err.code, err.message);
-      if (err instanceof EdgeError && err.code === 'E_RULES_NO_EARLIER') return sendError(res, 409, err.code, err.message);
-      if (err instanceof EdgeError && err.code === 'E_STOPPING') return sendError(res, 503, err.code, err.message);
-      if (err instanceof EdgeError && err.code === 'E_RULES_WRITE') {
-        this.log.error({ err: err.message }, 'a valid rules push could not be written; the running set keeps running');
-        return sendError(res, 500, err.code, err.message);
-      }
+      if (!(err instanceof EdgeError)) throw err;
+      if (err.code === 'E_RULES_WRITE') this.log.error({ err: err.message }, 'a valid rules push could not be written; the running set keeps running');
+      // A retryable refusal (the proxy stopping) tells the client when to come back.
+      if (err.retryable) res.setHeader('retry-after', '5');
+      return sendError(res, err.status, err.code, err.message);
       throw err;
     }
   }

@@ -20,7 +20,7 @@ function rows(id, pairs){document.getElementById(id).innerHTML=pairs.map(functio
 function dur(s){if(s==null)return '-';if(s<60)return s.toFixed(0)+' s';if(s<3600)return (s/60).toFixed(1)+' min';return (s/3600).toFixed(1)+' h'}
 function tick(){fetch('/api/v1/status').then(function(r){return r.json()}).then(function(s){
 document.getElementById('edge').textContent=s.edgeId+' · v'+s.version+' · up '+dur(s.uptimeSeconds);
-rows('traffic',[['MQTT devices',s.devices.mqtt],['received /s',s.rates.receivedPerSecond.toFixed(1)],['sent up /s',s.rates.ackedPerSecond.toFixed(1)]]);
+rows('traffic',[['auth',s.auth.mode==='token'?'token, '+s.auth.devices+' registered':'open (trial)'],['MQTT devices',s.devices.mqtt],['received /s',s.rates.receivedPerSecond.toFixed(1)],['sent up /s',s.rates.ackedPerSecond.toFixed(1)]]);
 var u=s.uplink;rows('uplink',[['broker',u.url||'none (offline mode)'],['state',u.connected?'<span class=ok>connected</span>':'<span class=bad>not connected</span>'],['in flight',u.inflight]]);
 var c=s.cache;rows('cache',[['backlog',c.messages+' messages'],['bytes',c.bytes],['oldest',dur(c.oldestAgeSeconds)],['writable',c.writable?'<span class=ok>yes</span>':'<span class=bad>no</span>'],['time to drain',c.timeToDrainSeconds==null?'-':dur(c.timeToDrainSeconds)]]);
 document.getElementById('err').textContent='';}).catch(function(e){document.getElementById('err').textContent='status unavailable: '+e});}

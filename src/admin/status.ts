@@ -4,7 +4,9 @@ export interface ProxyStatus {
   edgeId: string;
   uptimeSeconds: number;
   ports: Record<string, number>;
-  devices: { mqtt: number };
+  auth: { mode: 'open' | 'token'; devices: number | null };
+  /** connected devices by protocol */
+  devices: Record<string, number>;
   rates: { receivedPerSecond: number; ackedPerSecond: number };
   rules: { version: number; sha256: string; rules: number } | null;
   models: string[];

@@ -1,8 +1,8 @@
 // Topics and MQTT topic filters, shared by every protocol.
 
-export const RESERVED_PREFIX = '$edge/';
+const RESERVED_PREFIX = '$edge/';
 
-export type TopicProblem = 'empty' | 'too_long' | 'nul' | 'wildcard' | 'reserved';
+type TopicProblem = 'empty' | 'too_long' | 'nul' | 'wildcard' | 'reserved';
 
 /** Why a topic may not be published by a device, or null when it may. */
 export function checkDeviceTopic(topic: string, maxTopicBytes: number): TopicProblem | null {
@@ -10,7 +10,8 @@ export function checkDeviceTopic(topic: string, maxTopicBytes: number): TopicPro
   if (Buffer.byteLength(topic, 'utf8') > maxTopicBytes) return 'too_long';
   if (topic.includes('\u0000')) return 'nul';
   if (topic.includes('+') || topic.includes('#')) return 'wildcard';
-  if (topic === '$edge' || topic.startsWith(RESERVED_PREFIX)) return 'reserved';
+  // `$SYS/`, `$edge/` and any `$` name a broker or the proxy may use: never a device's [MQTT-4.7.2].
+  if (topic.startsWith('$')) return 'reserved';
   return null;
 }
 

@@ -1,20 +1,30 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import type { EdgeMessage } from '../core/message.js';
+import type { EdgeMessage, Protocol } from '../core/message.js';
 import { EdgeError } from '../core/errors.js';
 import { newMessageId } from '../core/ids.js';
 import { checkDeviceTopic } from '../core/topic.js';
 import { asBuffer } from '../core/bytes.js';
-import type { Metrics } from '../admin/metrics.js';
 import type { RuleSet, Evaluation } from '../rules/engine.js';
 import { fromJson, type Value } from '../rules/values.js';
+import { msgValue } from '../rules/msg.js';
 import type { LocalDelivery } from './local.js';
+import type { Priority } from '../core/priority.js';
 import { PriorityTable } from './priorities.js';
 import { encodePayload, planActions, type Plan } from './plan.js';
 
 /** What the router needs of the uplink stage. */
 export interface UplinkStage {
-  submit(msg: EdgeMessage, priority: 'critical' | 'high' | 'normal' | 'low', done: (err: EdgeError | null) => void): void;
+  submit(msg: EdgeMessage, priority: Priority, done: (err: EdgeError | null) => void): void;
+}
+
+/** What the router reports; metrics hang on these. */
+export interface RouterEvents {
+  received(protocol: Protocol): void;
+  ruleFired(rule: string): void;
+  ruleFailed(rule: string): void;
+  dropped(reason: 'hops' | 'derived_limit'): void;
+  payloadUndecodable(): void;
 }
 
 /** The running ruleset, swapped as a whole (hot reload replaces `current`). */
@@ -27,6 +37,8 @@ export interface RouterOptions {
   maxHops: number;
   maxTopicBytes: number;
   edge: { id: string; uplinkConnected(): boolean };
+  /** what rules read as `device`: the registry's attrs of a device, null when it has none */
+  deviceAttrs(deviceId: string): Value;
 }
 
 const EMPTY: Evaluation = { fired: [], actions: [], dropped: false, routed: false, errors: [] };
@@ -44,44 +56,52 @@ export class Router {
   private readonly faultLogged = new Map<string, number>();
   /** the messages rules may still make, shared by a root message and everything made from it */
   private readonly budgets = new WeakMap<EdgeMessage, { left: number }>();
-  private readonly firedCounters = new Map<string, { inc(): void }>();
 
   constructor(
     private readonly opts: RouterOptions,
     private readonly uplink: UplinkStage,
     private readonly local: LocalDelivery,
     private readonly rules: RulesHolder,
-    private readonly metrics: Metrics,
+    private readonly events: RouterEvents,
     private readonly log: Logger,
   ) {
     this.priorities = new PriorityTable(opts.routing.priorities);
   }
 
-  /** A message from a device. Its adapter's broker delivers it to local subscribers of its topic. */
+  /**
+   * A message from a device. Once it is accepted (committed where it goes up) it is delivered to
+   * local subscribers of every protocol, dropped by the rules or not, as any broker would. A QoS 1
+   * or 2 message the cache could not take is not: the device sends it again, and it is delivered
+   * then. A QoS 0 message is delivered whatever became of its uplink copy: nobody sends it again,
+   * and local automation must go on with a full disk.
+   */
   acceptFromDevice(msg: EdgeMessage, done: (err: EdgeError | null) => void): void {
-    this.metrics.receivedFrom(msg.protocol).inc();
+    this.events.received(msg.protocol);
     let ev: Evaluation;
     try {
       ev = this.evaluate(msg);
     } catch (err) {
       // Not acknowledged rather than acknowledged and lost: the device sends it again.
       this.log.error({ deviceId: msg.deviceId, topic: msg.topic, err: (err as Error).message }, 'a device message could not be evaluated; it is not acknowledged');
-      done(new EdgeError('E_INTERNAL', `the message could not be processed: ${(err as Error).message}`, { retryable: true }));
+      done(new EdgeError('E_INTERNAL', `the message could not be processed: ${(err as Error).message}`));
       return;
     }
-    this.carryOut(msg, ev, done);
+    this.carryOut(msg, ev, (err) => {
+      if (!err || msg.qos === 0) this.local.deliver(msg);
+      done(err);
+    });
   }
 
   /** A message from the cloud downlink: published locally, evaluated by the rules, never sent back up. */
   acceptFromCloud(msg: EdgeMessage): void {
-    this.metrics.receivedFrom('cloud').inc();
+    this.events.received('cloud');
     this.local.deliver(msg);
     this.carryOut(msg, this.evaluate(msg), () => {});
   }
 
   /** A message made by a rule (publish, emit): delivered locally, then evaluated in turn. */
   private acceptInternal(msg: EdgeMessage): void {
-    this.metrics.receivedFrom('internal').inc();
+    this.events.received('internal');
     try {
       this.local.deliver(msg);
       this.carryOut(msg, this.evaluate(msg), () => {});
@@ -98,22 +118,12 @@ export class Router {
     const ev = rules.evaluate(msg, {
       payload: () => (decoded ??= this.decode(msg)),
       msgValue: () => msgValue(msg),
-      device: null, // no device registry in open mode: every device is unknown
+      device: this.opts.deviceAttrs(msg.deviceId),
       edge: { id: this.opts.edge.id, uplinkConnected: this.opts.edge.uplinkConnected() },
     });
-    for (const f of ev.fired) this.firedCounter(f.rule).inc();
+    for (const f of ev.fired) this.events.ruleFired(f.rule);
     for (const e of ev.errors) this.fault(e.rule, e.error.message, msg);
     return ev;
-  }
-
-  // Label children bound once per rule: a message can fire hundreds of rules.
-  private firedCounter(rule: string): { inc(): void } {
-    let c = this.firedCounters.get(rule);
-    if (!c) {
-      c = this.metrics.rulesFired.labels(rule);
-      this.firedCounters.set(rule, c);
-    }
-    return c;
   }
 
   /** The decoded payload, parsed once per message and only when a rule reads it. */
@@ -123,13 +133,13 @@ export class Router {
     try {
       return fromJson(JSON.parse(asBuffer(msg.payload).toString('utf8')));
     } catch {
-      this.metrics.payloadDecodeErrors.inc();
+      this.events.payloadUndecodable();
       return null;
     }
   }
 
   private fault(rule: string, message: string, msg: EdgeMessage): void {
-    this.metrics.ruleErrors.labels(rule).inc();
+    this.events.ruleFailed(rule);
     const now = Date.now();
     // At most one line a minute per rule: a faulty rule on a busy topic must not flood the log.
     if ((this.faultLogged.get(rule) ?? 0) > now - 60_000) return;
@@ -199,7 +209,7 @@ export class Router {
       this.budgets.set(parent, budget);
     }
     if (budget.left <= 0) {
-      this.metrics.dropped.labels('derived_limit').inc();
+      this.events.dropped('derived_limit');
       this.fault(rule, `more than ${MAX_DERIVED_PER_MESSAGE} messages made from one message; the rest are not made`, parent);
       return null;
     }
@@ -220,7 +230,7 @@ export class Router {
   private derive(ruleOf: string, parent: EdgeMessage, topic: string, payload: Value | undefined, opts: { qos?: 0 | 1; retain?: boolean } = {}): EdgeMessage | null {
     const hops = parent.hops + 1;
     if (hops > this.opts.maxHops) {
-      this.metrics.dropped.labels('hops').inc();
+      this.events.dropped('hops');
       return null;
     }
     const problem = checkDeviceTopic(topic, this.opts.maxTopicBytes);
@@ -238,10 +248,3 @@ export class Router {
   }
 }
 
-/** The `msg` root as rules read it. */
-export function msgValue(msg: EdgeMessage): Value {
-  return {
-    id: msg.id, ts: msg.ts, topic: msg.topic, deviceId: msg.deviceId, protocol: msg.protocol, qos: msg.qos,
-    retain: msg.retain, props: { ...msg.props }, hops: msg.hops, parentId: msg.parentId ?? null,
-  };
-}

@@ -3,12 +3,10 @@ import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import type { Priority } from '../config/types.js';
 import type { EdgeMessage } from '../core/message.js';
 import { CONTENT_TYPES } from '../core/message.js';
 import { EdgeError } from '../core/errors.js';
-import type { CacheGaugeSource } from '../admin/metrics.js';
-import { PRIORITIES, priorityRank } from './priority.js';
+import { PRIORITIES, priorityRank, type Priority } from '../core/priority.js';
 import type { UplinkFields } from './envelope.js';
 import {
   PRAGMAS, SCHEMA_SQL, SIZE_SQL, keyOf, messageSize, rankOfKey, seqOfKey,
@@ -23,6 +21,14 @@ export interface CachedMessage extends UplinkFields {
 
 export type AppendCallback = (err: EdgeError | null) => void;
 export type EvictReason = 'bytes' | 'age';
+
+/** What the cache tells about itself when asked: the metrics' gauges and the status read these. */
+export interface CacheStats {
+  messagesByPriority(): Record<string, number>;
+  bytes(): number;
+  oldestAgeSeconds(): number;
+  writable(): boolean;
+}
 
 /** What the cache reports as it happens; metrics and logs hang on these. */
 export interface CacheEvents {
@@ -93,7 +99,7 @@ export function toRanges(keys: number[]): Array<[number, number]> {
 
 /**
  * Open the SQLite file, moving a damaged one aside (never deleting it) and starting a new one
- * (uplink-cache.md, guarantee 7).
+ * (docs/cache.md, guarantee 7).
  */
 function openReader(path: string, log: Logger): Database.Database {
   mkdirSync(dirname(path), { recursive: true });
@@ -130,7 +136,7 @@ function openReader(path: string, log: Logger): Database.Database {
 }
 
 /**
- * The durable store-and-forward cache (uplink-cache.md).
+ * The durable store-and-forward cache (docs/cache.md).
  *
  * Appends are group-committed without a timer: while one batch is being written by the writer
  * thread, new messages gather, and the next batch is everything that gathered. Each append's
@@ -138,7 +144,7 @@ function openReader(path: string, log: Logger): Database.Database {
  * commit survives a power cut. Reads (the drain, eviction) use this thread's own connection:
  * WAL lets them run beside the writer.
  */
-export class DurableCache implements CacheGaugeSource {
+export class DurableCache implements CacheStats {
   private readonly reader: Database.Database;
   private worker: Worker | null = null;
   private workerReady: Promise<void> = Promise.resolve();
@@ -226,12 +232,12 @@ export class DurableCache implements CacheGaugeSource {
   /** Queue a message for the next group commit; `done` runs once it is on disk, or with why not. */
   append(msg: EdgeMessage, priority: Priority, done: AppendCallback): void {
     if (this.closing) {
-      done(new EdgeError('E_CACHE_WRITE', 'the cache is closing', { retryable: true }));
+      done(new EdgeError('E_CACHE_WRITE', 'the cache is closing'));
       return;
     }
     if (!this.isWritable) {
       this.opts.events.refused('unwritable');
-      done(new EdgeError('E_CACHE_WRITE', 'the cache cannot write to disk now (full or failing); retry later', { retryable: true }));
+      done(new EdgeError('E_CACHE_WRITE', 'the cache cannot write to disk now (full or failing); retry later'));
       return;
     }
     const rank = priorityRank(priority);
@@ -239,7 +245,7 @@ export class DurableCache implements CacheGaugeSource {
     const over = this.bytes() + size - this.opts.maxBytes;
     if (over > 0 && !this.evictForSpace(rank, over)) {
       this.opts.events.refused('full');
-      done(new EdgeError('E_CACHE_FULL', `the cache is full (cache.maxBytes=${this.opts.maxBytes}) and holds nothing of priority ${priority} or lower to evict`, { retryable: true }));
+      done(new EdgeError('E_CACHE_FULL', `the cache is full (cache.maxBytes=${this.opts.maxBytes}) and holds nothing of priority ${priority} or lower to evict`));
       return;
     }
     const key = keyOf(rank, this.nextSeq[rank]!++);
@@ -318,7 +324,7 @@ export class DurableCache implements CacheGaugeSource {
     }
     for (const k of batch.deleteKeys) this.deleting.delete(k);
     if (batch.appends.length > 0) {
-      const rows: CachedMessage[] = new Array(batch.appends.length);
+      const rows = new Array<CachedMessage>(batch.appends.length);
       for (let i = 0; i < batch.appends.length; i++) {
         const { msg, key } = batch.appends[i]!;
         rows[i] = {
@@ -351,7 +357,7 @@ export class DurableCache implements CacheGaugeSource {
         `cache write failed (${code}): new uplink messages are refused, local delivery goes on; retrying every ${PROBE_INTERVAL_MS / 1000} s. ` +
         (known ? 'Check free space and the disk (df -h, dmesg).' : ''));
     }
-    const error = new EdgeError('E_CACHE_WRITE', `cache write failed: ${message} (${code})`, { retryable: true });
+    const error = new EdgeError('E_CACHE_WRITE', `cache write failed: ${message} (${code})`);
     for (const a of batch.appends) a.done(error);
     // Messages queued behind the failed batch never reached the disk either.
     const queued = this.pending;

@@ -1,16 +1,22 @@
 import type { Logger } from 'pino';
-import type { Config, Priority } from '../config/types.js';
-import type { Metrics } from '../admin/metrics.js';
+import type { Config } from '../config/types.js';
 import { DurableCache, type CachedMessage } from './cache.js';
 import type { CloudLink } from './cloud.js';
 import { cloudTopic, encodeEnvelope } from './envelope.js';
-import { PRIORITIES, priorityRank } from './priority.js';
+import { PRIORITIES, priorityRank, type Priority } from '../core/priority.js';
 
 // How many committed messages the forwarder holds in memory per priority, ahead of the cloud.
 // Past this it stops taking them from commits and reads them back from SQLite: a backlog lives
 // on disk, not in the heap, whatever its size.
 const READ_BATCH = 512;
 const MAX_BUFFERED = 4096;
+
+/** What the forwarder reports; metrics hang on these. */
+export interface ForwarderEvents {
+  sent(): void;
+  acked(): void;
+  dropped(reason: 'cloud_refused'): void;
+}
 
 /** One priority's queue as the forwarder sees it: a window of the cache, read in key order. */
 class Lane {
@@ -33,7 +39,7 @@ class Lane {
 /**
  * Moves messages from the durable cache to the cloud: at most `maxInflight` unacknowledged at a
  * time, at most `maxRate` a second when set, the highest priority first, and each deleted only
- * after the cloud broker's PUBACK (uplink-cache.md, guarantees 1 to 4). On a disconnect
+ * after the cloud broker's PUBACK (docs/cache.md: guarantees 1 to 4, The drain). On a disconnect
  * everything not yet acknowledged is read again from the cache and resent with its id.
  */
 export class Forwarder {
@@ -52,7 +58,7 @@ export class Forwarder {
     private readonly cloud: CloudLink,
     private readonly cfg: Config['uplink'],
     private readonly edgeId: string,
-    private readonly metrics: Metrics,
+    private readonly events: ForwarderEvents,
     private readonly log: Logger,
   ) {
     this.refillAt = Math.floor(cfg.maxInflight / 2);
@@ -159,7 +165,7 @@ export class Forwarder {
       if (err) {
         if (!this.refusedByCloud(m, err)) return; // the connection is going down: it goes again later
       } else {
-        this.metrics.uplinkAcked.inc();
+        this.events.acked();
       }
       this.cache.ack(m);
       if (this.inflight === 0) this.settled?.();
@@ -169,7 +175,7 @@ export class Forwarder {
     });
     if (!sent) return false; // not connected after all; the message stays in the cache
     this.inflight++;
-    this.metrics.uplinkSent.inc();
+    this.events.sent();
     return true;
   }
 
@@ -181,7 +187,7 @@ export class Forwarder {
   private refusedByCloud(m: CachedMessage, err: Error): boolean {
     const reasonCode = (err as { code?: unknown }).code;
     if (typeof reasonCode !== 'number' || reasonCode < 0x80) return false;
-    this.metrics.dropped.labels('cloud_refused').inc();
+    this.events.dropped('cloud_refused');
     this.log.error({ deviceId: m.deviceId, topic: m.topic, id: m.id, reasonCode },
       `the cloud broker refused a message (reason code 0x${reasonCode.toString(16)}: ${err.message}); it is dropped. Check the broker's ACL and size limits for this topic`);
     return true;

@@ -1,12 +1,17 @@
 import type { Logger } from 'pino';
-import type { Config, Priority } from '../config/types.js';
+import type { Config } from '../config/types.js';
+import type { Priority } from '../core/priority.js';
 import type { EdgeMessage } from '../core/message.js';
 import type { EdgeError } from '../core/errors.js';
-import type { Metrics } from '../admin/metrics.js';
 import type { DurableCache } from './cache.js';
 import { cloudTopic } from './envelope.js';
 
 export type SubmitDone = (err: EdgeError | null) => void;
+
+/** What the uplink entry reports; metrics hang on it. */
+export interface UplinkEvents {
+  dropped(reason: 'control_topic'): void;
+}
 
 /**
  * The entry to the uplink stage: what goes up is committed to the durable cache here, and the
@@ -21,7 +26,7 @@ export class Uplink {
   constructor(
     private readonly cfg: Config['uplink'],
     private readonly cache: DurableCache,
-    private readonly metrics: Metrics,
+    private readonly events: UplinkEvents,
     private readonly log: Logger,
   ) {
     const cp = cfg.controlPrefix;
@@ -43,7 +48,7 @@ export class Uplink {
       return;
     }
     if (this.isControlTopic(msg.topic)) {
-      this.metrics.dropped.labels('control_topic').inc();
+      this.events.dropped('control_topic');
       // Counted every time, logged at most once a minute: a device must not flood the log.
       const now = Date.now();
       if (now - this.lastControlLog < 60_000) {

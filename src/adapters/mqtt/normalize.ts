@@ -1,8 +1,6 @@
-// Pure translation between MQTT packets and EdgeMessages: no I/O, no routing.
+// Pure translation between MQTT packets and the pipeline's shapes: no I/O, no checks (the ingress gate's).
 import type { EdgeMessage, QoS } from '../../core/message.js';
-import { EDGE_DEVICE_ID, isValidDeviceId } from '../../core/message.js';
-import { sniffContentType } from '../../core/content-type.js';
-import { newMessageId } from '../../core/ids.js';
+import type { PublishRequest } from '../../pipeline/ingress.js';
 import { asBuffer } from '../../core/bytes.js';
 
 export interface MqttPublishFields {
@@ -12,37 +10,12 @@ export interface MqttPublishFields {
   retain: boolean;
 }
 
-/** In open mode the device id is the MQTT username, else the client id (protocols.md). */
-export function deviceIdFor(username: string | undefined, clientId: string): string {
-  return username !== undefined && username !== '' ? username : clientId;
-}
-
-/** Why an id cannot be a device's, or null when it can. */
-export function deviceIdProblem(id: string): string | null {
-  if (id === EDGE_DEVICE_ID) return `"${EDGE_DEVICE_ID}" is reserved for the proxy itself`;
-  if (!isValidDeviceId(id)) return 'a device id is 1 to 128 of A-Z a-z 0-9 _ . : -';
-  return null;
-}
-
-export function mqttToEdgeMessage(p: MqttPublishFields, deviceId: string, now: number = Date.now()): EdgeMessage {
-  const payload = typeof p.payload === 'string' ? Buffer.from(p.payload) : p.payload;
-  return {
-    id: newMessageId(now),
-    ts: now,
-    deviceId,
-    protocol: 'mqtt',
-    topic: p.topic,
-    payload,
-    contentType: sniffContentType(payload).contentType,
-    qos: p.qos,
-    retain: p.retain,
-    props: {},
-    hops: 0,
-  };
+/** A PUBLISH as the gate takes it; MQTT 3.1.1 carries no content type, so the gate sniffs it. */
+export function mqttToPublishRequest(p: MqttPublishFields): PublishRequest {
+  return { topic: p.topic, payload: typeof p.payload === 'string' ? Buffer.from(p.payload) : p.payload, qos: p.qos, retain: p.retain };
 }
 
 /** The packet that publishes an EdgeMessage to local MQTT subscribers. */
 export function edgeMessageToMqtt(msg: EdgeMessage): MqttPublishFields & { cmd: 'publish'; dup: false } {
-  const payload = asBuffer(msg.payload);
-  return { cmd: 'publish', topic: msg.topic, payload, qos: msg.qos, retain: msg.retain, dup: false };
+  return { cmd: 'publish', topic: msg.topic, payload: asBuffer(msg.payload), qos: msg.qos, retain: msg.retain, dup: false };
 }

@@ -1,0 +1,54 @@
+// The contract every device protocol implements. An adapter owns its endpoints and its wire
+// format; identity, access control, limits and normalization are the ingress gate's, and local
+// delivery across protocols goes through the sink it registers. A new protocol is a new module
+// that implements this, plus one line in the list of adapters in main.ts.
+import type { Logger } from 'pino';
+import type { EdgeMessage } from '../core/message.js';
+import type { AuthService } from '../auth/service.js';
+import type { DeviceProtocol, IngressGate } from '../pipeline/ingress.js';
+import type { LocalSink } from '../pipeline/local.js';
+import type { RetainedStore } from '../pipeline/retained.js';
+
+/** A listening endpoint, as the `listening` log line and the ports file name it (`mqtt`, `mqtt-tls`, ...). */
+export interface Endpoint {
+  name: string;
+  host: string;
+  port: number;
+}
+
+export type Transport = 'tcp' | 'tls' | 'ws' | 'udp';
+
+/** What an adapter reports about its connections; metrics hang on these. */
+export interface AdapterEvents {
+  connectionOpened(protocol: DeviceProtocol, transport: Transport): void;
+  connectionClosed(protocol: DeviceProtocol, transport: Transport): void;
+  /** a packet refused from its framing, before the gate saw it (oversized, unparseable) */
+  framingRefused(reason: 'too_large' | 'malformed'): void;
+  /** a publish accepted by the gate that the pipeline could not take now (cache full, stopping) */
+  notAccepted(protocol: DeviceProtocol, qos: 0 | 1 | 2): void;
+}
+
+/** Everything an adapter is given besides its own configuration slice. */
+export interface AdapterDeps {
+  gate: IngressGate;
+  /** registry changes: a removed or re-keyed device is disconnected, narrowed filters checked again */
+  auth: Pick<AuthService, 'on' | 'off'>;
+  /** the retained messages of every protocol, read when a subscription starts */
+  retained: Pick<RetainedStore, 'matching' | 'get'>;
+  events: AdapterEvents;
+  log: Logger;
+}
+
+export interface DeviceAdapter extends LocalSink {
+  readonly protocol: DeviceProtocol;
+  /** Listen on every endpoint the configuration enables. */
+  start(): Promise<Endpoint[]>;
+  /**
+   * Stop reading, let `settle` commit what is in hand so that its acknowledgements go out, then
+   * close every connection and endpoint.
+   */
+  stop(settle: () => Promise<void>): Promise<void>;
+  /** Publish to this adapter's local subscribers (the pipeline's local delivery calls it). */
+  deliver(msg: EdgeMessage): void;
+  connectedCount(): number;
+}

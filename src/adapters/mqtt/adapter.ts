@@ -1,0 +1,391 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import type { AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
+import type { Logger } from 'pino';
+import type { Config } from '../../config/types.js';
+import { EdgeError } from '../../core/errors.js';
+import type { EdgeMessage, QoS } from '../../core/message.js';
+import type { Identity } from '../../auth/service.js';
+import type { RegistryChange } from '../../auth/device-registry.js';
+import type { AdapterDeps, DeviceAdapter, Endpoint, Transport } from '../adapter.js';
+import { EdgeBroker } from './broker.js';
+import { FrameGuard } from './frame-guard.js';
+import { OrderedAcks } from './ordered-acks.js';
+import { mqttToPublishRequest } from './normalize.js';
+import { readTlsFiles, watchTlsFiles, type TlsFiles } from './tls.js';
+
+/** The slice of the configuration the MQTT adapter reads. */
+export interface MqttAdapterConfig {
+  mqtt: Config['mqtt'];
+  limits: Pick<Config['limits'], 'maxPayloadBytes' | 'maxTopicBytes' | 'maxConnections'>;
+  /** names the embedded broker ($SYS topics) */
+  brokerId: string;
+}
+
+type RefusalReason = 'too_large' | 'malformed' | 'acl' | 'cache';
+
+interface Connection {
+  transport: Transport;
+  /** the device, once CONNECT authenticated it */
+  identity: Identity | null;
+  /** the CN of a client certificate verified against mqtt.tls.ca */
+  certificateId: string | null;
+  /** the client id and CleanSession flag as sent, before aedes replaces an empty id with its own */
+  sent: { clientId: string; clean: boolean } | null;
+  remote: string;
+  acks: OrderedAcks;
+  /** QoS 2 packet ids accepted and not yet released, to process a DUP resend once */
+  qos2: Map<number, Promise<Error | null>>;
+  /** why the proxy closed it, so the close is logged with the reason; `framing`: refused before the gate saw it */
+  refusal: { reason: RefusalReason; detail: string; framing?: true } | null;
+  /** the close was logged and counted: aedes may report one error more than once */
+  reported: boolean;
+}
+
+// aedes keeps its MQTT parser on the client; the proxy inspects each chunk before it reaches it.
+interface ParserHandle {
+  _parser: { parse(buf: Buffer): number; prependListener(event: 'error', fn: (err: Error) => void): void };
+}
+
+// aedes's session store, where it keeps inbound QoS 2 publishes until their PUBREL; not in its types.
+interface SessionStore {
+  persistence: { incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown> };
+}
+
+// What aedes keeps per client that its types leave out or mark read-only.
+interface ClientState {
+  id: string;
+  will: unknown;
+  subscriptions: Record<string, unknown>;
+}
+
+const REFUSAL_OF: Record<string, RefusalReason> = { E_ACL: 'acl', E_TOO_LARGE: 'too_large', E_MALFORMED: 'malformed' };
+
+/**
+ * MQTT 3.1 and 3.1.1 over TCP, and over TLS when mqtt.tls has a certificate, through the embedded
+ * aedes broker. A connection's device is decided at CONNECT by the ingress gate; its session is
+ * keyed by device and client id, so that no client id reaches another device's session.
+ */
+export class MqttAdapter implements DeviceAdapter {
+  readonly protocol = 'mqtt';
+  private broker!: EdgeBroker;
+  private readonly servers: Server[] = [];
+  private readonly connections = new WeakMap<Client, Connection>();
+  private readonly clients = new Set<Client>();
+  private readonly sockets = new Set<Socket>();
+  private stopWatchingTls: (() => void) | null = null;
+  private readonly onRegistryChange = (change: RegistryChange): void => this.registryChanged(change);
+  /** set at shutdown: publishes not yet in hand are not accepted (the device sends them again later) */
+  private stopping = false;
+
+  constructor(private readonly cfg: MqttAdapterConfig, private readonly deps: AdapterDeps) {}
+
+  private get log(): Logger {
+    return this.deps.log;
+  }
+
+  async start(): Promise<Endpoint[]> {
+    const { mqtt } = this.cfg;
+    const tlsFiles: TlsFiles | null = mqtt.tls.cert && mqtt.tls.key ? { cert: mqtt.tls.cert, key: mqtt.tls.key, ca: mqtt.tls.ca } : null;
+    const tlsOptions = tlsFiles ? readTlsFiles(tlsFiles) : null; // before anything listens: a bad file stops the start
+    this.broker = await EdgeBroker.open({
+      id: `edge-${this.cfg.brokerId}`,
+      maxClientsIdLength: 128,
+      preConnect: (client, packet, done) => this.preConnect(client, packet.clientId, packet.clean !== false, done),
+      authenticate: (client, username, password, done) => this.authenticate(client, username, password, done),
+      authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
+      authorizeSubscribe: (client, sub, done) => this.authorizeSubscribe(client, sub, done),
+    }, this.deps.retained);
+    this.broker.on('clientError', (client, err) => this.onClientError(client, err));
+    this.broker.on('connectionError', (client, err) => this.onClientError(client, err));
+    this.broker.on('clientReady', (client) => {
+      this.clients.add(client);
+      this.deps.events.connectionOpened('mqtt', this.connections.get(client)?.transport ?? 'tcp');
+    });
+    this.broker.on('clientDisconnect', (client) => {
+      this.clients.delete(client);
+      this.deps.events.connectionClosed('mqtt', this.connections.get(client)?.transport ?? 'tcp');
+    });
+    this.deps.auth.on('change', this.onRegistryChange);
+
+    const endpoints: Endpoint[] = [];
+    const plain = createServer((socket) => this.handle(socket, 'tcp', null));
+    endpoints.push(await this.listen(plain, 'mqtt', mqtt.port));
+    if (tlsFiles && tlsOptions) {
+      const requireCert = tlsFiles.ca !== null;
+      const secure = createTlsServer({ ...tlsOptions, requestCert: requireCert, rejectUnauthorized: requireCert }, (socket) => {
+        const cn = requireCert && socket.authorized ? commonName(socket) : null;
+        this.handle(socket, 'tls', cn);
+      });
+      secure.on('tlsClientError', (err, socket) => {
+        this.deps.gate.tlsRefused('mqtt', `${socket.remoteAddress}:${socket.remotePort}`, `TLS handshake failed: ${err.message}`);
+      });
+      endpoints.push(await this.listen(secure, 'mqtt-tls', mqtt.tls.port));
+      this.stopWatchingTls = watchTlsFiles(tlsFiles, () => this.reloadTls(secure, tlsFiles));
+    }
+    return endpoints;
+  }
+
+  private async listen(server: Server, name: string, port: number): Promise<Endpoint> {
+    const host = this.cfg.mqtt.host;
+    server.maxConnections = this.cfg.limits.maxConnections;
+    this.servers.push(server);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: Error) => reject(new EdgeError('E_LISTEN', `${name} cannot listen on ${host}:${port}: ${err.message}`, { cause: err })));
+      server.listen(port, host, () => resolve());
+    });
+    server.on('error', (err: Error) => this.log.error({ endpoint: name, err: err.message }, 'MQTT listener error'));
+    const addr = server.address();
+    return { name, host, port: typeof addr === 'object' && addr ? addr.port : port };
+  }
+
+  /** A renewed certificate, key or CA: new connections use it; one that does not load changes nothing. */
+  private reloadTls(server: TlsServer, files: TlsFiles): void {
+    try {
+      server.setSecureContext(readTlsFiles(files));
+      this.log.info({ cert: files.cert, key: files.key, ca: files.ca }, 'mqtt-tls: reloaded the renewed certificate files; new connections use them');
+    } catch (err) {
+      this.log.error({ code: (err as EdgeError).code, err: (err as Error).message }, 'mqtt-tls: the renewed certificate files cannot be used; the previous ones stay in force. Check them with openssl x509 -noout -text -in FILE');
+    }
+  }
+
+  private handle(socket: Socket, transport: Transport, certificateId: string | null): void {
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
+    socket.setNoDelay(true);
+    const client = this.broker.handle(socket);
+    const conn: Connection = {
+      transport,
+      identity: null,
+      certificateId,
+      sent: null,
+      remote: `${socket.remoteAddress}:${socket.remotePort}`,
+      acks: new OrderedAcks(),
+      qos2: new Map(),
+      refusal: null,
+      reported: false,
+    };
+    this.connections.set(client, conn);
+    this.guard(client, conn, new FrameGuard(this.cfg.limits.maxPayloadBytes + this.cfg.limits.maxTopicBytes + 16));
+  }
+
+  /** Inspect each chunk before aedes parses it: oversized packets are refused from their header. */
+  private guard(client: Client, conn: Connection, guard: FrameGuard): void {
+    const parser = (client as unknown as ParserHandle)._parser;
+    if (!parser || typeof parser.parse !== 'function') throw new Error('aedes internals changed: client._parser.parse not found');
+    const parse = parser.parse.bind(parser);
+    parser.parse = (buf: Buffer): number => {
+      const verdict = guard.scan(buf);
+      if (verdict.ok) return parse(buf);
+      conn.refusal = { reason: verdict.reason, detail: verdict.detail, framing: true };
+      client.emit('error', new EdgeError(verdict.reason === 'too_large' ? 'E_TOO_LARGE' : 'E_MALFORMED', verdict.detail));
+      return 0;
+    };
+    // Before aedes's own listener, which closes the client and reports the error at once.
+    parser.prependListener('error', (err) => {
+      if (!conn.refusal) conn.refusal = { reason: 'malformed', detail: err.message, framing: true };
+    });
+  }
+
+  private onClientError(client: Client, err: Error): void {
+    const conn = this.connections.get(client);
+    if (conn?.reported) return;
+    if (conn) conn.reported = true;
+    const who = { clientId: conn?.sent?.clientId ?? null, deviceId: conn?.identity?.deviceId ?? null, remote: conn?.remote };
+    const refusal = conn?.refusal;
+    if (!refusal) {
+      this.log.info({ ...who, err: err.message }, 'MQTT client connection ended with an error');
+      return;
+    }
+    // The gate counted its own refusals, and the cache's were counted per message.
+    if (refusal.framing && (refusal.reason === 'too_large' || refusal.reason === 'malformed')) this.deps.events.framingRefused(refusal.reason);
+    if (refusal.reason === 'acl') return; // the gate logged it, once a minute per device
+    const hint = refusal.reason === 'too_large' ? ` (limits.maxPayloadBytes=${this.cfg.limits.maxPayloadBytes})` : '';
+    this.log.warn({ ...who, reason: refusal.reason }, `closed MQTT client ${who.deviceId ?? conn.remote}: ${refusal.detail}${hint}`);
+  }
+
+  private preConnect(client: Client, clientId: string, clean: boolean, done: (err: Error | null, ok: boolean) => void): void {
+    const conn = this.connections.get(client);
+    if (conn) conn.sent = { clientId, clean };
+    done(null, true);
+  }
+
+  // Identity is decided here rather than in preConnect: only an authenticate refusal is answered
+  // with a CONNACK return code before the connection closes.
+  private authenticate(client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean | null) => void): void {
+    const conn = this.connections.get(client);
+    if (!conn) return done(connackError(5, 'unknown connection'), false);
+    const sent = conn.sent ?? { clientId: client.id, clean: client.clean };
+    // [MQTT-3.1.3-8]: a zero-byte client id with CleanSession 0 gets CONNACK 2, identifier rejected.
+    if (sent.clientId === '' && !sent.clean) {
+      conn.reported = true;
+      this.log.warn({ remote: conn.remote }, 'MQTT connection refused (CONNACK 2): an empty client id needs CleanSession=1');
+      return done(connackError(2, 'an empty client id needs CleanSession=1'), false);
+    }
+    const result = this.deps.gate.authenticate('mqtt', {
+      claimedId: username || null,
+      token: password ? password.toString('utf8') : null,
+      certificateId: conn.certificateId,
+      fallbackId: sent.clientId === '' ? client.id : sent.clientId,
+    }, conn.remote);
+    if (!result.ok) {
+      conn.reported = true; // the gate logged it; the close that follows is expected
+      // [MQTT-3.2.2-5]: 4 bad user name or password, 5 not authorized.
+      return done(connackError(result.reason === 'bad_token' ? 4 : 5, result.detail), false);
+    }
+    conn.identity = result.identity;
+    // The session key: the device id cannot hold '/', so no client id reaches another device's session.
+    (client as unknown as ClientState).id = `${result.identity.deviceId}/${client.id}`;
+    done(null, true);
+  }
+
+  private authorizePublish(client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
+    const conn = client ? this.connections.get(client) : undefined;
+    if (!client || !conn?.identity) {
+      done(null); // the broker's own publishes: not a device message
+      return;
+    }
+    if (this.stopping) {
+      conn.reported = true; // an expected close, not worth a line per device
+      done(new EdgeError('E_STOPPING', 'the proxy is stopping'));
+      return;
+    }
+    const qos = packet.qos;
+    const verdict = this.deps.gate.checkPublish(conn.identity, 'mqtt', mqttToPublishRequest({ topic: packet.topic, payload: packet.payload, qos, retain: packet.retain }));
+    if (verdict.kind === 'drop') {
+      done(null); // acknowledged, and nobody receives it
+      return;
+    }
+    if (verdict.kind === 'refuse') {
+      // MQTT 3.1.1 has no negative PUBACK: a refused publish closes the connection, as brokers do.
+      conn.refusal = { reason: REFUSAL_OF[verdict.error.code] ?? 'malformed', detail: verdict.error.message };
+      done(verdict.error);
+      return;
+    }
+    if (qos === 2 && packet.dup && packet.messageId !== undefined) {
+      const earlier = conn.qos2.get(packet.messageId);
+      if (earlier) {
+        // A resend of a QoS 2 publish still being accepted on this connection: answered like the first.
+        void earlier.then(done);
+        return;
+      }
+      // A resend after a reconnect (persistent session): aedes kept the first until PUBREL, and
+      // answers the resend with PUBREC without publishing it again; the proxy does not take it twice.
+      (this.broker as unknown as SessionStore).persistence.incomingGetPacket(client, packet).then(
+        () => done(null),
+        () => this.accept(conn, verdict.msg, qos, packet.messageId, done),
+      );
+      return;
+    }
+    this.accept(conn, verdict.msg, qos, packet.messageId, done);
+  }
+
+  private accept(conn: Connection, msg: EdgeMessage, qos: QoS, messageId: number | undefined, done: (err?: Error | null) => void): void {
+    const gate = this.deps.gate;
+    if (qos === 0) {
+      gate.accept(msg, (err) => {
+        if (err) this.deps.events.notAccepted('mqtt', 0);
+      });
+      done(null);
+      return;
+    }
+    let settle: ((err: Error | null) => void) | undefined;
+    if (qos === 2 && messageId !== undefined) {
+      conn.qos2.set(messageId, new Promise((resolve) => { settle = resolve; }));
+      if (conn.qos2.size > 1024) conn.qos2.delete(conn.qos2.keys().next().value!);
+    }
+    const accepted = conn.acks.reserve((err) => {
+      if (err) {
+        this.deps.events.notAccepted('mqtt', qos);
+        // MQTT 3.1.1 has no negative PUBACK: not acknowledged, the connection closes after a line saying why.
+        const later = !(err instanceof EdgeError) || err.retryable;
+        conn.refusal = { reason: 'cache', detail: `message not accepted, ${later ? 'closing so that the device sends it again later' : 'refused for good'}: ${err.message}` };
+      }
+      settle?.(err);
+      done(err);
+    });
+    gate.accept(msg, accepted);
+  }
+
+  private authorizeSubscribe(client: Client, sub: Subscription, done: (err: Error | null, sub?: Subscription | null) => void): void {
+    const identity = this.connections.get(client)?.identity;
+    if (!identity) return done(null, null);
+    // A refusal is a failure return code (0x80) in the SUBACK; the connection stays.
+    done(null, this.deps.gate.checkSubscribe(identity, 'mqtt', sub.topic) ? null : sub);
+  }
+
+  /**
+   * A removed or re-keyed device is disconnected; a device whose filters changed is disconnected
+   * when a subscription it holds is no longer allowed, so that it subscribes again under the new ones.
+   */
+  private registryChanged(change: RegistryChange): void {
+    const gone = new Set(change.removed);
+    const rotated = new Set(change.rotated);
+    const filters = new Set(change.filtersChanged);
+    for (const client of this.clients) {
+      const identity = this.connections.get(client)?.identity;
+      if (!identity) continue;
+      const id = identity.deviceId;
+      let why: string | null = null;
+      if (gone.has(id)) why = 'it was removed from the registry';
+      else if (rotated.has(id) && identity.by === 'token') why = 'its token was replaced';
+      else if (filters.has(id)) {
+        const lost = Object.keys((client as unknown as ClientState).subscriptions).find((f) => !this.deps.gate.stillMaySubscribe(identity, f));
+        if (lost !== undefined) why = `its subscription "${lost.slice(0, 300)}" is outside its new subscribe filters; it may subscribe again under them`;
+      }
+      if (why) this.disconnect(client, why);
+    }
+  }
+
+  private disconnect(client: Client, why: string): void {
+    const conn = this.connections.get(client);
+    if (conn) conn.reported = true;
+    // The device did not die: its will is not published.
+    (client as unknown as ClientState).will = null;
+    this.log.info({ deviceId: conn?.identity?.deviceId, remote: conn?.remote }, `disconnected MQTT device ${conn?.identity?.deviceId ?? ''}: ${why}`);
+    client.close();
+  }
+
+  /** Publish to local MQTT subscribers: the sink of the pipeline's local delivery. */
+  deliver(msg: EdgeMessage): void {
+    if (!this.broker) return; // not started yet: nobody is subscribed
+    this.broker.publishLocal(msg, (err) => {
+      if (err) this.log.warn({ topic: msg.topic, err: err.message }, 'local MQTT delivery failed');
+    });
+  }
+
+  connectedCount(): number {
+    return this.broker?.connectedClients ?? 0;
+  }
+
+  /**
+   * Stop accepting and reading, let `settle` commit what is in hand so that its PUBACKs go out,
+   * then close every client and the broker. Wills are cleared first: a device is not dead because
+   * the proxy restarts.
+   */
+  async stop(settle: () => Promise<void>): Promise<void> {
+    this.deps.auth.off('change', this.onRegistryChange);
+    this.stopWatchingTls?.();
+    const closed = this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+    this.stopping = true;
+    await settle();
+    if (!this.broker) return;
+    await new Promise<void>((resolve) => setImmediate(resolve)); // the PUBACKs of the last commit are written
+    for (const client of this.clients) (client as unknown as ClientState).will = null;
+    await new Promise<void>((resolve) => this.broker.close(() => resolve()));
+    for (const socket of this.sockets) socket.destroy();
+    await Promise.all(closed);
+  }
+}
+
+function connackError(returnCode: 2 | 4 | 5, message: string): AuthenticateError {
+  const err = new Error(message) as AuthenticateError;
+  err.returnCode = returnCode;
+  return err;
+}
+
+/** The subject CN of the client certificate; a certificate with several CNs names no device. */
+function commonName(socket: TLSSocket): string | null {
+  const cn = socket.getPeerCertificate()?.subject?.CN as unknown;
+  return typeof cn === 'string' && cn !== '' ? cn : null;
+}
