@@ -10,7 +10,7 @@ const [cloudUrl, portsFile] = process.argv.slice(2);
 const cloud = await mqtt.connectAsync(cloudUrl!, { clientId: 'baseline-forwarder' });
 const broker = await Aedes.createBroker({});
 broker.on('publish', (packet, client) => {
-  if (client) cloud.publish(`edge/bench/up/${packet.topic}`, packet.payload as Buffer, { qos: 1 });
+  if (client) cloud.publish(`edge/bench/up/${packet.topic}`, packet.payload, { qos: 1 });
 });
 const server = createServer(broker.handle);
 server.listen(0, '127.0.0.1', () => {

@@ -20,6 +20,8 @@ export interface LoadOptions {
   rate?: number;
   /** each acknowledgement: when the publish was sent (performance.now() ms) and how long the PUBACK took */
   onAck?: (sentAt: number, latencyMs: number) => void;
+  /** device id -> token, for a proxy in token mode: CONNECT with username = device id, password = token */
+  tokens?: ReadonlyMap<string, string>;
 }
 
 export interface Load {
@@ -30,9 +32,23 @@ export interface Load {
   stop(): Promise<void>;
 }
 
+/** The id of load device `index` (0-based): bench-0000, bench-0001, ... */
+export function loadDeviceId(index: number): string {
+  return `bench-${String(index).padStart(4, '0')}`;
+}
+
+/** CONNACK return codes of MQTT 3.1.1, for the error when a device is refused. */
+const CONNACK_REFUSALS: Record<number, string> = {
+  1: 'unacceptable protocol version',
+  2: 'identifier rejected',
+  3: 'server unavailable',
+  4: 'bad user name or password',
+  5: 'not authorized',
+};
+
 function telemetry(device: number, seq: number): string {
   const t = 21 + Math.sin(seq / 50 + device) * 3;
-  return `{"deviceId":"bench-${String(device).padStart(4, '0')}","seq":${seq},"ts":${Date.now()},"temp":${t.toFixed(2)},"humidity":${(45 + (seq % 7)).toFixed(1)},"battery":97}`;
+  return `{"deviceId":"${loadDeviceId(device)}","seq":${seq},"ts":${Date.now()},"temp":${t.toFixed(2)},"humidity":${(45 + (seq % 7)).toFixed(1)},"battery":97}`;
 }
 
 export function startLoad(opts: LoadOptions): Load {
@@ -43,8 +59,12 @@ export function startLoad(opts: LoadOptions): Load {
   const timers: NodeJS.Timeout[] = [];
   const sockets: Socket[] = [];
   const readies: Promise<void>[] = [];
+  for (let d = 0; d < opts.devices && opts.tokens; d++) {
+    if (!opts.tokens.has(loadDeviceId(d))) throw new Error(`no token for the load device ${loadDeviceId(d)}`);
+  }
   for (let d = 0; d < opts.devices; d++) {
-    const id = `bench-${String(d).padStart(4, '0')}`;
+    const id = loadDeviceId(d);
+    const token = opts.tokens?.get(id);
     const topic = `devices/${id}/telemetry`;
     const socket = connect(opts.port, '127.0.0.1');
     socket.setNoDelay(true);
@@ -65,7 +85,8 @@ export function startLoad(opts: LoadOptions): Load {
       let pending: Buffer = Buffer.alloc(0);
       let connected = false;
       socket.once('error', reject);
-      socket.on('connect', () => socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: id, clean: true, keepalive: 60 })));
+      const credentials = token === undefined ? {} : { username: id, password: Buffer.from(token) };
+      socket.on('connect', () => socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: id, clean: true, keepalive: 60, ...credentials })));
       socket.on('data', (chunk: Buffer) => {
         pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
         let i = 0;
@@ -74,6 +95,12 @@ export function startLoad(opts: LoadOptions): Load {
         while (pending.length - i >= 4) {
           const type = pending[i]! >> 4;
           if (type === 2) {
+            const rc = pending[i + 3]!;
+            if (rc !== 0) {
+              reject(new Error(`${id} refused: CONNACK return code ${rc} (${CONNACK_REFUSALS[rc] ?? 'unknown'})`));
+              socket.destroy();
+              return;
+            }
             connected = true;
             resolve();
             if (paced) {

@@ -1,8 +1,10 @@
-// npm run bench [-- --only forward|drain] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline]
+// npm run bench [-- --only forward|drain|rules|swap] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
 //                                        [--backlog 1000000 --max-inflight 256] [--json]
+// npm run bench -- --compare-auth [--runs 5 --seconds 10 --warmup 2 --devices 50 --inflight 1] [--json]
 import { parseArgs } from 'node:util';
 import { availableParallelism, cpus, totalmem } from 'node:os';
-import { benchForward, type ForwardResult } from './forward.js';
+import { compareAuth, type CompareAuthResult } from './compare-auth.js';
+import { benchForward, type AuthMode, type ForwardResult } from './forward.js';
 import { benchDrain, type DrainResult } from './drain.js';
 import { benchRules, type RulesResult } from './rules.js';
 import { benchSwap, type SwapResult } from './swap.js';
@@ -12,9 +14,13 @@ const { values } = parseArgs({
     only: { type: 'string' },
     devices: { type: 'string', default: '50' },
     inflight: { type: 'string', default: '1' },
-    seconds: { type: 'string', default: '15' },
-    warmup: { type: 'string', default: '3' },
+    // Defaults below: 15 and 3, or 10 and 2 for --compare-auth.
+    seconds: { type: 'string' },
+    warmup: { type: 'string' },
     baseline: { type: 'boolean', default: false },
+    auth: { type: 'string', default: 'open' },
+    'compare-auth': { type: 'boolean', default: false },
+    runs: { type: 'string', default: '5' },
     backlog: { type: 'string', default: '1000000' },
     'max-inflight': { type: 'string', default: '256' },
     json: { type: 'boolean', default: false },
@@ -29,6 +35,12 @@ if (values.help) {
   forward: durable ingest, devices -> proxy -> loopback Mosquitto
     --devices N (50)  --inflight K QoS 1 publishes in flight per device (1)  --seconds S (15)  --warmup S (3)
     --baseline        also run the same load through a bare aedes broker with an in-memory MQTT.js forwarder
+    --auth open|token the proxy's auth.mode (open); token: the devices are registered in a devices.yaml
+                      and connect with username = device id, password = token
+  --compare-auth     instead of the sections: the forward bench in open and token mode alternately,
+                     --runs N (5) of each, with --devices, --inflight, --seconds (10), --warmup (2);
+                     each run's figures, the medians, and whether token mode's CPU per message is
+                     within 5 % of open mode's
   drain: a backlog in the cache, drained to a loopback Mosquitto
     --backlog N (1000000)  --max-inflight K uplink.maxInflight (256)
   rules: the rule engine alone, in this process
@@ -39,20 +51,60 @@ if (values.help) {
   process.exit(0);
 }
 
+function usage(message: string): never {
+  process.stderr.write(`bench: ${message} (npm run bench -- --help)\n`);
+  process.exit(2);
+}
+function count(name: string, value: string, min: number): number {
+  if (!/^\d+$/.test(value) || Number(value) < min) usage(`--${name} must be a whole number of at least ${min}, not "${value}"`);
+  return Number(value);
+}
+const SECTIONS = ['forward', 'drain', 'rules', 'swap'];
+if (values.only !== undefined && !SECTIONS.includes(values.only)) usage(`--only must be one of ${SECTIONS.join(', ')}, not "${values.only}"`);
+if (values.auth !== 'open' && values.auth !== 'token') usage(`--auth must be open or token, not "${values.auth}"`);
+const authMode: AuthMode = values.auth;
+const compare = values['compare-auth'];
+if (compare && values.only !== undefined && values.only !== 'forward') usage('--compare-auth runs the forward bench only; leave --only out');
+if (compare && values.baseline) usage('--compare-auth and --baseline are separate runs');
+const shape = {
+  devices: count('devices', values.devices, 1),
+  inflight: count('inflight', values.inflight, 1),
+  seconds: count('seconds', values.seconds ?? (compare ? '10' : '15'), 1),
+  warmupSeconds: count('warmup', values.warmup ?? (compare ? '2' : '3'), 0),
+};
+const runs = count('runs', values.runs, 1);
+
 const log = (line: string): void => { process.stderr.write(line + '\n'); };
-const sections = values.only ? [values.only] : ['forward', 'drain', 'rules', 'swap'];
+const sections = compare ? [] : values.only ? [values.only] : SECTIONS;
 log(`edge-proxy benchmark on ${availableParallelism()} cores (${cpus()[0]?.model ?? 'unknown cpu'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
 
-const out: { forward?: ForwardResult; baseline?: ForwardResult; drain?: DrainResult; rules?: RulesResult; swap?: SwapResult } = {};
+const out: { forward?: ForwardResult; baseline?: ForwardResult; drain?: DrainResult; rules?: RulesResult; swap?: SwapResult; compareAuth?: CompareAuthResult } = {};
 const lines: string[] = [];
 const f = (n: number, digits = 0): string => n.toFixed(digits);
 
-if (sections.includes('forward')) {
-  log('forward: MQTT QoS 1 devices -> proxy (SQLite cache, WAL, synchronous=FULL) -> loopback Mosquitto');
-  const shape = { devices: Number(values.devices), inflight: Number(values.inflight), seconds: Number(values.seconds), warmupSeconds: Number(values.warmup) };
-  const r = out.forward = await benchForward(shape, log);
+if (compare) {
+  log(`compare-auth: the forward bench in open and token mode alternately, ${runs} run(s) of each, ${shape.devices} devices x ${shape.inflight} in flight, ${shape.warmupSeconds} s warm-up + ${shape.seconds} s measured each`);
+  const r = out.compareAuth = await compareAuth({ ...shape, runs }, log);
+  const pct = (x: number): string => `${x >= 0 ? '+' : ''}${f(x * 100, 1)} %`;
   lines.push(
-    `forward: ${r.devices} devices x ${r.inflight} QoS 1 publish(es) in flight, ~120-byte JSON, ${f(r.seconds, 1)} s measured`,
+    `compare-auth: forward bench, ${shape.devices} devices x ${shape.inflight} QoS 1 publish(es) in flight, ${shape.seconds} s measured per run, open and token alternately`,
+    '  run  mode    messages/s  CPU us/message',
+    ...r.runs.map((x, i) => `  ${String(i + 1).padStart(3)}  ${x.auth.padEnd(5)}  ${f(x.messagesPerSecond).padStart(10)}  ${f(x.cpuMicrosPerMessage, 1).padStart(14)}`),
+    `  median open    ${f(r.open.messagesPerSecond).padStart(10)} msg/s  ${f(r.open.cpuMicrosPerMessage, 1).padStart(7)} us/message`,
+    `  median token   ${f(r.token.messagesPerSecond).padStart(10)} msg/s  ${f(r.token.cpuMicrosPerMessage, 1).padStart(7)} us/message`,
+    `  token/open CPU per message (medians): ${f(r.cpuRatio, 3)} (${pct(r.cpuRatio - 1)}); messages/s ${f(r.rateRatio, 3)}`,
+    r.withinTarget
+      ? `  within the target: token mode costs at most 5 % more CPU per message than open mode (${pct(r.cpuRatio - 1)})`
+      : `  NOT within the target: token mode costs ${pct(r.cpuRatio - 1)} CPU per message, more than the 5 % allowed`,
+    `  spread of CPU per message between runs of one mode: open ${pct(r.open.cpuSpread)}, token ${pct(r.token.cpuSpread)} (max/min - 1)`,
+  );
+}
+
+if (sections.includes('forward')) {
+  log(`forward: MQTT QoS 1 devices -> proxy (SQLite cache, WAL, synchronous=FULL, auth.mode ${authMode}) -> loopback Mosquitto`);
+  const r = out.forward = await benchForward({ ...shape, auth: authMode }, log);
+  lines.push(
+    `forward: ${r.devices} devices x ${r.inflight} QoS 1 publish(es) in flight, ~120-byte JSON, auth.mode ${r.auth}, ${f(r.seconds, 1)} s measured`,
     `  messages/s               ${f(r.messagesPerSecond)}`,
     `  proxy CPU per message    ${f(r.cpuMicrosPerMessage, 1)} us (${f(r.cpuCoresUsed, 2)} cores)`,
     `  proxy resident memory    ${f(r.rssMiB)} MiB (peak ${f(r.peakRssMiB)} MiB)`,
@@ -72,7 +124,7 @@ if (sections.includes('forward')) {
 
 if (sections.includes('drain')) {
   log('drain: a backlog in the cache file -> proxy -> loopback Mosquitto');
-  const r = out.drain = await benchDrain({ messages: Number(values.backlog), devices: Number(values.devices), maxInflight: Number(values['max-inflight']) }, log);
+  const r = out.drain = await benchDrain({ messages: count('backlog', values.backlog, 1), devices: shape.devices, maxInflight: count('max-inflight', values['max-inflight'], 1) }, log);
   lines.push(
     `drain: ${r.messages} cached messages (file ${f(r.fileBytes / 2 ** 20)} MiB), uplink.maxInflight ${values['max-inflight']}`,
     `  messages/s               ${f(r.messagesPerSecond)} (${f(r.drainSeconds, 1)} s)`,
@@ -93,7 +145,7 @@ if (sections.includes('rules')) {
 
 if (sections.includes('swap')) {
   log('swap: PUT /api/v1/rules with a 1,000-rule set, once a second, while devices publish QoS 1 at a steady rate');
-  const r = out.swap = await benchSwap({ rules: 1000, rate: Number(values.rate), devices: 20, swaps: Number(values.swaps), intervalMs: 1000, warmupSeconds: Number(values.warmup) }, log);
+  const r = out.swap = await benchSwap({ rules: 1000, rate: count('rate', values.rate, 1), devices: 20, swaps: count('swaps', values.swaps, 1), intervalMs: 1000, warmupSeconds: shape.warmupSeconds }, log);
   const ms = (x: number): string => `${f(x, 1)} ms`;
   lines.push(
     `swap: ${r.swaps} pushes of a ${r.rules}-rule set under ${r.rate} msg/s (QoS 1, 20 devices)`,

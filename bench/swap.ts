@@ -101,7 +101,6 @@ export async function benchSwap(opts: SwapOptions, progress: (line: string) => v
     progress(`  ${opts.devices} devices, ${opts.rate} msg/s steady; ${opts.rules} rules running; warming up ${opts.warmupSeconds} s`);
     await new Promise((r) => setTimeout(r, opts.warmupSeconds * 1000));
     samples.length = 0;
-    const a0 = fleet.acked();
     const swapMs: number[] = [];
     for (let i = 1; i <= opts.swaps; i++) {
       await new Promise((r) => setTimeout(r, opts.intervalMs));
@@ -117,7 +116,6 @@ export async function benchSwap(opts: SwapOptions, progress: (line: string) => v
       if (i % 5 === 0 || i === opts.swaps) progress(`  ${i}/${opts.swaps} swaps: last ${(t1 - t0).toFixed(0)} ms, version ${body.version}`);
     }
     await new Promise((r) => setTimeout(r, opts.intervalMs));
-    const acked = fleet.acked() - a0;
     await fleet.stop();
     const total = fleet.acked();
     const deadline = Date.now() + 30_000;

@@ -4,11 +4,21 @@
  * signal, print the JSON summary on stdout. Everything else goes to stderr so
  * scripts can parse stdout.
  */
-import { realpathSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readFileSync, realpathSync, statSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parseRate } from './device.js';
-import { DEFAULT_URL, startFleet, type FleetOptions, type StopReason } from './fleet.js';
+import { parseTokenFile, tokenDeviceId } from './credentials.js';
+import {
+  DEFAULT_DEVICES,
+  DEFAULT_PREFIX,
+  DEFAULT_URL,
+  deviceId,
+  startFleet,
+  type FleetOptions,
+  type StopReason,
+  type TlsFiles,
+} from './fleet.js';
 
 export const USAGE = `Usage: node dist/firmware-sim/cli.js [options]
        npm run sim -- [options]
@@ -16,6 +26,8 @@ export const USAGE = `Usage: node dist/firmware-sim/cli.js [options]
 Simulated MQTT device fleet. Each device (client id = device id) publishes JSON
 telemetry to devices/<id>/telemetry and obeys downlink commands on
 devices/<id>/cmd/rate ({"rate": 5} or 5), cmd/pause and cmd/resume.
+Against a proxy in token mode each device connects with username = its id and
+password = its token, as printed by \`edge-proxy devices add <id>\`.
 
 Options:
   --url URL             broker URL (default ${DEFAULT_URL})
@@ -29,7 +41,20 @@ Options:
   --duration S          stop after S seconds (default unlimited)
   --prefix P            device id prefix (default "sim-" -> sim-0001, sim-0002, ...)
   --username-as-id      MQTT username = device id (default on)
-  --no-username-as-id   connect without a username
+  --no-username-as-id   connect without a username (not with a token)
+  --token TOKEN         one device, connecting as the device the token names
+                        (<deviceId>.<secret>); --devices, if given, must be 1.
+                        Other users can see it in ps: --token-file is safer
+  --token-file FILE     one token per line (blank lines and # comments ignored);
+                        each device uses the token of its own id (--prefix and
+                        --devices name the devices); a device without one is an
+                        error
+  --ca FILE             CA certificate (PEM) to trust for an mqtts:// or wss://
+                        URL, e.g. the proxy's TLS port 8883 with a self-signed
+                        certificate (default: the system's CAs)
+  --cert FILE           client certificate (PEM) for a TLS URL; on the proxy's
+                        TLS port its CN is the device id. Needs --key
+  --key FILE            the client certificate's private key (PEM)
   --seed S              seed for reproducible sensor readings (default random,
                         printed in the summary)
   --stats-interval S    seconds between stats lines (default 5)
@@ -60,6 +85,11 @@ const OPTIONS = {
   'username-as-id': { type: 'boolean' },
   // Node 20's parseArgs has no allowNegative, so the negation is its own flag.
   'no-username-as-id': { type: 'boolean' },
+  token: { type: 'string' },
+  'token-file': { type: 'string' },
+  ca: { type: 'string' },
+  cert: { type: 'string' },
+  key: { type: 'string' },
   seed: { type: 'string' },
   'stats-interval': { type: 'string' },
   quiet: { type: 'boolean' },
@@ -129,6 +159,7 @@ export function parseCliArgs(argv: readonly string[]): CliCommand {
     throw new UsageError('--username-as-id and --no-username-as-id are mutually exclusive');
   }
   options.usernameAsId = !values['no-username-as-id'];
+  parseCredentials(values, options);
   if (values.seed !== undefined) {
     if (values.seed.trim() === '') throw new UsageError('--seed must not be empty');
     options.seed = values.seed;
@@ -138,6 +169,93 @@ export function parseCliArgs(argv: readonly string[]): CliCommand {
   }
   if (values.quiet) options.quiet = true;
   return { help: false, options };
+}
+
+interface CredentialValues {
+  token?: string;
+  'token-file'?: string;
+  ca?: string;
+  cert?: string;
+  key?: string;
+  'no-username-as-id'?: boolean;
+}
+
+/** --token, --token-file, --ca, --cert, --key: checked against the fleet they are for. */
+function parseCredentials(values: CredentialValues, options: FleetOptions): void {
+  const { token, 'token-file': tokenFile } = values;
+  if (token !== undefined && tokenFile !== undefined) {
+    throw new UsageError('--token and --token-file are mutually exclusive: --token is one device\'s, the file has one per device');
+  }
+  if ((token !== undefined || tokenFile !== undefined) && values['no-username-as-id']) {
+    throw new UsageError(`--no-username-as-id cannot be used with ${token !== undefined ? '--token' : '--token-file'}: the proxy takes the username as the device the token is for`);
+  }
+  if (token !== undefined) {
+    const id = tokenDeviceId(token.trim());
+    if (id === undefined) {
+      throw new UsageError('--token is not a token: expected <deviceId>.<secret>, as `edge-proxy devices add <id>` prints it');
+    }
+    if (options.devices !== undefined && options.devices !== 1) {
+      throw new UsageError(`--token is the token of one device (${id}), not of --devices ${options.devices}: give each device its token in a --token-file`);
+    }
+    if (options.prefix !== undefined && deviceId(options.prefix, 1, 1) !== id) {
+      throw new UsageError(`--token is for device ${id}, but --prefix ${options.prefix} names the device ${deviceId(options.prefix, 1, 1)}: leave --prefix out, the device takes the id its token names`);
+    }
+    options.ids = [id];
+    options.tokens = { [id]: token.trim() };
+  }
+  if (tokenFile !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(tokenFile, 'utf8');
+    } catch (err) {
+      throw new UsageError(`cannot read --token-file ${tokenFile}: ${reason(err)}`);
+    }
+    const { tokens, problems } = parseTokenFile(text);
+    if (problems.length > 0) {
+      const more = problems.length > 5 ? `; and ${problems.length - 5} more` : '';
+      throw new UsageError(`--token-file ${tokenFile}: ${problems.slice(0, 5).join('; ')}${more}`);
+    }
+    const n = options.devices ?? DEFAULT_DEVICES;
+    const ids = Array.from({ length: n }, (_, i) => deviceId(options.prefix ?? DEFAULT_PREFIX, i + 1, n));
+    const missing = ids.filter((id) => !tokens.has(id));
+    if (missing.length > 0) {
+      const shown = missing.slice(0, 5).join(', ') + (missing.length > 5 ? ` and ${missing.length - 5} more` : '');
+      const has = tokens.size === 0 ? 'it holds no token' : `it has tokens for ${[...tokens.keys()].slice(0, 3).join(', ')}${tokens.size > 3 ? ', ...' : ''}`;
+      throw new UsageError(`--token-file ${tokenFile} has no token for device${missing.length > 1 ? 's' : ''} ${shown} (${has}; --prefix and --devices name the devices)`);
+    }
+    options.tokens = Object.fromEntries(ids.map((id) => [id, tokens.get(id)!]));
+  }
+
+  const tls: TlsFiles = {};
+  for (const name of ['ca', 'cert', 'key'] as const) {
+    const file = values[name];
+    if (file === undefined) continue;
+    try {
+      if (statSync(file).isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
+      accessSync(file, fsConstants.R_OK);
+    } catch (err) {
+      throw new UsageError(`cannot read --${name} ${file}: ${reason(err)}`);
+    }
+    tls[name] = file;
+  }
+  if ((tls.cert === undefined) !== (tls.key === undefined)) {
+    throw new UsageError('--cert and --key go together: a client certificate needs its private key');
+  }
+  if (Object.keys(tls).length > 0) {
+    const url = options.url ?? DEFAULT_URL;
+    if (!['mqtts:', 'ssl:', 'wss:'].includes(new URL(url).protocol)) {
+      throw new UsageError(`--ca, --cert and --key are for a TLS URL (mqtts://host:8883 or wss://...), not ${url}${options.url === undefined ? ' (the default --url)' : ''}`);
+    }
+    options.tls = tls;
+  }
+}
+
+function reason(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return 'no such file';
+  if (code === 'EACCES') return 'permission denied';
+  if (code === 'EISDIR') return 'is a directory';
+  return err instanceof Error ? err.message : String(err);
 }
 
 function writeOut(stream: NodeJS.WriteStream, text: string): Promise<void> {

@@ -115,6 +115,11 @@ export interface DeviceOptions {
   sensor?: SensorModel;
   /** MQTT username = device id (default true). */
   usernameAsId?: boolean;
+  /**
+   * MQTT password: the device's token for a proxy in token mode (`<deviceId>.<secret>`).
+   * When set, the username is the device id whatever `usernameAsId` says.
+   */
+  password?: string;
   /** Delay of the first paced publish, to spread a fleet's messages over the interval. */
   initialDelayMs?: number;
   /** Paced mode stops generating while this many publishes are unacknowledged. */
@@ -200,7 +205,8 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
       clean: true,
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
-      ...((o.usernameAsId ?? true) ? { username: this.id } : {}),
+      ...((o.usernameAsId ?? true) || o.password !== undefined ? { username: this.id } : {}),
+      ...(o.password !== undefined ? { password: o.password } : {}),
       ...o.mqttOptions,
     });
     this.client = client;

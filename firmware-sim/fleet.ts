@@ -5,6 +5,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { IClientOptions } from 'mqtt';
 import {
@@ -16,6 +17,7 @@ import {
   type Rate,
   type SentMessage,
 } from './device.js';
+import { tokenDeviceId } from './credentials.js';
 import { parseSeed } from './sensors.js';
 
 export type { QoS, Rate } from './device.js';
@@ -35,7 +37,16 @@ export interface FleetOptions {
   /** Seconds until the fleet stops by itself. */
   duration?: number;
   prefix?: string;
+  /** The devices' ids, instead of `prefix` + a number; `devices`, when given, must be their count. */
+  ids?: readonly string[];
   usernameAsId?: boolean;
+  /**
+   * Device id -> token, for a proxy in token mode: each device connects with username = its id and
+   * password = its token. Every device of the fleet needs one.
+   */
+  tokens?: Readonly<Record<string, string>>;
+  /** PEM files for an mqtts:// or wss:// URL: the CA to trust, and a client certificate with its key. */
+  tls?: TlsFiles;
   /** In-flight messages per device in 'max' mode. */
   inflight?: number;
   /** Makes sensor readings reproducible; random when omitted (reported in the summary). */
@@ -50,6 +61,15 @@ export interface FleetOptions {
   stopGraceMs?: number;
   /** Extra MQTT.js options for every device. */
   mqttOptions?: Partial<IClientOptions>;
+}
+
+export interface TlsFiles {
+  /** CA certificate(s) to trust instead of the system's (the proxy's own, for a self-signed one) */
+  ca?: string;
+  /** client certificate; on the proxy's TLS port its CN is the device id */
+  cert?: string;
+  /** the client certificate's private key */
+  key?: string;
 }
 
 export interface FleetSummary {
@@ -85,6 +105,8 @@ export interface FleetEvents {
 }
 
 export const DEFAULT_URL = 'mqtt://127.0.0.1:1883';
+export const DEFAULT_DEVICES = 5;
+export const DEFAULT_PREFIX = 'sim-';
 
 export function deviceId(prefix: string, index: number, total: number): string {
   return `${prefix}${String(index).padStart(Math.max(4, String(total).length), '0')}`;
@@ -124,8 +146,12 @@ export class Fleet extends EventEmitter<FleetEvents> {
   constructor(options: FleetOptions = {}) {
     super();
     this.opts = options;
-    const n = options.devices ?? 5;
+    const n = options.ids?.length ?? options.devices ?? DEFAULT_DEVICES;
     if (!Number.isInteger(n) || n < 1) throw new RangeError(`devices must be a positive integer, got ${n}`);
+    if (options.ids && options.devices !== undefined && options.devices !== n) {
+      throw new RangeError(`devices is ${options.devices} but ${n} id(s) are given`);
+    }
+    if (options.ids && new Set(options.ids).size !== n) throw new RangeError('device ids must be distinct');
     const rate = parseRate(options.rate ?? 1);
     if (rate === undefined) throw new RangeError(`invalid rate: ${String(options.rate)}`);
     if (options.count !== undefined && (!Number.isInteger(options.count) || options.count < 1)) {
@@ -142,12 +168,21 @@ export class Fleet extends EventEmitter<FleetEvents> {
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     this.ready = new Promise((resolve) => (this.resolveReady = resolve));
 
-    const prefix = options.prefix ?? 'sim-';
+    const prefix = options.prefix ?? DEFAULT_PREFIX;
+    const ids = options.ids ?? Array.from({ length: n }, (_, i) => deviceId(prefix, i + 1, n));
+    const tokens = options.tokens;
+    if (tokens) {
+      const missing = ids.filter((id) => !Object.hasOwn(tokens, id));
+      if (missing.length > 0) throw new RangeError(`no token for ${missingList(missing)}`);
+      const wrong = ids.filter((id) => tokenDeviceId(tokens[id]!) !== id);
+      if (wrong.length > 0) throw new RangeError(`the token given for ${missingList(wrong)} names another device`);
+    }
+    const mqttOptions = { ...readTlsFiles(options.tls), ...options.mqttOptions };
     const devices: SimDevice[] = [];
-    for (let i = 1; i <= n; i++) {
+    for (const id of ids) {
       devices.push(
         new SimDevice({
-          id: deviceId(prefix, i, n),
+          id,
           url: this.url,
           rate,
           qos: this.qos,
@@ -155,10 +190,11 @@ export class Fleet extends EventEmitter<FleetEvents> {
           inflight: options.inflight,
           seed: this.seed,
           usernameAsId: options.usernameAsId,
+          password: tokens?.[id],
           // Spread a fleet's publishes over the interval instead of all
           // devices firing in the same millisecond.
           initialDelayMs: rate !== 'max' && n > 1 ? Math.random() * Math.min(1000 / rate, 1000) : 0,
-          mqttOptions: options.mqttOptions,
+          mqttOptions,
         }),
       );
     }
@@ -172,8 +208,13 @@ export class Fleet extends EventEmitter<FleetEvents> {
     this.started = true;
     this.startedAt = this.lastStatsAt = performance.now();
     const mode = this.targetRate === 'max' ? `max (inflight ${this.opts.inflight ?? 1})` : `${this.targetRate}/s`;
+    const credentials = [
+      ...(this.opts.tokens ? ['tokens'] : []),
+      ...(this.opts.tls?.cert ? ['client certificate'] : []),
+    ];
     this.info(
       `starting ${this.devices.length} device(s) -> ${this.url}, rate ${mode} per device, qos ${this.qos}` +
+        `${credentials.length ? `, ${credentials.join(' and ')}` : ''}` +
         `${this.opts.count ? `, count ${this.opts.count}` : ''}` +
         `${this.opts.duration ? `, duration ${this.opts.duration}s` : ''}, seed ${this.seed}`,
     );
@@ -251,7 +292,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
       // A dead broker produces the same error every second; say it once.
       if (this.lastError.get(d.id) === err.message) return;
       this.lastError.set(d.id, err.message);
-      this.warn(`${d.id} error: ${err.message}`);
+      this.warn(`${d.id} error: ${err.message}${this.errorHint(err)}`);
     });
     d.on('backpressure', (inflight) =>
       this.warn(`${d.id} throttled: ${inflight} messages unacknowledged, rate not reachable`),
@@ -330,6 +371,23 @@ export class Fleet extends EventEmitter<FleetEvents> {
     );
   }
 
+  /** What to do about a refused CONNECT (CONNACK 4: bad token, 5: not in the registry) or TLS error. */
+  private errorHint(err: Error): string {
+    const code = (err as Error & { code?: unknown }).code;
+    if (typeof code === 'string') {
+      if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return ' (connect to a host name or address the certificate lists)';
+      if (/SELF_SIGNED|UNABLE_TO_(VERIFY|GET_ISSUER)/.test(code)) {
+        return this.opts.tls?.ca ? ' (--ca is not the certificate or CA the server uses)' : ' (give --ca with the proxy\'s certificate or its CA)';
+      }
+      return '';
+    }
+    if (code !== 4 && code !== 5) return '';
+    if (!this.opts.tokens) return ' (is the proxy in token mode? give --token or --token-file)';
+    return code === 4
+      ? ' (the proxy does not accept this token: use the one `edge-proxy devices add` or `devices rotate` printed last)'
+      : ' (the proxy does not know this device: `edge-proxy devices add <id>` registers it)';
+  }
+
   private info(line: string): void {
     if (!this.opts.quiet) this.writeLog(line);
   }
@@ -342,6 +400,23 @@ export class Fleet extends EventEmitter<FleetEvents> {
 /** Create and start a fleet. `await fleet.done` for the summary, `fleet.stop()` to end early. */
 export function startFleet(options: FleetOptions = {}): Fleet {
   return new Fleet(options).start();
+}
+
+/** "sim-0001", "sim-0001 and sim-0002", "sim-0001, sim-0002, sim-0003 and 7 more" */
+function missingList(ids: readonly string[]): string {
+  const shown = ids.slice(0, 3);
+  const more = ids.length - shown.length;
+  if (more > 0) return `${shown.join(', ')} and ${more} more`;
+  return shown.length === 1 ? shown[0]! : `${shown.slice(0, -1).join(', ')} and ${shown.at(-1)!}`;
+}
+
+/** The PEM files as MQTT.js wants them; an unreadable file throws (its message names it). */
+export function readTlsFiles(files: TlsFiles | undefined): Pick<IClientOptions, 'ca' | 'cert' | 'key'> {
+  const out: Pick<IClientOptions, 'ca' | 'cert' | 'key'> = {};
+  if (files?.ca !== undefined) out.ca = readFileSync(files.ca);
+  if (files?.cert !== undefined) out.cert = readFileSync(files.cert);
+  if (files?.key !== undefined) out.key = readFileSync(files.key);
+  return out;
 }
 
 function round(x: number, digits: number): number {

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -8,7 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connectAsync, type MqttClient } from 'mqtt';
 import { parseCliArgs } from '../firmware-sim/cli.js';
 import { parseRate, parseRatePayload, type DeviceCommand } from '../firmware-sim/device.js';
-import { startFleet } from '../firmware-sim/fleet.js';
+import { parseTokenFile, tokenDeviceId } from '../firmware-sim/credentials.js';
+import { Fleet, startFleet } from '../firmware-sim/fleet.js';
 import {
   SENSOR_LIMITS,
   SensorModel,
@@ -213,6 +215,107 @@ t.test('CLI argument parsing', async (t) => {
     ['--duration', '0'], ['--url', 'http://x'], ['--prefix', 'a/b'], ['--nope'], ['positional'],
   ]) {
     t.throws(() => parseCliArgs(bad), { name: 'UsageError' }, bad.join(' '));
+  }
+});
+
+t.test('CLI: --token', async (t) => {
+  const secret = randomBytes(32).toString('base64url');
+  const token = `pump-7.${secret}`;
+  t.same(parseCliArgs(['--token', token]), {
+    help: false,
+    options: { usernameAsId: true, ids: ['pump-7'], tokens: { 'pump-7': token } },
+  }, 'one device, named by its token');
+  t.same(parseCliArgs(['--token', token, '--devices', '1']), {
+    help: false,
+    options: { devices: 1, usernameAsId: true, ids: ['pump-7'], tokens: { 'pump-7': token } },
+  }, '--devices 1 is allowed');
+  t.match(parseCliArgs(['--token', `hall.2:pump_7.${secret}`]), { options: { ids: ['hall.2:pump_7'] } }, 'ids with dots: split at the last one');
+  t.match(parseCliArgs(['--token', `e2e-0001.${secret}`, '--prefix', 'e2e-']), { options: { ids: ['e2e-0001'] } }, 'a --prefix that names the same device');
+  const cmd = parseCliArgs(['--token', token]);
+  const fleet = new Fleet({ ...(cmd.help ? {} : cmd.options), log: () => {} });
+  t.same(fleet.devices.map((d) => d.id), ['pump-7'], 'the fleet is that one device');
+
+  const bad: Array<[string[], RegExp]> = [
+    [['--token', token, '--devices', '2'], /--token is the token of one device \(pump-7\), not of --devices 2/],
+    [['--token', token, '--prefix', 'pump-'], /--token is for device pump-7, but --prefix pump- names the device pump-0001/],
+    [['--token', 'pump-7'], /--token is not a token/],
+    [['--token', `.${secret}`], /--token is not a token/],
+    [['--token', `pump/7.${secret}`], /--token is not a token/],
+    [['--token', 'pump-7.not base64!'], /--token is not a token/],
+    [['--token', token, '--no-username-as-id'], /--no-username-as-id cannot be used with --token/],
+    [['--token', token, '--token-file', 'x'], /mutually exclusive/],
+    [['--token'], /--token/],
+  ];
+  for (const [args, message] of bad) {
+    t.throws(() => parseCliArgs(args), { name: 'UsageError', message }, args.join(' ').replace(secret, '<secret>'));
+  }
+});
+
+t.test('CLI: --token-file', async (t) => {
+  const tok = (id: string): string => `${id}.${randomBytes(32).toString('base64url')}`;
+  const [a, b, c, x] = [tok('sim-0001'), tok('sim-0002'), tok('sim-0003'), tok('x-0001')];
+  const dir = t.testdir({
+    'tokens.txt': `# site hall-2\n\n${a}\r\n  ${b}  \n# retired: ${tok('sim-0009')}\n${c}\n${x}\n${tok('other')}\n`,
+    'bad-line.txt': `${a}\nnot a token\n`,
+    'twice.txt': `${a}\n${tok('sim-0001')}\n`,
+    'same-twice.txt': `${a}\n${a}\n`,
+    'empty.txt': '# nothing yet\n',
+  });
+  const file = (name: string): string => path.join(dir, name);
+
+  t.same(parseCliArgs(['--token-file', file('tokens.txt'), '--devices', '3']), {
+    help: false,
+    options: { devices: 3, usernameAsId: true, tokens: { 'sim-0001': a, 'sim-0002': b, 'sim-0003': c } },
+  }, 'each device gets the token of its id; comments, blank lines, spaces, CRLF and extra tokens are ignored');
+  t.match(parseCliArgs(['--token-file', file('tokens.txt'), '--devices', '1', '--prefix', 'x-']), { options: { tokens: { 'x-0001': x } } }, 'ids follow --prefix');
+  t.match(parseCliArgs(['--token-file', file('same-twice.txt'), '--devices', '1']), { options: { tokens: { 'sim-0001': a } } }, 'the same token twice is harmless');
+
+  const bad: Array<[string[], RegExp]> = [
+    [['--token-file', file('tokens.txt')], /has no token for devices sim-0004, sim-0005 \(it has tokens for sim-0001, sim-0002, sim-0003, \.\.\.;/],
+    [['--token-file', file('tokens.txt'), '--devices', '4'], /has no token for device sim-0004 \(/],
+    [['--token-file', file('tokens.txt'), '--devices', '2', '--prefix', 'x-'], /has no token for device x-0002 /],
+    [['--token-file', file('empty.txt'), '--devices', '1'], /has no token for device sim-0001 \(it holds no token;/],
+    [['--token-file', file('bad-line.txt'), '--devices', '1'], /bad-line\.txt: line 2: not a token/],
+    [['--token-file', file('twice.txt'), '--devices', '1'], /twice\.txt: line 2: a second token for device sim-0001 \(the first is on line 1\)/],
+    [['--token-file', file('nope.txt')], /cannot read --token-file .*nope\.txt: no such file/],
+    [['--token-file', file('tokens.txt'), '--no-username-as-id'], /--no-username-as-id cannot be used with --token-file/],
+  ];
+  for (const [args, message] of bad) {
+    t.throws(() => parseCliArgs(args), { name: 'UsageError', message }, args.join(' ').replace(dir, '<dir>'));
+  }
+
+  t.test('the token file format', async (t) => {
+    t.equal(tokenDeviceId(a), 'sim-0001');
+    t.equal(tokenDeviceId('sim-0001'), undefined);
+    t.equal(tokenDeviceId('sim-0001.'), undefined);
+    const parsed = parseTokenFile(`${a}\n\n  # ${b}\n${c}`);
+    t.same([...parsed.tokens.keys()], ['sim-0001', 'sim-0003']);
+    t.same(parsed.problems, []);
+  });
+});
+
+t.test('CLI: --ca, --cert, --key', async (t) => {
+  const dir = t.testdir({ 'ca.pem': 'ca', 'dev.pem': 'cert', 'dev.key': 'key' });
+  const [ca, cert, key] = ['ca.pem', 'dev.pem', 'dev.key'].map((f) => path.join(dir, f)) as [string, string, string];
+  t.same(parseCliArgs(['--url', 'mqtts://pi:8883', '--ca', ca]), {
+    help: false,
+    options: { url: 'mqtts://pi:8883', usernameAsId: true, tls: { ca } },
+  });
+  t.match(parseCliArgs(['--url', 'wss://pi:8443/mqtt', '--ca', ca, '--cert', cert, '--key', key]), { options: { tls: { ca, cert, key } } });
+  t.match(parseCliArgs(['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key]), { options: { tls: { cert, key } } }, 'a client certificate without --ca');
+  const token = `sim-0001.${randomBytes(32).toString('base64url')}`;
+  t.match(parseCliArgs(['--url', 'mqtts://pi:8883', '--ca', ca, '--token', token]), { options: { tls: { ca }, tokens: { 'sim-0001': token } } }, 'a token over TLS');
+
+  const bad: Array<[string[], RegExp]> = [
+    [['--ca', ca], /are for a TLS URL .* not mqtt:\/\/127\.0\.0\.1:1883 \(the default --url\)/],
+    [['--url', 'mqtt://pi:1883', '--ca', ca], /are for a TLS URL/],
+    [['--url', 'mqtts://pi:8883', '--cert', cert], /--cert and --key go together/],
+    [['--url', 'mqtts://pi:8883', '--key', key], /--cert and --key go together/],
+    [['--url', 'mqtts://pi:8883', '--ca', path.join(dir, 'nope.pem')], /cannot read --ca .*nope\.pem: no such file/],
+    [['--url', 'mqtts://pi:8883', '--ca', dir], /cannot read --ca .*: is a directory/],
+  ];
+  for (const [args, message] of bad) {
+    t.throws(() => parseCliArgs(args), { name: 'UsageError', message }, args.join(' ').replace(dir, '<dir>'));
   }
 });
 
