@@ -58,13 +58,13 @@ t.test('admin routes: health, readiness, metrics, status', async (t) => {
   t.match(JSON.parse(json.stdout), { cache: { messages: 2 } });
 });
 
-t.test('edge-proxy status says so when no proxy runs', async (t) => {
+t.test('edge-proxy status says so when no proxy runs', (t) => {
   const out = cli(['status', '--admin', 'http://127.0.0.1:1', '--token', 'x']);
   t.equal(out.status, 2);
   t.match(out.stderr, /cannot reach the proxy/);
 });
 
-t.test('check-config lists every problem with file:line:col, key and code', async (t) => {
+t.test('check-config lists every problem with file:line:col, key and code', (t) => {
   const dir = t.testdir({
     'bad.yaml': 'mqtt:\n  prot: 1883\n  host: 127.0.0.1\nadmin:\n  port: 70000\nuplink:\n  format: xml\n',
     'good.yaml': 'mqtt:\n  port: 1884\n',
@@ -81,7 +81,7 @@ t.test('check-config lists every problem with file:line:col, key and code', asyn
   t.match(env.stderr, /env:EDGE_PROXY_MQTT_PORT:1:1: mqtt\.port: E_CONFIG_TYPE/);
 });
 
-t.test('run refuses to start on a bad config, listing every problem', async (t) => {
+t.test('run refuses to start on a bad config, listing every problem', (t) => {
   const dir = t.testdir({ 'bad.yaml': 'uplnk:\n  url: mqtt://x\nlimits:\n  maxPayloadBytes: 12 parsecs\n' });
   const out = cli(['run', '--config', join(dir, 'bad.yaml')]);
   t.equal(out.status, 1);
@@ -90,7 +90,7 @@ t.test('run refuses to start on a bad config, listing every problem', async (t) 
   t.match(out.stderr, /bad\.yaml:4:20: limits\.maxPayloadBytes: E_CONFIG_VALUE/);
 });
 
-t.test('version, help, and an unknown verb', async (t) => {
+t.test('version, help, and an unknown verb', (t) => {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
   t.equal(cli(['version']).stdout.trim(), pkg.version);
   t.match(cli(['--help']).stdout, /Usage:/);

@@ -158,7 +158,7 @@ t.test('a damaged cache file is moved aside, never deleted, and a new cache star
   await cache.close();
 });
 
-t.test('delivered keys coalesce into ranges', async (t) => {
+t.test('delivered keys coalesce into ranges', (t) => {
   t.same(toRanges([5, 3, 4, 9, 10, 1]), [[1, 1], [3, 5], [9, 10]]);
   t.same(toRanges([7, 7, 8]), [[7, 8]]);
   t.same(toRanges([]), []);

@@ -28,7 +28,7 @@ function problems(t: Tap, yaml: string, opts: LoadOptions = {}): string[] {
   throw new Error('the configuration loaded without problems');
 }
 
-t.test('no file: the embedded defaults', async (t) => {
+t.test('no file: the embedded defaults', (t) => {
   const cwd = t.testdir({});
   const { config, file, trialDefaults } = loadConfig({ env: {}, cwd });
   t.equal(file, null);
@@ -63,24 +63,24 @@ t.test('no file: the embedded defaults', async (t) => {
   t.same([...trialDefaults].sort(), ['auth.mode', 'dataDir', 'edge.id', 'uplink.url']);
 });
 
-t.test('no file given: ./edge-proxy.yaml is used when present', async (t) => {
+t.test('no file given: ./edge-proxy.yaml is used when present', (t) => {
   const cwd = t.testdir({ 'edge-proxy.yaml': 'mqtt: { port: 1999 }\n' });
   const loaded = loadConfig({ env: {}, cwd });
   t.equal(loaded.config.mqtt.port, 1999);
   t.equal(loaded.file, join(cwd, 'edge-proxy.yaml'));
 });
 
-t.test('file: null means the embedded defaults even when ./edge-proxy.yaml exists', async (t) => {
+t.test('file: null means the embedded defaults even when ./edge-proxy.yaml exists', (t) => {
   const cwd = t.testdir({ 'edge-proxy.yaml': 'mqtt: { port: 1999 }\n' });
   t.equal(loadConfig({ file: null, env: {}, cwd }).config.mqtt.port, 1883);
 });
 
-t.test('an empty file, or one with only comments, means all defaults', async (t) => {
+t.test('an empty file, or one with only comments, means all defaults', (t) => {
   t.equal(load(t, '').config.mqtt.port, 1883);
   t.equal(load(t, '# nothing here\n').config.log.level, 'info');
 });
 
-t.test('a file overrides only the keys it states', async (t) => {
+t.test('a file overrides only the keys it states', (t) => {
   const { config, trialDefaults } = load(
     t,
     [
@@ -109,7 +109,7 @@ t.test('a file overrides only the keys it states', async (t) => {
   t.same(trialDefaults, ['auth.mode']);
 });
 
-t.test('every problem of a file is reported at once, each with its line and column', async (t) => {
+t.test('every problem of a file is reported at once, each with its line and column', (t) => {
   const yaml = [
     'mqtt:', //                     1
     '  port: 70000', //             2
@@ -133,7 +133,7 @@ t.test('every problem of a file is reported at once, each with its line and colu
   ]);
 });
 
-t.test('the ConfigError message lists every problem, and its code is the first one', async (t) => {
+t.test('the ConfigError message lists every problem, and its code is the first one', (t) => {
   const cwd = t.testdir({ 'bad.yaml': 'mqtt: { port: -1 }\nlog: { level: loud }\n' });
   const err = t.throws(() => loadConfig({ file: 'bad.yaml', env: {}, cwd })) as ConfigError;
   t.type(err, ConfigError);
@@ -142,7 +142,7 @@ t.test('the ConfigError message lists every problem, and its code is the first o
   t.match(err.message, /^bad\.yaml:1:15: mqtt\.port: E_CONFIG_VALUE: /);
 });
 
-t.test('unknown keys, with a "did you mean" when one is close', async (t) => {
+t.test('unknown keys, with a "did you mean" when one is close', (t) => {
   t.same(problems(t, 'mqtt:\n  prot: 1884\nuplnk: {}\nLog: { level: info }\nuplink: { topic_prefix: x/ }\n'), [
     'edge-proxy.test.yaml:2:3: mqtt.prot: E_CONFIG_UNKNOWN_KEY: unknown key `prot`: did you mean `port`?',
     'edge-proxy.test.yaml:3:1: uplnk: E_CONFIG_UNKNOWN_KEY: unknown key `uplnk`: did you mean `uplink`?',
@@ -152,7 +152,7 @@ t.test('unknown keys, with a "did you mean" when one is close', async (t) => {
   ]);
 });
 
-t.test('keys of features that do not exist yet are refused as unknown keys', async (t) => {
+t.test('keys of features that do not exist yet are refused as unknown keys', (t) => {
   const yaml = [
     'coap: { port: 5683 }',
     'http: { port: 8080 }',
@@ -169,7 +169,7 @@ t.test('keys of features that do not exist yet are refused as unknown keys', asy
   t.ok(found.some((p) => p.includes(':6:8: log.pretty:')));
 });
 
-t.test('routing.priorities: an ordered list of topic filters and priorities', async (t) => {
+t.test('routing.priorities: an ordered list of topic filters and priorities', (t) => {
   const yaml = [
     'routing:',
     '  priorities:',
@@ -199,7 +199,7 @@ t.test('routing.priorities: an ordered list of topic filters and priorities', as
   }
 });
 
-t.test('routing.priorities: every bad item reported at its position', async (t) => {
+t.test('routing.priorities: every bad item reported at its position', (t) => {
   const yaml = [
     'routing:', //                                              1
     '  priorities:', //                                         2
@@ -235,7 +235,7 @@ t.test('routing.priorities: every bad item reported at its position', async (t) 
   ]);
 });
 
-t.test('routing.priorities must be a list', async (t) => {
+t.test('routing.priorities must be a list', (t) => {
   t.same(problems(t, 'routing:\n  priorities: { topic: "devices/#", priority: low }\n'), [
     'edge-proxy.test.yaml:2:15: routing.priorities: E_CONFIG_TYPE: ' +
       'must be a list of mappings with `topic` and `priority`, not a mapping',
@@ -250,7 +250,7 @@ t.test('routing.priorities must be a list', async (t) => {
   ]);
 });
 
-t.test('routing.priorities: topic filters with NUL, or too long', async (t) => {
+t.test('routing.priorities: topic filters with NUL, or too long', (t) => {
   t.match(problems(t, 'routing: { priorities: [{ topic: "a/\\0/b", priority: low }] }\n'), [
     /^edge-proxy\.test\.yaml:1:34: routing\.priorities\[0\]\.topic: E_CONFIG_VALUE: .* NUL character$/,
   ]);
@@ -259,7 +259,7 @@ t.test('routing.priorities: topic filters with NUL, or too long', async (t) => {
   ]);
 });
 
-t.test('EDGE_PROXY_ROUTING_PRIORITIES takes a YAML flow sequence', async (t) => {
+t.test('EDGE_PROXY_ROUTING_PRIORITIES takes a YAML flow sequence', (t) => {
   const env = {
     EDGE_PROXY_ROUTING_PRIORITIES: '[{topic: "devices/+/alarm/#", priority: critical}, {topic: logs/#, priority: low}]',
   };
@@ -271,7 +271,7 @@ t.test('EDGE_PROXY_ROUTING_PRIORITIES takes a YAML flow sequence', async (t) => 
   t.same(load(t, '', { env: { EDGE_PROXY_ROUTING_PRIORITIES: '[]' } }).config.routing.priorities, []);
 });
 
-t.test('problems in EDGE_PROXY_ROUTING_PRIORITIES name the variable', async (t) => {
+t.test('problems in EDGE_PROXY_ROUTING_PRIORITIES name the variable', (t) => {
   const file = 'routing:\n  priorities:\n    - { topic: "file/#", priority: high }\n    - { topc: x, priority: low }\n';
   const env = { EDGE_PROXY_ROUTING_PRIORITIES: '[{topic: "a/#", priority: critical}, {topc: "b/+/c", priority: meh}]' };
   t.same(problems(t, file, { env }), [
@@ -293,7 +293,7 @@ t.test('problems in EDGE_PROXY_ROUTING_PRIORITIES name the variable', async (t) 
   ]);
 });
 
-t.test('cache.maxBytes: a size of at least 1KiB', async (t) => {
+t.test('cache.maxBytes: a size of at least 1KiB', (t) => {
   t.equal(load(t, 'cache: { maxBytes: 2GiB }\n').config.cache.maxBytes, 2 * 2 ** 30);
   t.equal(load(t, 'cache: { maxBytes: 100MB }\n').config.cache.maxBytes, 100_000_000);
   t.equal(load(t, 'cache: { maxBytes: 1024 }\n').config.cache.maxBytes, 1024, 'the minimum, as a number of bytes');
@@ -313,7 +313,7 @@ t.test('cache.maxBytes: a size of at least 1KiB', async (t) => {
   ]);
 });
 
-t.test('cache.maxAgeSeconds: a duration of at least 1 second', async (t) => {
+t.test('cache.maxAgeSeconds: a duration of at least 1 second', (t) => {
   t.equal(load(t, 'cache: { maxAgeSeconds: 12h }\n').config.cache.maxAgeSeconds, 43200);
   t.equal(load(t, 'cache: { maxAgeSeconds: 30d }\n').config.cache.maxAgeSeconds, 30 * 86400);
   t.equal(load(t, 'cache: { maxAgeSeconds: 90m }\n').config.cache.maxAgeSeconds, 5400);
@@ -333,7 +333,7 @@ t.test('cache.maxAgeSeconds: a duration of at least 1 second', async (t) => {
   ]);
 });
 
-t.test('uplink.maxRate: a whole number of messages a second, 0 = unlimited', async (t) => {
+t.test('uplink.maxRate: a whole number of messages a second, 0 = unlimited', (t) => {
   t.equal(load(t, 'uplink: { maxRate: 500 }\n').config.uplink.maxRate, 500);
   t.equal(load(t, 'uplink: { maxRate: 0 }\n').config.uplink.maxRate, 0);
   t.same(problems(t, 'uplink:\n  maxRate: -1\n'), [
@@ -350,7 +350,7 @@ t.test('uplink.maxRate: a whole number of messages a second, 0 = unlimited', asy
   ]);
 });
 
-t.test('environment overrides of the cache bounds and uplink.maxRate', async (t) => {
+t.test('environment overrides of the cache bounds and uplink.maxRate', (t) => {
   const env = {
     EDGE_PROXY_CACHE_MAX_BYTES: '64MiB',
     EDGE_PROXY_CACHE_MAX_AGE_SECONDS: '2d',
@@ -366,7 +366,7 @@ t.test('environment overrides of the cache bounds and uplink.maxRate', async (t)
   ]);
 });
 
-t.test('wrong types', async (t) => {
+t.test('wrong types', (t) => {
   t.same(problems(t, 'mqtt: 1883\nuplink: { tls: { rejectUnauthorized: "no" }, protocolVersion: "5" }\n'), [
     'edge-proxy.test.yaml:1:7: mqtt: E_CONFIG_TYPE: must be a mapping of keys, not the number 1883',
     'edge-proxy.test.yaml:2:38: uplink.tls.rejectUnauthorized: E_CONFIG_TYPE: ' +
@@ -375,13 +375,13 @@ t.test('wrong types', async (t) => {
   ]);
 });
 
-t.test('the top level must be a mapping', async (t) => {
+t.test('the top level must be a mapping', (t) => {
   t.same(problems(t, '- a\n- b\n'), [
     'edge-proxy.test.yaml:1:1: (root): E_CONFIG_TYPE: the file must be a mapping of keys, not a list',
   ]);
 });
 
-t.test('ports: integers from 0 (any free port) to 65535', async (t) => {
+t.test('ports: integers from 0 (any free port) to 65535', (t) => {
   t.equal(load(t, 'mqtt: { port: 0 }\n').config.mqtt.port, 0);
   t.equal(load(t, 'admin: { port: 65535 }\n').config.admin.port, 65535);
   t.same(problems(t, 'mqtt:\n  port: 65536\nadmin:\n  port: 80.5\n'), [
@@ -390,7 +390,7 @@ t.test('ports: integers from 0 (any free port) to 65535', async (t) => {
   ]);
 });
 
-t.test('values outside their enum', async (t) => {
+t.test('values outside their enum', (t) => {
   t.same(problems(t, 'log: { level: verbose }\nauth: { mode: tokens }\nuplink: { qos: 2, protocolVersion: 3 }\n'), [
     'edge-proxy.test.yaml:1:15: log.level: E_CONFIG_VALUE: ' +
       'must be one of `trace`, `debug`, `info`, `warn`, `error`, `fatal`, not `verbose`',
@@ -401,7 +401,7 @@ t.test('values outside their enum', async (t) => {
   ]);
 });
 
-t.test('uplink.url must be an mqtt, mqtts, ws or wss URL', async (t) => {
+t.test('uplink.url must be an mqtt, mqtts, ws or wss URL', (t) => {
   for (const url of ['mqtt://b:1883', 'mqtts://b:8883', 'ws://b/mqtt', 'wss://b:443/mqtt']) {
     t.equal(load(t, `uplink: { url: "${url}" }\n`).config.uplink.url, url);
   }
@@ -411,7 +411,7 @@ t.test('uplink.url must be an mqtt, mqtts, ws or wss URL', async (t) => {
   }
 });
 
-t.test('size strings in the file', async (t) => {
+t.test('size strings in the file', (t) => {
   t.equal(load(t, 'limits: { maxPayloadBytes: 1MiB }\n').config.limits.maxPayloadBytes, 1048576);
   t.equal(load(t, 'limits: { maxPayloadBytes: 10MB }\n').config.limits.maxPayloadBytes, 10_000_000);
   t.equal(load(t, 'limits: { maxPayloadBytes: 4096 }\n').config.limits.maxPayloadBytes, 4096);
@@ -422,7 +422,7 @@ t.test('size strings in the file', async (t) => {
   t.match(problems(t, 'limits: { maxPayloadBytes: true }\n'), [/E_CONFIG_TYPE: must be a size/]);
 });
 
-t.test('durations in the file', async (t) => {
+t.test('durations in the file', (t) => {
   t.equal(load(t, 'uplink: { keepalive: 1m }\n').config.uplink.keepalive, 60);
   t.match(problems(t, 'uplink: { keepalive: soon }\n'), [
     /1:22: uplink\.keepalive: E_CONFIG_VALUE: `soon` is not a duration/,
@@ -430,7 +430,7 @@ t.test('durations in the file', async (t) => {
   t.match(problems(t, 'uplink: { keepalive: 2d }\n'), [/must be between 0 and 65535, not 172800/]);
 });
 
-t.test('parseSize', async (t) => {
+t.test('parseSize', (t) => {
   const cases: Array<[unknown, number | null]> = [
     [512, 512],
     ['100B', 100],
@@ -457,7 +457,7 @@ t.test('parseSize', async (t) => {
   t.equal(formatSize(1000), '1000B');
 });
 
-t.test('parseDuration', async (t) => {
+t.test('parseDuration', (t) => {
   const cases: Array<[unknown, number | null]> = [
     [30, 30],
     ['30', 30],
@@ -477,7 +477,7 @@ t.test('parseDuration', async (t) => {
   for (const [input, seconds] of cases) t.equal(parseDuration(input), seconds, String(input));
 });
 
-t.test('YAML syntax errors carry their position', async (t) => {
+t.test('YAML syntax errors carry their position', (t) => {
   const at = (lineCol: string, text: string) =>
     new RegExp(`^edge-proxy\\.test\\.yaml:${lineCol}: \\(root\\): E_CONFIG_YAML: .*${text}`, 'i');
   t.match(problems(t, 'mqtt:\n  port: 1883\nlog: { level: info\n'), [at('4:1', 'flow map')]);
@@ -487,14 +487,14 @@ t.test('YAML syntax errors carry their position', async (t) => {
   t.match(problems(t, 'mqtt:\n\tport: 1\n'), [/^edge-proxy\.test\.yaml:2:1: \(root\): E_CONFIG_YAML: .*[Tt]ab/]);
 });
 
-t.test('a file that cannot be read: E_CONFIG_FILE at 1:1', async (t) => {
+t.test('a file that cannot be read: E_CONFIG_FILE at 1:1', (t) => {
   const cwd = t.testdir({});
   const result = checkConfig({ file: 'missing.yaml', env: {}, cwd });
   t.equal(result.loaded, null);
   t.match(result.problems.map(formatConfigProblem), [/^missing\.yaml:1:1: \(root\): E_CONFIG_FILE: /]);
 });
 
-t.test('environment overrides apply over the file', async (t) => {
+t.test('environment overrides apply over the file', (t) => {
   const env = {
     EDGE_PROXY_MQTT_PORT: '1884',
     EDGE_PROXY_UPLINK_URL: 'mqtts://env.example.com:8883',
@@ -520,7 +520,7 @@ t.test('environment overrides apply over the file', async (t) => {
   t.notOk(trialDefaults.includes('uplink.url'));
 });
 
-t.test('environment values for text keys stay text', async (t) => {
+t.test('environment values for text keys stay text', (t) => {
   const env = { EDGE_PROXY_EDGE_ID: '1234', EDGE_PROXY_UPLINK_PASSWORD: 'pa #ss', EDGE_PROXY_UPLINK_USERNAME: 'null' };
   const { config } = loadConfig({ file: null, env, cwd: t.testdir({}) });
   t.equal(config.edge.id, '1234');
@@ -532,7 +532,7 @@ t.test('environment values for text keys stay text', async (t) => {
   ]);
 });
 
-t.test('bad environment values name their variable', async (t) => {
+t.test('bad environment values name their variable', (t) => {
   const env = { EDGE_PROXY_MQTT_PORT: 'abc', EDGE_PROXY_LOG_LEVEL: 'loud' };
   t.same(problems(t, 'mqtt: { port: 99999 }\n', { env }), [
     'env:EDGE_PROXY_LOG_LEVEL:1:1: log.level: E_CONFIG_VALUE: ' +
@@ -541,7 +541,7 @@ t.test('bad environment values name their variable', async (t) => {
   ]);
 });
 
-t.test('an EDGE_PROXY_ variable that names no key is an unknown key', async (t) => {
+t.test('an EDGE_PROXY_ variable that names no key is an unknown key', (t) => {
   const env = { EDGE_PROXY_MQTT_PROT: '1884', EDGE_PROXY_COLOUR: 'blue', EDGE_PROXY_LOG_PRETTY: 'true' };
   t.same(problems(t, '', { env }), [
     'env:EDGE_PROXY_COLOUR:1:1: (root): E_CONFIG_UNKNOWN_KEY: EDGE_PROXY_COLOUR names no configuration key',
@@ -552,12 +552,12 @@ t.test('an EDGE_PROXY_ variable that names no key is an unknown key', async (t) 
   ]);
 });
 
-t.test('file and environment problems are reported together', async (t) => {
+t.test('file and environment problems are reported together', (t) => {
   const found = problems(t, 'mqtt: { prot: 1 }\n', { env: { EDGE_PROXY_LOG_LEVEL: 'loud' } });
   t.match(found, [/^edge-proxy\.test\.yaml:1:9: mqtt\.prot: /, /^env:EDGE_PROXY_LOG_LEVEL:1:1: log\.level: /]);
 });
 
-t.test('{edgeId} is replaced by edge.id', async (t) => {
+t.test('{edgeId} is replaced by edge.id', (t) => {
   const yaml = [
     'edge: { id: pi-hall-2 }',
     'uplink: { clientId: "proxy-{edgeId}-a", controlPrefix: "c/{edgeId}/{edgeId}/" }',
@@ -569,14 +569,14 @@ t.test('{edgeId} is replaced by edge.id', async (t) => {
   t.equal(config.uplink.controlPrefix, 'c/pi-hall-2/pi-hall-2/');
 });
 
-t.test('edge.id and topic prefixes cannot break MQTT topics', async (t) => {
+t.test('edge.id and topic prefixes cannot break MQTT topics', (t) => {
   t.match(problems(t, 'edge: { id: "hall/2" }\n'), [
     /edge\.id: E_CONFIG_VALUE: `hall\/2` is not allowed; edge\.id is one level/,
   ]);
   t.match(problems(t, 'uplink: { topicPrefix: "up/#" }\n'), [/uplink\.topicPrefix: E_CONFIG_VALUE: .*wildcards/]);
 });
 
-t.test('relative paths are resolved against the current directory', async (t) => {
+t.test('relative paths are resolved against the current directory', (t) => {
   const yaml = 'dataDir: state\nadmin: { tokenFile: secrets/token }\nuplink: { tls: { ca: ca.pem } }\n';
   const cwd = t.testdir({ 'edge-proxy.test.yaml': yaml });
   const { config } = loadConfig({ file: 'edge-proxy.test.yaml', env: {}, cwd });
@@ -586,7 +586,7 @@ t.test('relative paths are resolved against the current directory', async (t) =>
   t.equal(config.uplink.tls.ca, join(cwd, 'ca.pem'));
 });
 
-t.test('settings that contradict each other', async (t) => {
+t.test('settings that contradict each other', (t) => {
   t.match(problems(t, 'admin: { token: abc, tokenFile: /etc/token }\n'), [
     /admin\.tokenFile: E_CONFIG_VALUE: set admin\.token or admin\.tokenFile, not both/,
   ]);
@@ -605,7 +605,7 @@ t.test('settings that contradict each other', async (t) => {
   t.same(Object.keys(config.mqtt.tls), ['port', 'cert', 'key', 'ca']);
 });
 
-t.test('the result is deeply frozen', async (t) => {
+t.test('the result is deeply frozen', (t) => {
   const { config } = load(t, '');
   t.ok(Object.isFrozen(config));
   t.ok(Object.isFrozen(config.uplink));
@@ -615,14 +615,14 @@ t.test('the result is deeply frozen', async (t) => {
   }, TypeError);
 });
 
-t.test('config/edge-proxy.example.yaml loads without problems and states the defaults', async (t) => {
+t.test('config/edge-proxy.example.yaml loads without problems and states the defaults', (t) => {
   const cwd = t.testdir({});
   const example = loadConfig({ file: join(repo, 'config/edge-proxy.example.yaml'), env: {}, cwd });
   const defaults = loadConfig({ file: null, env: {}, cwd });
   t.same(example.config, defaults.config);
 });
 
-t.test('config/edge-proxy.production.yaml loads without problems', async (t) => {
+t.test('config/edge-proxy.production.yaml loads without problems', (t) => {
   const { config } = loadConfig({ file: join(repo, 'config/edge-proxy.production.yaml'), env: {}, cwd: repo });
   t.equal(config.mqtt.host, '0.0.0.0');
   t.equal(config.admin.host, '127.0.0.1');

@@ -1,6 +1,6 @@
 // Draining a backlog (uplink-cache.md, guarantees 2 to 5): priorities first, maxRate, a disconnect
 // in the middle, bounds seen from a device. Real proxy, real Mosquitto, real clients.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { cloudWithChecker, type Mosquitto } from './helpers/mosquitto.js';
 import { startProxy, CLI, type ProxyProcess } from './helpers/proxy.js';
@@ -12,7 +12,7 @@ interface Envelope { id: string; topic: string; payload: { seq: number } }
 const PRIORITIES = [{ topic: 'devices/+/alarm/#', priority: 'critical' }, { topic: 'devices/+/event', priority: 'high' }, { topic: 'devices/+/debug/#', priority: 'low' }];
 
 /** A proxy whose cloud is down while a device fills the cache; the checker keeps a persistent session. */
-async function backlog(t: Tap.Test, uplink: Record<string, unknown>, fill: (publish: (topic: string, seq: number) => Promise<void>) => Promise<void>): Promise<{ cloud: Mosquitto; proxy: ProxyProcess; up: Collected }> {
+async function backlog(t: Test, uplink: Record<string, unknown>, fill: (publish: (topic: string, seq: number) => Promise<void>) => Promise<void>): Promise<{ cloud: Mosquitto; proxy: ProxyProcess; up: Collected }> {
   const dir = t.testdir();
   const { cloud, up } = await cloudWithChecker(t, dir);
   await cloud.stop();

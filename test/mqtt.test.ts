@@ -1,5 +1,5 @@
 // The MQTT rules of the contract (protocols.md), against the built proxy with real and raw clients.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { startMosquitto } from './helpers/mosquitto.js';
 import { startProxy, type ProxyProcess } from './helpers/proxy.js';
@@ -10,7 +10,7 @@ import type { MqttClient } from 'mqtt';
 
 const LIMIT = 1024;
 
-async function setup(t: Tap.Test, config: Record<string, unknown> = {}): Promise<{ proxy: ProxyProcess; up: Awaited<ReturnType<typeof collect>>; cloudPort: number }> {
+async function setup(t: Test, config: Record<string, unknown> = {}): Promise<{ proxy: ProxyProcess; up: Awaited<ReturnType<typeof collect>>; cloudPort: number }> {
   const dir = t.testdir();
   const cloud = await startMosquitto(`${dir}/cloud`);
   t.teardown(() => cloud.stop());
@@ -25,7 +25,7 @@ async function setup(t: Tap.Test, config: Record<string, unknown> = {}): Promise
 }
 
 /** A well-behaved device that keeps publishing; its messages must keep flowing whatever others do. */
-async function steadyDevice(t: Tap.Test, port: number, id: string): Promise<{ client: MqttClient; sent: () => number; stop: () => Promise<void> }> {
+async function steadyDevice(t: Test, port: number, id: string): Promise<{ client: MqttClient; sent: () => number; stop: () => Promise<void> }> {
   const client = await connectClient(port, { clientId: id });
   let n = 0;
   let running = true;

@@ -28,7 +28,7 @@ then drop()
 end
 `;
 
-t.test('rules check: exit 0 and a summary when clean', async (t) => {
+t.test('rules check: exit 0 and a summary when clean', (t) => {
   const dir = t.testdir({ 'good.rules': GOOD, 'one.rules': 'rule single when true then log("info", "x") end\n' });
   const one = cli(['rules', 'check', 'good.rules'], dir);
   t.equal(one.status, 0, one.stderr);
@@ -41,7 +41,7 @@ t.test('rules check: exit 0 and a summary when clean', async (t) => {
   t.equal(single.stdout, '1 rule in 1 file: OK\n');
 });
 
-t.test('rules check: exit 1, every error of every file with its code frame', async (t) => {
+t.test('rules check: exit 1, every error of every file with its code frame', (t) => {
   const dir = t.testdir({
     'good.rules': GOOD,
     'bad.rules': 'rule warm\nwhen avgg(payload.t, 5m) > 1\nthen drop()\nend\n\nrule loud\nwhen true\nthen uplink(priority = "urgent")\nend\n',
@@ -74,7 +74,7 @@ t.test('rules check: exit 1, every error of every file with its code frame', asy
   t.match(nested.stderr, /^rules\/x\.rules:1:13: E_RULE_UNKNOWN_ROOT: unknown name "nope"/);
 });
 
-t.test('rules check: the shipped rules are clean', async (t) => {
+t.test('rules check: the shipped rules are clean', (t) => {
   const dir = t.testdir();
   const names = readdirSync(join(ROOT, 'rules')).filter((n) => n.endsWith('.rules'));
   for (const n of names) copyFileSync(join(ROOT, 'rules', n), join(dir, n));
@@ -105,7 +105,7 @@ function jsonl(lines: unknown[]): string {
   return lines.map((l) => JSON.stringify(l)).join('\n') + '\n';
 }
 
-t.test('rules test: one JSON line per message, in the format of the spec', async (t) => {
+t.test('rules test: one JSON line per message, in the format of the spec', (t) => {
   const dir = t.testdir({
     'site.rules': TEST_RULES,
     'in.jsonl': jsonl([
@@ -150,7 +150,7 @@ t.test('rules test: one JSON line per message, in the format of the spec', async
   t.same(out[6], { id: 'M7', topic: 'devices/d1/telemetry', fired: [], uplink: [], dropped: false }, 'an internal message has no default routing');
 });
 
-t.test('rules test: the defaults of missing input fields', async (t) => {
+t.test('rules test: the defaults of missing input fields', (t) => {
   const dir = t.testdir({
     'site.rules': TEST_RULES,
     'in.jsonl': jsonl([
@@ -175,7 +175,7 @@ t.test('rules test: the defaults of missing input fields', async (t) => {
   t.equal(out[3]!.id, 'GIVEN');
 });
 
-t.test('rules test --format text: the same, for people', async (t) => {
+t.test('rules test --format text: the same, for people', (t) => {
   const dir = t.testdir({
     'site.rules': TEST_RULES,
     'in.jsonl': jsonl([
@@ -186,10 +186,10 @@ t.test('rules test --format text: the same, for people', async (t) => {
   });
   const r = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl', '--format', 'text'], dir);
   t.equal(r.status, 0, r.stderr);
-  t.throws(() => JSON.parse(r.stdout.split('\n')[0]!), 'not JSON');
+  t.throws(() => JSON.parse(r.stdout.split('\n')[0]!) as unknown, 'not JSON');
   const lines = r.stdout.split('\n');
   t.equal(lines[0], 'devices/d1/telemetry (ts 0, d1)', 'each message: its topic, ts and device');
-  t.match(lines[1], /^  fired overheat: uplink\(.*priority="high".*\) publish\(topic="devices\/d1\/cmd\/fan", payload=\{"on":true\}\)$/, 'what fired, actions with arguments by name');
+  t.match(lines[1], /^ {2}fired overheat: uplink\(.*priority="high".*\) publish\(topic="devices\/d1\/cmd\/fan", payload=\{"on":true\}\)$/, 'what fired, actions with arguments by name');
   t.equal(lines[2], '  up    devices/d1/telemetry [high] {"temp":45}', 'what goes up, with its priority and payload');
   t.equal(lines[3], 'devices/d1/debug/x (ts 1000, d1) DROPPED');
   t.equal(lines[4], '  fired quiet_debug: drop()');
@@ -198,7 +198,7 @@ t.test('rules test --format text: the same, for people', async (t) => {
   t.same(lines.slice(7), [''], 'nothing else');
 });
 
-t.test('rules test: rules with errors, or a bad input line, exit 1', async (t) => {
+t.test('rules test: rules with errors, or a bad input line, exit 1', (t) => {
   const dir = t.testdir({
     'bad.rules': 'rule r when nope then drop() end\n',
     'site.rules': TEST_RULES,
@@ -221,7 +221,7 @@ t.test('rules test: rules with errors, or a bad input line, exit 1', async (t) =
   t.match(noInput.stderr, /--input/);
 });
 
-t.test('rules test reads device.<attr> from the registry in token mode, as the running proxy does', async (t) => {
+t.test('rules test reads device.<attr> from the registry in token mode, as the running proxy does', (t) => {
   const rulesText = 'rule by_place\nwhen msg.topic matches "devices/+/telemetry"\nthen uplink(topic = "sites/" + device.location + "/" + msg.deviceId)\nend\n';
   const registry = [
     '- id: d1',

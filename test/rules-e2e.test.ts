@@ -87,7 +87,7 @@ t.test('rules filter, transform, drop, publish locally and use windows, through 
   await eventually('the published command was itself evaluated by the rules', () => proxy.logs.some((l) => l.rule === 'fan_ack' && l.msg === 'fan command for pump-7'));
 });
 
-t.test('a ruleset with errors stops the start, every error listed with file:line:col', async (t) => {
+t.test('a ruleset with errors stops the start, every error listed with file:line:col', (t) => {
   const dir = t.testdir();
   mkdirSync(join(dir, 'rules'), { recursive: true });
   writeFileSync(join(dir, 'rules', 'bad.rules'), 'rule a\nwhen payload.t > 1\nthen uplnk()\nend\n\nrule b when avrg(payload.t, 5m) > 1 then drop() end\n');

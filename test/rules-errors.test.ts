@@ -34,7 +34,7 @@ function expectErrors(t: Test, text: string, expected: Expected[], opts: Paramet
 
 const rule = (when: string, then = 'drop()'): string => `rule r\nwhen ${when}\nthen ${then}\nend\n`;
 
-t.test('E_RULE_SYNTAX', async (t) => {
+t.test('E_RULE_SYNTAX', (t) => {
   const cases: Array<[string, string | { line: number; col: number }, RegExp]> = [
     [rule('payload.x > '), 'then', /unexpected keyword "then" where a value was expected/],
     ['rule r when true then drop()', { line: 1, col: 29 }, /rule "r" has no "end"/],
@@ -57,7 +57,7 @@ t.test('E_RULE_SYNTAX', async (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_SYNTAX', at, message }], { first: text.includes('@') });
 });
 
-t.test('E_RULE_SYNTAX: parsing resumes at the next rule, so later errors are reported too', async (t) => {
+t.test('E_RULE_SYNTAX: parsing resumes at the next rule, so later errors are reported too', (t) => {
   const text = `rule one when payload.x > then drop() end
 rule two when avgg(payload.x, 5m) > 1 then drop() end
 rule three when true then uplnk() end
@@ -69,7 +69,7 @@ rule three when true then uplnk() end
   ]);
 });
 
-t.test('E_RULE_UNKNOWN_FUNCTION, with a did-you-mean suggestion', async (t) => {
+t.test('E_RULE_UNKNOWN_FUNCTION, with a did-you-mean suggestion', (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('avgg(payload.t, 5m) > 1'), 'avgg', /^unknown function "avgg"; did you mean "avg"\?$/],
     [rule('uper(payload.s) == "A"'), 'uper', /^unknown function "uper"; did you mean "upper"\?$/],
@@ -82,7 +82,7 @@ t.test('E_RULE_UNKNOWN_FUNCTION, with a did-you-mean suggestion', async (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_UNKNOWN_FUNCTION', at, message }]);
 });
 
-t.test('E_RULE_UNKNOWN_ACTION, with a did-you-mean suggestion', async (t) => {
+t.test('E_RULE_UNKNOWN_ACTION, with a did-you-mean suggestion', (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('true', 'uplnk()'), 'uplnk', /^unknown action "uplnk"; did you mean "uplink"\?$/],
     [rule('true', 'publsh("a", 1)'), 'publsh', /did you mean "publish"\?/],
@@ -94,7 +94,7 @@ t.test('E_RULE_UNKNOWN_ACTION, with a did-you-mean suggestion', async (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_UNKNOWN_ACTION', at, message }]);
 });
 
-t.test('E_RULE_ARITY', async (t) => {
+t.test('E_RULE_ARITY', (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('abs() == 1'), 'abs', /abs\(\) takes 1 argument, not 0/],
     [rule('round(1, 2, 3) == 1'), 'round', /round\(\) takes 1 or 2 arguments, not 3/],
@@ -115,7 +115,7 @@ t.test('E_RULE_ARITY', async (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_ARITY', at, message }]);
 });
 
-t.test('E_RULE_ARG', async (t) => {
+t.test('E_RULE_ARG', (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('true', 'uplink(prority = "high")'), 'prority', /uplink\(\) has no argument "prority"; did you mean "priority"\?/],
     [rule('true', 'uplink(priority = "urgent")'), '"urgent"', /priority must be one of "critical", "high", "normal", "low"/],
@@ -144,7 +144,7 @@ t.test('E_RULE_ARG', async (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_ARG', at, message }]);
 });
 
-t.test('E_RULE_UNKNOWN_ROOT', async (t) => {
+t.test('E_RULE_UNKNOWN_ROOT', (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('paylod.temp > 1'), 'paylod', /^unknown name "paylod": a rule reads msg, payload, device and edge; did you mean "payload"\?$/],
     [rule('temp > 1'), 'temp', /^unknown name "temp": a rule reads msg, payload, device and edge$/],
@@ -154,7 +154,7 @@ t.test('E_RULE_UNKNOWN_ROOT', async (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_UNKNOWN_ROOT', at, message }]);
 });
 
-t.test('E_RULE_DUPLICATE: two rules with one name, in one file or across files', async (t) => {
+t.test('E_RULE_DUPLICATE: two rules with one name, in one file or across files', (t) => {
   expectErrors(t, 'rule a when true then drop() end\nrule b when true then drop() end\n  rule a when false then drop() end\n', [
     { code: 'E_RULE_DUPLICATE', at: { line: 3, col: 3 }, message: /^a rule named "a" already exists at test\.rules:1:1$/ },
   ]);
@@ -164,7 +164,7 @@ t.test('E_RULE_DUPLICATE: two rules with one name, in one file or across files',
   t.same(errorsOf('rule "a b" when true then drop() end\nrule "a b" when true then drop() end').map((e) => e.code), ['E_RULE_DUPLICATE']);
 });
 
-t.test('formatErrors: file:line:col: code: message, the line, and a caret under the column', async (t) => {
+t.test('formatErrors: file:line:col: code: message, the line, and a caret under the column', (t) => {
   const text = 'rule warm\nwhen avgg(payload.t, 5m) > 1\nthen drop()\nend\n';
   const result = compileRules({ 'site.rules': text });
   t.equal(formatErrors(result), [
@@ -183,7 +183,7 @@ t.test('formatErrors: file:line:col: code: message, the line, and a caret under 
   t.match(formatErrors(result, (f) => `/etc/rules/${f}`), /^\/etc\/rules\/site\.rules:2:6: E_RULE_UNKNOWN_FUNCTION/);
 });
 
-t.test('all errors of a ruleset are reported together, across files, in file and position order', async (t) => {
+t.test('all errors of a ruleset are reported together, across files, in file and position order', (t) => {
   const result = compileRules({
     'b.rules': 'rule dup when true then drop() end\nrule bad when true then dorp() end\n',
     'a.rules': 'rule dup when true then drop() end\nrule x when payload.v > then drop() end\nrule y when paylod.v > 1 then drop() end\nrule z when avg(payload.v, "1m") > 1 then drop() end\n',
@@ -199,7 +199,7 @@ t.test('all errors of a ruleset are reported together, across files, in file and
   t.equal(formatErrors(result).split('\n').filter((l) => /^\S+\.rules:\d+:\d+: E_RULE_/.test(l)).length, 5, 'five framed errors');
 });
 
-t.test('limit: expression depth 64', async (t) => {
+t.test('limit: expression depth 64', (t) => {
   // `not` is a node: 63 of them over a literal make depth 64
   const nots = (n: number): string => `${'not '.repeat(n)}true`;
   t.same(errorsOf(rule(nots(63))), [], 'depth 64 compiles');
@@ -221,7 +221,7 @@ t.test('limit: expression depth 64', async (t) => {
   t.same(errorsOf(`${rule(nots(63))}rule s when ${nots(63)} then drop() end\n`), []);
 });
 
-t.test('limit: 100,000 nodes per ruleset', async (t) => {
+t.test('limit: 100,000 nodes per ruleset', (t) => {
   // rule = binary(==) + list + n literals + null + drop(): n + 4 nodes
   const listRule = (name: string, n: number): string => `rule ${name}\nwhen [${Array(n).fill('1').join(',')}] == null\nthen drop()\nend\n`;
   t.same(errorsOf(listRule('r', 99_996)), [], '100,000 nodes compile');
@@ -232,7 +232,7 @@ t.test('limit: 100,000 nodes per ruleset', async (t) => {
   t.same(over.errors.map((e) => `${e.file}:${e.line}:${e.col} ${e.code}`), ['b.rules:1:1 E_RULE_TOO_LARGE'], 'reported once, at the rule that passes the limit');
 });
 
-t.test('limit: rules.maxRules', async (t) => {
+t.test('limit: rules.maxRules', (t) => {
   const rules = (names: string[]): string => names.map((n) => `rule ${n} when true then drop() end\n`).join('');
   t.same(compileRules({ 'a.rules': rules(['a1', 'a2']), 'b.rules': rules(['b1']) }, { maxRules: 3 }).errors, [], '3 rules, maxRules 3');
   const over = compileRules({ 'a.rules': rules(['a1', 'a2']), 'b.rules': rules(['b1', 'b2']) }, { maxRules: 3 });
@@ -242,7 +242,7 @@ t.test('limit: rules.maxRules', async (t) => {
   t.same(compileRules(rules(Array.from({ length: 10_001 }, (_, i) => `r${i}`))).errors.map((e) => e.code), ['E_RULE_TOO_LARGE'], 'and not 10,001');
 });
 
-t.test('limit: rules.maxFileBytes, in bytes', async (t) => {
+t.test('limit: rules.maxFileBytes, in bytes', (t) => {
   const padded = (bytes: number, tail = ''): string => {
     const head = 'rule r when true then drop() end\n';
     return head + '#'.repeat(bytes - Buffer.byteLength(head) - Buffer.byteLength(tail)) + tail;
@@ -261,7 +261,7 @@ t.test('limit: rules.maxFileBytes, in bytes', async (t) => {
   t.same(errorsOf(padded(1024 * 1024 + 1)).map((e) => e.code), ['E_RULE_TOO_LARGE']);
 });
 
-t.test('keywords are plain names after ".", as object keys and as named-argument names', async (t) => {
+t.test('keywords are plain names after ".", as object keys and as named-argument names', (t) => {
   const h = load(`rule kw
 when payload.end == 1 and payload.rule == 2 and payload.in == 3 and payload.not == 4 and payload["then"] == 5 and { in: 1 }.in == 1
 then
@@ -282,7 +282,7 @@ end
   t.same(f.send({ topic: 'a/b', payload: {} }).fired, []);
 });
 
-t.test('firing order: priority, then file name in byte order, then position', async (t) => {
+t.test('firing order: priority, then file name in byte order, then position', (t) => {
   const r = (name: string, priority?: number): string => `rule ${name}${priority === undefined ? '' : ` priority ${priority}`} when true then log("info", "${name}") end\n`;
   const h = load({
     'b.rules': r('b1') + r('b2', 5) + r('b3'),
@@ -300,7 +300,7 @@ t.test('firing order: priority, then file name in byte order, then position', as
   t.same(h.ruleset.names(), order);
 });
 
-t.test('actions: collected from every fired rule and carried out in order', async (t) => {
+t.test('actions: collected from every fired rule and carried out in order', (t) => {
   const h = load(`rule first priority 2
 when msg.topic matches "m/+"
 then log("info", "one"), publish("p/1", 1) publish("p/2", { n: 2 }, qos = 1, retain = true)
@@ -324,7 +324,7 @@ end
   t.same(out.uplinks, [], 'emit() took over the routing: the message itself does not go up');
 });
 
-t.test('drop(): discards the uplinks collected so far and stops the rules after it', async (t) => {
+t.test('drop(): discards the uplinks collected so far and stops the rules after it', (t) => {
   const h = load(`rule up priority 10
 when msg.topic matches "d/+"
 then uplink(priority = "high") uplink(topic = "copy/" + msg.deviceId, payload = payload) publish("local/1", 1)
@@ -357,7 +357,7 @@ end
   t.equal(s.dropped, true);
 });
 
-t.test('uplink() without topic and payload: the message itself, at most once, at the highest priority asked', async (t) => {
+t.test('uplink() without topic and payload: the message itself, at most once, at the highest priority asked', (t) => {
   const priorities = [{ topic: 'devices/+/alarm/#', priority: 'critical' as const }];
   const h = load(`rule low priority 3 when true then uplink(priority = "low") end
 rule high priority 2 when payload.high == true then uplink(priority = "high") end
@@ -374,7 +374,7 @@ rule twice when payload.twice == true then uplink(priority = "low") uplink(prior
   t.equal(out.plan.uplinks[0]!.self, true, 'the same message (same id)');
 });
 
-t.test('uplink() with a topic or a payload: a new message', async (t) => {
+t.test('uplink() with a topic or a payload: a new message', (t) => {
   const h = load(`rule copy
 when msg.topic matches "d/+"
 then
@@ -396,7 +396,7 @@ end
   t.same(b.uplinks.filter((u) => u.self), [], 'the message itself does not go up');
 });
 
-t.test('default routing: device messages only, when no fired rule called uplink, emit or drop', async (t) => {
+t.test('default routing: device messages only, when no fired rule called uplink, emit or drop', (t) => {
   const priorities = [{ topic: 'devices/+/alarm/#', priority: 'critical' as const }];
   const h = load(`rule note when payload.note == true then log("info", "x") publish("p", 1) infer("m") end
 rule ev when payload.ev == true then emit("e", 1) end
@@ -421,7 +421,7 @@ rule never when payload.never == true and false then uplink() end
   t.same(internal.send({ topic: 'devices/d/t', protocol: 'internal' }).uplinks.map((u) => u.self), [true], 'internal messages go up through uplink()');
 });
 
-t.test('messages from the cloud never go up', async (t) => {
+t.test('messages from the cloud never go up', (t) => {
   const h = load('rule up when true then uplink(priority = "critical") end');
   const out = h.send({ topic: 'cloud/cmd', protocol: 'cloud' });
   t.same(out.fired, ['up']);
@@ -458,7 +458,7 @@ then uplink(topic = "alerts/" + msg.deviceId + "/warm", payload = { avg: avg(pay
 end
 `;
 
-t.test('the example rules of rules-dsl.md compile and do what their comments say', async (t) => {
+t.test('the example rules of rules-dsl.md compile and do what their comments say', (t) => {
   const spec = '/work/shared/spec/rules-dsl.md';
   if (existsSync(spec)) {
     const block = /```\n([\s\S]*?)```/.exec(readFileSync(spec, 'utf8'))?.[1];
@@ -512,7 +512,7 @@ t.test('the example rules of rules-dsl.md compile and do what their comments say
     'the alert; the reading itself does not go up since the rule called uplink()');
 });
 
-t.test('the shipped rules/*.rules files compile', async (t) => {
+t.test('the shipped rules/*.rules files compile', (t) => {
   const dir = join(ROOT, 'rules');
   const files = readdirSync(dir).filter((n) => n.endsWith('.rules')).sort();
   t.ok(files.length >= 3, 'there are shipped rules');

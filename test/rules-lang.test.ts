@@ -18,7 +18,7 @@ function syntaxError(t: Test, text: string, at: { line: number; col: number }, m
   t.match(e.message, message);
 }
 
-t.test('lexing: numbers', async (t) => {
+t.test('lexing: numbers', (t) => {
   table(t, [
     ['12', 12],
     ['0', 0],
@@ -35,7 +35,7 @@ t.test('lexing: numbers', async (t) => {
   syntaxError(t, text, posOf(text, '.5'), /unexpected "\." where a value was expected/);
 });
 
-t.test('lexing: durations are their length in milliseconds', async (t) => {
+t.test('lexing: durations are their length in milliseconds', (t) => {
   table(t, [
     ['500ms', 500],
     ['1s', 1000],
@@ -50,7 +50,7 @@ t.test('lexing: durations are their length in milliseconds', async (t) => {
   ]);
 });
 
-t.test('lexing: other letters right after a number are an error', async (t) => {
+t.test('lexing: other letters right after a number are an error', (t) => {
   for (const bad of ['5min', '10sec', '3x', '1hour', '2e']) {
     const text = `rule r\nwhen payload.x > ${bad}\nthen drop()\nend\n`;
     const errors = errorsOf(text);
@@ -66,7 +66,7 @@ t.test('lexing: other letters right after a number are an error', async (t) => {
   t.match(spaced[0], { code: 'E_RULE_SYNTAX' }, '"10 m" is not a duration');
 });
 
-t.test('lexing: strings and every escape', async (t) => {
+t.test('lexing: strings and every escape', (t) => {
   table(t, [
     ['"plain"', 'plain'],
     ['""', ''],
@@ -86,7 +86,7 @@ t.test('lexing: strings and every escape', async (t) => {
   ]);
 });
 
-t.test('lexing: a bad escape is an error at the backslash', async (t) => {
+t.test('lexing: a bad escape is an error at the backslash', (t) => {
   for (const esc of ['\\q', '\\x41', '\\u0041', '\\u{}', '\\u{110000}', '\\u{D800}', '\\u{12G}', "\\'", '\\0']) {
     const text = `rule r\nwhen payload.s == "ab${esc}cd"\nthen drop()\nend\n`;
     const at = posOf(text, esc);
@@ -94,14 +94,14 @@ t.test('lexing: a bad escape is an error at the backslash', async (t) => {
   }
 });
 
-t.test('lexing: an unterminated string is an error at its opening quote', async (t) => {
+t.test('lexing: an unterminated string is an error at its opening quote', (t) => {
   const text = 'rule r\nwhen payload.s == "open\nthen drop()\nend\n';
   syntaxError(t, text, { line: 2, col: 19 }, /string is not closed/);
   const atEnd = 'rule r when payload.s == "open';
   syntaxError(t, atEnd, { line: 1, col: 26 }, /string is not closed/);
 });
 
-t.test('lexing: comments and white space', async (t) => {
+t.test('lexing: comments and white space', (t) => {
   const h = load([
     '# a comment line',
     '   # an indented comment',
@@ -120,7 +120,7 @@ t.test('lexing: comments and white space', async (t) => {
   t.same(load('rule r when(payload.x==1)then drop()end').send({ topic: 'a/b', payload: { x: 1 } }).fired, ['r']);
 });
 
-t.test('arithmetic', async (t) => {
+t.test('arithmetic', (t) => {
   table(t, [
     ['7 / 2', 3.5],
     ['1 + 2 * 3', 7],
@@ -171,7 +171,7 @@ t.test('arithmetic', async (t) => {
   ]);
 });
 
-t.test('== and != : equal type and value, deeply', async (t) => {
+t.test('== and != : equal type and value, deeply', (t) => {
   table(t, [
     ['1 == 1', true],
     ['1 == 1.0', true],
@@ -210,7 +210,7 @@ t.test('== and != : equal type and value, deeply', async (t) => {
   ], { payload: { o: { y: [true, 's'], x: 1 }, list: [1, 2, 3] } });
 });
 
-t.test('< <= > >= compare two numbers, or two strings by code point; anything else is false', async (t) => {
+t.test('< <= > >= compare two numbers, or two strings by code point; anything else is false', (t) => {
   table(t, [
     ['1 < 2', true],
     ['2 < 1', false],
@@ -250,7 +250,7 @@ t.test('< <= > >= compare two numbers, or two strings by code point; anything el
   ]);
 });
 
-t.test('matches: a string topic and an MQTT topic filter', async (t) => {
+t.test('matches: a string topic and an MQTT topic filter', (t) => {
   table(t, [
     ['"devices/a/telemetry" matches "devices/+/telemetry"', true],
     ['"devices/a/b/telemetry" matches "devices/+/telemetry"', false],
@@ -275,7 +275,7 @@ t.test('matches: a string topic and an MQTT topic filter', async (t) => {
   ], { topic: 'sensors/s1/temp' });
 });
 
-t.test('contains and in: substrings, elements, own keys', async (t) => {
+t.test('contains and in: substrings, elements, own keys', (t) => {
   table(t, [
     ['"hello" contains "ell"', true],
     ['"hello" contains "xyz"', false],
@@ -314,7 +314,7 @@ t.test('contains and in: substrings, elements, own keys', async (t) => {
   ], { payload: { o: { k: 0 }, tag: 'green' } });
 });
 
-t.test('precedence and grouping', async (t) => {
+t.test('precedence and grouping', (t) => {
   table(t, [
     ['not 1 == 2', true],
     ['not true == false', true],
@@ -338,7 +338,7 @@ t.test('precedence and grouping', async (t) => {
   syntaxError(t, chained, posOf(chained, '< 3'), /expected "then" after the condition, found "<"/);
 });
 
-t.test('truthiness: only true counts', async (t) => {
+t.test('truthiness: only true counts', (t) => {
   const cases: Array<[string, boolean]> = [
     ['true', true],
     ['false', false],
@@ -386,7 +386,7 @@ t.test('truthiness: only true counts', async (t) => {
   ]);
 });
 
-t.test('missing data is null, never an error', async (t) => {
+t.test('missing data is null, never an error', (t) => {
   const payload = { s: 'text', n: 7, list: [10, 20, 30], o: { inner: { deep: 'x' }, 'with space': 1 }, nil: null, t: true };
   table(t, [
     ['payload.nope', null],
@@ -433,7 +433,7 @@ t.test('missing data is null, never an error', async (t) => {
   t.same(out.ev.errors, [], 'no runtime error for missing data');
 });
 
-t.test('functions', async (t) => {
+t.test('functions', (t) => {
   table(t, [
     ['abs(-3)', 3],
     ['abs(2.5)', 2.5],
@@ -543,7 +543,7 @@ t.test('functions', async (t) => {
   t.same(h.send({ topic: 'a/b', ts: 5 }).actions[0]!.args.text, { now: 5, ts: 5 }, 'now() follows msg.ts, not the wall clock');
 });
 
-t.test('roots: msg, payload, device, edge', async (t) => {
+t.test('roots: msg, payload, device, edge', (t) => {
   const input = {
     topic: 'devices/d4/telemetry', id: 'MSG-ID-1', ts: 4242, deviceId: 'd4', protocol: 'coap' as const, qos: 1 as const, retain: true,
     props: { k: 'v' }, hops: 2, parentId: 'PARENT-1', payload: { temp: 21.5 },

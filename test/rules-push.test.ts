@@ -2,7 +2,7 @@
 // the directory's rules at once and answers its version, a bad one changes nothing and lists every
 // error, writes need the token, validate applies nothing, rollback goes back, and all of it
 // survives a restart.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,7 +19,7 @@ end
 `;
 
 /** A proxy with one rules file, and a device and a local subscriber that shows which set ran. */
-async function setup(t: Tap.Test, files: Record<string, string> = { 'a.rules': mark('v1') }): Promise<{ proxy: ProxyProcess; seen: Collected; send(): Promise<string> }> {
+async function setup(t: Test, files: Record<string, string> = { 'a.rules': mark('v1') }): Promise<{ proxy: ProxyProcess; seen: Collected; send: () => Promise<string> }> {
   const dir = t.testdir();
   mkdirSync(join(dir, 'rules'));
   for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, 'rules', name), text);

@@ -38,7 +38,7 @@ t.test('an edit reloads the rules; a bad edit changes nothing; unchanged rules k
   await eventually('the bad edit is counted', async () => (await proxy.metric('edge_rules_reload_failures_total')) === 1, 10_000);
   t.equal(await proxy.metric('edge_rules_version'), 2, 'and changes nothing');
   t.equal(await proxy.metric('edge_rules_pushes_total'), 0, 'an edit is not counted as a push');
-  t.ok(proxy.logs.some((l) => l.level === 'error' && String(l.listing ?? '').includes('b.rules:3:6: E_RULE_UNKNOWN_ACTION')), 'the log lists every error with its place');
+  t.ok(proxy.logs.some((l) => l.level === 'error' && String(l.listing as string | undefined ?? '').includes('b.rules:3:6: E_RULE_UNKNOWN_ACTION')), 'the log lists every error with its place');
   await device.publishAsync('devices/reload-1/telemetry', '{"t":10}', { qos: 1 });
   await eventually('the old set still runs', async () => (await proxy.metric('edge_rules_fired_total', 'rule="hot"')) === 2);
 

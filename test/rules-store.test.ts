@@ -1,14 +1,14 @@
 // The rules store on its own, in this process, on real directories: what a push does to a
 // directory holding a refused edit, how the start-time warm-up gives way to a push, and that
 // nothing changes once the proxy is stopping.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { RulesStore } from '../src/rules/store.js';
 
-function store(t: Tap.Test, files: Record<string, string>): { store: RulesStore; dir: string; logs: Array<Record<string, unknown>> } {
+function store(t: Test, files: Record<string, string>): { store: RulesStore; dir: string; logs: Array<Record<string, unknown>> } {
   const root = t.testdir();
   const dir = join(root, 'rules');
   mkdirSync(dir);

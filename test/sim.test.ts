@@ -132,7 +132,7 @@ function run(
 
 // ---------------------------------------------------------------- sensors (pure)
 
-t.test('sensors: bounded, realistic drift, 2 decimals', async (t) => {
+t.test('sensors: bounded, realistic drift, 2 decimals', (t) => {
   const isRounded = (x: number): boolean => Math.abs(Math.round(x * 100) / 100 - x) < 1e-9;
   let violations = 0;
   let maxStep = 0;
@@ -167,7 +167,7 @@ t.test('sensors: bounded, realistic drift, 2 decimals', async (t) => {
   t.ok(maxStep < 1, `temperature changes slowly between samples (max step ${maxStep})`);
 });
 
-t.test('sensors: reproducible with a seed', async (t) => {
+t.test('sensors: reproducible with a seed', (t) => {
   const take = (m: SensorModel, n: number): Reading[] => Array.from({ length: n }, () => m.next());
   t.same(take(new SensorModel(createRng(7)), 500), take(new SensorModel(createRng(7)), 500), 'same seed, same values');
   t.notSame(take(new SensorModel(createRng(7)), 50), take(new SensorModel(createRng(8)), 50), 'other seed differs');
@@ -180,7 +180,7 @@ t.test('sensors: reproducible with a seed', async (t) => {
   t.not(parseSeed('hello'), parseSeed('hellp'));
 });
 
-t.test('rate parsing', async (t) => {
+t.test('rate parsing', (t) => {
   t.equal(parseRate('5'), 5);
   t.equal(parseRate(0), 'max');
   t.equal(parseRate('max'), 'max');
@@ -194,7 +194,7 @@ t.test('rate parsing', async (t) => {
   t.equal(parseRatePayload(''), undefined);
 });
 
-t.test('CLI argument parsing', async (t) => {
+t.test('CLI argument parsing', (t) => {
   t.same(parseCliArgs([]), { help: false, options: { usernameAsId: true } }, 'defaults left to the fleet');
   t.same(parseCliArgs(['-h']), { help: true });
   const cmd = parseCliArgs([
@@ -218,7 +218,7 @@ t.test('CLI argument parsing', async (t) => {
   }
 });
 
-t.test('CLI: --token', async (t) => {
+t.test('CLI: --token', (t) => {
   const secret = randomBytes(32).toString('base64url');
   const token = `pump-7.${secret}`;
   t.same(parseCliArgs(['--token', token]), {
@@ -251,7 +251,7 @@ t.test('CLI: --token', async (t) => {
   }
 });
 
-t.test('CLI: --token-file', async (t) => {
+t.test('CLI: --token-file', (t) => {
   const tok = (id: string): string => `${id}.${randomBytes(32).toString('base64url')}`;
   const [a, b, c, x] = [tok('sim-0001'), tok('sim-0002'), tok('sim-0003'), tok('x-0001')];
   const dir = t.testdir({
@@ -284,7 +284,7 @@ t.test('CLI: --token-file', async (t) => {
     t.throws(() => parseCliArgs(args), { name: 'UsageError', message }, args.join(' ').replace(dir, '<dir>'));
   }
 
-  t.test('the token file format', async (t) => {
+  t.test('the token file format', (t) => {
     t.equal(tokenDeviceId(a), 'sim-0001');
     t.equal(tokenDeviceId('sim-0001'), undefined);
     t.equal(tokenDeviceId('sim-0001.'), undefined);
@@ -294,7 +294,7 @@ t.test('CLI: --token-file', async (t) => {
   });
 });
 
-t.test('CLI: --ca, --cert, --key', async (t) => {
+t.test('CLI: --ca, --cert, --key', (t) => {
   const dir = t.testdir({ 'ca.pem': 'ca', 'dev.pem': 'cert', 'dev.key': 'key' });
   const [ca, cert, key] = ['ca.pem', 'dev.pem', 'dev.key'].map((f) => path.join(dir, f)) as [string, string, string];
   t.same(parseCliArgs(['--url', 'mqtts://pi:8883', '--ca', ca]), {

@@ -9,7 +9,7 @@ import { checkDeviceTopic, filterTouchesReserved, topicMatches } from '../src/co
 import { backoffDelay } from '../src/uplink/cloud.js';
 import { newMessageId } from '../src/core/ids.js';
 
-t.test('frame guard: packets up to the limit pass, one byte over is refused from the header', async (t) => {
+t.test('frame guard: packets up to the limit pass, one byte over is refused from the header', (t) => {
   const publish = (len: number): Buffer => {
     const head = [0x30];
     let n = len;
@@ -26,7 +26,7 @@ t.test('frame guard: packets up to the limit pass, one byte over is refused from
   t.same(new FrameGuard(1e9).scan(Buffer.from([0x30, 0xff, 0xff, 0xff, 0x7f])), { ok: true }, 'four length bytes are fine');
 });
 
-t.test('ordered acks release in reservation order whatever the completion order', async (t) => {
+t.test('ordered acks release in reservation order whatever the completion order', (t) => {
   const acks = new OrderedAcks();
   const out: string[] = [];
   const a = acks.reserve(() => out.push('a'));
@@ -42,7 +42,7 @@ t.test('ordered acks release in reservation order whatever the completion order'
   t.same(out.at(-1), 'd', 'the queue works after it emptied');
 });
 
-t.test('envelope: fields, and payload by content type', async (t) => {
+t.test('envelope: fields, and payload by content type', (t) => {
   const base = { id: newMessageId(), ts: 1700000000000, deviceId: 'd-1', topic: 'devices/d-1/t' };
   const parse = (contentType: 'json' | 'text' | 'binary' | 'cbor', payload: Buffer): Record<string, unknown> =>
     JSON.parse(encodeEnvelope({ ...base, contentType, payload }, 'pi-hall-2').toString()) as Record<string, unknown>;
@@ -55,7 +55,7 @@ t.test('envelope: fields, and payload by content type', async (t) => {
   t.match(odd, { deviceId: 'a"b', topic: 'x\\y', edge: 'e"1' }, 'strings are escaped');
 });
 
-t.test('content type sniffing (MQTT has none)', async (t) => {
+t.test('content type sniffing (MQTT has none)', (t) => {
   const table: Array<[string | Buffer, string]> = [
     ['{"t":1}', 'json'], ['[1,2]', 'json'], ['  {"t":1}\n', 'json'], ['42', 'text'], ['"str"', 'text'], ['{broken', 'text'],
     ['hello', 'text'], ['', 'text'], ['\ufeff{"bom":1}', 'json'], [Buffer.from([0xff, 0xfe, 0x00]), 'binary'], [Buffer.from([0xc3, 0x28]), 'binary'],
@@ -63,7 +63,7 @@ t.test('content type sniffing (MQTT has none)', async (t) => {
   for (const [input, want] of table) t.equal(sniffContentType(Buffer.from(input)).contentType, want, JSON.stringify(input.toString()));
 });
 
-t.test('topics: matching, device topic checks, the reserved tree', async (t) => {
+t.test('topics: matching, device topic checks, the reserved tree', (t) => {
   const matches: Array<[string, string, boolean]> = [
     ['devices/+/telemetry', 'devices/p7/telemetry', true], ['devices/+/telemetry', 'devices/p7/x/telemetry', false],
     ['devices/#', 'devices', true], ['devices/#', 'devices/a/b', true], ['#', '$edge/x', false], ['+/x', '$edge/x', false],
@@ -82,7 +82,7 @@ t.test('topics: matching, device topic checks, the reserved tree', async (t) => 
   t.notOk(filterTouchesReserved('#'));
 });
 
-t.test('device ids', async (t) => {
+t.test('device ids', (t) => {
   // Open mode: a valid id is kept; anything MQTT 3.1.1 allows becomes a valid id, the same every time.
   t.equal(deriveDeviceId('pump-7'), 'pump-7');
   t.equal(deriveDeviceId('x'.repeat(128)), 'x'.repeat(128));
@@ -96,13 +96,13 @@ t.test('device ids', async (t) => {
   t.not(deriveDeviceId('edge'), 'edge', 'the proxy\'s own id is never a device\'s');
 });
 
-t.test('ULIDs are monotonic within one millisecond', async (t) => {
+t.test('ULIDs are monotonic within one millisecond', (t) => {
   const ids = Array.from({ length: 1000 }, () => newMessageId(1700000000000));
   t.same([...ids].sort(), ids);
   t.equal(new Set(ids).size, 1000);
 });
 
-t.test('reconnect backoff grows from 1 s to 60 s with jitter', async (t) => {
+t.test('reconnect backoff grows from 1 s to 60 s with jitter', (t) => {
   t.equal(backoffDelay(0, () => 0), 1000, 'never below 1 s');
   t.equal(backoffDelay(0, () => 1), 2000, 'the first retry is already spread over 1 to 2 s');
   t.equal(backoffDelay(1, () => 1), 4000);

@@ -32,7 +32,7 @@ function openssl(args: string[], cwd: string): string {
     return execFileSync('openssl', args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
   } catch (err) {
     const e = err as { stderr?: Buffer; message: string };
-    throw new Error(`openssl ${args.join(' ')} failed: ${e.stderr?.toString() ?? e.message}`);
+    throw new Error(`openssl ${args.join(' ')} failed: ${e.stderr?.toString() ?? e.message}`, { cause: err });
   }
 }
 

@@ -37,7 +37,7 @@ export function startRawDevice(opts: { port: () => number; id: string; inflight?
       const topic = opts.topics(n);
       messageId = (messageId % 65535) + 1;
       inflight.set(messageId, { seq: n, topic });
-      s.write(mqttPacket.generate({ cmd: 'publish', topic, payload: JSON.stringify({ seq: n }), qos: 1, messageId, retain: false, dup: false } as Packet));
+      s.write(mqttPacket.generate({ cmd: 'publish', topic, payload: JSON.stringify({ seq: n }), qos: 1, messageId, retain: false, dup: false }));
     };
     parser.on('packet', (p: Packet) => {
       if (p.cmd === 'connack') {
@@ -52,7 +52,7 @@ export function startRawDevice(opts: { port: () => number; id: string; inflight?
         else publishNext();
       }
     });
-    s.on('connect', () => s.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: opts.id, clean: true, keepalive: 30 } as Packet)));
+    s.on('connect', () => s.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: opts.id, clean: true, keepalive: 30 })));
     s.on('data', (d: Buffer) => parser.parse(d));
     s.on('error', () => {});
     s.on('close', () => { if (!stopped) setTimeout(run, 100); });
