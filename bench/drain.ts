@@ -28,7 +28,9 @@ export interface DrainResult {
 async function metric(adminPort: number, name: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
   let sum = 0;
-  for (const line of text.split('\n')) if (line.startsWith(name) && /^[a-z_]+(\{[^}]*\})? /.test(line) && line.split(/[{ ]/)[0] === name) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  for (const line of text.split('\n'))
+    if (line.startsWith(name) && /^[a-z_]+(\{[^}]*\})? /.test(line) && line.split(/[{ ]/)[0] === name)
+      sum += Number(line.slice(line.lastIndexOf(' ') + 1));
   return sum;
 }
 
@@ -44,31 +46,74 @@ export async function benchDrain(opts: DrainOptions, progress: (line: string) =>
   try {
     progress(`  filling a cache with ${opts.messages} messages from ${opts.devices} devices`);
     const fillStart = process.hrtime.bigint();
-    const cache = await DurableCache.open({ path: cachePath, maxBytes: 64 * 2 ** 30, maxAgeSeconds: 30 * 86400, log: pino({ level: 'warn' }), events: { writeError() {}, evicted() {}, refused() {} } });
+    const cache = await DurableCache.open({
+      path: cachePath,
+      maxBytes: 64 * 2 ** 30,
+      maxAgeSeconds: 30 * 86400,
+      log: pino({ level: 'warn' }),
+      events: { writeError() {}, evicted() {}, refused() {} },
+    });
     const chunk = 20_000;
     for (let done = 0; done < opts.messages; done += chunk) {
       const n = Math.min(chunk, opts.messages - done);
-      await Promise.all(Array.from({ length: n }, (_, i) => new Promise<void>((resolve, reject) => {
-        const seq = done + i;
-        const device = `bench-${String(seq % opts.devices).padStart(4, '0')}`;
-        const ts = Date.now();
-        const payload = Buffer.from(`{"deviceId":"${device}","seq":${seq},"ts":${ts},"temp":${(20 + (seq % 100) / 10).toFixed(2)},"humidity":45.2,"battery":97}`);
-        cache.append({ id: newMessageId(ts), ts, deviceId: device, protocol: 'mqtt', topic: `devices/${device}/telemetry`, payload, contentType: 'json', qos: 1, retain: false, props: {}, hops: 0 }, 'normal', (err) => err ? reject(err) : resolve());
-      })));
+      await Promise.all(
+        Array.from(
+          { length: n },
+          (_, i) =>
+            new Promise<void>((resolve, reject) => {
+              const seq = done + i;
+              const device = `bench-${String(seq % opts.devices).padStart(4, '0')}`;
+              const ts = Date.now();
+              const payload = Buffer.from(
+                `{"deviceId":"${device}","seq":${seq},"ts":${ts},"temp":${(20 + (seq % 100) / 10).toFixed(2)},"humidity":45.2,"battery":97}`,
+              );
+              cache.append(
+                {
+                  id: newMessageId(ts),
+                  ts,
+                  deviceId: device,
+                  protocol: 'mqtt',
+                  topic: `devices/${device}/telemetry`,
+                  payload,
+                  contentType: 'json',
+                  qos: 1,
+                  retain: false,
+                  props: {},
+                  hops: 0,
+                },
+                'normal',
+                (err) => (err ? reject(err) : resolve()),
+              );
+            }),
+        ),
+      );
       if ((done + n) % 200_000 === 0) progress(`  ${done + n} cached`);
     }
     await cache.close();
     const fillSeconds = Number(process.hrtime.bigint() - fillStart) / 1e9;
     const fileBytes = statSync(cachePath).size;
-    progress(`  filled in ${fillSeconds.toFixed(1)} s (${(opts.messages / fillSeconds).toFixed(0)} msg/s through the cache alone), file ${(fileBytes / 2 ** 20).toFixed(0)} MiB`);
+    progress(
+      `  filled in ${fillSeconds.toFixed(1)} s (${(opts.messages / fillSeconds).toFixed(0)} msg/s through the cache alone), file ${(fileBytes / 2 ** 20).toFixed(0)} MiB`,
+    );
 
     const cloud = await startMosquitto(join(dir, 'cloud'));
-    const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-t', 'edge/bench/up/#', '-q', '0'], { stdio: 'ignore' });
+    const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-t', 'edge/bench/up/#', '-q', '0'], {
+      stdio: 'ignore',
+    });
     await new Promise((r) => setTimeout(r, 300));
-    const proxy = await startProxy(join(dir, 'proxy'), [
-      'edge: { id: bench }', `dataDir: ${dataDir}`, `rules: { dir: ${join(dir, 'rules')} }`, 'mqtt: { port: 0 }', 'admin: { port: 0 }',
-      `uplink: { url: "${cloud.url}", maxInflight: ${opts.maxInflight} }`, 'log: { level: warn }', '',
-    ].join('\n'));
+    const proxy = await startProxy(
+      join(dir, 'proxy'),
+      [
+        'edge: { id: bench }',
+        `dataDir: ${dataDir}`,
+        `rules: { dir: ${join(dir, 'rules')} }`,
+        'mqtt: { port: 0 }',
+        'admin: { port: 0 }',
+        `uplink: { url: "${cloud.url}", maxInflight: ${opts.maxInflight} }`,
+        'log: { level: warn }',
+        '',
+      ].join('\n'),
+    );
     try {
       const pid = proxy.child.pid!;
       const p0 = sampleProc(pid);
@@ -83,13 +128,18 @@ export async function benchDrain(opts: DrainOptions, progress: (line: string) =>
         if (Date.now() - lastReport >= 5000) {
           lastReport = Date.now();
           const s = Number(process.hrtime.bigint() - t0) / 1e9;
-          progress(`  ${left} left after ${s.toFixed(0)} s (${((opts.messages - left) / s).toFixed(0)} msg/s), RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB`);
+          progress(
+            `  ${left} left after ${s.toFixed(0)} s (${((opts.messages - left) / s).toFixed(0)} msg/s), RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB`,
+          );
         }
       }
       const drainSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
       const p1 = sampleProc(pid);
       return {
-        messages: opts.messages, fillSeconds, fileBytes, drainSeconds,
+        messages: opts.messages,
+        fillSeconds,
+        fileBytes,
+        drainSeconds,
         messagesPerSecond: opts.messages / drainSeconds,
         cpuMicrosPerMessage: ((p1.cpuSeconds - p0.cpuSeconds) / opts.messages) * 1e6,
         peakRssMiB: peakRss / 2 ** 20,

@@ -49,25 +49,33 @@ export async function benchForward(opts: ForwardOptions, progress: (line: string
   const dir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'edge-bench-'));
   const auth: AuthMode = opts.baseline ? 'open' : (opts.auth ?? 'open');
   // One token per device, made and hashed as `edge-proxy devices add` does.
-  const tokens = auth === 'token' ? new Map(Array.from({ length: opts.devices }, (_, d) => [loadDeviceId(d), makeToken(loadDeviceId(d))] as const)) : undefined;
+  const tokens =
+    auth === 'token'
+      ? new Map(Array.from({ length: opts.devices }, (_, d) => [loadDeviceId(d), makeToken(loadDeviceId(d))] as const))
+      : undefined;
   const devicesFile = join(dir, 'proxy/devices.yaml');
   if (tokens) {
     mkdirSync(join(dir, 'proxy'), { recursive: true });
     writeFileSync(devicesFile, [...tokens].map(([id, token]) => `- id: ${id}\n  tokenSha256: ${hashToken(token)}\n`).join(''));
   }
   const cloud = await startMosquitto(join(dir, 'cloud'));
-  const proxy = opts.baseline ? await startBaseline(join(dir, 'baseline'), cloud.url) : await startProxy(join(dir, 'proxy'), [
-    'edge: { id: bench }',
-    `dataDir: ${join(dir, 'proxy/data')}`,
-    `rules: { dir: ${join(dir, 'proxy/rules')} }`,
-    'mqtt: { port: 0 }',
-    'admin: { port: 0 }',
-    `auth: { mode: ${auth} }`,
-    ...(tokens ? [`devicesFile: ${devicesFile}`] : []),
-    `uplink: { url: "${cloud.url}", maxInflight: 256 }`,
-    'log: { level: warn }',
-    '',
-  ].join('\n'));
+  const proxy = opts.baseline
+    ? await startBaseline(join(dir, 'baseline'), cloud.url)
+    : await startProxy(
+        join(dir, 'proxy'),
+        [
+          'edge: { id: bench }',
+          `dataDir: ${join(dir, 'proxy/data')}`,
+          `rules: { dir: ${join(dir, 'proxy/rules')} }`,
+          'mqtt: { port: 0 }',
+          'admin: { port: 0 }',
+          `auth: { mode: ${auth} }`,
+          ...(tokens ? [`devicesFile: ${devicesFile}`] : []),
+          `uplink: { url: "${cloud.url}", maxInflight: 256 }`,
+          'log: { level: warn }',
+          '',
+        ].join('\n'),
+      );
   if (tokens) {
     try {
       await refusesAWrongToken(proxy.ports.mqtt);
@@ -80,7 +88,9 @@ export async function benchForward(opts: ForwardOptions, progress: (line: string
   }
   let atCloud = 0;
   const counter = await mqtt.connectAsync(cloud.url, { clientId: 'bench-counter' });
-  counter.on('message', () => { atCloud++; });
+  counter.on('message', () => {
+    atCloud++;
+  });
   await counter.subscribeAsync('edge/bench/up/#', { qos: 0 });
 
   const fleet = startLoad({ port: proxy.ports.mqtt, devices: opts.devices, inflight: opts.inflight, tokens });
@@ -97,14 +107,19 @@ export async function benchForward(opts: ForwardOptions, progress: (line: string
       await new Promise((r) => setTimeout(r, 1000));
       const p = sampleProc(pid);
       peakRss = Math.max(peakRss, p.rssBytes);
-      if (s % 5 === 0 || s === opts.seconds) progress(`  ${s}/${opts.seconds} s: ${Math.round((fleet.acked() - a0) / s)} msg/s, RSS ${(p.rssBytes / 2 ** 20).toFixed(0)} MiB`);
+      if (s % 5 === 0 || s === opts.seconds)
+        progress(`  ${s}/${opts.seconds} s: ${Math.round((fleet.acked() - a0) / s)} msg/s, RSS ${(p.rssBytes / 2 ** 20).toFixed(0)} MiB`);
     }
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     const p1 = sampleProc(pid);
     const acked = fleet.acked() - a0;
     const cpu = p1.cpuSeconds - p0.cpuSeconds;
     return {
-      auth, devices: opts.devices, inflight: opts.inflight, acked, seconds,
+      auth,
+      devices: opts.devices,
+      inflight: opts.inflight,
+      acked,
+      seconds,
       messagesPerSecond: acked / seconds,
       cpuMicrosPerMessage: (cpu / acked) * 1e6,
       cpuCoresUsed: cpu / seconds,
@@ -132,7 +147,11 @@ async function refusesAWrongToken(port: number): Promise<void> {
   let client: mqtt.MqttClient | undefined;
   try {
     client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
-      clientId: 'bench-auth-check', username: id, password: wrong, reconnectPeriod: 0, connectTimeout: 5000,
+      clientId: 'bench-auth-check',
+      username: id,
+      password: wrong,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
     });
   } catch (err) {
     if ((err as { code?: unknown }).code === 4) return;

@@ -81,65 +81,85 @@ export function startLoad(opts: LoadOptions): Load {
     };
     const paced = opts.rate !== undefined;
     const perDevice = (opts.rate ?? 0) / opts.devices;
-    readies.push(new Promise<void>((resolve, reject) => {
-      let pending: Buffer = Buffer.alloc(0);
-      let connected = false;
-      socket.once('error', reject);
-      const credentials = token === undefined ? {} : { username: id, password: Buffer.from(token) };
-      socket.on('connect', () => socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: id, clean: true, keepalive: 60, ...credentials })));
-      socket.on('data', (chunk: Buffer) => {
-        pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-        let i = 0;
-        const out: Buffer[] = [];
-        // CONNACK (0x20) and PUBACK (0x40) are both 4 bytes: type, length 2, two bytes.
-        while (pending.length - i >= 4) {
-          const type = pending[i]! >> 4;
-          if (type === 2) {
-            const rc = pending[i + 3]!;
-            if (rc !== 0) {
-              reject(new Error(`${id} refused: CONNACK return code ${rc} (${CONNACK_REFUSALS[rc] ?? 'unknown'})`));
-              socket.destroy();
-              return;
-            }
-            connected = true;
-            resolve();
-            if (paced) {
-              // Each device on its own clock: the messages due by now, minus what was sent.
-              const deviceStart = performance.now();
-              const timer = setInterval(() => {
-                if (stopping) return;
-                const due = Math.floor(((performance.now() - deviceStart) / 1000) * perDevice);
-                const batch: Buffer[] = [];
-                while (seq < due) {
-                  if (outstanding >= opts.inflight) { behind += due - seq; seq = due; break; }
-                  batch.push(publish());
-                }
-                if (batch.length) socket.write(batch.length === 1 ? batch[0]! : Buffer.concat(batch));
-              }, 5);
-              timers.push(timer);
-            } else {
-              for (let k = 0; k < opts.inflight; k++) out.push(publish());
-            }
-          } else if (type === 4) {
-            acked++;
-            outstanding--;
-            if (opts.onAck) {
-              const id = pending.readUInt16BE(i + 2);
-              const t0 = sentAt.get(id);
-              if (t0 !== undefined) {
-                sentAt.delete(id);
-                opts.onAck(t0, performance.now() - t0);
+    readies.push(
+      new Promise<void>((resolve, reject) => {
+        let pending: Buffer = Buffer.alloc(0);
+        let connected = false;
+        socket.once('error', reject);
+        const credentials = token === undefined ? {} : { username: id, password: Buffer.from(token) };
+        socket.on('connect', () =>
+          socket.write(
+            mqttPacket.generate({
+              cmd: 'connect',
+              protocolId: 'MQTT',
+              protocolVersion: 4,
+              clientId: id,
+              clean: true,
+              keepalive: 60,
+              ...credentials,
+            }),
+          ),
+        );
+        socket.on('data', (chunk: Buffer) => {
+          pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+          let i = 0;
+          const out: Buffer[] = [];
+          // CONNACK (0x20) and PUBACK (0x40) are both 4 bytes: type, length 2, two bytes.
+          while (pending.length - i >= 4) {
+            const type = pending[i]! >> 4;
+            if (type === 2) {
+              const rc = pending[i + 3]!;
+              if (rc !== 0) {
+                reject(new Error(`${id} refused: CONNACK return code ${rc} (${CONNACK_REFUSALS[rc] ?? 'unknown'})`));
+                socket.destroy();
+                return;
               }
+              connected = true;
+              resolve();
+              if (paced) {
+                // Each device on its own clock: the messages due by now, minus what was sent.
+                const deviceStart = performance.now();
+                const timer = setInterval(() => {
+                  if (stopping) return;
+                  const due = Math.floor(((performance.now() - deviceStart) / 1000) * perDevice);
+                  const batch: Buffer[] = [];
+                  while (seq < due) {
+                    if (outstanding >= opts.inflight) {
+                      behind += due - seq;
+                      seq = due;
+                      break;
+                    }
+                    batch.push(publish());
+                  }
+                  if (batch.length) socket.write(batch.length === 1 ? batch[0]! : Buffer.concat(batch));
+                }, 5);
+                timers.push(timer);
+              } else {
+                for (let k = 0; k < opts.inflight; k++) out.push(publish());
+              }
+            } else if (type === 4) {
+              acked++;
+              outstanding--;
+              if (opts.onAck) {
+                const id = pending.readUInt16BE(i + 2);
+                const t0 = sentAt.get(id);
+                if (t0 !== undefined) {
+                  sentAt.delete(id);
+                  opts.onAck(t0, performance.now() - t0);
+                }
+              }
+              if (!stopping && !paced) out.push(publish());
             }
-            if (!stopping && !paced) out.push(publish());
+            i += 2 + pending[i + 1]!;
           }
-          i += 2 + pending[i + 1]!;
-        }
-        pending = pending.subarray(i);
-        if (out.length) socket.write(out.length === 1 ? out[0]! : Buffer.concat(out));
-      });
-      socket.on('close', () => { if (!connected) reject(new Error(`${id} closed before CONNACK`)); });
-    }));
+          pending = pending.subarray(i);
+          if (out.length) socket.write(out.length === 1 ? out[0]! : Buffer.concat(out));
+        });
+        socket.on('close', () => {
+          if (!connected) reject(new Error(`${id} closed before CONNACK`));
+        });
+      }),
+    );
   }
   return {
     acked: () => acked,

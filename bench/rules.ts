@@ -40,11 +40,29 @@ export function benchRules(progress: (line: string) => void): RulesResult {
     const device = `d${i % 50}`;
     const payload = { temp: 20 + (i % 30), humidity: 40 };
     messages.push({
-      msg: { id: `id${i}`, ts: 1_700_000_000_000 + i * 10, deviceId: device, protocol: 'mqtt', topic: `devices/${device}/telemetry`, payload: Buffer.from(JSON.stringify(payload)), contentType: 'json', qos: 1, retain: false, props: {}, hops: 0 },
+      msg: {
+        id: `id${i}`,
+        ts: 1_700_000_000_000 + i * 10,
+        deviceId: device,
+        protocol: 'mqtt',
+        topic: `devices/${device}/telemetry`,
+        payload: Buffer.from(JSON.stringify(payload)),
+        contentType: 'json',
+        qos: 1,
+        retain: false,
+        props: {},
+        hops: 0,
+      },
       payload,
     });
   }
-  for (const [n, share] of [[1, 0], [10, 0], [100, 0], [1000, 0], [1000, 0.9]] as const) {
+  for (const [n, share] of [
+    [1, 0],
+    [10, 0],
+    [100, 0],
+    [1000, 0],
+    [1000, 0.9],
+  ] as const) {
     const result = compileRuleset([{ name: 'bench.rules', text: ruleset(n, share) }], limits, engineOpts);
     if (!result.ruleset) throw new Error(result.errors[0]?.message);
     const rules = result.ruleset;

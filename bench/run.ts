@@ -60,11 +60,13 @@ function count(name: string, value: string, min: number): number {
   return Number(value);
 }
 const SECTIONS = ['forward', 'drain', 'rules', 'swap'];
-if (values.only !== undefined && !SECTIONS.includes(values.only)) usage(`--only must be one of ${SECTIONS.join(', ')}, not "${values.only}"`);
+if (values.only !== undefined && !SECTIONS.includes(values.only))
+  usage(`--only must be one of ${SECTIONS.join(', ')}, not "${values.only}"`);
 if (values.auth !== 'open' && values.auth !== 'token') usage(`--auth must be open or token, not "${values.auth}"`);
 const authMode: AuthMode = values.auth;
 const compare = values['compare-auth'];
-if (compare && values.only !== undefined && values.only !== 'forward') usage('--compare-auth runs the forward bench only; leave --only out');
+if (compare && values.only !== undefined && values.only !== 'forward')
+  usage('--compare-auth runs the forward bench only; leave --only out');
 if (compare && values.baseline) usage('--compare-auth and --baseline are separate runs');
 const shape = {
   devices: count('devices', values.devices, 1),
@@ -74,22 +76,38 @@ const shape = {
 };
 const runs = count('runs', values.runs, 1);
 
-const log = (line: string): void => { process.stderr.write(line + '\n'); };
+const log = (line: string): void => {
+  process.stderr.write(line + '\n');
+};
 const sections = compare ? [] : values.only ? [values.only] : SECTIONS;
-log(`edge-proxy benchmark on ${availableParallelism()} cores (${cpus()[0]?.model ?? 'unknown cpu'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
+log(
+  `edge-proxy benchmark on ${availableParallelism()} cores (${cpus()[0]?.model ?? 'unknown cpu'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
+);
 
-const out: { forward?: ForwardResult; baseline?: ForwardResult; drain?: DrainResult; rules?: RulesResult; swap?: SwapResult; compareAuth?: CompareAuthResult } = {};
+const out: {
+  forward?: ForwardResult;
+  baseline?: ForwardResult;
+  drain?: DrainResult;
+  rules?: RulesResult;
+  swap?: SwapResult;
+  compareAuth?: CompareAuthResult;
+} = {};
 const lines: string[] = [];
 const f = (n: number, digits = 0): string => n.toFixed(digits);
 
 if (compare) {
-  log(`compare-auth: the forward bench in open and token mode alternately, ${runs} run(s) of each, ${shape.devices} devices x ${shape.inflight} in flight, ${shape.warmupSeconds} s warm-up + ${shape.seconds} s measured each`);
-  const r = out.compareAuth = await compareAuth({ ...shape, runs }, log);
+  log(
+    `compare-auth: the forward bench in open and token mode alternately, ${runs} run(s) of each, ${shape.devices} devices x ${shape.inflight} in flight, ${shape.warmupSeconds} s warm-up + ${shape.seconds} s measured each`,
+  );
+  const r = (out.compareAuth = await compareAuth({ ...shape, runs }, log));
   const pct = (x: number): string => `${x >= 0 ? '+' : ''}${f(x * 100, 1)} %`;
   lines.push(
     `compare-auth: forward bench, ${shape.devices} devices x ${shape.inflight} QoS 1 publish(es) in flight, ${shape.seconds} s measured per run, open and token alternately`,
     '  run  mode    messages/s  CPU us/message',
-    ...r.runs.map((x, i) => `  ${String(i + 1).padStart(3)}  ${x.auth.padEnd(5)}  ${f(x.messagesPerSecond).padStart(10)}  ${f(x.cpuMicrosPerMessage, 1).padStart(14)}`),
+    ...r.runs.map(
+      (x, i) =>
+        `  ${String(i + 1).padStart(3)}  ${x.auth.padEnd(5)}  ${f(x.messagesPerSecond).padStart(10)}  ${f(x.cpuMicrosPerMessage, 1).padStart(14)}`,
+    ),
     `  median open    ${f(r.open.messagesPerSecond).padStart(10)} msg/s  ${f(r.open.cpuMicrosPerMessage, 1).padStart(7)} us/message`,
     `  median token   ${f(r.token.messagesPerSecond).padStart(10)} msg/s  ${f(r.token.cpuMicrosPerMessage, 1).padStart(7)} us/message`,
     `  token/open CPU per message (medians): ${f(r.cpuRatio, 3)} (${pct(r.cpuRatio - 1)}); messages/s ${f(r.rateRatio, 3)}`,
@@ -102,7 +120,7 @@ if (compare) {
 
 if (sections.includes('forward')) {
   log(`forward: MQTT QoS 1 devices -> proxy (SQLite cache, WAL, synchronous=FULL, auth.mode ${authMode}) -> loopback Mosquitto`);
-  const r = out.forward = await benchForward({ ...shape, auth: authMode }, log);
+  const r = (out.forward = await benchForward({ ...shape, auth: authMode }, log));
   lines.push(
     `forward: ${r.devices} devices x ${r.inflight} QoS 1 publish(es) in flight, ~120-byte JSON, auth.mode ${r.auth}, ${f(r.seconds, 1)} s measured`,
     `  messages/s               ${f(r.messagesPerSecond)}`,
@@ -112,7 +130,7 @@ if (sections.includes('forward')) {
   );
   if (values.baseline) {
     log('baseline: the same load through a bare aedes broker with an in-memory MQTT.js forwarder');
-    const b = out.baseline = await benchForward({ ...shape, baseline: true }, log);
+    const b = (out.baseline = await benchForward({ ...shape, baseline: true }, log));
     lines.push(
       `baseline (bare aedes + in-memory MQTT.js forwarder: no durability, no checks):`,
       `  messages/s               ${f(b.messagesPerSecond)}`,
@@ -124,7 +142,14 @@ if (sections.includes('forward')) {
 
 if (sections.includes('drain')) {
   log('drain: a backlog in the cache file -> proxy -> loopback Mosquitto');
-  const r = out.drain = await benchDrain({ messages: count('backlog', values.backlog, 1), devices: shape.devices, maxInflight: count('max-inflight', values['max-inflight'], 1) }, log);
+  const r = (out.drain = await benchDrain(
+    {
+      messages: count('backlog', values.backlog, 1),
+      devices: shape.devices,
+      maxInflight: count('max-inflight', values['max-inflight'], 1),
+    },
+    log,
+  ));
   lines.push(
     `drain: ${r.messages} cached messages (file ${f(r.fileBytes / 2 ** 20)} MiB), uplink.maxInflight ${values['max-inflight']}`,
     `  messages/s               ${f(r.messagesPerSecond)} (${f(r.drainSeconds, 1)} s)`,
@@ -136,16 +161,29 @@ if (sections.includes('drain')) {
 }
 
 if (sections.includes('rules')) {
-  log('rules: the engine alone, rules of the form  msg.topic matches "devices/+/telemetry" and payload.temp > 30 and avg(payload.temp, 10) > 25 then uplink(priority = "high")');
-  const r = out.rules = benchRules(log);
+  log(
+    'rules: the engine alone, rules of the form  msg.topic matches "devices/+/telemetry" and payload.temp > 30 and avg(payload.temp, 10) > 25 then uplink(priority = "high")',
+  );
+  const r = (out.rules = benchRules(log));
   lines.push('rules: cost per message of evaluating the ruleset (payload decoded once, outside)');
-  for (const c of r.cases) lines.push(`  ${String(c.rules).padStart(5)} rules, ${String(c.inScope).padStart(4)} in scope   ${f(c.nsPerMessage / 1000, 2)} us`);
+  for (const c of r.cases)
+    lines.push(`  ${String(c.rules).padStart(5)} rules, ${String(c.inScope).padStart(4)} in scope   ${f(c.nsPerMessage / 1000, 2)} us`);
   lines.push(`  compiling 1,000 rules      ${f(r.compileMs1000, 1)} ms`);
 }
 
 if (sections.includes('swap')) {
   log('swap: PUT /api/v1/rules with a 1,000-rule set, once a second, while devices publish QoS 1 at a steady rate');
-  const r = out.swap = await benchSwap({ rules: 1000, rate: count('rate', values.rate, 1), devices: 20, swaps: count('swaps', values.swaps, 1), intervalMs: 1000, warmupSeconds: shape.warmupSeconds }, log);
+  const r = (out.swap = await benchSwap(
+    {
+      rules: 1000,
+      rate: count('rate', values.rate, 1),
+      devices: 20,
+      swaps: count('swaps', values.swaps, 1),
+      intervalMs: 1000,
+      warmupSeconds: shape.warmupSeconds,
+    },
+    log,
+  ));
   const ms = (x: number): string => `${f(x, 1)} ms`;
   lines.push(
     `swap: ${r.swaps} pushes of a ${r.rules}-rule set under ${r.rate} msg/s (QoS 1, 20 devices)`,

@@ -26,7 +26,10 @@ async function waitFor(what: string, check: () => boolean | Promise<boolean>, ti
 function portOpen(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(port, '127.0.0.1');
-    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
     s.once('error', () => resolve(false));
   });
 }
@@ -38,7 +41,10 @@ export interface Service {
 
 async function stopChild(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
-  await new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.kill('SIGTERM'); });
+  await new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+  });
 }
 
 /** A loopback Mosquitto as the cloud broker, set not to drop QoS 1 messages for slow subscribers. */
@@ -46,8 +52,18 @@ export async function startMosquitto(dir: string): Promise<Service & { port: num
   mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const conf = join(dir, 'mosquitto.conf');
-  writeFileSync(conf, [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'max_queued_messages 0', 'max_inflight_messages 0',
-    ...(process.getuid?.() === 0 ? [`user ${userInfo().username}`] : []), 'log_type error', ''].join('\n'));
+  writeFileSync(
+    conf,
+    [
+      `listener ${port} 127.0.0.1`,
+      'allow_anonymous true',
+      'max_queued_messages 0',
+      'max_inflight_messages 0',
+      ...(process.getuid?.() === 0 ? [`user ${userInfo().username}`] : []),
+      'log_type error',
+      '',
+    ].join('\n'),
+  );
   const bin = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto';
   const child = spawn(bin, ['-c', conf], { stdio: 'ignore' });
   await waitFor('mosquitto', () => portOpen(port));
@@ -55,7 +71,11 @@ export async function startMosquitto(dir: string): Promise<Service & { port: num
 }
 
 /** The built proxy as its own process, on ports it picks itself. */
-export async function startProxy(dir: string, configYaml: string, opts: { logFile?: string } = {}): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+export async function startProxy(
+  dir: string,
+  configYaml: string,
+  opts: { logFile?: string } = {},
+): Promise<Service & { ports: { mqtt: number; admin: number } }> {
   mkdirSync(dir, { recursive: true });
   const cfg = join(dir, 'edge-proxy.yaml');
   const portsFile = join(dir, 'ports.json');
@@ -71,7 +91,11 @@ export async function startBaseline(dir: string, cloudUrl: string): Promise<Serv
   return startProcess([new URL('./baseline.js', import.meta.url).pathname, cloudUrl, portsFile], portsFile);
 }
 
-async function startProcess(args: string[], portsFile: string, logFile?: string): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+async function startProcess(
+  args: string[],
+  portsFile: string,
+  logFile?: string,
+): Promise<Service & { ports: { mqtt: number; admin: number } }> {
   const child = spawn(process.execPath, args, { stdio: ['ignore', logFile ? openSync(logFile, 'a') : 'ignore', 'inherit'] });
   await waitFor('the proxy to be ready', () => existsSync(portsFile) || child.exitCode !== null);
   if (!existsSync(portsFile)) throw new Error('the proxy exited at start');

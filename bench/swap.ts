@@ -60,7 +60,7 @@ function bigRuleset(n: number, variant: number): string {
 
 function figures(samples: number[]): LatencyFigures {
   const s = [...samples].sort((a, b) => a - b);
-  const at = (q: number): number => s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))]! : 0;
+  const at = (q: number): number => (s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))]! : 0);
   return { samples: s.length, p50: at(0.5), p99: at(0.99), max: s.length ? s[s.length - 1]! : 0 };
 }
 
@@ -77,25 +77,37 @@ export async function benchSwap(opts: SwapOptions, progress: (line: string) => v
   mkdirSync(rulesDir, { recursive: true });
   writeFileSync(join(rulesDir, 'big.rules'), bigRuleset(opts.rules, 0));
   const cloud = await startMosquitto(join(dir, 'cloud'));
-  const proxy = await startProxy(join(dir, 'proxy'), [
-    'edge: { id: bench }',
-    `dataDir: ${join(dir, 'proxy/data')}`,
-    `rules: { dir: ${rulesDir} }`,
-    'mqtt: { port: 0 }',
-    'admin: { port: 0 }',
-    `uplink: { url: "${cloud.url}", maxInflight: 256 }`,
-    'log: { level: info }',
-    '',
-  ].join('\n'), { logFile: join(dir, 'proxy.log') });
+  const proxy = await startProxy(
+    join(dir, 'proxy'),
+    [
+      'edge: { id: bench }',
+      `dataDir: ${join(dir, 'proxy/data')}`,
+      `rules: { dir: ${rulesDir} }`,
+      'mqtt: { port: 0 }',
+      'admin: { port: 0 }',
+      `uplink: { url: "${cloud.url}", maxInflight: 256 }`,
+      'log: { level: info }',
+      '',
+    ].join('\n'),
+    { logFile: join(dir, 'proxy.log') },
+  );
   const token = readFileSync(join(dir, 'proxy/data/admin-token'), 'utf8').trim();
   let atCloud = 0;
   const counter = await mqtt.connectAsync(cloud.url, { clientId: 'bench-swap-counter' });
-  counter.on('message', () => { atCloud++; });
+  counter.on('message', () => {
+    atCloud++;
+  });
   await counter.subscribeAsync('edge/bench/up/#', { qos: 1 });
 
   const windows: Array<[number, number]> = [];
   const samples: Array<[number, number]> = [];
-  const fleet = startLoad({ port: proxy.ports.mqtt, devices: opts.devices, inflight: 16, rate: opts.rate, onAck: (sentAt, ms) => samples.push([sentAt, ms]) });
+  const fleet = startLoad({
+    port: proxy.ports.mqtt,
+    devices: opts.devices,
+    inflight: 16,
+    rate: opts.rate,
+    onAck: (sentAt, ms) => samples.push([sentAt, ms]),
+  });
   try {
     await fleet.ready;
     progress(`  ${opts.devices} devices, ${opts.rate} msg/s steady; ${opts.rules} rules running; warming up ${opts.warmupSeconds} s`);
@@ -106,9 +118,11 @@ export async function benchSwap(opts: SwapOptions, progress: (line: string) => v
       await new Promise((r) => setTimeout(r, opts.intervalMs));
       const t0 = performance.now();
       const res = await fetch(`http://127.0.0.1:${proxy.ports.admin}/api/v1/rules`, {
-        method: 'PUT', headers: { authorization: `Bearer ${token}`, 'content-type': 'text/plain' }, body: bigRuleset(opts.rules, i),
+        method: 'PUT',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'text/plain' },
+        body: bigRuleset(opts.rules, i),
       });
-      const body = await res.json() as { version?: number; errors?: unknown };
+      const body = (await res.json()) as { version?: number; errors?: unknown };
       const t1 = performance.now();
       if (res.status !== 200) throw new Error(`push ${i} answered ${res.status}: ${JSON.stringify(body)}`);
       windows.push([t0 - 50, t1 + 100]);
@@ -121,19 +135,33 @@ export async function benchSwap(opts: SwapOptions, progress: (line: string) => v
     const deadline = Date.now() + 30_000;
     while (atCloud < total && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     const during = (t: number): boolean => windows.some(([a, b]) => t >= a && t <= b);
-    const logged = readFileSync(join(dir, 'proxy.log'), 'utf8').split('\n')
-      .map((l) => { try { return JSON.parse(l) as { tookMs?: number; reason?: string; analyzeMs: number; compileMs: number; writeMs: number }; } catch { return null; } })
+    const logged = readFileSync(join(dir, 'proxy.log'), 'utf8')
+      .split('\n')
+      .map((l) => {
+        try {
+          return JSON.parse(l) as { tookMs?: number; reason?: string; analyzeMs: number; compileMs: number; writeMs: number };
+        } catch {
+          return null;
+        }
+      })
       .filter((l) => l?.reason === 'api' && typeof l.tookMs === 'number');
     const took = logged.map((l) => l!.tookMs!);
     return {
-      rules: opts.rules, rate: opts.rate, swaps: opts.swaps,
+      rules: opts.rules,
+      rate: opts.rate,
+      swaps: opts.swaps,
       swapMs: { median: median(swapMs), max: Math.max(...swapMs) },
       proxyMs: { median: median(took), max: took.length ? Math.max(...took) : 0 },
       phases: logged.map((l) => ({ analyzeMs: l!.analyzeMs, compileMs: l!.compileMs, writeMs: l!.writeMs })),
       quiet: figures(samples.filter(([t]) => !during(t)).map(([, ms]) => ms)),
       swapping: figures(samples.filter(([t]) => during(t)).map(([, ms]) => ms)),
-      perSwap: windows.map(([a, b], i) => ({ ms: swapMs[i]!, worstLatencyMs: Math.max(0, ...samples.filter(([t]) => t >= a && t <= b).map(([, ms]) => ms)) })),
-      acked: total, atCloud, lost: total - atCloud,
+      perSwap: windows.map(([a, b], i) => ({
+        ms: swapMs[i]!,
+        worstLatencyMs: Math.max(0, ...samples.filter(([t]) => t >= a && t <= b).map(([, ms]) => ms)),
+      })),
+      acked: total,
+      atCloud,
+      lost: total - atCloud,
     };
   } finally {
     await fleet.stop();

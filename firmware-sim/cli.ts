@@ -184,10 +184,12 @@ interface CredentialValues {
 function parseCredentials(values: CredentialValues, options: FleetOptions): void {
   const { token, 'token-file': tokenFile } = values;
   if (token !== undefined && tokenFile !== undefined) {
-    throw new UsageError('--token and --token-file are mutually exclusive: --token is one device\'s, the file has one per device');
+    throw new UsageError("--token and --token-file are mutually exclusive: --token is one device's, the file has one per device");
   }
   if ((token !== undefined || tokenFile !== undefined) && values['no-username-as-id']) {
-    throw new UsageError(`--no-username-as-id cannot be used with ${token !== undefined ? '--token' : '--token-file'}: the proxy takes the username as the device the token is for`);
+    throw new UsageError(
+      `--no-username-as-id cannot be used with ${token !== undefined ? '--token' : '--token-file'}: the proxy takes the username as the device the token is for`,
+    );
   }
   if (token !== undefined) {
     const id = tokenDeviceId(token.trim());
@@ -195,10 +197,14 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
       throw new UsageError('--token is not a token: expected <deviceId>.<secret>, as `edge-proxy devices add <id>` prints it');
     }
     if (options.devices !== undefined && options.devices !== 1) {
-      throw new UsageError(`--token is the token of one device (${id}), not of --devices ${options.devices}: give each device its token in a --token-file`);
+      throw new UsageError(
+        `--token is the token of one device (${id}), not of --devices ${options.devices}: give each device its token in a --token-file`,
+      );
     }
     if (options.prefix !== undefined && deviceId(options.prefix, 1, 1) !== id) {
-      throw new UsageError(`--token is for device ${id}, but --prefix ${options.prefix} names the device ${deviceId(options.prefix, 1, 1)}: leave --prefix out, the device takes the id its token names`);
+      throw new UsageError(
+        `--token is for device ${id}, but --prefix ${options.prefix} names the device ${deviceId(options.prefix, 1, 1)}: leave --prefix out, the device takes the id its token names`,
+      );
     }
     options.ids = [id];
     options.tokens = { [id]: token.trim() };
@@ -220,8 +226,13 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
     const missing = ids.filter((id) => !tokens.has(id));
     if (missing.length > 0) {
       const shown = missing.slice(0, 5).join(', ') + (missing.length > 5 ? ` and ${missing.length - 5} more` : '');
-      const has = tokens.size === 0 ? 'it holds no token' : `it has tokens for ${[...tokens.keys()].slice(0, 3).join(', ')}${tokens.size > 3 ? ', ...' : ''}`;
-      throw new UsageError(`--token-file ${tokenFile} has no token for device${missing.length > 1 ? 's' : ''} ${shown} (${has}; --prefix and --devices name the devices)`);
+      const has =
+        tokens.size === 0
+          ? 'it holds no token'
+          : `it has tokens for ${[...tokens.keys()].slice(0, 3).join(', ')}${tokens.size > 3 ? ', ...' : ''}`;
+      throw new UsageError(
+        `--token-file ${tokenFile} has no token for device${missing.length > 1 ? 's' : ''} ${shown} (${has}; --prefix and --devices name the devices)`,
+      );
     }
     options.tokens = Object.fromEntries(ids.map((id) => [id, tokens.get(id)!]));
   }
@@ -244,7 +255,9 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
   if (Object.keys(tls).length > 0) {
     const url = options.url ?? DEFAULT_URL;
     if (!['mqtts:', 'ssl:', 'wss:'].includes(new URL(url).protocol)) {
-      throw new UsageError(`--ca, --cert and --key are for a TLS URL (mqtts://host:8883 or wss://...), not ${url}${options.url === undefined ? ' (the default --url)' : ''}`);
+      throw new UsageError(
+        `--ca, --cert and --key are for a TLS URL (mqtts://host:8883 or wss://...), not ${url}${options.url === undefined ? ' (the default --url)' : ''}`,
+      );
     }
     options.tls = tls;
   }

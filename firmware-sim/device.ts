@@ -192,8 +192,7 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
     this.topic = telemetryTopic(options.id);
     this.inflightLimit = Math.max(1, Math.floor(options.inflight ?? 1));
     this.maxUnacked = Math.max(1, Math.floor(options.maxUnacked ?? 10_000));
-    this.sensor =
-      options.sensor ?? new SensorModel(createRng(seedFrom(options.seed ?? 0, options.id)));
+    this.sensor = options.sensor ?? new SensorModel(createRng(seedFrom(options.seed ?? 0, options.id)));
   }
 
   /** Connect and start publishing once connected. Returns immediately. */
@@ -340,12 +339,7 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
   }
 
   private canPublish(): boolean {
-    return (
-      this.connected &&
-      !this.paused &&
-      !this.stopping &&
-      (this.count === undefined || this.lastSeq < this.count)
-    );
+    return this.connected && !this.paused && !this.stopping && (this.count === undefined || this.lastSeq < this.count);
   }
 
   private clearTimer(): void {

@@ -8,15 +8,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { IClientOptions } from 'mqtt';
-import {
-  SimDevice,
-  parseRate,
-  type DeviceCommand,
-  type DeviceStats,
-  type QoS,
-  type Rate,
-  type SentMessage,
-} from './device.js';
+import { SimDevice, parseRate, type DeviceCommand, type DeviceStats, type QoS, type Rate, type SentMessage } from './device.js';
 import { tokenDeviceId } from './credentials.js';
 import { parseSeed } from './sensors.js';
 
@@ -208,10 +200,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
     this.started = true;
     this.startedAt = this.lastStatsAt = performance.now();
     const mode = this.targetRate === 'max' ? `max (inflight ${this.opts.inflight ?? 1})` : `${this.targetRate}/s`;
-    const credentials = [
-      ...(this.opts.tokens ? ['tokens'] : []),
-      ...(this.opts.tls?.cert ? ['client certificate'] : []),
-    ];
+    const credentials = [...(this.opts.tokens ? ['tokens'] : []), ...(this.opts.tls?.cert ? ['client certificate'] : [])];
     this.info(
       `starting ${this.devices.length} device(s) -> ${this.url}, rate ${mode} per device, qos ${this.qos}` +
         `${credentials.length ? `, ${credentials.join(' and ')}` : ''}` +
@@ -229,8 +218,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
 
   stats(): FleetStats {
     const perDevice = this.devices.map((d) => d.stats());
-    const sum = (k: 'sent' | 'acked' | 'failed' | 'inflight'): number =>
-      perDevice.reduce((acc, s) => acc + s[k], 0);
+    const sum = (k: 'sent' | 'acked' | 'failed' | 'inflight'): number => perDevice.reduce((acc, s) => acc + s[k], 0);
     return {
       devices: perDevice.length,
       connected: perDevice.filter((s) => s.connected).length,
@@ -294,15 +282,11 @@ export class Fleet extends EventEmitter<FleetEvents> {
       this.lastError.set(d.id, err.message);
       this.warn(`${d.id} error: ${err.message}${this.errorHint(err)}`);
     });
-    d.on('backpressure', (inflight) =>
-      this.warn(`${d.id} throttled: ${inflight} messages unacknowledged, rate not reachable`),
-    );
+    d.on('backpressure', (inflight) => this.warn(`${d.id} throttled: ${inflight} messages unacknowledged, rate not reachable`));
     d.on('sent', (msg) => {
       if (this.totalRate <= PER_MESSAGE_LOG_MAX_RATE && !this.opts.quiet) {
         const t = msg.telemetry;
-        this.writeLog(
-          `${msg.deviceId} -> ${msg.topic} seq=${t.seq} temp=${t.temp} humidity=${t.humidity} (${msg.bytes} B)`,
-        );
+        this.writeLog(`${msg.deviceId} -> ${msg.topic} seq=${t.seq} temp=${t.temp} humidity=${t.humidity} (${msg.bytes} B)`);
       } else {
         this.unloggedSinceStats = true;
       }
@@ -377,7 +361,9 @@ export class Fleet extends EventEmitter<FleetEvents> {
     if (typeof code === 'string') {
       if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return ' (connect to a host name or address the certificate lists)';
       if (/SELF_SIGNED|UNABLE_TO_(VERIFY|GET_ISSUER)/.test(code)) {
-        return this.opts.tls?.ca ? ' (--ca is not the certificate or CA the server uses)' : ' (give --ca with the proxy\'s certificate or its CA)';
+        return this.opts.tls?.ca
+          ? ' (--ca is not the certificate or CA the server uses)'
+          : " (give --ca with the proxy's certificate or its CA)";
       }
       return '';
     }

@@ -125,11 +125,7 @@ export class SensorModel {
   next(): Reading {
     const g = (): number => gaussian(this.rng);
     this.tempDrift = clamp(this.tempDrift * (1 - TEMP.revert) + TEMP.step * g(), -TEMP.bound, TEMP.bound);
-    this.humidityDrift = clamp(
-      this.humidityDrift * (1 - HUMIDITY.revert) + HUMIDITY.step * g(),
-      -HUMIDITY.bound,
-      HUMIDITY.bound,
-    );
+    this.humidityDrift = clamp(this.humidityDrift * (1 - HUMIDITY.revert) + HUMIDITY.step * g(), -HUMIDITY.bound, HUMIDITY.bound);
     this.rssiDrift = clamp(this.rssiDrift * (1 - RSSI.revert) + RSSI.step * g(), -RSSI.bound, RSSI.bound);
     this.battery = Math.max(BATTERY.floor, this.battery - BATTERY.drainPerSample);
 

@@ -6,13 +6,21 @@ import { existsSync } from 'node:fs';
 const needed = { mosquitto: 'mosquitto', mosquitto_pub: 'mosquitto-clients', mosquitto_sub: 'mosquitto-clients' };
 const path = `${process.env.PATH ?? ''}:/usr/sbin:/usr/local/sbin`;
 const has = (cmd) => path.split(':').some((dir) => dir && existsSync(`${dir}/${cmd}`));
-const missing = [...new Set(Object.entries(needed).filter(([cmd]) => !has(cmd)).map(([, pkg]) => pkg))];
+const missing = [
+  ...new Set(
+    Object.entries(needed)
+      .filter(([cmd]) => !has(cmd))
+      .map(([, pkg]) => pkg),
+  ),
+];
 if (missing.length === 0) process.exit(0);
 
 const install = `apt-get install -y ${missing.join(' ')}`;
 const canInstall = process.getuid?.() === 0 && has('apt-get');
 if (!canInstall) {
-  console.error(`The tests need ${missing.join(' and ')} (real brokers and clients, not mocks). Install with:\n  sudo apt-get update && sudo ${install}`);
+  console.error(
+    `The tests need ${missing.join(' and ')} (real brokers and clients, not mocks). Install with:\n  sudo apt-get update && sudo ${install}`,
+  );
   process.exit(1);
 }
 console.error(`installing ${missing.join(' ')} for the tests...`);

@@ -8,7 +8,10 @@ const root = new URL('..', import.meta.url).pathname;
 const results = join(root, '.tap/test-results');
 rmSync(results, { recursive: true, force: true });
 
-const tap = spawn(process.execPath, [join(root, 'node_modules/tap/dist/esm/run.mjs'), ...process.argv.slice(2)], { stdio: 'inherit', cwd: root });
+const tap = spawn(process.execPath, [join(root, 'node_modules/tap/dist/esm/run.mjs'), ...process.argv.slice(2)], {
+  stdio: 'inherit',
+  cwd: root,
+});
 const code = await new Promise((resolve) => tap.on('exit', (c, signal) => resolve(c ?? (signal ? 1 : 0))));
 
 function files(dir) {
@@ -30,7 +33,10 @@ for (const file of files(results)) {
   let filePoints = 0;
   for (const line of readFileSync(file, 'utf8').split('\n')) {
     const sub = /^(\s*)# Subtest/.exec(line);
-    if (sub) { openSubtest.set(sub[1].length, failed); continue; }
+    if (sub) {
+      openSubtest.set(sub[1].length, failed);
+      continue;
+    }
     const m = /^(\s*)(not ok|ok) \d+/.exec(line);
     if (!m) continue;
     const indent = m[1].length;
@@ -38,7 +44,10 @@ for (const file of files(results)) {
       const failedBefore = openSubtest.get(indent);
       openSubtest.delete(indent);
       // a subtest that failed with no failing assertion inside (a timeout, a throw) still counts once
-      if (m[2] === 'not ok' && !/# (SKIP|TODO)/i.test(line) && failed === failedBefore) { failed++; filePoints++; }
+      if (m[2] === 'not ok' && !/# (SKIP|TODO)/i.test(line) && failed === failedBefore) {
+        failed++;
+        filePoints++;
+      }
       continue;
     }
     filePoints++;

@@ -89,17 +89,27 @@ class Services {
 export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOptions = {}): Promise<RunningProxy> {
   const cfg: Config = loaded.config;
   const started = Date.now();
-  log.info({ version: VERSION, config: loaded.file ?? '(embedded defaults)', edgeId: cfg.edge.id, authMode: cfg.auth.mode }, 'starting edge-proxy');
+  log.info(
+    { version: VERSION, config: loaded.file ?? '(embedded defaults)', edgeId: cfg.edge.id, authMode: cfg.auth.mode },
+    'starting edge-proxy',
+  );
   const trial = loaded.trialDefaults;
   if (trial.length > 0) {
-    const open = trial.includes('auth.mode') ? '; auth.mode is open (no device authentication: device endpoints bind 127.0.0.1 unless set otherwise)' : '';
-    log.warn({ keys: trial }, `running on trial defaults for ${trial.join(', ')}${open}. For a board, start from config/edge-proxy.production.yaml`);
+    const open = trial.includes('auth.mode')
+      ? '; auth.mode is open (no device authentication: device endpoints bind 127.0.0.1 unless set otherwise)'
+      : '';
+    log.warn(
+      { keys: trial },
+      `running on trial defaults for ${trial.join(', ')}${open}. For a board, start from config/edge-proxy.production.yaml`,
+    );
   }
-  if (!cfg.uplink.url) log.warn('uplink.url is not set: running offline, keeping what would go up in the cache until a cloud broker is configured');
+  if (!cfg.uplink.url)
+    log.warn('uplink.url is not set: running offline, keeping what would go up in the cache until a cloud broker is configured');
 
   mkdirSync(cfg.dataDir, { recursive: true });
   const admin = resolveAdminToken(cfg);
-  if (admin.created) log.info({ file: admin.file }, 'made an admin token at first start; the edge-proxy CLI on this machine finds it there');
+  if (admin.created)
+    log.info({ file: admin.file }, 'made an admin token at first start; the edge-proxy CLI on this machine finds it there');
 
   const metrics = new Metrics();
   const services = new Services(log);
@@ -107,23 +117,38 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   const ports: Record<string, number> = {};
   const timers: Array<() => void> = [];
   try {
-    const cache = await services.start('cache', () => DurableCache.open({
-      path: cfg.cache.path,
-      maxBytes: cfg.cache.maxBytes,
-      maxAgeSeconds: cfg.cache.maxAgeSeconds,
-      log: log.child({ stage: 'cache' }),
-      events: metrics.cacheEvents(),
-    }), async (c) => {
-      const backlog = c.messageCount();
-      await c.close();
-      log.info({ backlog }, 'stopped; the backlog stays in the cache for the next start');
-    });
+    const cache = await services.start(
+      'cache',
+      () =>
+        DurableCache.open({
+          path: cfg.cache.path,
+          maxBytes: cfg.cache.maxBytes,
+          maxAgeSeconds: cfg.cache.maxAgeSeconds,
+          log: log.child({ stage: 'cache' }),
+          events: metrics.cacheEvents(),
+        }),
+      async (c) => {
+        const backlog = c.messageCount();
+        await c.close();
+        log.info({ backlog }, 'stopped; the backlog stays in the cache for the next start');
+      },
+    );
     metrics.watchCache(cache);
-    log.info({ path: cfg.cache.path, backlog: cache.messageCount(), byPriority: cache.messagesByPriority(), bytes: cache.bytes() }, 'cache open');
+    log.info(
+      { path: cfg.cache.path, backlog: cache.messageCount(), byPriority: cache.messagesByPriority(), bytes: cache.bytes() },
+      'cache open',
+    );
 
-    const registry = cfg.auth.mode === 'token' ? new DeviceRegistry({ file: cfg.devicesFile, log: log.child({ stage: 'registry' }), required: true }) : null;
+    const registry =
+      cfg.auth.mode === 'token'
+        ? new DeviceRegistry({ file: cfg.devicesFile, log: log.child({ stage: 'registry' }), required: true })
+        : null;
     if (registry) {
-      await services.start('registry', () => registry.start(), () => registry.stop());
+      await services.start(
+        'registry',
+        () => registry.start(),
+        () => registry.stop(),
+      );
       metrics.registryDevices.set(registry.size);
       registry.on('change', () => metrics.registryDevices.set(registry.size));
       registry.on('invalid', () => metrics.registryReloadFailures.inc());
@@ -135,13 +160,24 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       dir: cfg.rules.dir,
       dataDir: cfg.dataDir,
       limits: { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules },
-      engine: { maxWindowValues: cfg.rules.maxWindowValues, stateTtlSeconds: cfg.rules.stateTtlSeconds, onTruncated: (rule) => metrics.ruleWindowTruncated.labels(rule).inc() },
+      engine: {
+        maxWindowValues: cfg.rules.maxWindowValues,
+        stateTtlSeconds: cfg.rules.stateTtlSeconds,
+        onTruncated: (rule) => metrics.ruleWindowTruncated.labels(rule).inc(),
+      },
       log: log.child({ stage: 'rules' }),
       onReloadFailure: () => metrics.rulesReloadFailures.inc(),
-      onSwap: (v) => { metrics.rulesLoaded.set(v.rules); metrics.rulesVersion.set(v.version); },
+      onSwap: (v) => {
+        metrics.rulesLoaded.set(v.rules);
+        metrics.rulesVersion.set(v.version);
+      },
       onPush: (source, result) => metrics.rulesPushes.labels(source, result).inc(),
     });
-    await services.start('rules', () => rulesStore.start(), () => rulesStore.stop());
+    await services.start(
+      'rules',
+      () => rulesStore.start(),
+      () => rulesStore.stop(),
+    );
     const rules = rulesStore.holder;
     const sweeper = setInterval(() => rules.current?.sweep(Date.now()), 60_000);
     sweeper.unref();
@@ -149,15 +185,23 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
 
     const uplink = new Uplink(cfg.uplink, cache, metrics.uplinkEvents(), log.child({ stage: 'uplink' }));
     const cloud = cfg.uplink.url ? new CloudLink(cfg.uplink, log.child({ stage: 'cloud' })) : null;
-    const forwarder = cloud ? new Forwarder(cache, cloud, cfg.uplink, cfg.edge.id, metrics.forwarderEvents(), log.child({ stage: 'forwarder' })) : null;
+    const forwarder = cloud
+      ? new Forwarder(cache, cloud, cfg.uplink, cfg.edge.id, metrics.forwarderEvents(), log.child({ stage: 'forwarder' }))
+      : null;
     const local = new LocalDelivery(metrics.localEvents(), log.child({ stage: 'local' }));
     const router = new Router(
       {
-        routing: cfg.routing, maxHops: cfg.limits.maxHops, maxTopicBytes: cfg.limits.maxTopicBytes,
+        routing: cfg.routing,
+        maxHops: cfg.limits.maxHops,
+        maxTopicBytes: cfg.limits.maxTopicBytes,
         edge: { id: cfg.edge.id, uplinkConnected: () => cloud?.connected ?? false },
         deviceAttrs: (id) => auth.deviceValue(id),
       },
-      uplink, local, rules, metrics.routerEvents(), log.child({ stage: 'router' }),
+      uplink,
+      local,
+      rules,
+      metrics.routerEvents(),
+      log.child({ stage: 'router' }),
     );
     const gate = new IngressGate(auth, cfg.limits, router, metrics.ingressEvents(), log.child({ stage: 'ingress' }));
 
@@ -166,54 +210,93 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       cloud.on('down', () => metrics.uplinkConnected.set(0));
       cloud.on('downlink', (topic, payload, retain) => gate.fromCloud(topic, payload, retain));
       cloud.on('rulesSet', (payload, retained) => applyCloudRulesPush(cloud, rulesStore, cfg, log, payload, retained));
-      await services.start('cloud', () => cloud.start(), async () => {
-        // What is in flight gets its PUBACK (else it is resent at the next start), then `offline`.
-        await forwarder?.settle(3_000);
-        await cloud.stop();
-      });
+      await services.start(
+        'cloud',
+        () => cloud.start(),
+        async () => {
+          // What is in flight gets its PUBACK (else it is resent at the next start), then `offline`.
+          await forwarder?.settle(3_000);
+          await cloud.stop();
+        },
+      );
     }
 
     // Every device protocol: a new one is one more line here.
-    const deps = (name: string) => ({ gate, auth, retained: local.retained, events: metrics.adapterEvents(), log: log.child({ adapter: name }) });
-    const adapters: DeviceAdapter[] = [
-      new MqttAdapter({ mqtt: cfg.mqtt, limits: cfg.limits, brokerId: cfg.edge.id }, deps('mqtt')),
-    ];
+    const deps = (name: string) => ({
+      gate,
+      auth,
+      retained: local.retained,
+      events: metrics.adapterEvents(),
+      log: log.child({ adapter: name }),
+    });
+    const adapters: DeviceAdapter[] = [new MqttAdapter({ mqtt: cfg.mqtt, limits: cfg.limits, brokerId: cfg.edge.id }, deps('mqtt'))];
     const endpoints: Endpoint[] = [];
     for (const adapter of adapters) {
       local.register(adapter);
       // Devices stop first: no new packets are read, what is in hand is committed and acknowledged.
-      endpoints.push(...await services.start(adapter.protocol, () => adapter.start(), () => adapter.stop(() => cache.drainWrites())));
+      endpoints.push(
+        ...(await services.start(
+          adapter.protocol,
+          () => adapter.start(),
+          () => adapter.stop(() => cache.drainWrites()),
+        )),
+      );
     }
 
     const rates = new Rates(metrics);
     timers.push(() => rates.stop());
     metrics.watchDrainRate(() => rates.ackedPerSecond());
-    const adminServer = new AdminServer(cfg.admin, admin.token, metrics, {
-      rules: rulesStore,
-      readiness: () => listening ? (cache.writable() ? { ready: true, reason: null } : { ready: false, reason: 'the cache is not writable' }) : { ready: false, reason: 'starting' },
-      status: (): ProxyStatus => {
-        const drain = rates.ackedPerSecond();
-        const backlog = cache.messageCount();
-        return {
-          version: VERSION,
-          edgeId: cfg.edge.id,
-          uptimeSeconds: (Date.now() - started) / 1000,
-          ports,
-          auth: { mode: cfg.auth.mode, devices: registry?.size ?? null },
-          devices: Object.fromEntries(adapters.map((a) => [a.protocol, a.connectedCount()])),
-          rates: { receivedPerSecond: rates.receivedPerSecond(), ackedPerSecond: drain },
-          rules: rulesStore.version ? { version: rulesStore.version.version, sha256: rulesStore.version.sha256, rules: rulesStore.version.rules } : null,
-          models: [],
-          cache: {
-            path: cfg.cache.path, messages: backlog, byPriority: cache.messagesByPriority(), bytes: cache.bytes(),
-            oldestAgeSeconds: cache.oldestAgeSeconds(), writable: cache.writable(),
-            drainRate: drain, timeToDrainSeconds: backlog === 0 ? 0 : drain > 0 ? backlog / drain : null,
-          },
-          uplink: { url: redactUrl(cfg.uplink.url), connected: cloud?.connected ?? false, inflight: forwarder?.inflightCount() ?? 0 },
-        };
+    const adminServer = new AdminServer(
+      cfg.admin,
+      admin.token,
+      metrics,
+      {
+        rules: rulesStore,
+        readiness: () =>
+          listening
+            ? cache.writable()
+              ? { ready: true, reason: null }
+              : { ready: false, reason: 'the cache is not writable' }
+            : { ready: false, reason: 'starting' },
+        status: (): ProxyStatus => {
+          const drain = rates.ackedPerSecond();
+          const backlog = cache.messageCount();
+          return {
+            version: VERSION,
+            edgeId: cfg.edge.id,
+            uptimeSeconds: (Date.now() - started) / 1000,
+            ports,
+            auth: { mode: cfg.auth.mode, devices: registry?.size ?? null },
+            devices: Object.fromEntries(adapters.map((a) => [a.protocol, a.connectedCount()])),
+            rates: { receivedPerSecond: rates.receivedPerSecond(), ackedPerSecond: drain },
+            rules: rulesStore.version
+              ? { version: rulesStore.version.version, sha256: rulesStore.version.sha256, rules: rulesStore.version.rules }
+              : null,
+            models: [],
+            cache: {
+              path: cfg.cache.path,
+              messages: backlog,
+              byPriority: cache.messagesByPriority(),
+              bytes: cache.bytes(),
+              oldestAgeSeconds: cache.oldestAgeSeconds(),
+              writable: cache.writable(),
+              drainRate: drain,
+              timeToDrainSeconds: backlog === 0 ? 0 : drain > 0 ? backlog / drain : null,
+            },
+            uplink: { url: redactUrl(cfg.uplink.url), connected: cloud?.connected ?? false, inflight: forwarder?.inflightCount() ?? 0 },
+          };
+        },
       },
-    }, log.child({ stage: 'admin' }));
-    endpoints.push({ name: 'admin', ...await services.start('admin', () => adminServer.start(), () => adminServer.stop()) });
+      log.child({ stage: 'admin' }),
+    );
+    endpoints.push({
+      name: 'admin',
+      ...(await services.start(
+        'admin',
+        () => adminServer.start(),
+        () => adminServer.stop(),
+      )),
+    });
 
     for (const e of endpoints) {
       ports[e.name] = e.port;
@@ -221,15 +304,21 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
     }
     const exposed = endpoints.filter((e) => e.name !== 'admin' && !isLoopback(e.host));
     if (cfg.auth.mode === 'open' && exposed.length > 0) {
-      log.warn({ endpoints: exposed.map((e) => `${e.name} ${e.host}:${e.port}`) },
-        `auth.mode is open while ${exposed.map((e) => `${e.name} (${e.host}:${e.port})`).join(', ')} ${exposed.length === 1 ? 'is' : 'are'} reachable beyond this machine: any client can connect as any device. Set auth.mode: token (config/edge-proxy.production.yaml) or bind 127.0.0.1`);
+      log.warn(
+        { endpoints: exposed.map((e) => `${e.name} ${e.host}:${e.port}`) },
+        `auth.mode is open while ${exposed.map((e) => `${e.name} (${e.host}:${e.port})`).join(', ')} ${exposed.length === 1 ? 'is' : 'are'} reachable beyond this machine: any client can connect as any device. Set auth.mode: token (config/edge-proxy.production.yaml) or bind 127.0.0.1`,
+      );
     }
     // The CLI on this machine finds the running proxy's real ports (port 0 in the config) here.
     const localPortsFile = join(cfg.dataDir, RUNTIME_PORTS_FILE);
-    await services.start('ports file', () => {
-      writePortsFile(localPortsFile, ports);
-      if (opts.portsFile) writePortsFile(opts.portsFile, ports);
-    }, () => rmSync(localPortsFile, { force: true }));
+    await services.start(
+      'ports file',
+      () => {
+        writePortsFile(localPortsFile, ports);
+        if (opts.portsFile) writePortsFile(opts.portsFile, ports);
+      },
+      () => rmSync(localPortsFile, { force: true }),
+    );
   } catch (err) {
     for (const stop of timers) stop();
     await services.stopAll();
@@ -261,7 +350,10 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
 function applyCloudRulesPush(cloud: CloudLink, rulesStore: RulesStore, cfg: Config, log: Logger, payload: Buffer, retained: boolean): void {
   if (retained) {
     // Replayed by the broker at each (re)subscription: applying it would undo later pushes made here.
-    log.warn({ topic: `${cfg.uplink.controlPrefix}rules/set` }, 'a retained rules push is ignored; publish rules/set without the retain flag');
+    log.warn(
+      { topic: `${cfg.uplink.controlPrefix}rules/set` },
+      'a retained rules push is ignored; publish rules/set without the retain flag',
+    );
     return;
   }
   const answer = (status: number, body: Record<string, unknown>): void => {
@@ -277,11 +369,14 @@ function applyCloudRulesPush(cloud: CloudLink, rulesStore: RulesStore, cfg: Conf
     log.warn({ err: err.message }, 'a rules push from the cloud could not be read; nothing changed');
     return answer(err.status, { error: err.message, code: err.code });
   }
-  rulesStore.push(files, 'cloud').then((outcome) => {
-    const { status, body } = outcomeBody(outcome);
-    answer(status, body);
-  }, (err: EdgeError) => {
-    log.error({ err: err.message, code: err.code }, 'a rules push from the cloud failed; the running set keeps running');
-    answer(err.code === 'E_STOPPING' ? 503 : 500, { error: err.message, code: err.code ?? 'E_INTERNAL' });
-  });
+  rulesStore.push(files, 'cloud').then(
+    (outcome) => {
+      const { status, body } = outcomeBody(outcome);
+      answer(status, body);
+    },
+    (err: EdgeError) => {
+      log.error({ err: err.message, code: err.code }, 'a rules push from the cloud failed; the running set keeps running');
+      answer(err.code === 'E_STOPPING' ? 503 : 500, { error: err.message, code: err.code ?? 'E_INTERNAL' });
+    },
+  );
 }

@@ -30,5 +30,8 @@ export function startWatchdog(log: Logger): () => void {
     else log.warn({ eventLoopDelayMs: Math.round(worstMs) }, 'event loop stalled; not feeding the systemd watchdog');
   }, periodMs / 2);
   timer.unref();
-  return () => { clearInterval(timer); delay.disable(); };
+  return () => {
+    clearInterval(timer);
+    delay.disable();
+  };
 }

@@ -6,8 +6,16 @@ import { join } from 'node:path';
 import { startProxy, CLI } from './helpers/proxy.js';
 import { connectClient } from './helpers/clients.js';
 
-function cli(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, encoding: 'utf8', timeout: 20_000 });
+function cli(
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    cwd: opts.cwd,
+    env: { ...process.env, ...opts.env },
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -16,13 +24,26 @@ t.test('start-up: listening lines, then ready, and the ports file', async (t) =>
   const proxy = await startProxy(dir);
   t.teardown(() => proxy.stop());
   const listening = proxy.logs.filter((l) => l.msg === 'listening');
-  t.same(listening.map((l) => l.endpoint), ['mqtt', 'admin']);
-  t.same(listening.map((l) => l.port), [proxy.ports.mqtt, proxy.ports.admin], 'the ports file has the real ports');
+  t.same(
+    listening.map((l) => l.endpoint),
+    ['mqtt', 'admin'],
+  );
+  t.same(
+    listening.map((l) => l.port),
+    [proxy.ports.mqtt, proxy.ports.admin],
+    'the ports file has the real ports',
+  );
   t.ok(proxy.ports.mqtt > 0 && proxy.ports.admin > 0, 'port 0 became a real port');
   const readyAt = proxy.logs.findIndex((l) => l.msg === 'ready');
   t.ok(readyAt > proxy.logs.lastIndexOf(listening.at(-1)!), 'ready comes after every listening line');
-  t.ok(proxy.logs.some((l) => l.level === 'warn' && String(l.msg).includes('auth.mode is open')), 'warns about trial defaults');
-  t.ok(proxy.logs.some((l) => l.level === 'warn' && String(l.msg).includes('running offline')), 'says it runs offline without uplink.url');
+  t.ok(
+    proxy.logs.some((l) => l.level === 'warn' && String(l.msg).includes('auth.mode is open')),
+    'warns about trial defaults',
+  );
+  t.ok(
+    proxy.logs.some((l) => l.level === 'warn' && String(l.msg).includes('running offline')),
+    'says it runs offline without uplink.url',
+  );
   const token = statSync(join(dir, 'data/admin-token'));
   t.equal(token.mode & 0o777, 0o600, 'the generated admin token is readable by its owner only');
 });
@@ -39,11 +60,26 @@ t.test('admin routes: health, readiness, metrics, status', async (t) => {
   await device.publishAsync('devices/m-1/telemetry', '{"v":1}', { qos: 1 });
   await device.publishAsync('devices/m-1/telemetry', '{"v":2}', { qos: 1 });
   const metrics = await (await fetch(`${base}/metrics`)).text();
-  for (const name of ['edge_messages_received_total{protocol="mqtt"} 2', 'edge_cache_messages{priority="normal"} 2', 'edge_cache_writable 1', 'edge_uplink_connected 0', 'edge_messages_refused_total', 'edge_cache_bytes', 'edge_cache_oldest_age_seconds', 'process_resident_memory_bytes']) {
+  for (const name of [
+    'edge_messages_received_total{protocol="mqtt"} 2',
+    'edge_cache_messages{priority="normal"} 2',
+    'edge_cache_writable 1',
+    'edge_uplink_connected 0',
+    'edge_messages_refused_total',
+    'edge_cache_bytes',
+    'edge_cache_oldest_age_seconds',
+    'process_resident_memory_bytes',
+  ]) {
     t.ok(metrics.includes(name), `metrics include ${name}`);
   }
-  const status = await (await fetch(`${base}/api/v1/status`)).json() as Record<string, unknown>;
-  t.match(status, { edgeId: 'test-edge', ports: proxy.ports, devices: { mqtt: 1 }, cache: { messages: 2, writable: true }, uplink: { url: null, connected: false } });
+  const status = (await (await fetch(`${base}/api/v1/status`)).json()) as Record<string, unknown>;
+  t.match(status, {
+    edgeId: 'test-edge',
+    ports: proxy.ports,
+    devices: { mqtt: 1 },
+    cache: { messages: 2, writable: true },
+    uplink: { url: null, connected: false },
+  });
   const page = await fetch(`${base}/`);
   t.match(page.headers.get('content-type'), /text\/html/);
   t.match(await page.text(), /edge-proxy/);
@@ -58,13 +94,13 @@ t.test('admin routes: health, readiness, metrics, status', async (t) => {
   t.match(JSON.parse(json.stdout), { cache: { messages: 2 } });
 });
 
-t.test('edge-proxy status says so when no proxy runs', (t) => {
+t.test('edge-proxy status says so when no proxy runs', async (t) => {
   const out = cli(['status', '--admin', 'http://127.0.0.1:1', '--token', 'x']);
   t.equal(out.status, 2);
   t.match(out.stderr, /cannot reach the proxy/);
 });
 
-t.test('check-config lists every problem with file:line:col, key and code', (t) => {
+t.test('check-config lists every problem with file:line:col, key and code', async (t) => {
   const dir = t.testdir({
     'bad.yaml': 'mqtt:\n  prot: 1883\n  host: 127.0.0.1\nadmin:\n  port: 70000\nuplink:\n  format: xml\n',
     'good.yaml': 'mqtt:\n  port: 1884\n',
@@ -81,7 +117,7 @@ t.test('check-config lists every problem with file:line:col, key and code', (t) 
   t.match(env.stderr, /env:EDGE_PROXY_MQTT_PORT:1:1: mqtt\.port: E_CONFIG_TYPE/);
 });
 
-t.test('run refuses to start on a bad config, listing every problem', (t) => {
+t.test('run refuses to start on a bad config, listing every problem', async (t) => {
   const dir = t.testdir({ 'bad.yaml': 'uplnk:\n  url: mqtt://x\nlimits:\n  maxPayloadBytes: 12 parsecs\n' });
   const out = cli(['run', '--config', join(dir, 'bad.yaml')]);
   t.equal(out.status, 1);
@@ -90,7 +126,7 @@ t.test('run refuses to start on a bad config, listing every problem', (t) => {
   t.match(out.stderr, /bad\.yaml:4:20: limits\.maxPayloadBytes: E_CONFIG_VALUE/);
 });
 
-t.test('version, help, and an unknown verb', (t) => {
+t.test('version, help, and an unknown verb', async (t) => {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
   t.equal(cli(['version']).stdout.trim(), pkg.version);
   t.match(cli(['--help']).stdout, /Usage:/);

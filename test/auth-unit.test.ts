@@ -89,7 +89,7 @@ const CONTAINMENT: [string, string, boolean][] = [
   ['#/a', 'x', false],
 ];
 
-t.test('filterContains and TopicAccess.allowsFilter agree on every case', (t) => {
+t.test('filterContains and TopicAccess.allowsFilter agree on every case', async (t) => {
   for (const [allowed, asked, expected] of CONTAINMENT) {
     t.equal(filterContains(allowed, asked), expected, `filterContains(${allowed}, ${asked})`);
     if (!allowed.includes('b+') && !allowed.startsWith('#/')) {
@@ -98,13 +98,13 @@ t.test('filterContains and TopicAccess.allowsFilter agree on every case', (t) =>
   }
 });
 
-t.test('a subscription is allowed when any one filter contains it', (t) => {
+t.test('a subscription is allowed when any one filter contains it', async (t) => {
   const access = new TopicAccess(['devices/pump-7/#', 'broadcast/#', 'site/+/alarm', 'exact/topic']);
   t.ok(access.allowsFilter('broadcast/fw/+'));
   t.ok(access.allowsFilter('site/hall-2/alarm'));
   t.ok(access.allowsFilter('site/+/alarm'));
   t.ok(access.allowsFilter('exact/topic'));
-  t.notOk(access.allowsFilter('devices/+/#'), 'another device\'s tree through a wildcard');
+  t.notOk(access.allowsFilter('devices/+/#'), "another device's tree through a wildcard");
   t.notOk(access.allowsFilter('#'));
   t.notOk(access.allowsFilter('$SYS/#'));
   t.notOk(access.allowsFilter('site/#'));
@@ -154,13 +154,13 @@ const PUBLISH: [string[], string, boolean][] = [
   [[], 'a', false],
 ];
 
-t.test('TopicAccess.allowsTopic: table', (t) => {
+t.test('TopicAccess.allowsTopic: table', async (t) => {
   for (const [filters, topic, expected] of PUBLISH) {
     t.equal(new TopicAccess(filters).allowsTopic(topic), expected, `${JSON.stringify(filters)} ${topic}`);
   }
 });
 
-t.test('TopicAccess.allowsTopic matches the reference matcher on every filter and topic pair', (t) => {
+t.test('TopicAccess.allowsTopic matches the reference matcher on every filter and topic pair', async (t) => {
   const filters = ['#', '+', 'a', 'a/#', 'a/+', 'a/b', 'a/+/c', '+/b/#', 'a/b/#', '$SYS/#', '+/+', '/#', '/+', 'a//c', 'ab/#', '+/#'];
   const topics = ['a', 'ab', 'a/b', 'a/b/c', 'a//c', 'a/', '/a', '/', 'b', 'ab/c', 'a/b/c/d', '$SYS', '$SYS/x', 'x/b/y', 'a/bc'];
   let checked = 0;
@@ -175,7 +175,7 @@ t.test('TopicAccess.allowsTopic matches the reference matcher on every filter an
   t.equal(checked, filters.length * topics.length);
 });
 
-t.test('TopicAccess keeps its filters and refuses a malformed one', (t) => {
+t.test('TopicAccess keeps its filters and refuses a malformed one', async (t) => {
   const access = new TopicAccess(['devices/a/#', 'broadcast/#']);
   t.same(access.filters, ['devices/a/#', 'broadcast/#']);
   t.ok(Object.isFrozen(access.filters));
@@ -186,7 +186,7 @@ t.test('TopicAccess keeps its filters and refuses a malformed one', (t) => {
 // ---------------------------------------------------------------------------------------------
 // Tokens
 
-t.test('tokens: format, hash, constant-time match', (t) => {
+t.test('tokens: format, hash, constant-time match', async (t) => {
   const token = makeToken('pump-7');
   t.match(token, /^pump-7\.[A-Za-z0-9_-]{43}$/, '<id>.<43 base64url characters>');
   t.equal(Buffer.from(token.slice('pump-7.'.length), 'base64url').length, 32, '32 random bytes');
@@ -212,7 +212,7 @@ t.test('tokens: format, hash, constant-time match', (t) => {
   t.throws(() => makeToken('bad id'), { code: 'E_REGISTRY' });
 });
 
-t.test('deviceIdOfToken: the part before the last dot, when it is a valid device id', (t) => {
+t.test('deviceIdOfToken: the part before the last dot, when it is a valid device id', async (t) => {
   const cases: [string, string | null][] = [
     ['pump-7.abc', 'pump-7'],
     ['site.hall-2.pump-7.c2VjcmV0', 'site.hall-2.pump-7'],
@@ -239,7 +239,7 @@ function problemsOf(text: string): string[] {
   return parseRegistry(text, 'devices.yaml').problems.map(formatRegistryProblem);
 }
 
-t.test('parseRegistry: a good file, with the defaults filled in', (t) => {
+t.test('parseRegistry: a good file, with the defaults filled in', async (t) => {
   const text = [
     '# the pumps of hall 2',
     '- id: pump-7',
@@ -269,7 +269,7 @@ t.test('parseRegistry: a good file, with the defaults filled in', (t) => {
   t.ok(Object.isFrozen(spare));
 });
 
-t.test('parseRegistry: an empty registry', (t) => {
+t.test('parseRegistry: an empty registry', async (t) => {
   for (const text of ['', '\n', '# nobody yet\n# add with edge-proxy devices add\n', '[]\n', '---\n']) {
     const { devices, problems } = parseRegistry(text, 'devices.yaml');
     t.same(problems, [], JSON.stringify(text));
@@ -281,30 +281,100 @@ t.test('parseRegistry: an empty registry', (t) => {
 const PROBLEMS: [string, string, string, RegExp][] = [
   ['not a list', 'id: pump-7\n', 'devices.yaml:1:1: (root)', /must be a list of devices/],
   ['an item that is not a mapping', `- id: a\n  tokenSha256: ${H1}\n- pump-8\n`, 'devices.yaml:3:3: [1]', /must be a mapping/],
-  ['unknown key, close to a known one', `- id: a\n  tokenSha256: ${H1}\n  pubish: [a/b]\n`, 'devices.yaml:3:3: [0].pubish', /unknown key `pubish`: did you mean `publish`\?/],
-  ['unknown key, close to nothing', `- id: a\n  tokenSha256: ${H1}\n  color: red\n`, 'devices.yaml:3:3: [0].color', /unknown key `color`; the keys are id, tokenSha256/],
+  [
+    'unknown key, close to a known one',
+    `- id: a\n  tokenSha256: ${H1}\n  pubish: [a/b]\n`,
+    'devices.yaml:3:3: [0].pubish',
+    /unknown key `pubish`: did you mean `publish`\?/,
+  ],
+  [
+    'unknown key, close to nothing',
+    `- id: a\n  tokenSha256: ${H1}\n  color: red\n`,
+    'devices.yaml:3:3: [0].color',
+    /unknown key `color`; the keys are id, tokenSha256/,
+  ],
   ['no id', `- tokenSha256: ${H1}\n`, 'devices.yaml:1:3: [0]', /no `id`/],
   ['an invalid id', `- id: pump 7\n  tokenSha256: ${H1}\n`, 'devices.yaml:1:7: [0].id', /`pump 7` is not a valid device id/],
   ['an id that is not text', `- id: [a]\n  tokenSha256: ${H1}\n`, 'devices.yaml:1:7: [0].id', /must be a device id, not a list/],
   ['the reserved id', `- id: edge\n  tokenSha256: ${H1}\n`, 'devices.yaml:1:7: [0].id', /`edge` is reserved/],
-  ['a duplicate id', `- id: a\n  tokenSha256: ${H1}\n- id: b\n  tokenSha256: ${H2}\n-   id: a\n    tokenSha256: ${H3}\n`, 'devices.yaml:5:9: [2].id', /`a` is already used by the device on line 1/],
+  [
+    'a duplicate id',
+    `- id: a\n  tokenSha256: ${H1}\n- id: b\n  tokenSha256: ${H2}\n-   id: a\n    tokenSha256: ${H3}\n`,
+    'devices.yaml:5:9: [2].id',
+    /`a` is already used by the device on line 1/,
+  ],
   ['no tokenSha256', '- id: a\n', 'devices.yaml:1:3: [0]', /no `tokenSha256`/],
-  ['a short tokenSha256', `- id: a\n  tokenSha256: ${H1.slice(1)}\n`, 'devices.yaml:2:16: [0].tokenSha256', /64 hex characters \(got 63 characters\)/],
-  ['a tokenSha256 that is not hex', `- id: a\n  tokenSha256: ${'z'.repeat(64)}\n`, 'devices.yaml:2:16: [0].tokenSha256', /64 hex characters/],
-  ['publish not a list', `- id: a\n  tokenSha256: ${H1}\n  publish: devices/a/#\n`, 'devices.yaml:3:12: [0].publish', /must be a list of topic filters/],
-  ['publish with no value', `- id: a\n  tokenSha256: ${H1}\n  publish:\n`, 'devices.yaml:3:3: [0].publish', /must be a list of topic filters, .* not an empty value/],
-  ['an invalid filter', `- id: a\n  tokenSha256: ${H1}\n  subscribe: [ok/#, "a/#/b"]\n`, 'devices.yaml:3:21: [0].subscribe[1]', /`a\/#\/b` is not a valid topic filter: `#` may only/],
-  ['a filter that is not text', `- id: a\n  tokenSha256: ${H1}\n  subscribe:\n    - ok/#\n    - { a: 1 }\n`, 'devices.yaml:5:7: [0].subscribe[1]', /must be a topic filter, not a mapping/],
-  ['too many filters', `- id: a\n  tokenSha256: ${H1}\n  publish: [${Array.from({ length: 1001 }, (_, i) => `t/${i}`).join(', ')}]\n`, 'devices.yaml:3:12: [0].publish', /1001 filters, more than the 1000 allowed/],
-  ['attrs not a mapping', `- id: a\n  tokenSha256: ${H1}\n  attrs: [x]\n`, 'devices.yaml:3:10: [0].attrs', /must be a mapping of names to values/],
-  ['an attribute name rules cannot read', `- id: a\n  tokenSha256: ${H1}\n  attrs: { ok: 1, my-attr: 2 }\n`, 'devices.yaml:3:19: [0].attrs.my-attr', /`my-attr` is not an attribute name/],
-  ['an attribute that is a list', `- id: a\n  tokenSha256: ${H1}\n  attrs:\n    tags: [a, b]\n`, 'devices.yaml:4:11: [0].attrs.tags', /string, a finite number or a boolean, not a list/],
-  ['an attribute with no value', `- id: a\n  tokenSha256: ${H1}\n  attrs: { note: }\n`, 'devices.yaml:3:12: [0].attrs.note', /not an empty value/],
+  [
+    'a short tokenSha256',
+    `- id: a\n  tokenSha256: ${H1.slice(1)}\n`,
+    'devices.yaml:2:16: [0].tokenSha256',
+    /64 hex characters \(got 63 characters\)/,
+  ],
+  [
+    'a tokenSha256 that is not hex',
+    `- id: a\n  tokenSha256: ${'z'.repeat(64)}\n`,
+    'devices.yaml:2:16: [0].tokenSha256',
+    /64 hex characters/,
+  ],
+  [
+    'publish not a list',
+    `- id: a\n  tokenSha256: ${H1}\n  publish: devices/a/#\n`,
+    'devices.yaml:3:12: [0].publish',
+    /must be a list of topic filters/,
+  ],
+  [
+    'publish with no value',
+    `- id: a\n  tokenSha256: ${H1}\n  publish:\n`,
+    'devices.yaml:3:3: [0].publish',
+    /must be a list of topic filters, .* not an empty value/,
+  ],
+  [
+    'an invalid filter',
+    `- id: a\n  tokenSha256: ${H1}\n  subscribe: [ok/#, "a/#/b"]\n`,
+    'devices.yaml:3:21: [0].subscribe[1]',
+    /`a\/#\/b` is not a valid topic filter: `#` may only/,
+  ],
+  [
+    'a filter that is not text',
+    `- id: a\n  tokenSha256: ${H1}\n  subscribe:\n    - ok/#\n    - { a: 1 }\n`,
+    'devices.yaml:5:7: [0].subscribe[1]',
+    /must be a topic filter, not a mapping/,
+  ],
+  [
+    'too many filters',
+    `- id: a\n  tokenSha256: ${H1}\n  publish: [${Array.from({ length: 1001 }, (_, i) => `t/${i}`).join(', ')}]\n`,
+    'devices.yaml:3:12: [0].publish',
+    /1001 filters, more than the 1000 allowed/,
+  ],
+  [
+    'attrs not a mapping',
+    `- id: a\n  tokenSha256: ${H1}\n  attrs: [x]\n`,
+    'devices.yaml:3:10: [0].attrs',
+    /must be a mapping of names to values/,
+  ],
+  [
+    'an attribute name rules cannot read',
+    `- id: a\n  tokenSha256: ${H1}\n  attrs: { ok: 1, my-attr: 2 }\n`,
+    'devices.yaml:3:19: [0].attrs.my-attr',
+    /`my-attr` is not an attribute name/,
+  ],
+  [
+    'an attribute that is a list',
+    `- id: a\n  tokenSha256: ${H1}\n  attrs:\n    tags: [a, b]\n`,
+    'devices.yaml:4:11: [0].attrs.tags',
+    /string, a finite number or a boolean, not a list/,
+  ],
+  [
+    'an attribute with no value',
+    `- id: a\n  tokenSha256: ${H1}\n  attrs: { note: }\n`,
+    'devices.yaml:3:12: [0].attrs.note',
+    /not an empty value/,
+  ],
   ['YAML syntax', '- id: a\n  tokenSha256: [\n', 'devices.yaml:3:1: (root)', /.+/],
   ['a key twice', `- id: a\n  id: b\n  tokenSha256: ${H1}\n`, 'devices.yaml:2:3: (root)', /unique/],
 ];
 
-t.test('parseRegistry: every kind of problem, at its line and column', (t) => {
+t.test('parseRegistry: every kind of problem, at its line and column', async (t) => {
   for (const [what, text, where, message] of PROBLEMS) {
     const problems = problemsOf(text);
     t.equal(problems.length, 1, `${what}: one problem (${problems.join(' | ')})`);
@@ -316,29 +386,37 @@ t.test('parseRegistry: every kind of problem, at its line and column', (t) => {
   }
 });
 
-t.test('parseRegistry: several problems at once, in file order', (t) => {
+t.test('parseRegistry: several problems at once, in file order', async (t) => {
   const text = [
-    '- id: pump-7',                                      // 1
-    `  tokenSha256: ${H1}`,                              // 2
-    '  publsh: [devices/pump-7/#]',                      // 3  unknown key
-    '- id: edge',                                        // 4  reserved
-    '  tokenSha256: 1234',                               // 5  short hash
-    '- id: pump-7',                                      // 6  duplicate
-    `  tokenSha256: ${H2}`,                              // 7
-    '  attrs: { 9lives: true }',                         // 8  bad attribute name
+    '- id: pump-7', // 1
+    `  tokenSha256: ${H1}`, // 2
+    '  publsh: [devices/pump-7/#]', // 3  unknown key
+    '- id: edge', // 4  reserved
+    '  tokenSha256: 1234', // 5  short hash
+    '- id: pump-7', // 6  duplicate
+    `  tokenSha256: ${H2}`, // 7
+    '  attrs: { 9lives: true }', // 8  bad attribute name
     '',
   ].join('\n');
-  t.same(problemsOf(text).map((p) => p.split(': E_REGISTRY')[0]), [
-    'devices.yaml:3:3: [0].publsh',
-    'devices.yaml:4:7: [1].id',
-    'devices.yaml:5:16: [1].tokenSha256',
-    'devices.yaml:6:7: [2].id',
-    'devices.yaml:8:12: [2].attrs.9lives',
-  ]);
+  t.same(
+    problemsOf(text).map((p) => p.split(': E_REGISTRY')[0]),
+    [
+      'devices.yaml:3:3: [0].publsh',
+      'devices.yaml:4:7: [1].id',
+      'devices.yaml:5:16: [1].tokenSha256',
+      'devices.yaml:6:7: [2].id',
+      'devices.yaml:8:12: [2].attrs.9lives',
+    ],
+  );
 });
 
-t.test('parseRegistry: alias bombs and oversized files are refused', (t) => {
-  const bomb = ['- &a [x, x, x, x, x, x, x, x, x, x]', '- &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]', '- &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]', '- [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]'].join('\n');
+t.test('parseRegistry: alias bombs and oversized files are refused', async (t) => {
+  const bomb = [
+    '- &a [x, x, x, x, x, x, x, x, x, x]',
+    '- &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]',
+    '- &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]',
+    '- [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]',
+  ].join('\n');
   t.match(problemsOf(bomb), [/^devices\.yaml:2:7: \(root\): E_REGISTRY: .*alias/i]);
   const few = `- &pump\n  id: a\n  tokenSha256: ${H1}\n  publish: &pub [shared/#]\n- id: b\n  tokenSha256: ${H2}\n  publish: *pub\n`;
   t.same(parseRegistry(few, 'devices.yaml').devices.get('b')?.publish.filters, ['shared/#'], 'a few aliases are fine');
@@ -417,16 +495,25 @@ t.test('DeviceRegistry: an edit is seen within a second, with each device in its
   t.equal(registry.get('rotates')?.tokenSha256, H1);
 
   const seen = nextChange(registry);
-  replaceFile(file, [
-    '# a comment changes nothing',
-    entry('rotates', H2),
-    entry('narrows', H1, '  publish: ["devices/narrows/telemetry"]\n'),
-    entry('renamed-attr', H1, '  attrs: { location: hall-2 }\n'),
-    entry('same', H1, '  attrs: { location: hall-1 }\n'),
-    entry('new-one', H3),
-  ].join('\n'));
+  replaceFile(
+    file,
+    [
+      '# a comment changes nothing',
+      entry('rotates', H2),
+      entry('narrows', H1, '  publish: ["devices/narrows/telemetry"]\n'),
+      entry('renamed-attr', H1, '  attrs: { location: hall-2 }\n'),
+      entry('same', H1, '  attrs: { location: hall-1 }\n'),
+      entry('new-one', H3),
+    ].join('\n'),
+  );
   const { change, after } = await seen;
-  t.same(change, { added: ['new-one'], removed: ['gone'], rotated: ['rotates'], filtersChanged: ['narrows'], attrsChanged: ['renamed-attr'] });
+  t.same(change, {
+    added: ['new-one'],
+    removed: ['gone'],
+    rotated: ['rotates'],
+    filtersChanged: ['narrows'],
+    attrsChanged: ['renamed-attr'],
+  });
   t.ok(after < 1000, `seen after ${after} ms`);
   t.equal(registry.size, 5);
   t.equal(registry.get('gone'), undefined);
@@ -437,7 +524,13 @@ t.test('DeviceRegistry: an edit is seen within a second, with each device in its
   // Written in place rather than replaced: seen as well.
   const again = nextChange(registry);
   writeFileSync(file, entry('rotates', H2) + entry('narrows', H1, '  subscribe: [broadcast/#]\n'));
-  t.same((await again).change, { added: [], removed: ['renamed-attr', 'same', 'new-one'], rotated: [], filtersChanged: ['narrows'], attrsChanged: [] });
+  t.same((await again).change, {
+    added: [],
+    removed: ['renamed-attr', 'same', 'new-one'],
+    rotated: [],
+    filtersChanged: ['narrows'],
+    attrsChanged: [],
+  });
 });
 
 t.test('DeviceRegistry: a malformed file changes nothing and says where the problems are', async (t) => {
@@ -471,7 +564,10 @@ t.test('DeviceRegistry: a missing file is an empty registry, and its creation is
   registry.start();
   t.teardown(() => registry.stop());
   t.equal(registry.size, 0);
-  t.ok(lines.some((l) => l.level === 40 && l.msg.includes('edge-proxy devices add')), 'a warning that says how to add a device');
+  t.ok(
+    lines.some((l) => l.level === 40 && l.msg.includes('edge-proxy devices add')),
+    'a warning that says how to add a device',
+  );
 
   const created = nextChange(registry);
   replaceFile(file, entry('pump-7', H1));
@@ -479,7 +575,7 @@ t.test('DeviceRegistry: a missing file is an empty registry, and its creation is
   t.ok(registry.get('pump-7'));
 });
 
-t.test('DeviceRegistry: a file with problems stops the start, listing each', (t) => {
+t.test('DeviceRegistry: a file with problems stops the start, listing each', async (t) => {
   const dir = t.testdir({ 'devices.yaml': '- id: edge\n  tokenSha256: x\n' });
   const file = join(dir, 'devices.yaml');
   const registry = new DeviceRegistry({ file, log: logger().log, required: true });
@@ -490,7 +586,10 @@ t.test('DeviceRegistry: a file with problems stops the start, listing each', (t)
     t.ok(err instanceof EdgeError);
     t.equal((err as EdgeError).code, 'E_REGISTRY');
     const lines = (err as Error).message.split('\n');
-    t.ok(lines.includes(`${file}:1:7: [0].id: E_REGISTRY: \`edge\` is reserved for the proxy's own messages; choose another id`), (err as Error).message);
+    t.ok(
+      lines.includes(`${file}:1:7: [0].id: E_REGISTRY: \`edge\` is reserved for the proxy's own messages; choose another id`),
+      (err as Error).message,
+    );
     t.ok(lines.some((l) => l.startsWith(`${file}:2:16: [0].tokenSha256: E_REGISTRY: `)));
   } finally {
     registry.stop();

@@ -10,16 +10,35 @@ import type { Priority } from '../src/core/priority.js';
 import { newMessageId } from '../src/core/ids.js';
 import { messageSize } from '../src/uplink/cache-schema.js';
 
-interface Recorded { evicted: Array<[Priority, string, number]>; refused: string[]; writeErrors: number; logs: Array<Record<string, unknown>> }
+interface Recorded {
+  evicted: Array<[Priority, string, number]>;
+  refused: string[];
+  writeErrors: number;
+  logs: Array<Record<string, unknown>>;
+}
 
 function options(dir: string, over: Partial<CacheOptions> = {}): { opts: CacheOptions; rec: Recorded } {
   const rec: Recorded = { evicted: [], refused: [], writeErrors: 0, logs: [] };
-  const log = pino({ level: 'debug' }, { write: (line: string) => { rec.logs.push(JSON.parse(line) as Record<string, unknown>); } });
+  const log = pino(
+    { level: 'debug' },
+    {
+      write: (line: string) => {
+        rec.logs.push(JSON.parse(line) as Record<string, unknown>);
+      },
+    },
+  );
   return {
     rec,
     opts: {
-      path: join(dir, 'cache.db'), maxBytes: 1024 * 1024, maxAgeSeconds: 3600, log,
-      events: { writeError: () => rec.writeErrors++, evicted: (p, r, n) => rec.evicted.push([p, r, n]), refused: (r) => rec.refused.push(r) },
+      path: join(dir, 'cache.db'),
+      maxBytes: 1024 * 1024,
+      maxAgeSeconds: 3600,
+      log,
+      events: {
+        writeError: () => rec.writeErrors++,
+        evicted: (p, r, n) => rec.evicted.push([p, r, n]),
+        refused: (r) => rec.refused.push(r),
+      },
       ...over,
     },
   };
@@ -28,7 +47,19 @@ function options(dir: string, over: Partial<CacheOptions> = {}): { opts: CacheOp
 function message(deviceId: string, seq: number, opts: { bytes?: number; ts?: number } = {}): EdgeMessage {
   const body = JSON.stringify({ seq, pad: 'x'.repeat(Math.max(0, (opts.bytes ?? 40) - 20)) });
   const ts = opts.ts ?? Date.now();
-  return { id: newMessageId(ts), ts, deviceId, protocol: 'mqtt', topic: `devices/${deviceId}/telemetry`, payload: Buffer.from(body), contentType: 'json', qos: 1, retain: false, props: {}, hops: 0 };
+  return {
+    id: newMessageId(ts),
+    ts,
+    deviceId,
+    protocol: 'mqtt',
+    topic: `devices/${deviceId}/telemetry`,
+    payload: Buffer.from(body),
+    contentType: 'json',
+    qos: 1,
+    retain: false,
+    props: {},
+    hops: 0,
+  };
 }
 
 function append(cache: DurableCache, msg: EdgeMessage, priority: Priority = 'normal'): Promise<Error | null> {
@@ -65,8 +96,14 @@ t.test('committed messages survive a restart, in order, per priority; delivered 
   t.same(seqs(readAll(again, 'normal')), [2, 3], 'after a restart: what was not delivered');
   t.same(seqs(readAll(again, 'critical')), [4, 5]);
   t.same(again.messagesByPriority(), { critical: 2, high: 0, normal: 2, low: 1 });
-  t.equal(again.bytes(), readAll(again, 'normal').concat(readAll(again, 'critical'), readAll(again, 'low')).reduce((n, m) => n + messageSize(m.payload.byteLength, m.topic, m.deviceId), 0), 'bytes recounted from the file');
-  t.ok(await append(again, message('d1', 7)) === null, 'appends go on after a restart');
+  t.equal(
+    again.bytes(),
+    readAll(again, 'normal')
+      .concat(readAll(again, 'critical'), readAll(again, 'low'))
+      .reduce((n, m) => n + messageSize(m.payload.byteLength, m.topic, m.deviceId), 0),
+    'bytes recounted from the file',
+  );
+  t.ok((await append(again, message('d1', 7))) === null, 'appends go on after a restart');
   t.same(seqs(readAll(again, 'normal')), [2, 3, 7], 'in arrival order after the restart too');
   await again.close();
 });
@@ -81,11 +118,17 @@ t.test('group commit: many appends in one turn share one transaction and all com
   await cache.close();
 });
 
-t.test('byte bound: the oldest of the lowest priority go first, never above the new message\'s own priority', async (t) => {
+t.test("byte bound: the oldest of the lowest priority go first, never above the new message's own priority", async (t) => {
   const size = messageSize(Buffer.byteLength(JSON.stringify({ seq: 1, pad: 'x'.repeat(80) })), 'devices/d1/telemetry', 'd1');
   const { opts, rec } = options(t.testdir(), { maxBytes: size * 4 });
   const cache = await DurableCache.open(opts);
-  for (const [s, p] of [[1, 'low'], [2, 'low'], [3, 'normal'], [4, 'normal']] as Array<[number, Priority]>) t.equal(await append(cache, message('d1', s, { bytes: 100 }), p), null);
+  for (const [s, p] of [
+    [1, 'low'],
+    [2, 'low'],
+    [3, 'normal'],
+    [4, 'normal'],
+  ] as Array<[number, Priority]>)
+    t.equal(await append(cache, message('d1', s, { bytes: 100 }), p), null);
   t.equal(cache.bytes(), size * 4, 'exactly full: nothing evicted yet');
   t.same(rec.evicted, []);
 
@@ -104,7 +147,10 @@ t.test('byte bound: the oldest of the lowest priority go first, never above the 
 
   t.equal(await append(cache, message('d1', 8, { bytes: 100 }), 'high'), null, 'high evicts normal when no low is left');
   t.same(seqs(readAll(cache, 'normal')), [4, 5]);
-  t.ok(rec.logs.some((l) => l.level === 40 && String(l.msg).includes('evicted 1 normal message')), 'each eviction is logged');
+  t.ok(
+    rec.logs.some((l) => l.level === 40 && String(l.msg).includes('evicted 1 normal message')),
+    'each eviction is logged',
+  );
   await cache.close();
 });
 
@@ -135,7 +181,10 @@ t.test('age bound: messages older than maxAgeSeconds are evicted, oldest first, 
   t.same(seqs(readAll(cache, 'low')), []);
   t.same(seqs(readAll(cache, 'normal')), [3], 'one second inside the bound stays, one second outside goes');
   t.same(seqs(readAll(cache, 'critical')), [4]);
-  t.same(rec.evicted.sort(), [['low', 'age', 1], ['normal', 'age', 1]]);
+  t.same(rec.evicted.sort(), [
+    ['low', 'age', 1],
+    ['normal', 'age', 1],
+  ]);
   t.ok(cache.oldestAgeSeconds(now) >= 119, 'the oldest left is the critical one');
   await cache.drainWrites();
   await cache.close();
@@ -149,7 +198,7 @@ t.test('a damaged cache file is moved aside, never deleted, and a new cache star
   writeFileSync(join(dir, 'cache.db'), Buffer.alloc(8192, 0x5a));
   const { opts, rec } = options(dir);
   const cache = await DurableCache.open(opts);
-  t.ok(await append(cache, message('d1', 1)) === null, 'the new cache works');
+  t.ok((await append(cache, message('d1', 1))) === null, 'the new cache works');
   const aside = readdirSync(dir).filter((f) => f.startsWith('cache.db.damaged-'));
   t.equal(aside.length, 1, 'the damaged file is kept beside it');
   const line = rec.logs.find((l) => l.level === 50);
@@ -158,8 +207,12 @@ t.test('a damaged cache file is moved aside, never deleted, and a new cache star
   await cache.close();
 });
 
-t.test('delivered keys coalesce into ranges', (t) => {
-  t.same(toRanges([5, 3, 4, 9, 10, 1]), [[1, 1], [3, 5], [9, 10]]);
+t.test('delivered keys coalesce into ranges', async (t) => {
+  t.same(toRanges([5, 3, 4, 9, 10, 1]), [
+    [1, 1],
+    [3, 5],
+    [9, 10],
+  ]);
   t.same(toRanges([7, 7, 8]), [[7, 8]]);
   t.same(toRanges([]), []);
 });

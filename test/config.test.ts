@@ -28,7 +28,7 @@ function problems(t: Tap, yaml: string, opts: LoadOptions = {}): string[] {
   throw new Error('the configuration loaded without problems');
 }
 
-t.test('no file: the embedded defaults', (t) => {
+t.test('no file: the embedded defaults', async (t) => {
   const cwd = t.testdir({});
   const { config, file, trialDefaults } = loadConfig({ env: {}, cwd });
   t.equal(file, null);
@@ -63,24 +63,24 @@ t.test('no file: the embedded defaults', (t) => {
   t.same([...trialDefaults].sort(), ['auth.mode', 'dataDir', 'edge.id', 'uplink.url']);
 });
 
-t.test('no file given: ./edge-proxy.yaml is used when present', (t) => {
+t.test('no file given: ./edge-proxy.yaml is used when present', async (t) => {
   const cwd = t.testdir({ 'edge-proxy.yaml': 'mqtt: { port: 1999 }\n' });
   const loaded = loadConfig({ env: {}, cwd });
   t.equal(loaded.config.mqtt.port, 1999);
   t.equal(loaded.file, join(cwd, 'edge-proxy.yaml'));
 });
 
-t.test('file: null means the embedded defaults even when ./edge-proxy.yaml exists', (t) => {
+t.test('file: null means the embedded defaults even when ./edge-proxy.yaml exists', async (t) => {
   const cwd = t.testdir({ 'edge-proxy.yaml': 'mqtt: { port: 1999 }\n' });
   t.equal(loadConfig({ file: null, env: {}, cwd }).config.mqtt.port, 1883);
 });
 
-t.test('an empty file, or one with only comments, means all defaults', (t) => {
+t.test('an empty file, or one with only comments, means all defaults', async (t) => {
   t.equal(load(t, '').config.mqtt.port, 1883);
   t.equal(load(t, '# nothing here\n').config.log.level, 'info');
 });
 
-t.test('a file overrides only the keys it states', (t) => {
+t.test('a file overrides only the keys it states', async (t) => {
   const { config, trialDefaults } = load(
     t,
     [
@@ -109,7 +109,7 @@ t.test('a file overrides only the keys it states', (t) => {
   t.same(trialDefaults, ['auth.mode']);
 });
 
-t.test('every problem of a file is reported at once, each with its line and column', (t) => {
+t.test('every problem of a file is reported at once, each with its line and column', async (t) => {
   const yaml = [
     'mqtt:', //                     1
     '  port: 70000', //             2
@@ -133,7 +133,7 @@ t.test('every problem of a file is reported at once, each with its line and colu
   ]);
 });
 
-t.test('the ConfigError message lists every problem, and its code is the first one', (t) => {
+t.test('the ConfigError message lists every problem, and its code is the first one', async (t) => {
   const cwd = t.testdir({ 'bad.yaml': 'mqtt: { port: -1 }\nlog: { level: loud }\n' });
   const err = t.throws(() => loadConfig({ file: 'bad.yaml', env: {}, cwd })) as ConfigError;
   t.type(err, ConfigError);
@@ -142,17 +142,16 @@ t.test('the ConfigError message lists every problem, and its code is the first o
   t.match(err.message, /^bad\.yaml:1:15: mqtt\.port: E_CONFIG_VALUE: /);
 });
 
-t.test('unknown keys, with a "did you mean" when one is close', (t) => {
+t.test('unknown keys, with a "did you mean" when one is close', async (t) => {
   t.same(problems(t, 'mqtt:\n  prot: 1884\nuplnk: {}\nLog: { level: info }\nuplink: { topic_prefix: x/ }\n'), [
     'edge-proxy.test.yaml:2:3: mqtt.prot: E_CONFIG_UNKNOWN_KEY: unknown key `prot`: did you mean `port`?',
     'edge-proxy.test.yaml:3:1: uplnk: E_CONFIG_UNKNOWN_KEY: unknown key `uplnk`: did you mean `uplink`?',
     'edge-proxy.test.yaml:4:1: Log: E_CONFIG_UNKNOWN_KEY: unknown key `Log`: did you mean `log`?',
-    'edge-proxy.test.yaml:5:11: uplink.topic_prefix: E_CONFIG_UNKNOWN_KEY: ' +
-      'unknown key `topic_prefix`: did you mean `topicPrefix`?',
+    'edge-proxy.test.yaml:5:11: uplink.topic_prefix: E_CONFIG_UNKNOWN_KEY: ' + 'unknown key `topic_prefix`: did you mean `topicPrefix`?',
   ]);
 });
 
-t.test('keys of features that do not exist yet are refused as unknown keys', (t) => {
+t.test('keys of features that do not exist yet are refused as unknown keys', async (t) => {
   const yaml = [
     'coap: { port: 5683 }',
     'http: { port: 8080 }',
@@ -169,7 +168,7 @@ t.test('keys of features that do not exist yet are refused as unknown keys', (t)
   t.ok(found.some((p) => p.includes(':6:8: log.pretty:')));
 });
 
-t.test('routing.priorities: an ordered list of topic filters and priorities', (t) => {
+t.test('routing.priorities: an ordered list of topic filters and priorities', async (t) => {
   const yaml = [
     'routing:',
     '  priorities:',
@@ -199,7 +198,7 @@ t.test('routing.priorities: an ordered list of topic filters and priorities', (t
   }
 });
 
-t.test('routing.priorities: every bad item reported at its position', (t) => {
+t.test('routing.priorities: every bad item reported at its position', async (t) => {
   const yaml = [
     'routing:', //                                              1
     '  priorities:', //                                         2
@@ -215,8 +214,7 @@ t.test('routing.priorities: every bad item reported at its position', (t) => {
     '',
   ].join('\n');
   t.same(problems(t, yaml), [
-    'edge-proxy.test.yaml:4:9: routing.priorities[1].topc: E_CONFIG_UNKNOWN_KEY: ' +
-      'unknown key `topc`: did you mean `topic`?',
+    'edge-proxy.test.yaml:4:9: routing.priorities[1].topc: E_CONFIG_UNKNOWN_KEY: ' + 'unknown key `topc`: did you mean `topic`?',
     'edge-proxy.test.yaml:5:16: routing.priorities[2].topic: E_CONFIG_VALUE: ' +
       '`devices/#/x` is not a valid MQTT topic filter: `#` may only stand alone as the last level, as in `devices/#`',
     'edge-proxy.test.yaml:5:41: routing.priorities[2].priority: E_CONFIG_VALUE: ' +
@@ -235,7 +233,7 @@ t.test('routing.priorities: every bad item reported at its position', (t) => {
   ]);
 });
 
-t.test('routing.priorities must be a list', (t) => {
+t.test('routing.priorities must be a list', async (t) => {
   t.same(problems(t, 'routing:\n  priorities: { topic: "devices/#", priority: low }\n'), [
     'edge-proxy.test.yaml:2:15: routing.priorities: E_CONFIG_TYPE: ' +
       'must be a list of mappings with `topic` and `priority`, not a mapping',
@@ -245,12 +243,11 @@ t.test('routing.priorities must be a list', (t) => {
       'must be a list of mappings with `topic` and `priority`, not the string `critical`',
   ]);
   t.same(problems(t, 'routing:\n  priorities:\n'), [
-    'edge-proxy.test.yaml:2:14: routing.priorities: E_CONFIG_TYPE: ' +
-      'must be a list of mappings with `topic` and `priority`, not null',
+    'edge-proxy.test.yaml:2:14: routing.priorities: E_CONFIG_TYPE: ' + 'must be a list of mappings with `topic` and `priority`, not null',
   ]);
 });
 
-t.test('routing.priorities: topic filters with NUL, or too long', (t) => {
+t.test('routing.priorities: topic filters with NUL, or too long', async (t) => {
   t.match(problems(t, 'routing: { priorities: [{ topic: "a/\\0/b", priority: low }] }\n'), [
     /^edge-proxy\.test\.yaml:1:34: routing\.priorities\[0\]\.topic: E_CONFIG_VALUE: .* NUL character$/,
   ]);
@@ -259,19 +256,23 @@ t.test('routing.priorities: topic filters with NUL, or too long', (t) => {
   ]);
 });
 
-t.test('EDGE_PROXY_ROUTING_PRIORITIES takes a YAML flow sequence', (t) => {
+t.test('EDGE_PROXY_ROUTING_PRIORITIES takes a YAML flow sequence', async (t) => {
   const env = {
     EDGE_PROXY_ROUTING_PRIORITIES: '[{topic: "devices/+/alarm/#", priority: critical}, {topic: logs/#, priority: low}]',
   };
   const { config } = load(t, 'routing: { priorities: [{ topic: "file/#", priority: high }] }\n', { env });
-  t.same(config.routing.priorities, [
-    { topic: 'devices/+/alarm/#', priority: 'critical' },
-    { topic: 'logs/#', priority: 'low' },
-  ], 'the variable replaces the whole list of the file');
+  t.same(
+    config.routing.priorities,
+    [
+      { topic: 'devices/+/alarm/#', priority: 'critical' },
+      { topic: 'logs/#', priority: 'low' },
+    ],
+    'the variable replaces the whole list of the file',
+  );
   t.same(load(t, '', { env: { EDGE_PROXY_ROUTING_PRIORITIES: '[]' } }).config.routing.priorities, []);
 });
 
-t.test('problems in EDGE_PROXY_ROUTING_PRIORITIES name the variable', (t) => {
+t.test('problems in EDGE_PROXY_ROUTING_PRIORITIES name the variable', async (t) => {
   const file = 'routing:\n  priorities:\n    - { topic: "file/#", priority: high }\n    - { topc: x, priority: low }\n';
   const env = { EDGE_PROXY_ROUTING_PRIORITIES: '[{topic: "a/#", priority: critical}, {topc: "b/+/c", priority: meh}]' };
   t.same(problems(t, file, { env }), [
@@ -293,7 +294,7 @@ t.test('problems in EDGE_PROXY_ROUTING_PRIORITIES name the variable', (t) => {
   ]);
 });
 
-t.test('cache.maxBytes: a size of at least 1KiB', (t) => {
+t.test('cache.maxBytes: a size of at least 1KiB', async (t) => {
   t.equal(load(t, 'cache: { maxBytes: 2GiB }\n').config.cache.maxBytes, 2 * 2 ** 30);
   t.equal(load(t, 'cache: { maxBytes: 100MB }\n').config.cache.maxBytes, 100_000_000);
   t.equal(load(t, 'cache: { maxBytes: 1024 }\n').config.cache.maxBytes, 1024, 'the minimum, as a number of bytes');
@@ -313,7 +314,7 @@ t.test('cache.maxBytes: a size of at least 1KiB', (t) => {
   ]);
 });
 
-t.test('cache.maxAgeSeconds: a duration of at least 1 second', (t) => {
+t.test('cache.maxAgeSeconds: a duration of at least 1 second', async (t) => {
   t.equal(load(t, 'cache: { maxAgeSeconds: 12h }\n').config.cache.maxAgeSeconds, 43200);
   t.equal(load(t, 'cache: { maxAgeSeconds: 30d }\n').config.cache.maxAgeSeconds, 30 * 86400);
   t.equal(load(t, 'cache: { maxAgeSeconds: 90m }\n').config.cache.maxAgeSeconds, 5400);
@@ -333,7 +334,7 @@ t.test('cache.maxAgeSeconds: a duration of at least 1 second', (t) => {
   ]);
 });
 
-t.test('uplink.maxRate: a whole number of messages a second, 0 = unlimited', (t) => {
+t.test('uplink.maxRate: a whole number of messages a second, 0 = unlimited', async (t) => {
   t.equal(load(t, 'uplink: { maxRate: 500 }\n').config.uplink.maxRate, 500);
   t.equal(load(t, 'uplink: { maxRate: 0 }\n').config.uplink.maxRate, 0);
   t.same(problems(t, 'uplink:\n  maxRate: -1\n'), [
@@ -350,7 +351,7 @@ t.test('uplink.maxRate: a whole number of messages a second, 0 = unlimited', (t)
   ]);
 });
 
-t.test('environment overrides of the cache bounds and uplink.maxRate', (t) => {
+t.test('environment overrides of the cache bounds and uplink.maxRate', async (t) => {
   const env = {
     EDGE_PROXY_CACHE_MAX_BYTES: '64MiB',
     EDGE_PROXY_CACHE_MAX_AGE_SECONDS: '2d',
@@ -366,22 +367,19 @@ t.test('environment overrides of the cache bounds and uplink.maxRate', (t) => {
   ]);
 });
 
-t.test('wrong types', (t) => {
+t.test('wrong types', async (t) => {
   t.same(problems(t, 'mqtt: 1883\nuplink: { tls: { rejectUnauthorized: "no" }, protocolVersion: "5" }\n'), [
     'edge-proxy.test.yaml:1:7: mqtt: E_CONFIG_TYPE: must be a mapping of keys, not the number 1883',
-    'edge-proxy.test.yaml:2:38: uplink.tls.rejectUnauthorized: E_CONFIG_TYPE: ' +
-      'must be true or false, not the string `no`',
+    'edge-proxy.test.yaml:2:38: uplink.tls.rejectUnauthorized: E_CONFIG_TYPE: ' + 'must be true or false, not the string `no`',
     'edge-proxy.test.yaml:2:63: uplink.protocolVersion: E_CONFIG_TYPE: must be a whole number, not the string `5`',
   ]);
 });
 
-t.test('the top level must be a mapping', (t) => {
-  t.same(problems(t, '- a\n- b\n'), [
-    'edge-proxy.test.yaml:1:1: (root): E_CONFIG_TYPE: the file must be a mapping of keys, not a list',
-  ]);
+t.test('the top level must be a mapping', async (t) => {
+  t.same(problems(t, '- a\n- b\n'), ['edge-proxy.test.yaml:1:1: (root): E_CONFIG_TYPE: the file must be a mapping of keys, not a list']);
 });
 
-t.test('ports: integers from 0 (any free port) to 65535', (t) => {
+t.test('ports: integers from 0 (any free port) to 65535', async (t) => {
   t.equal(load(t, 'mqtt: { port: 0 }\n').config.mqtt.port, 0);
   t.equal(load(t, 'admin: { port: 65535 }\n').config.admin.port, 65535);
   t.same(problems(t, 'mqtt:\n  port: 65536\nadmin:\n  port: 80.5\n'), [
@@ -390,7 +388,7 @@ t.test('ports: integers from 0 (any free port) to 65535', (t) => {
   ]);
 });
 
-t.test('values outside their enum', (t) => {
+t.test('values outside their enum', async (t) => {
   t.same(problems(t, 'log: { level: verbose }\nauth: { mode: tokens }\nuplink: { qos: 2, protocolVersion: 3 }\n'), [
     'edge-proxy.test.yaml:1:15: log.level: E_CONFIG_VALUE: ' +
       'must be one of `trace`, `debug`, `info`, `warn`, `error`, `fatal`, not `verbose`',
@@ -401,7 +399,7 @@ t.test('values outside their enum', (t) => {
   ]);
 });
 
-t.test('uplink.url must be an mqtt, mqtts, ws or wss URL', (t) => {
+t.test('uplink.url must be an mqtt, mqtts, ws or wss URL', async (t) => {
   for (const url of ['mqtt://b:1883', 'mqtts://b:8883', 'ws://b/mqtt', 'wss://b:443/mqtt']) {
     t.equal(load(t, `uplink: { url: "${url}" }\n`).config.uplink.url, url);
   }
@@ -411,7 +409,7 @@ t.test('uplink.url must be an mqtt, mqtts, ws or wss URL', (t) => {
   }
 });
 
-t.test('size strings in the file', (t) => {
+t.test('size strings in the file', async (t) => {
   t.equal(load(t, 'limits: { maxPayloadBytes: 1MiB }\n').config.limits.maxPayloadBytes, 1048576);
   t.equal(load(t, 'limits: { maxPayloadBytes: 10MB }\n').config.limits.maxPayloadBytes, 10_000_000);
   t.equal(load(t, 'limits: { maxPayloadBytes: 4096 }\n').config.limits.maxPayloadBytes, 4096);
@@ -422,15 +420,13 @@ t.test('size strings in the file', (t) => {
   t.match(problems(t, 'limits: { maxPayloadBytes: true }\n'), [/E_CONFIG_TYPE: must be a size/]);
 });
 
-t.test('durations in the file', (t) => {
+t.test('durations in the file', async (t) => {
   t.equal(load(t, 'uplink: { keepalive: 1m }\n').config.uplink.keepalive, 60);
-  t.match(problems(t, 'uplink: { keepalive: soon }\n'), [
-    /1:22: uplink\.keepalive: E_CONFIG_VALUE: `soon` is not a duration/,
-  ]);
+  t.match(problems(t, 'uplink: { keepalive: soon }\n'), [/1:22: uplink\.keepalive: E_CONFIG_VALUE: `soon` is not a duration/]);
   t.match(problems(t, 'uplink: { keepalive: 2d }\n'), [/must be between 0 and 65535, not 172800/]);
 });
 
-t.test('parseSize', (t) => {
+t.test('parseSize', async (t) => {
   const cases: Array<[unknown, number | null]> = [
     [512, 512],
     ['100B', 100],
@@ -457,7 +453,7 @@ t.test('parseSize', (t) => {
   t.equal(formatSize(1000), '1000B');
 });
 
-t.test('parseDuration', (t) => {
+t.test('parseDuration', async (t) => {
   const cases: Array<[unknown, number | null]> = [
     [30, 30],
     ['30', 30],
@@ -477,7 +473,7 @@ t.test('parseDuration', (t) => {
   for (const [input, seconds] of cases) t.equal(parseDuration(input), seconds, String(input));
 });
 
-t.test('YAML syntax errors carry their position', (t) => {
+t.test('YAML syntax errors carry their position', async (t) => {
   const at = (lineCol: string, text: string) =>
     new RegExp(`^edge-proxy\\.test\\.yaml:${lineCol}: \\(root\\): E_CONFIG_YAML: .*${text}`, 'i');
   t.match(problems(t, 'mqtt:\n  port: 1883\nlog: { level: info\n'), [at('4:1', 'flow map')]);
@@ -487,14 +483,14 @@ t.test('YAML syntax errors carry their position', (t) => {
   t.match(problems(t, 'mqtt:\n\tport: 1\n'), [/^edge-proxy\.test\.yaml:2:1: \(root\): E_CONFIG_YAML: .*[Tt]ab/]);
 });
 
-t.test('a file that cannot be read: E_CONFIG_FILE at 1:1', (t) => {
+t.test('a file that cannot be read: E_CONFIG_FILE at 1:1', async (t) => {
   const cwd = t.testdir({});
   const result = checkConfig({ file: 'missing.yaml', env: {}, cwd });
   t.equal(result.loaded, null);
   t.match(result.problems.map(formatConfigProblem), [/^missing\.yaml:1:1: \(root\): E_CONFIG_FILE: /]);
 });
 
-t.test('environment overrides apply over the file', (t) => {
+t.test('environment overrides apply over the file', async (t) => {
   const env = {
     EDGE_PROXY_MQTT_PORT: '1884',
     EDGE_PROXY_UPLINK_URL: 'mqtts://env.example.com:8883',
@@ -520,19 +516,17 @@ t.test('environment overrides apply over the file', (t) => {
   t.notOk(trialDefaults.includes('uplink.url'));
 });
 
-t.test('environment values for text keys stay text', (t) => {
+t.test('environment values for text keys stay text', async (t) => {
   const env = { EDGE_PROXY_EDGE_ID: '1234', EDGE_PROXY_UPLINK_PASSWORD: 'pa #ss', EDGE_PROXY_UPLINK_USERNAME: 'null' };
   const { config } = loadConfig({ file: null, env, cwd: t.testdir({}) });
   t.equal(config.edge.id, '1234');
   t.equal(config.uplink.password, 'pa #ss');
   t.equal(config.uplink.username, null, '`null` is still null where null is allowed');
   const empty = checkConfig({ file: null, env: { EDGE_PROXY_MQTT_HOST: '' }, cwd: t.testdir({}) });
-  t.same(empty.problems.map(formatConfigProblem), [
-    'env:EDGE_PROXY_MQTT_HOST:1:1: mqtt.host: E_CONFIG_VALUE: must not be empty',
-  ]);
+  t.same(empty.problems.map(formatConfigProblem), ['env:EDGE_PROXY_MQTT_HOST:1:1: mqtt.host: E_CONFIG_VALUE: must not be empty']);
 });
 
-t.test('bad environment values name their variable', (t) => {
+t.test('bad environment values name their variable', async (t) => {
   const env = { EDGE_PROXY_MQTT_PORT: 'abc', EDGE_PROXY_LOG_LEVEL: 'loud' };
   t.same(problems(t, 'mqtt: { port: 99999 }\n', { env }), [
     'env:EDGE_PROXY_LOG_LEVEL:1:1: log.level: E_CONFIG_VALUE: ' +
@@ -541,7 +535,7 @@ t.test('bad environment values name their variable', (t) => {
   ]);
 });
 
-t.test('an EDGE_PROXY_ variable that names no key is an unknown key', (t) => {
+t.test('an EDGE_PROXY_ variable that names no key is an unknown key', async (t) => {
   const env = { EDGE_PROXY_MQTT_PROT: '1884', EDGE_PROXY_COLOUR: 'blue', EDGE_PROXY_LOG_PRETTY: 'true' };
   t.same(problems(t, '', { env }), [
     'env:EDGE_PROXY_COLOUR:1:1: (root): E_CONFIG_UNKNOWN_KEY: EDGE_PROXY_COLOUR names no configuration key',
@@ -552,31 +546,27 @@ t.test('an EDGE_PROXY_ variable that names no key is an unknown key', (t) => {
   ]);
 });
 
-t.test('file and environment problems are reported together', (t) => {
+t.test('file and environment problems are reported together', async (t) => {
   const found = problems(t, 'mqtt: { prot: 1 }\n', { env: { EDGE_PROXY_LOG_LEVEL: 'loud' } });
   t.match(found, [/^edge-proxy\.test\.yaml:1:9: mqtt\.prot: /, /^env:EDGE_PROXY_LOG_LEVEL:1:1: log\.level: /]);
 });
 
-t.test('{edgeId} is replaced by edge.id', (t) => {
-  const yaml = [
-    'edge: { id: pi-hall-2 }',
-    'uplink: { clientId: "proxy-{edgeId}-a", controlPrefix: "c/{edgeId}/{edgeId}/" }',
-    '',
-  ].join('\n');
+t.test('{edgeId} is replaced by edge.id', async (t) => {
+  const yaml = ['edge: { id: pi-hall-2 }', 'uplink: { clientId: "proxy-{edgeId}-a", controlPrefix: "c/{edgeId}/{edgeId}/" }', ''].join(
+    '\n',
+  );
   const { config } = load(t, yaml);
   t.equal(config.uplink.clientId, 'proxy-pi-hall-2-a');
   t.equal(config.uplink.topicPrefix, 'edge/pi-hall-2/up/');
   t.equal(config.uplink.controlPrefix, 'c/pi-hall-2/pi-hall-2/');
 });
 
-t.test('edge.id and topic prefixes cannot break MQTT topics', (t) => {
-  t.match(problems(t, 'edge: { id: "hall/2" }\n'), [
-    /edge\.id: E_CONFIG_VALUE: `hall\/2` is not allowed; edge\.id is one level/,
-  ]);
+t.test('edge.id and topic prefixes cannot break MQTT topics', async (t) => {
+  t.match(problems(t, 'edge: { id: "hall/2" }\n'), [/edge\.id: E_CONFIG_VALUE: `hall\/2` is not allowed; edge\.id is one level/]);
   t.match(problems(t, 'uplink: { topicPrefix: "up/#" }\n'), [/uplink\.topicPrefix: E_CONFIG_VALUE: .*wildcards/]);
 });
 
-t.test('relative paths are resolved against the current directory', (t) => {
+t.test('relative paths are resolved against the current directory', async (t) => {
   const yaml = 'dataDir: state\nadmin: { tokenFile: secrets/token }\nuplink: { tls: { ca: ca.pem } }\n';
   const cwd = t.testdir({ 'edge-proxy.test.yaml': yaml });
   const { config } = loadConfig({ file: 'edge-proxy.test.yaml', env: {}, cwd });
@@ -586,26 +576,27 @@ t.test('relative paths are resolved against the current directory', (t) => {
   t.equal(config.uplink.tls.ca, join(cwd, 'ca.pem'));
 });
 
-t.test('settings that contradict each other', (t) => {
+t.test('settings that contradict each other', async (t) => {
   t.match(problems(t, 'admin: { token: abc, tokenFile: /etc/token }\n'), [
     /admin\.tokenFile: E_CONFIG_VALUE: set admin\.token or admin\.tokenFile, not both/,
   ]);
-  t.match(problems(t, 'uplink: { tls: { cert: c.pem } }\n'), [
-    /uplink\.tls\.cert: E_CONFIG_VALUE: uplink\.tls\.key must be set too/,
-  ]);
+  t.match(problems(t, 'uplink: { tls: { cert: c.pem } }\n'), [/uplink\.tls\.cert: E_CONFIG_VALUE: uplink\.tls\.key must be set too/]);
   t.same(problems(t, 'mqtt:\n  tls: { key: k.pem }\n'), [
     "edge-proxy.test.yaml:2:15: mqtt.tls.key: E_CONFIG_VALUE: mqtt.tls.cert must be set too: the TLS endpoint's certificate needs its key",
   ]);
   t.same(problems(t, 'mqtt:\n  tls: { ca: devices-ca.pem }\n'), [
     'edge-proxy.test.yaml:2:14: mqtt.tls.ca: E_CONFIG_VALUE: mqtt.tls.ca asks for client certificates on the TLS endpoint, which runs only when mqtt.tls.cert and mqtt.tls.key are set',
   ]);
-  const { config } = load(t, 'auth: { mode: token }\ndevicesFile: site/devices.yaml\nmqtt: { tls: { cert: s.pem, key: s.key, ca: ca.pem } }\n');
+  const { config } = load(
+    t,
+    'auth: { mode: token }\ndevicesFile: site/devices.yaml\nmqtt: { tls: { cert: s.pem, key: s.key, ca: ca.pem } }\n',
+  );
   t.equal(config.auth.mode, 'token');
   t.match(config.devicesFile, /site\/devices\.yaml$/, 'a relative registry path is resolved');
   t.same(Object.keys(config.mqtt.tls), ['port', 'cert', 'key', 'ca']);
 });
 
-t.test('the result is deeply frozen', (t) => {
+t.test('the result is deeply frozen', async (t) => {
   const { config } = load(t, '');
   t.ok(Object.isFrozen(config));
   t.ok(Object.isFrozen(config.uplink));
@@ -615,14 +606,14 @@ t.test('the result is deeply frozen', (t) => {
   }, TypeError);
 });
 
-t.test('config/edge-proxy.example.yaml loads without problems and states the defaults', (t) => {
+t.test('config/edge-proxy.example.yaml loads without problems and states the defaults', async (t) => {
   const cwd = t.testdir({});
   const example = loadConfig({ file: join(repo, 'config/edge-proxy.example.yaml'), env: {}, cwd });
   const defaults = loadConfig({ file: null, env: {}, cwd });
   t.same(example.config, defaults.config);
 });
 
-t.test('config/edge-proxy.production.yaml loads without problems', (t) => {
+t.test('config/edge-proxy.production.yaml loads without problems', async (t) => {
   const { config } = loadConfig({ file: join(repo, 'config/edge-proxy.production.yaml'), env: {}, cwd: repo });
   t.equal(config.mqtt.host, '0.0.0.0');
   t.equal(config.admin.host, '127.0.0.1');

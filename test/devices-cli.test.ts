@@ -15,7 +15,12 @@ interface Run {
 async function devices(file: string, ...args: string[]): Promise<Run> {
   let stdout = '';
   let stderr = '';
-  const code = await devicesCommand(args, file, (s) => (stdout += s), (s) => (stderr += s));
+  const code = await devicesCommand(
+    args,
+    file,
+    (s) => (stdout += s),
+    (s) => (stderr += s),
+  );
   return { code, stdout, stderr };
 }
 
@@ -39,7 +44,19 @@ function hashIn(file: string, id: string): string | undefined {
 
 t.test('add prints a token once; only its hash is stored', async (t) => {
   const file = registryFile(t);
-  const run = await devices(file, 'add', 'pump-7', '--attr', 'location=hall-2', '--attr', 'floor=2', '--attr', 'serial=007', '--attr', 'spare=false');
+  const run = await devices(
+    file,
+    'add',
+    'pump-7',
+    '--attr',
+    'location=hall-2',
+    '--attr',
+    'floor=2',
+    '--attr',
+    'serial=007',
+    '--attr',
+    'spare=false',
+  );
   t.equal(run.code, 0, run.stderr);
   const token = tokenOf(run);
   t.match(token, /^pump-7\.[A-Za-z0-9_-]{43}$/);
@@ -55,7 +72,11 @@ t.test('add prints a token once; only its hash is stored', async (t) => {
   const stored = hashIn(file, 'pump-7');
   t.ok(stored && tokenMatchesHash(token, stored), 'the printed token matches the stored hash');
   const entry = parseRegistry(text, file).devices.get('pump-7')!;
-  t.same({ ...entry.attrs }, { location: 'hall-2', floor: 2, serial: '007', spare: false }, 'numbers and booleans typed; leading zeros stay text');
+  t.same(
+    { ...entry.attrs },
+    { location: 'hall-2', floor: 2, serial: '007', spare: false },
+    'numbers and booleans typed; leading zeros stay text',
+  );
   t.same(entry.publish.filters, ['devices/pump-7/#'], 'default filters when none given');
   t.notOk(/publish|subscribe/.test(text), 'the defaults are not written out');
   t.equal(statSync(file).mode & 0o777, 0o640, 'a new file is created 0640');
@@ -63,7 +84,10 @@ t.test('add prints a token once; only its hash is stored', async (t) => {
 
 t.test('add with filters; add of an existing, invalid or reserved id is refused', async (t) => {
   const file = registryFile(t);
-  t.equal((await devices(file, 'add', 'gw-1', '--publish', 'devices/gw-1/#', '--publish', 'site/+/status', '--subscribe', 'broadcast/#')).code, 0);
+  t.equal(
+    (await devices(file, 'add', 'gw-1', '--publish', 'devices/gw-1/#', '--publish', 'site/+/status', '--subscribe', 'broadcast/#')).code,
+    0,
+  );
   const entry = parseRegistry(readFileSync(file, 'utf8'), file).devices.get('gw-1')!;
   t.same(entry.publish.filters, ['devices/gw-1/#', 'site/+/status']);
   t.same(entry.subscribe.filters, ['broadcast/#']);
@@ -73,7 +97,14 @@ t.test('add with filters; add of an existing, invalid or reserved id is refused'
   t.equal(twice.code, 1);
   t.equal(twice.stdout, '', 'no token printed');
   t.match(twice.stderr, /E_REGISTRY: device `gw-1` is already in .*devices\.yaml/);
-  for (const args of [['add', 'bad id'], ['add', 'edge'], ['add', 'x', '--publish', 'a/#/b'], ['add', 'x', '--subscribe', 'a+'], ['add', 'x', '--attr', 'novalue'], ['add', 'x', '--attr', '9x=1']]) {
+  for (const args of [
+    ['add', 'bad id'],
+    ['add', 'edge'],
+    ['add', 'x', '--publish', 'a/#/b'],
+    ['add', 'x', '--subscribe', 'a+'],
+    ['add', 'x', '--attr', 'novalue'],
+    ['add', 'x', '--attr', '9x=1'],
+  ]) {
     const run = await devices(file, ...args);
     t.equal(run.code, 1, `${args.join(' ')}: refused`);
     t.equal(run.stdout, '', `${args.join(' ')}: no token`);
@@ -82,16 +113,19 @@ t.test('add with filters; add of an existing, invalid or reserved id is refused'
 });
 
 t.test('comments and order survive edits', async (t) => {
-  const file = registryFile(t, [
-    '# Devices of hall 2. Edit with edge-proxy devices.',
-    '- id: pump-7   # the big one',
-    '  tokenSha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08  # set by hand',
-    '  attrs: { location: hall-2 }',
-    '# spares',
-    '- id: 007',
-    `  tokenSha256: ${'a'.repeat(64)}`,
-    '',
-  ].join('\n'));
+  const file = registryFile(
+    t,
+    [
+      '# Devices of hall 2. Edit with edge-proxy devices.',
+      '- id: pump-7   # the big one',
+      '  tokenSha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08  # set by hand',
+      '  attrs: { location: hall-2 }',
+      '# spares',
+      '- id: 007',
+      `  tokenSha256: ${'a'.repeat(64)}`,
+      '',
+    ].join('\n'),
+  );
   t.equal((await devices(file, 'add', 'fan-1')).code, 0);
   t.equal((await devices(file, 'rotate', 'pump-7')).code, 0);
   const text = readFileSync(file, 'utf8');
@@ -105,7 +139,7 @@ t.test('comments and order survive edits', async (t) => {
   const after = readFileSync(file, 'utf8');
   t.ok(after.includes('# Devices of hall 2.'), 'the header survives the removal of the first device');
   t.ok(after.includes('# spares'));
-  t.notOk(after.includes('# the big one'), 'the removed device\'s own line comment goes with it');
+  t.notOk(after.includes('# the big one'), "the removed device's own line comment goes with it");
 });
 
 t.test('list and list --json show ids, filters and attrs, never hashes', async (t) => {
@@ -178,7 +212,10 @@ t.test('a file with problems refuses every edit and names file:line:col', async 
     const run = await devices(file, ...args);
     t.equal(run.code, 1, `${args[0]} refused`);
     t.equal(run.stdout, '');
-    t.ok(run.stderr.includes(`${file}:3:3: [0].publsh: E_REGISTRY: unknown key \`publsh\`: did you mean \`publish\`?`), `${args[0]}: ${run.stderr}`);
+    t.ok(
+      run.stderr.includes(`${file}:3:3: [0].publsh: E_REGISTRY: unknown key \`publsh\`: did you mean \`publish\`?`),
+      `${args[0]}: ${run.stderr}`,
+    );
     t.ok(run.stderr.includes(`${file}:4:3: [1]: E_REGISTRY: the device has no \`tokenSha256\``));
   }
   t.equal(readFileSync(file, 'utf8'), text, 'unchanged');
@@ -186,7 +223,19 @@ t.test('a file with problems refuses every edit and names file:line:col', async 
 
 t.test('usage errors exit 2; help exits 0', async (t) => {
   const file = registryFile(t);
-  for (const args of [[], ['bogus'], ['lst'], ['add'], ['remove'], ['rotate'], ['add', 'a', 'b'], ['add', 'a', '--nope'], ['list', '--jsn'], ['list', 'x'], ['add', 'a', '--publish']]) {
+  for (const args of [
+    [],
+    ['bogus'],
+    ['lst'],
+    ['add'],
+    ['remove'],
+    ['rotate'],
+    ['add', 'a', 'b'],
+    ['add', 'a', '--nope'],
+    ['list', '--jsn'],
+    ['list', 'x'],
+    ['add', 'a', '--publish'],
+  ]) {
     const run = await devices(file, ...args);
     t.equal(run.code, 2, `devices ${args.join(' ')}`);
     t.equal(run.stdout, '');

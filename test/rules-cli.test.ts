@@ -28,7 +28,7 @@ then drop()
 end
 `;
 
-t.test('rules check: exit 0 and a summary when clean', (t) => {
+t.test('rules check: exit 0 and a summary when clean', async (t) => {
   const dir = t.testdir({ 'good.rules': GOOD, 'one.rules': 'rule single when true then log("info", "x") end\n' });
   const one = cli(['rules', 'check', 'good.rules'], dir);
   t.equal(one.status, 0, one.stderr);
@@ -41,29 +41,33 @@ t.test('rules check: exit 0 and a summary when clean', (t) => {
   t.equal(single.stdout, '1 rule in 1 file: OK\n');
 });
 
-t.test('rules check: exit 1, every error of every file with its code frame', (t) => {
+t.test('rules check: exit 1, every error of every file with its code frame', async (t) => {
   const dir = t.testdir({
     'good.rules': GOOD,
-    'bad.rules': 'rule warm\nwhen avgg(payload.t, 5m) > 1\nthen drop()\nend\n\nrule loud\nwhen true\nthen uplink(priority = "urgent")\nend\n',
+    'bad.rules':
+      'rule warm\nwhen avgg(payload.t, 5m) > 1\nthen drop()\nend\n\nrule loud\nwhen true\nthen uplink(priority = "urgent")\nend\n',
     'dup.rules': 'rule overheat when true then drop() end\n',
   });
   const r = cli(['rules', 'check', 'good.rules', 'bad.rules', 'dup.rules'], dir);
   t.equal(r.status, 1);
   t.equal(r.stdout, '');
-  t.equal(r.stderr, [
-    'bad.rules:2:6: E_RULE_UNKNOWN_FUNCTION: unknown function "avgg"; did you mean "avg"?',
-    '  when avgg(payload.t, 5m) > 1',
-    '       ^',
-    'bad.rules:8:24: E_RULE_ARG: uplink(): priority must be one of "critical", "high", "normal", "low"',
-    '  then uplink(priority = "urgent")',
-    '                         ^',
-    // files are read in name order: dup.rules holds the first "overheat"
-    'good.rules:2:1: E_RULE_DUPLICATE: a rule named "overheat" already exists at dup.rules:1:1',
-    '  rule overheat priority 10',
-    '  ^',
-    '3 errors in 3 files',
-    '',
-  ].join('\n'));
+  t.equal(
+    r.stderr,
+    [
+      'bad.rules:2:6: E_RULE_UNKNOWN_FUNCTION: unknown function "avgg"; did you mean "avg"?',
+      '  when avgg(payload.t, 5m) > 1',
+      '       ^',
+      'bad.rules:8:24: E_RULE_ARG: uplink(): priority must be one of "critical", "high", "normal", "low"',
+      '  then uplink(priority = "urgent")',
+      '                         ^',
+      // files are read in name order: dup.rules holds the first "overheat"
+      'good.rules:2:1: E_RULE_DUPLICATE: a rule named "overheat" already exists at dup.rules:1:1',
+      '  rule overheat priority 10',
+      '  ^',
+      '3 errors in 3 files',
+      '',
+    ].join('\n'),
+  );
   const one = cli(['rules', 'check', 'bad.rules'], dir);
   t.equal(one.status, 1);
   t.match(one.stderr, /\n2 errors in 1 file\n$/);
@@ -74,7 +78,7 @@ t.test('rules check: exit 1, every error of every file with its code frame', (t)
   t.match(nested.stderr, /^rules\/x\.rules:1:13: E_RULE_UNKNOWN_ROOT: unknown name "nope"/);
 });
 
-t.test('rules check: the shipped rules are clean', (t) => {
+t.test('rules check: the shipped rules are clean', async (t) => {
   const dir = t.testdir();
   const names = readdirSync(join(ROOT, 'rules')).filter((n) => n.endsWith('.rules'));
   for (const n of names) copyFileSync(join(ROOT, 'rules', n), join(dir, n));
@@ -105,18 +109,19 @@ function jsonl(lines: unknown[]): string {
   return lines.map((l) => JSON.stringify(l)).join('\n') + '\n';
 }
 
-t.test('rules test: one JSON line per message, in the format of the spec', (t) => {
+t.test('rules test: one JSON line per message, in the format of the spec', async (t) => {
   const dir = t.testdir({
     'site.rules': TEST_RULES,
-    'in.jsonl': jsonl([
-      { id: 'M1', topic: 'devices/d1/telemetry', payload: { temp: 45 } },
-      { id: 'M2', topic: 'devices/d1/telemetry', payload: { temp: 20 } },
-      { id: 'M3', topic: 'devices/d1/debug/x', payload: 'debug text' },
-      { id: 'M4', topic: 'devices/d2/battery', payload: { v: 3.1 } },
-      { id: 'M5', topic: 'devices/d3/raw', payload: { temp: 7, junk: true } },
-      { id: 'M6', topic: 'cloud/cmd', protocol: 'cloud', payload: { x: 1 } },
-      { id: 'M7', topic: 'devices/d1/telemetry', protocol: 'internal', payload: { temp: 1 } },
-    ]) + '\n',
+    'in.jsonl':
+      jsonl([
+        { id: 'M1', topic: 'devices/d1/telemetry', payload: { temp: 45 } },
+        { id: 'M2', topic: 'devices/d1/telemetry', payload: { temp: 20 } },
+        { id: 'M3', topic: 'devices/d1/debug/x', payload: 'debug text' },
+        { id: 'M4', topic: 'devices/d2/battery', payload: { v: 3.1 } },
+        { id: 'M5', topic: 'devices/d3/raw', payload: { temp: 7, junk: true } },
+        { id: 'M6', topic: 'cloud/cmd', protocol: 'cloud', payload: { x: 1 } },
+        { id: 'M7', topic: 'devices/d1/telemetry', protocol: 'internal', payload: { temp: 1 } },
+      ]) + '\n',
   });
   const r = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl'], dir);
   t.equal(r.status, 0, r.stderr);
@@ -124,33 +129,69 @@ t.test('rules test: one JSON line per message, in the format of the spec', (t) =
   const lines = r.stdout.trimEnd().split('\n');
   t.equal(lines.length, 7, 'one line per message (blank lines skipped)');
   const out = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
-  for (const o of out) t.same(Object.keys(o), ['id', 'topic', 'fired', 'uplink', 'dropped'], `${String(o.id)}: the fields of the spec, in order`);
+  for (const o of out)
+    t.same(Object.keys(o), ['id', 'topic', 'fired', 'uplink', 'dropped'], `${String(o.id)}: the fields of the spec, in order`);
   t.same(out[0], {
-    id: 'M1', topic: 'devices/d1/telemetry',
+    id: 'M1',
+    topic: 'devices/d1/telemetry',
     // as in the spec's example, uplink() lists what it sends: the topic, the priority and the payload
-    fired: [{ rule: 'overheat', actions: [{ action: 'uplink', topic: 'devices/d1/telemetry', priority: 'high', payload: { temp: 45 } }, { action: 'publish', topic: 'devices/d1/cmd/fan', payload: { on: true } }] }],
+    fired: [
+      {
+        rule: 'overheat',
+        actions: [
+          { action: 'uplink', topic: 'devices/d1/telemetry', priority: 'high', payload: { temp: 45 } },
+          { action: 'publish', topic: 'devices/d1/cmd/fan', payload: { on: true } },
+        ],
+      },
+    ],
     uplink: [{ topic: 'devices/d1/telemetry', priority: 'high', payload: { temp: 45 } }],
     dropped: false,
   });
-  t.same(out[1], { id: 'M2', topic: 'devices/d1/telemetry', fired: [], uplink: [{ topic: 'devices/d1/telemetry', priority: 'normal', payload: { temp: 20 } }], dropped: false }, 'default routing is included');
-  t.same(out[2], { id: 'M3', topic: 'devices/d1/debug/x', fired: [{ rule: 'quiet_debug', actions: [{ action: 'drop' }] }], uplink: [], dropped: true });
-  t.same(out[3], {
-    id: 'M4', topic: 'devices/d2/battery',
-    fired: [{ rule: 'event', actions: [{ action: 'emit', name: 'low_battery', data: { device: 'd2', v: 3.1 } }] }],
-    uplink: [{ topic: 'events/low_battery', priority: 'high', payload: { device: 'd2', v: 3.1 } }],
-    dropped: false,
-  }, 'an event goes up once as high; the message itself does not');
+  t.same(
+    out[1],
+    {
+      id: 'M2',
+      topic: 'devices/d1/telemetry',
+      fired: [],
+      uplink: [{ topic: 'devices/d1/telemetry', priority: 'normal', payload: { temp: 20 } }],
+      dropped: false,
+    },
+    'default routing is included',
+  );
+  t.same(out[2], {
+    id: 'M3',
+    topic: 'devices/d1/debug/x',
+    fired: [{ rule: 'quiet_debug', actions: [{ action: 'drop' }] }],
+    uplink: [],
+    dropped: true,
+  });
+  t.same(
+    out[3],
+    {
+      id: 'M4',
+      topic: 'devices/d2/battery',
+      fired: [{ rule: 'event', actions: [{ action: 'emit', name: 'low_battery', data: { device: 'd2', v: 3.1 } }] }],
+      uplink: [{ topic: 'events/low_battery', priority: 'high', payload: { device: 'd2', v: 3.1 } }],
+      dropped: false,
+    },
+    'an event goes up once as high; the message itself does not',
+  );
   t.same(out[4], {
-    id: 'M5', topic: 'devices/d3/raw',
+    id: 'M5',
+    topic: 'devices/d3/raw',
     fired: [{ rule: 'copy', actions: [{ action: 'uplink', topic: 'slim/d3', payload: { t: 7 }, priority: 'low' }] }],
     uplink: [{ topic: 'slim/d3', priority: 'low', payload: { t: 7 } }],
     dropped: false,
   });
   t.same(out[5], { id: 'M6', topic: 'cloud/cmd', fired: [], uplink: [], dropped: false }, 'a message from the cloud never goes up');
-  t.same(out[6], { id: 'M7', topic: 'devices/d1/telemetry', fired: [], uplink: [], dropped: false }, 'an internal message has no default routing');
+  t.same(
+    out[6],
+    { id: 'M7', topic: 'devices/d1/telemetry', fired: [], uplink: [], dropped: false },
+    'an internal message has no default routing',
+  );
 });
 
-t.test('rules test: the defaults of missing input fields', (t) => {
+t.test('rules test: the defaults of missing input fields', async (t) => {
   const dir = t.testdir({
     'site.rules': TEST_RULES,
     'in.jsonl': jsonl([
@@ -162,7 +203,10 @@ t.test('rules test: the defaults of missing input fields', (t) => {
   });
   const r = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl'], dir);
   t.equal(r.status, 0, r.stderr);
-  const out = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as { id: string; fired: Array<{ actions: Array<{ text: Record<string, unknown> }> }> });
+  const out = r.stdout
+    .trimEnd()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { id: string; fired: Array<{ actions: Array<{ text: Record<string, unknown> }> }> });
   const seen = out.map((o) => o.fired[0]!.actions[0]!.text);
   t.match(seen[0], { ts: 0, deviceId: 'd7', protocol: 'mqtt', qos: 0 }, 'ts 0 first; deviceId the second topic level; mqtt; qos 0');
   t.match(seen[1], { ts: 1000 }, 'the previous ts + 1000');
@@ -175,7 +219,7 @@ t.test('rules test: the defaults of missing input fields', (t) => {
   t.equal(out[3]!.id, 'GIVEN');
 });
 
-t.test('rules test --format text: the same, for people', (t) => {
+t.test('rules test --format text: the same, for people', async (t) => {
   const dir = t.testdir({
     'site.rules': TEST_RULES,
     'in.jsonl': jsonl([
@@ -189,7 +233,11 @@ t.test('rules test --format text: the same, for people', (t) => {
   t.throws(() => JSON.parse(r.stdout.split('\n')[0]!) as unknown, 'not JSON');
   const lines = r.stdout.split('\n');
   t.equal(lines[0], 'devices/d1/telemetry (ts 0, d1)', 'each message: its topic, ts and device');
-  t.match(lines[1], /^ {2}fired overheat: uplink\(.*priority="high".*\) publish\(topic="devices\/d1\/cmd\/fan", payload=\{"on":true\}\)$/, 'what fired, actions with arguments by name');
+  t.match(
+    lines[1],
+    /^ {2}fired overheat: uplink\(.*priority="high".*\) publish\(topic="devices\/d1\/cmd\/fan", payload=\{"on":true\}\)$/,
+    'what fired, actions with arguments by name',
+  );
   t.equal(lines[2], '  up    devices/d1/telemetry [high] {"temp":45}', 'what goes up, with its priority and payload');
   t.equal(lines[3], 'devices/d1/debug/x (ts 1000, d1) DROPPED');
   t.equal(lines[4], '  fired quiet_debug: drop()');
@@ -198,7 +246,7 @@ t.test('rules test --format text: the same, for people', (t) => {
   t.same(lines.slice(7), [''], 'nothing else');
 });
 
-t.test('rules test: rules with errors, or a bad input line, exit 1', (t) => {
+t.test('rules test: rules with errors, or a bad input line, exit 1', async (t) => {
   const dir = t.testdir({
     'bad.rules': 'rule r when nope then drop() end\n',
     'site.rules': TEST_RULES,
@@ -221,14 +269,10 @@ t.test('rules test: rules with errors, or a bad input line, exit 1', (t) => {
   t.match(noInput.stderr, /--input/);
 });
 
-t.test('rules test reads device.<attr> from the registry in token mode, as the running proxy does', (t) => {
-  const rulesText = 'rule by_place\nwhen msg.topic matches "devices/+/telemetry"\nthen uplink(topic = "sites/" + device.location + "/" + msg.deviceId)\nend\n';
-  const registry = [
-    '- id: d1',
-    `  tokenSha256: ${'a'.repeat(64)}`,
-    '  attrs: { location: hall-2 }',
-    '',
-  ].join('\n');
+t.test('rules test reads device.<attr> from the registry in token mode, as the running proxy does', async (t) => {
+  const rulesText =
+    'rule by_place\nwhen msg.topic matches "devices/+/telemetry"\nthen uplink(topic = "sites/" + device.location + "/" + msg.deviceId)\nend\n';
+  const registry = ['- id: d1', `  tokenSha256: ${'a'.repeat(64)}`, '  attrs: { location: hall-2 }', ''].join('\n');
   const dir = t.testdir({
     'site.rules': rulesText,
     'devices.yaml': registry,
@@ -236,17 +280,31 @@ t.test('rules test reads device.<attr> from the registry in token mode, as the r
     'open.yaml': 'auth: { mode: open }\ndevicesFile: devices.yaml\n',
     'broken.yaml': 'auth: { mode: token }\ndevicesFile: broken-devices.yaml\n',
     'broken-devices.yaml': '- id: d1\n  tokenSha: x\n',
-    'in.jsonl': jsonl([{ id: 'M1', topic: 'devices/d1/telemetry', payload: { temp: 1 } }, { id: 'M2', topic: 'devices/d9/telemetry', payload: { temp: 2 } }]) + '\n',
+    'in.jsonl':
+      jsonl([
+        { id: 'M1', topic: 'devices/d1/telemetry', payload: { temp: 1 } },
+        { id: 'M2', topic: 'devices/d9/telemetry', payload: { temp: 2 } },
+      ]) + '\n',
   });
   const token = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl', '--config', 'token.yaml'], dir);
   t.equal(token.status, 0, token.stderr);
   type Line = { uplink: Array<{ topic: string }>; errors?: Array<{ error: string }> };
-  const [m1, m9] = token.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as Line);
-  t.same(m1!.uplink.map((u) => u.topic), ['sites/hall-2/d1'], 'a registered device: its attribute');
+  const [m1, m9] = token.stdout
+    .trimEnd()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Line);
+  t.same(
+    m1!.uplink.map((u) => u.topic),
+    ['sites/hall-2/d1'],
+    'a registered device: its attribute',
+  );
   t.same(m9!.uplink, [], 'an unknown device: device is null, so the topic is null and nothing goes up');
   t.match(m9!.errors, [{ error: /topic is null/ }]);
   const open = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl', '--config', 'open.yaml'], dir);
-  const [o1] = open.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as Line);
+  const [o1] = open.stdout
+    .trimEnd()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Line);
   t.same(o1!.uplink, [], 'open mode: no registry, as live, so device is null');
   const broken = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl', '--config', 'broken.yaml'], dir);
   t.equal(broken.status, 1);

@@ -8,7 +8,12 @@ import { startProxy, CLI } from './helpers/proxy.js';
 import { connectClient, collect } from './helpers/clients.js';
 import { eventually, sleep } from './helpers/ports.js';
 
-interface Envelope { id: string; topic: string; deviceId: string; payload: Record<string, unknown> }
+interface Envelope {
+  id: string;
+  topic: string;
+  deviceId: string;
+  payload: Record<string, unknown>;
+}
 
 const RULES = `
 # alarms go up at once, first
@@ -53,7 +58,10 @@ t.test('rules filter, transform, drop, publish locally and use windows, through 
   const proxy = await startProxy(dir, { uplink: { url: cloud.url } });
   t.teardown(() => proxy.stop());
   await eventually('uplink connected', async () => (await proxy.metric('edge_uplink_connected')) === 1);
-  t.ok(proxy.logs.some((l) => l.msg === 'rules loaded' && l.rules === 5), 'the rules directory is loaded at start');
+  t.ok(
+    proxy.logs.some((l) => l.msg === 'rules loaded' && l.rules === 5),
+    'the rules directory is loaded at start',
+  );
 
   const fan = await connectClient(proxy.ports.mqtt, { clientId: 'fan-7' });
   t.teardown(() => fan.endAsync());
@@ -68,30 +76,51 @@ t.test('rules filter, transform, drop, publish locally and use windows, through 
 
   await eventually('the fan command reached the local subscriber', () => commands.messages.length > 0);
   t.same(JSON.parse(commands.messages[0]!.payload.toString()), { on: true }, 'publish() reaches a local subscriber');
-  await eventually('everything up', () => up.messages.some((m) => m.topic.endsWith('events/warm')) && up.messages.filter((m) => m.topic.endsWith('/telemetry')).length >= 4, 15_000);
+  await eventually(
+    'everything up',
+    () => up.messages.some((m) => m.topic.endsWith('events/warm')) && up.messages.filter((m) => m.topic.endsWith('/telemetry')).length >= 4,
+    15_000,
+  );
   await sleep(300);
 
   const topics = up.messages.map((m) => m.topic.replace('edge/test-edge/up/', ''));
-  t.notOk(topics.some((x) => x.includes('debug')), 'drop() kept the debug message from going up');
+  t.notOk(
+    topics.some((x) => x.includes('debug')),
+    'drop() kept the debug message from going up',
+  );
   t.notOk(topics.includes('devices/pump-7/raw'), 'the raw message itself did not go up: a rule sent a copy instead');
   const slim = up.json<Envelope>().find((e) => e.topic === 'slim/pump-7');
   t.same(slim?.payload, { t: 22.5, seq: 9 }, 'the transformed copy went up with only the fields asked for');
   t.equal(slim?.deviceId, 'pump-7', 'a derived message keeps its device');
-  const temps = up.json<Envelope>().filter((e) => e.topic === 'devices/pump-7/telemetry').map((e) => e.payload.temp);
+  const temps = up
+    .json<Envelope>()
+    .filter((e) => e.topic === 'devices/pump-7/telemetry')
+    .map((e) => e.payload.temp);
   t.same(temps, [20, 21, 35, 41], 'telemetry went up by default routing, and the hot one by its rule');
-  const warm = up.json<Envelope>().filter((e) => e.topic === 'events/warm').map((e) => e.payload);
+  const warm = up
+    .json<Envelope>()
+    .filter((e) => e.topic === 'events/warm')
+    .map((e) => e.payload);
   // avg of the last 3: (21+35+41)/3 = 32.3 on the 6th message; (20+21+35)/3 = 25.3 on the 3rd does not fire
   t.same(warm, [{ device: 'pump-7', avg: 32.3 }], 'a window across several messages');
   t.equal(await proxy.metric('edge_rules_fired_total', 'rule="hot"'), 1);
   t.equal(await proxy.metric('edge_rules_fired_total', 'rule="no_debug"'), 1);
-  await eventually('the published command was itself evaluated by the rules', () => proxy.logs.some((l) => l.rule === 'fan_ack' && l.msg === 'fan command for pump-7'));
+  await eventually('the published command was itself evaluated by the rules', () =>
+    proxy.logs.some((l) => l.rule === 'fan_ack' && l.msg === 'fan command for pump-7'),
+  );
 });
 
-t.test('a ruleset with errors stops the start, every error listed with file:line:col', (t) => {
+t.test('a ruleset with errors stops the start, every error listed with file:line:col', async (t) => {
   const dir = t.testdir();
   mkdirSync(join(dir, 'rules'), { recursive: true });
-  writeFileSync(join(dir, 'rules', 'bad.rules'), 'rule a\nwhen payload.t > 1\nthen uplnk()\nend\n\nrule b when avrg(payload.t, 5m) > 1 then drop() end\n');
-  writeFileSync(join(dir, 'edge-proxy.yaml'), `dataDir: ${join(dir, 'data')}\nrules: { dir: ${join(dir, 'rules')} }\nmqtt: { port: 0 }\nadmin: { port: 0 }\n`);
+  writeFileSync(
+    join(dir, 'rules', 'bad.rules'),
+    'rule a\nwhen payload.t > 1\nthen uplnk()\nend\n\nrule b when avrg(payload.t, 5m) > 1 then drop() end\n',
+  );
+  writeFileSync(
+    join(dir, 'edge-proxy.yaml'),
+    `dataDir: ${join(dir, 'data')}\nrules: { dir: ${join(dir, 'rules')} }\nmqtt: { port: 0 }\nadmin: { port: 0 }\n`,
+  );
   const r = spawnSync(process.execPath, [CLI, 'run', '--config', join(dir, 'edge-proxy.yaml')], { encoding: 'utf8', timeout: 20_000 });
   t.equal(r.status, 1, 'the proxy does not start');
   t.match(r.stderr, /bad\.rules:3:6: E_RULE_UNKNOWN_ACTION: unknown action "uplnk"; did you mean "uplink"\?/);
@@ -102,7 +131,9 @@ t.test('a ruleset with errors stops the start, every error listed with file:line
 t.test('hostile input through rules: a deeply nested payload and a fan-out of publishes do not bring the proxy down', async (t) => {
   const dir = t.testdir();
   mkdirSync(join(dir, 'rules'), { recursive: true });
-  writeFileSync(join(dir, 'rules', 'echo.rules'), `
+  writeFileSync(
+    join(dir, 'rules', 'echo.rules'),
+    `
 rule echo
 when msg.topic matches "devices/+/in"
 then publish("devices/" + msg.deviceId + "/out", payload) uplink(payload = payload) log("info", payload)
@@ -112,7 +143,8 @@ rule fan_out
 when msg.topic matches "loop/#"
 then publish("loop/a", 1) publish("loop/b", 2) publish("loop/c", 3) publish("loop/d", 4) publish("loop/e", 5) publish("loop/f", 6) publish("loop/g", 7) publish("loop/h", 8)
 end
-`);
+`,
+  );
   const proxy = await startProxy(dir, { limits: { maxHops: 16 } });
   t.teardown(() => proxy.stop());
   const device = await connectClient(proxy.ports.mqtt, { clientId: 'nasty' });
@@ -122,8 +154,8 @@ end
   await device.publishAsync('loop/start', '0', { qos: 1 });
   await sleep(1000);
   t.equal((await fetch(`http://127.0.0.1:${proxy.ports.admin}/healthz`)).status, 200, 'the proxy is still up');
-  t.ok(await proxy.metric('edge_rule_errors_total', 'rule="echo"') >= 1, 'the payload too deep to re-encode is the rule\'s counted fault');
-  t.ok(await proxy.metric('edge_messages_dropped_total', 'reason="derived_limit"') >= 1, 'one message cannot fan out without bound');
+  t.ok((await proxy.metric('edge_rule_errors_total', 'rule="echo"')) >= 1, "the payload too deep to re-encode is the rule's counted fault");
+  t.ok((await proxy.metric('edge_messages_dropped_total', 'reason="derived_limit"')) >= 1, 'one message cannot fan out without bound');
   const made = await proxy.metric('edge_messages_received_total', 'protocol="internal"');
   t.ok(made <= 64, `at most 64 messages made from one (${made})`);
   await device.publishAsync('devices/nasty/in', '{"ok":1}', { qos: 1 });

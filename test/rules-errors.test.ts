@@ -17,12 +17,21 @@ interface Expected {
 }
 
 /** The rules do not compile, and the errors are exactly these, in order, each at its place in test.rules. */
-function expectErrors(t: Test, text: string, expected: Expected[], opts: Parameters<typeof compileRules>[1] & { first?: boolean } = {}): void {
+function expectErrors(
+  t: Test,
+  text: string,
+  expected: Expected[],
+  opts: Parameters<typeof compileRules>[1] & { first?: boolean } = {},
+): void {
   const result = compileRules(text, opts);
   t.equal(result.ruleset, null, 'nothing runs when there is an error');
   const codes = result.errors.map((e) => e.code);
   // first: only the first errors are checked (a lexical error may leave the parser a second one)
-  t.same(opts.first ? codes.slice(0, expected.length) : codes, expected.map((e) => e.code), `codes of ${JSON.stringify(text.length > 120 ? text.slice(0, 120) + '...' : text)}`);
+  t.same(
+    opts.first ? codes.slice(0, expected.length) : codes,
+    expected.map((e) => e.code),
+    `codes of ${JSON.stringify(text.length > 120 ? text.slice(0, 120) + '...' : text)}`,
+  );
   expected.forEach((x, i) => {
     const e = result.errors[i];
     if (!e) return;
@@ -34,7 +43,7 @@ function expectErrors(t: Test, text: string, expected: Expected[], opts: Paramet
 
 const rule = (when: string, then = 'drop()'): string => `rule r\nwhen ${when}\nthen ${then}\nend\n`;
 
-t.test('E_RULE_SYNTAX', (t) => {
+t.test('E_RULE_SYNTAX', async (t) => {
   const cases: Array<[string, string | { line: number; col: number }, RegExp]> = [
     [rule('payload.x > '), 'then', /unexpected keyword "then" where a value was expected/],
     ['rule r when true then drop()', { line: 1, col: 29 }, /rule "r" has no "end"/],
@@ -57,7 +66,7 @@ t.test('E_RULE_SYNTAX', (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_SYNTAX', at, message }], { first: text.includes('@') });
 });
 
-t.test('E_RULE_SYNTAX: parsing resumes at the next rule, so later errors are reported too', (t) => {
+t.test('E_RULE_SYNTAX: parsing resumes at the next rule, so later errors are reported too', async (t) => {
   const text = `rule one when payload.x > then drop() end
 rule two when avgg(payload.x, 5m) > 1 then drop() end
 rule three when true then uplnk() end
@@ -69,7 +78,7 @@ rule three when true then uplnk() end
   ]);
 });
 
-t.test('E_RULE_UNKNOWN_FUNCTION, with a did-you-mean suggestion', (t) => {
+t.test('E_RULE_UNKNOWN_FUNCTION, with a did-you-mean suggestion', async (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('avgg(payload.t, 5m) > 1'), 'avgg', /^unknown function "avgg"; did you mean "avg"\?$/],
     [rule('uper(payload.s) == "A"'), 'uper', /^unknown function "uper"; did you mean "upper"\?$/],
@@ -82,7 +91,7 @@ t.test('E_RULE_UNKNOWN_FUNCTION, with a did-you-mean suggestion', (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_UNKNOWN_FUNCTION', at, message }]);
 });
 
-t.test('E_RULE_UNKNOWN_ACTION, with a did-you-mean suggestion', (t) => {
+t.test('E_RULE_UNKNOWN_ACTION, with a did-you-mean suggestion', async (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('true', 'uplnk()'), 'uplnk', /^unknown action "uplnk"; did you mean "uplink"\?$/],
     [rule('true', 'publsh("a", 1)'), 'publsh', /did you mean "publish"\?/],
@@ -94,7 +103,7 @@ t.test('E_RULE_UNKNOWN_ACTION, with a did-you-mean suggestion', (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_UNKNOWN_ACTION', at, message }]);
 });
 
-t.test('E_RULE_ARITY', (t) => {
+t.test('E_RULE_ARITY', async (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('abs() == 1'), 'abs', /abs\(\) takes 1 argument, not 0/],
     [rule('round(1, 2, 3) == 1'), 'round', /round\(\) takes 1 or 2 arguments, not 3/],
@@ -115,7 +124,7 @@ t.test('E_RULE_ARITY', (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_ARITY', at, message }]);
 });
 
-t.test('E_RULE_ARG', (t) => {
+t.test('E_RULE_ARG', async (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('true', 'uplink(prority = "high")'), 'prority', /uplink\(\) has no argument "prority"; did you mean "priority"\?/],
     [rule('true', 'uplink(priority = "urgent")'), '"urgent"', /priority must be one of "critical", "high", "normal", "low"/],
@@ -144,7 +153,7 @@ t.test('E_RULE_ARG', (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_ARG', at, message }]);
 });
 
-t.test('E_RULE_UNKNOWN_ROOT', (t) => {
+t.test('E_RULE_UNKNOWN_ROOT', async (t) => {
   const cases: Array<[string, string, RegExp]> = [
     [rule('paylod.temp > 1'), 'paylod', /^unknown name "paylod": a rule reads msg, payload, device and edge; did you mean "payload"\?$/],
     [rule('temp > 1'), 'temp', /^unknown name "temp": a rule reads msg, payload, device and edge$/],
@@ -154,95 +163,145 @@ t.test('E_RULE_UNKNOWN_ROOT', (t) => {
   for (const [text, at, message] of cases) expectErrors(t, text, [{ code: 'E_RULE_UNKNOWN_ROOT', at, message }]);
 });
 
-t.test('E_RULE_DUPLICATE: two rules with one name, in one file or across files', (t) => {
+t.test('E_RULE_DUPLICATE: two rules with one name, in one file or across files', async (t) => {
   expectErrors(t, 'rule a when true then drop() end\nrule b when true then drop() end\n  rule a when false then drop() end\n', [
     { code: 'E_RULE_DUPLICATE', at: { line: 3, col: 3 }, message: /^a rule named "a" already exists at test\.rules:1:1$/ },
   ]);
   const result = compileRules({ 'x.rules': '\nrule shared when true then drop() end', 'y.rules': 'rule shared when true then drop() end' });
-  t.same(result.errors, [{ file: 'y.rules', line: 1, col: 1, code: 'E_RULE_DUPLICATE', message: 'a rule named "shared" already exists at x.rules:2:1' }]);
+  t.same(result.errors, [
+    { file: 'y.rules', line: 1, col: 1, code: 'E_RULE_DUPLICATE', message: 'a rule named "shared" already exists at x.rules:2:1' },
+  ]);
   // a name given as a string is the same name
-  t.same(errorsOf('rule "a b" when true then drop() end\nrule "a b" when true then drop() end').map((e) => e.code), ['E_RULE_DUPLICATE']);
+  t.same(
+    errorsOf('rule "a b" when true then drop() end\nrule "a b" when true then drop() end').map((e) => e.code),
+    ['E_RULE_DUPLICATE'],
+  );
 });
 
-t.test('formatErrors: file:line:col: code: message, the line, and a caret under the column', (t) => {
+t.test('formatErrors: file:line:col: code: message, the line, and a caret under the column', async (t) => {
   const text = 'rule warm\nwhen avgg(payload.t, 5m) > 1\nthen drop()\nend\n';
   const result = compileRules({ 'site.rules': text });
-  t.equal(formatErrors(result), [
-    'site.rules:2:6: E_RULE_UNKNOWN_FUNCTION: unknown function "avgg"; did you mean "avg"?',
-    '  when avgg(payload.t, 5m) > 1',
-    '       ^',
-  ].join('\n'));
+  t.equal(
+    formatErrors(result),
+    [
+      'site.rules:2:6: E_RULE_UNKNOWN_FUNCTION: unknown function "avgg"; did you mean "avg"?',
+      '  when avgg(payload.t, 5m) > 1',
+      '       ^',
+    ].join('\n'),
+  );
   // a tab counts one column and prints as one space, so the caret stays under its column; CRLF is not shown
   const tabbed = compileRules({ 't.rules': 'rule r\r\n\twhen\tfoo > 1\r\nthen drop()\r\nend\r\n' });
-  t.equal(formatErrors(tabbed), [
-    't.rules:2:7: E_RULE_UNKNOWN_ROOT: unknown name "foo": a rule reads msg, payload, device and edge',
-    '   when foo > 1',
-    '        ^',
-  ].join('\n'));
+  t.equal(
+    formatErrors(tabbed),
+    [
+      't.rules:2:7: E_RULE_UNKNOWN_ROOT: unknown name "foo": a rule reads msg, payload, device and edge',
+      '   when foo > 1',
+      '        ^',
+    ].join('\n'),
+  );
   // the path shown can be mapped, as the CLI does
-  t.match(formatErrors(result, (f) => `/etc/rules/${f}`), /^\/etc\/rules\/site\.rules:2:6: E_RULE_UNKNOWN_FUNCTION/);
+  t.match(
+    formatErrors(result, (f) => `/etc/rules/${f}`),
+    /^\/etc\/rules\/site\.rules:2:6: E_RULE_UNKNOWN_FUNCTION/,
+  );
 });
 
-t.test('all errors of a ruleset are reported together, across files, in file and position order', (t) => {
+t.test('all errors of a ruleset are reported together, across files, in file and position order', async (t) => {
   const result = compileRules({
     'b.rules': 'rule dup when true then drop() end\nrule bad when true then dorp() end\n',
-    'a.rules': 'rule dup when true then drop() end\nrule x when payload.v > then drop() end\nrule y when paylod.v > 1 then drop() end\nrule z when avg(payload.v, "1m") > 1 then drop() end\n',
+    'a.rules':
+      'rule dup when true then drop() end\nrule x when payload.v > then drop() end\nrule y when paylod.v > 1 then drop() end\nrule z when avg(payload.v, "1m") > 1 then drop() end\n',
   });
   t.equal(result.ruleset, null);
-  t.same(result.errors.map((e) => `${e.file}:${e.line}:${e.col} ${e.code}`), [
-    'a.rules:2:25 E_RULE_SYNTAX',
-    'a.rules:3:13 E_RULE_UNKNOWN_ROOT',
-    'a.rules:4:28 E_RULE_ARG',
-    'b.rules:1:1 E_RULE_DUPLICATE',
-    'b.rules:2:25 E_RULE_UNKNOWN_ACTION',
-  ]);
-  t.equal(formatErrors(result).split('\n').filter((l) => /^\S+\.rules:\d+:\d+: E_RULE_/.test(l)).length, 5, 'five framed errors');
+  t.same(
+    result.errors.map((e) => `${e.file}:${e.line}:${e.col} ${e.code}`),
+    [
+      'a.rules:2:25 E_RULE_SYNTAX',
+      'a.rules:3:13 E_RULE_UNKNOWN_ROOT',
+      'a.rules:4:28 E_RULE_ARG',
+      'b.rules:1:1 E_RULE_DUPLICATE',
+      'b.rules:2:25 E_RULE_UNKNOWN_ACTION',
+    ],
+  );
+  t.equal(
+    formatErrors(result)
+      .split('\n')
+      .filter((l) => /^\S+\.rules:\d+:\d+: E_RULE_/.test(l)).length,
+    5,
+    'five framed errors',
+  );
 });
 
-t.test('limit: expression depth 64', (t) => {
+t.test('limit: expression depth 64', async (t) => {
   // `not` is a node: 63 of them over a literal make depth 64
   const nots = (n: number): string => `${'not '.repeat(n)}true`;
   t.same(errorsOf(rule(nots(63))), [], 'depth 64 compiles');
-  expectErrors(t, rule(nots(64)), [{ code: 'E_RULE_TOO_LARGE', at: 'true', message: /rule "r" nests expressions 65 deep; the limit is 64/ }]);
+  expectErrors(t, rule(nots(64)), [
+    { code: 'E_RULE_TOO_LARGE', at: 'true', message: /rule "r" nests expressions 65 deep; the limit is 64/ },
+  ]);
   // `a + b` has depth 2: a chain of k additions has depth k + 1
   const sum = (k: number): string => `1${' + 1'.repeat(k)} == null`;
   t.same(errorsOf(rule(sum(62))), [], '62 additions under == : depth 64');
-  t.same(errorsOf(rule(sum(63))).map((e) => e.code), ['E_RULE_TOO_LARGE'], '63 additions under == : depth 65');
+  t.same(
+    errorsOf(rule(sum(63))).map((e) => e.code),
+    ['E_RULE_TOO_LARGE'],
+    '63 additions under == : depth 65',
+  );
   // parentheses make no node: ((((x)))) has depth 1
   t.same(errorsOf(rule(`${'('.repeat(300)}${nots(63)}${')'.repeat(300)}`)), [], '300 parentheses around depth 64 add nothing');
   t.same(errorsOf(rule(`${'not ('.repeat(63)}true${')'.repeat(63)}`)), [], 'parentheses between the nots add nothing');
   // member access: payload is a leaf, each .a one more level
   t.same(errorsOf(rule(`payload${'.a'.repeat(63)}`)), []);
-  t.same(errorsOf(rule(`payload${'.a'.repeat(64)}`)).map((e) => e.code), ['E_RULE_TOO_LARGE']);
+  t.same(
+    errorsOf(rule(`payload${'.a'.repeat(64)}`)).map((e) => e.code),
+    ['E_RULE_TOO_LARGE'],
+  );
   // in an action, the action is the root: its arguments start at depth 2
   t.same(errorsOf(rule('true', `log("info", ${nots(62)})`)), [], 'action 1 + argument depth 63');
-  t.same(errorsOf(rule('true', `log("info", ${nots(63)})`)).map((e) => e.code), ['E_RULE_TOO_LARGE']);
+  t.same(
+    errorsOf(rule('true', `log("info", ${nots(63)})`)).map((e) => e.code),
+    ['E_RULE_TOO_LARGE'],
+  );
   // the limit is per rule: two rules at depth 64 are fine
   t.same(errorsOf(`${rule(nots(63))}rule s when ${nots(63)} then drop() end\n`), []);
 });
 
-t.test('limit: 100,000 nodes per ruleset', (t) => {
+t.test('limit: 100,000 nodes per ruleset', async (t) => {
   // rule = binary(==) + list + n literals + null + drop(): n + 4 nodes
   const listRule = (name: string, n: number): string => `rule ${name}\nwhen [${Array(n).fill('1').join(',')}] == null\nthen drop()\nend\n`;
   t.same(errorsOf(listRule('r', 99_996)), [], '100,000 nodes compile');
-  expectErrors(t, listRule('r', 99_997), [{ code: 'E_RULE_TOO_LARGE', at: { line: 1, col: 1 }, message: /the ruleset passes 100000 syntax nodes at rule "r"/ }]);
+  expectErrors(t, listRule('r', 99_997), [
+    { code: 'E_RULE_TOO_LARGE', at: { line: 1, col: 1 }, message: /the ruleset passes 100000 syntax nodes at rule "r"/ },
+  ]);
   // per ruleset: across rules and files
   t.same(compileRules({ 'a.rules': listRule('a', 50_000), 'b.rules': listRule('b', 49_992) }).errors, [], '50,004 + 49,996 nodes');
   const over = compileRules({ 'a.rules': listRule('a', 50_000), 'b.rules': listRule('b', 49_993) });
-  t.same(over.errors.map((e) => `${e.file}:${e.line}:${e.col} ${e.code}`), ['b.rules:1:1 E_RULE_TOO_LARGE'], 'reported once, at the rule that passes the limit');
+  t.same(
+    over.errors.map((e) => `${e.file}:${e.line}:${e.col} ${e.code}`),
+    ['b.rules:1:1 E_RULE_TOO_LARGE'],
+    'reported once, at the rule that passes the limit',
+  );
 });
 
-t.test('limit: rules.maxRules', (t) => {
+t.test('limit: rules.maxRules', async (t) => {
   const rules = (names: string[]): string => names.map((n) => `rule ${n} when true then drop() end\n`).join('');
   t.same(compileRules({ 'a.rules': rules(['a1', 'a2']), 'b.rules': rules(['b1']) }, { maxRules: 3 }).errors, [], '3 rules, maxRules 3');
   const over = compileRules({ 'a.rules': rules(['a1', 'a2']), 'b.rules': rules(['b1', 'b2']) }, { maxRules: 3 });
   t.equal(over.ruleset, null);
-  t.same(over.errors, [{ file: 'b.rules', line: 2, col: 1, code: 'E_RULE_TOO_LARGE', message: 'the ruleset has 4 rules; rules.maxRules is 3' }], 'at the first rule past the limit');
+  t.same(
+    over.errors,
+    [{ file: 'b.rules', line: 2, col: 1, code: 'E_RULE_TOO_LARGE', message: 'the ruleset has 4 rules; rules.maxRules is 3' }],
+    'at the first rule past the limit',
+  );
   t.equal(compileRules(rules(Array.from({ length: 10_000 }, (_, i) => `r${i}`))).errors.length, 0, 'the default allows 10,000');
-  t.same(compileRules(rules(Array.from({ length: 10_001 }, (_, i) => `r${i}`))).errors.map((e) => e.code), ['E_RULE_TOO_LARGE'], 'and not 10,001');
+  t.same(
+    compileRules(rules(Array.from({ length: 10_001 }, (_, i) => `r${i}`))).errors.map((e) => e.code),
+    ['E_RULE_TOO_LARGE'],
+    'and not 10,001',
+  );
 });
 
-t.test('limit: rules.maxFileBytes, in bytes', (t) => {
+t.test('limit: rules.maxFileBytes, in bytes', async (t) => {
   const padded = (bytes: number, tail = ''): string => {
     const head = 'rule r when true then drop() end\n';
     return head + '#'.repeat(bytes - Buffer.byteLength(head) - Buffer.byteLength(tail)) + tail;
@@ -250,18 +309,26 @@ t.test('limit: rules.maxFileBytes, in bytes', (t) => {
   t.equal(Buffer.byteLength(padded(200)), 200);
   t.same(compileRules(padded(200), { maxFileBytes: 200 }).errors, [], 'exactly the limit');
   const over = compileRules({ 'big.rules': padded(201), 'ok.rules': 'rule fine when true then drop() end' }, { maxFileBytes: 200 });
-  t.same(over.errors, [{ file: 'big.rules', line: 1, col: 1, code: 'E_RULE_TOO_LARGE', message: 'the file is 201 bytes; rules.maxFileBytes is 200' }]);
+  t.same(over.errors, [
+    { file: 'big.rules', line: 1, col: 1, code: 'E_RULE_TOO_LARGE', message: 'the file is 201 bytes; rules.maxFileBytes is 200' },
+  ]);
   t.equal(over.ruleset, null, 'the whole set is refused');
   // bytes, not characters: é is two bytes
   const accented = padded(201, 'é');
   t.equal(accented.length, 200);
-  t.same(errorsOf(accented, { maxFileBytes: 200 }).map((e) => e.code), ['E_RULE_TOO_LARGE']);
+  t.same(
+    errorsOf(accented, { maxFileBytes: 200 }).map((e) => e.code),
+    ['E_RULE_TOO_LARGE'],
+  );
   // the default: 1 MiB
   t.same(errorsOf(padded(1024 * 1024)), []);
-  t.same(errorsOf(padded(1024 * 1024 + 1)).map((e) => e.code), ['E_RULE_TOO_LARGE']);
+  t.same(
+    errorsOf(padded(1024 * 1024 + 1)).map((e) => e.code),
+    ['E_RULE_TOO_LARGE'],
+  );
 });
 
-t.test('keywords are plain names after ".", as object keys and as named-argument names', (t) => {
+t.test('keywords are plain names after ".", as object keys and as named-argument names', async (t) => {
   const h = load(`rule kw
 when payload.end == 1 and payload.rule == 2 and payload.in == 3 and payload.not == 4 and payload["then"] == 5 and { in: 1 }.in == 1
 then
@@ -271,10 +338,13 @@ end
 `);
   const out = h.send({ topic: 'a/b', payload: { end: 1, rule: 2, in: 3, not: 4, then: 5 } });
   t.same(out.fired, ['kw']);
-  t.same(out.actions.map((a) => [a.name, a.args]), [
-    ['uplink', { priority: 'high' }],
-    ['publish', { topic: 'out', payload: { in: 1, end: 2, when: 3, rule: 4, true: 5, null: 6, matches: 7 } }],
-  ]);
+  t.same(
+    out.actions.map((a) => [a.name, a.args]),
+    [
+      ['uplink', { priority: 'high' }],
+      ['publish', { topic: 'out', payload: { in: 1, end: 2, when: 3, rule: 4, true: 5, null: 6, matches: 7 } }],
+    ],
+  );
   t.same(out.uplinks, [{ topic: 'a/b', priority: 'high', self: true, payload: undefined }]);
   // payload.true is the field "true", not the value true
   const f = load('rule f when payload.true == "yes" and payload.null == 0 then drop() end');
@@ -282,8 +352,9 @@ end
   t.same(f.send({ topic: 'a/b', payload: {} }).fired, []);
 });
 
-t.test('firing order: priority, then file name in byte order, then position', (t) => {
-  const r = (name: string, priority?: number): string => `rule ${name}${priority === undefined ? '' : ` priority ${priority}`} when true then log("info", "${name}") end\n`;
+t.test('firing order: priority, then file name in byte order, then position', async (t) => {
+  const r = (name: string, priority?: number): string =>
+    `rule ${name}${priority === undefined ? '' : ` priority ${priority}`} when true then log("info", "${name}") end\n`;
   const h = load({
     'b.rules': r('b1') + r('b2', 5) + r('b3'),
     'a.rules': r('a1') + r('a2', -1) + r('a3'),
@@ -296,11 +367,15 @@ t.test('firing order: priority, then file name in byte order, then position', (t
   const out = h.send({ topic: 'x/y' });
   const order = ['n10b', 'b2', 'n10', 'n9', 'B1', 'a1', 'a3', 'b1', 'b3', 'tilde', 'smile', 'a2'];
   t.same(out.fired, order);
-  t.same(out.actions.map((a) => a.args.text), order, 'the actions are carried out in the same order');
+  t.same(
+    out.actions.map((a) => a.args.text),
+    order,
+    'the actions are carried out in the same order',
+  );
   t.same(h.ruleset.names(), order);
 });
 
-t.test('actions: collected from every fired rule and carried out in order', (t) => {
+t.test('actions: collected from every fired rule and carried out in order', async (t) => {
   const h = load(`rule first priority 2
 when msg.topic matches "m/+"
 then log("info", "one"), publish("p/1", 1) publish("p/2", { n: 2 }, qos = 1, retain = true)
@@ -316,15 +391,34 @@ end
 `);
   const out = h.send({ topic: 'm/d1' });
   t.same(out.fired, ['first', 'second']);
-  t.same(out.actions.map((a) => `${a.rule}:${a.name}`), ['first:log', 'first:publish', 'first:publish', 'second:infer', 'second:emit', 'second:publish', 'second:log']);
-  t.same(out.plan.publishes.map((p) => [p.topic, p.payload, p.qos, p.retain]), [['p/1', 1, 0, false], ['p/2', { n: 2 }, 1, true], ['p/3', 'text', 0, false]]);
-  t.same(out.plan.logs.map((l) => [l.rule, l.level, l.text]), [['first', 'info', 'one'], ['second', 'warn', 'two']]);
+  t.same(
+    out.actions.map((a) => `${a.rule}:${a.name}`),
+    ['first:log', 'first:publish', 'first:publish', 'second:infer', 'second:emit', 'second:publish', 'second:log'],
+  );
+  t.same(
+    out.plan.publishes.map((p) => [p.topic, p.payload, p.qos, p.retain]),
+    [
+      ['p/1', 1, 0, false],
+      ['p/2', { n: 2 }, 1, true],
+      ['p/3', 'text', 0, false],
+    ],
+  );
+  t.same(
+    out.plan.logs.map((l) => [l.rule, l.level, l.text]),
+    [
+      ['first', 'info', 'one'],
+      ['second', 'warn', 'two'],
+    ],
+  );
   t.same(out.plan.infers, [{ rule: 'second', model: 'bearing', to: 'ml/x' }]);
-  t.same(out.plan.emits.map((e) => [e.name, { ...(e.data as object) }]), [['evt', { d: 'd1' }]]);
+  t.same(
+    out.plan.emits.map((e) => [e.name, { ...(e.data as object) }]),
+    [['evt', { d: 'd1' }]],
+  );
   t.same(out.uplinks, [], 'emit() took over the routing: the message itself does not go up');
 });
 
-t.test('drop(): discards the uplinks collected so far and stops the rules after it', (t) => {
+t.test('drop(): discards the uplinks collected so far and stops the rules after it', async (t) => {
   const h = load(`rule up priority 10
 when msg.topic matches "d/+"
 then uplink(priority = "high") uplink(topic = "copy/" + msg.deviceId, payload = payload) publish("local/1", 1)
@@ -342,7 +436,11 @@ end
   t.same(dropped.fired, ['up', 'dropper'], '"after" is not evaluated');
   t.equal(dropped.dropped, true);
   t.same(dropped.uplinks, [], 'the uplinks of "up" are discarded; no default routing');
-  t.same(dropped.plan.publishes.map((p) => p.topic), ['local/1', 'local/2'], 'other actions are still carried out');
+  t.same(
+    dropped.plan.publishes.map((p) => p.topic),
+    ['local/1', 'local/2'],
+    'other actions are still carried out',
+  );
   const kept = h.send({ topic: 'd/x', payload: { drop: false } });
   t.same(kept.fired, ['up', 'after']);
   t.equal(kept.dropped, false);
@@ -357,24 +455,35 @@ end
   t.equal(s.dropped, true);
 });
 
-t.test('uplink() without topic and payload: the message itself, at most once, at the highest priority asked', (t) => {
+t.test('uplink() without topic and payload: the message itself, at most once, at the highest priority asked', async (t) => {
   const priorities = [{ topic: 'devices/+/alarm/#', priority: 'critical' as const }];
-  const h = load(`rule low priority 3 when true then uplink(priority = "low") end
+  const h = load(
+    `rule low priority 3 when true then uplink(priority = "low") end
 rule high priority 2 when payload.high == true then uplink(priority = "high") end
 rule plain priority 1 when payload.plain == true then uplink() end
 rule twice when payload.twice == true then uplink(priority = "low") uplink(priority = "low") end
-`, { priorities });
+`,
+    { priorities },
+  );
   const self = (topic: string, priority: string) => [{ topic, priority, self: true, payload: undefined }];
   t.same(h.send({ topic: 'devices/d1/t', payload: { high: true, plain: true } }).uplinks, self('devices/d1/t', 'high'));
-  t.same(h.send({ topic: 'devices/d1/t', payload: { plain: true } }).uplinks, self('devices/d1/t', 'normal'), 'uplink() asks for the default priority');
+  t.same(
+    h.send({ topic: 'devices/d1/t', payload: { plain: true } }).uplinks,
+    self('devices/d1/t', 'normal'),
+    'uplink() asks for the default priority',
+  );
   t.same(h.send({ topic: 'devices/d1/t', payload: { twice: true } }).uplinks, self('devices/d1/t', 'low'), 'once, however many ask');
   t.same(h.send({ topic: 'devices/d1/alarm/fire', payload: {} }).uplinks, self('devices/d1/alarm/fire', 'low'), 'only low was asked');
-  t.same(h.send({ topic: 'devices/d1/alarm/fire', payload: { plain: true } }).uplinks, self('devices/d1/alarm/fire', 'critical'), 'the default of routing.priorities');
+  t.same(
+    h.send({ topic: 'devices/d1/alarm/fire', payload: { plain: true } }).uplinks,
+    self('devices/d1/alarm/fire', 'critical'),
+    'the default of routing.priorities',
+  );
   const out = h.send({ topic: 'devices/d1/t', id: 'SAME-ID', payload: { high: true } });
   t.equal(out.plan.uplinks[0]!.self, true, 'the same message (same id)');
 });
 
-t.test('uplink() with a topic or a payload: a new message', (t) => {
+t.test('uplink() with a topic or a payload: a new message', async (t) => {
   const h = load(`rule copy
 when msg.topic matches "d/+"
 then
@@ -384,44 +493,83 @@ then
 end
 `);
   const out = h.send({ topic: 'd/k', payload: { v: 7, other: 1 } });
-  t.same(out.uplinks, [
-    { topic: 'alerts/k', priority: 'critical', self: false, payload: { v: 7 } },
-    { topic: 'd/k', priority: 'normal', self: false, payload: 'text body' },
-    { topic: 'same-payload/k', priority: 'normal', self: false, payload: undefined },
-  ], 'no uplink of the message itself');
+  t.same(
+    out.uplinks,
+    [
+      { topic: 'alerts/k', priority: 'critical', self: false, payload: { v: 7 } },
+      { topic: 'd/k', priority: 'normal', self: false, payload: 'text body' },
+      { topic: 'same-payload/k', priority: 'normal', self: false, payload: undefined },
+    ],
+    'no uplink of the message itself',
+  );
   // a topic that evaluates to no string sends nothing, and never the message itself in its place
   const bad = load('rule bad when true then uplink(topic = "alerts/" + payload.missing) end');
   const b = bad.send({ topic: 'd/k', payload: {} });
   t.same(b.fired, ['bad']);
-  t.same(b.uplinks.filter((u) => u.self), [], 'the message itself does not go up');
+  t.same(
+    b.uplinks.filter((u) => u.self),
+    [],
+    'the message itself does not go up',
+  );
 });
 
-t.test('default routing: device messages only, when no fired rule called uplink, emit or drop', (t) => {
+t.test('default routing: device messages only, when no fired rule called uplink, emit or drop', async (t) => {
   const priorities = [{ topic: 'devices/+/alarm/#', priority: 'critical' as const }];
-  const h = load(`rule note when payload.note == true then log("info", "x") publish("p", 1) infer("m") end
+  const h = load(
+    `rule note when payload.note == true then log("info", "x") publish("p", 1) infer("m") end
 rule ev when payload.ev == true then emit("e", 1) end
 rule up when payload.up == true then uplink(topic = "other") end
 rule never when payload.never == true and false then uplink() end
-`, { priorities });
+`,
+    { priorities },
+  );
   for (const protocol of ['mqtt', 'coap', 'ws'] as const) {
-    t.same(h.send({ topic: 'devices/d/t', protocol }).uplinks, [{ topic: 'devices/d/t', priority: 'normal', self: true, payload: undefined }], `${protocol}: goes up`);
+    t.same(
+      h.send({ topic: 'devices/d/t', protocol }).uplinks,
+      [{ topic: 'devices/d/t', priority: 'normal', self: true, payload: undefined }],
+      `${protocol}: goes up`,
+    );
   }
-  t.same(h.send({ topic: 'devices/d/alarm/x' }).uplinks, [{ topic: 'devices/d/alarm/x', priority: 'critical', self: true, payload: undefined }], 'with the routing.priorities priority');
-  t.same(h.send({ topic: 'devices/d/t', payload: { note: true } }).uplinks.map((u) => u.self), [true], 'log, publish, infer do not take over the routing');
-  t.same(h.send({ topic: 'devices/d/t', payload: { never: true } }).uplinks.map((u) => u.self), [true], 'a rule that did not fire does not count');
+  t.same(
+    h.send({ topic: 'devices/d/alarm/x' }).uplinks,
+    [{ topic: 'devices/d/alarm/x', priority: 'critical', self: true, payload: undefined }],
+    'with the routing.priorities priority',
+  );
+  t.same(
+    h.send({ topic: 'devices/d/t', payload: { note: true } }).uplinks.map((u) => u.self),
+    [true],
+    'log, publish, infer do not take over the routing',
+  );
+  t.same(
+    h.send({ topic: 'devices/d/t', payload: { never: true } }).uplinks.map((u) => u.self),
+    [true],
+    'a rule that did not fire does not count',
+  );
   t.same(h.send({ topic: 'devices/d/t', payload: { ev: true } }).uplinks, [], 'emit');
-  t.same(h.send({ topic: 'devices/d/t', payload: { up: true } }).uplinks.map((u) => [u.topic, u.self]), [['other', false]], 'uplink(topic)');
+  t.same(
+    h.send({ topic: 'devices/d/t', payload: { up: true } }).uplinks.map((u) => [u.topic, u.self]),
+    [['other', false]],
+    'uplink(topic)',
+  );
   t.same(h.send({ topic: 'devices/d/t', protocol: 'internal' }).uplinks, [], 'internal messages: no default routing');
   t.same(h.send({ topic: 'devices/d/t', protocol: 'cloud' }).uplinks, [], 'cloud messages: no default routing');
   const local = load('rule note when true then log("info", "x") end', { routingDefault: 'local' });
   t.same(local.send({ topic: 'devices/d/t' }).uplinks, [], 'routing.default local: stays local');
   const explicitLocal = load('rule up when true then uplink() end', { routingDefault: 'local' });
-  t.same(explicitLocal.send({ topic: 'devices/d/t' }).uplinks.map((u) => u.self), [true], 'an uplink() still goes up');
+  t.same(
+    explicitLocal.send({ topic: 'devices/d/t' }).uplinks.map((u) => u.self),
+    [true],
+    'an uplink() still goes up',
+  );
   const internal = load('rule up when true then uplink() end');
-  t.same(internal.send({ topic: 'devices/d/t', protocol: 'internal' }).uplinks.map((u) => u.self), [true], 'internal messages go up through uplink()');
+  t.same(
+    internal.send({ topic: 'devices/d/t', protocol: 'internal' }).uplinks.map((u) => u.self),
+    [true],
+    'internal messages go up through uplink()',
+  );
 });
 
-t.test('messages from the cloud never go up', (t) => {
+t.test('messages from the cloud never go up', async (t) => {
   const h = load('rule up when true then uplink(priority = "critical") end');
   const out = h.send({ topic: 'cloud/cmd', protocol: 'cloud' });
   t.same(out.fired, ['up']);
@@ -458,7 +606,7 @@ then uplink(topic = "alerts/" + msg.deviceId + "/warm", payload = { avg: avg(pay
 end
 `;
 
-t.test('the example rules of rules-dsl.md compile and do what their comments say', (t) => {
+t.test('the example rules of rules-dsl.md compile and do what their comments say', async (t) => {
   const spec = '/work/shared/spec/rules-dsl.md';
   if (existsSync(spec)) {
     const block = /```\n([\s\S]*?)```/.exec(readFileSync(spec, 'utf8'))?.[1];
@@ -470,7 +618,10 @@ t.test('the example rules of rules-dsl.md compile and do what their comments say
   // hot pump: up first as high, and the fan switched on locally
   const hot = h.send({ topic: 'devices/p1/telemetry', ts: 0, payload: { temp: 41 } });
   t.same(hot.fired, ['overheat', 'warm_average']);
-  t.same(hot.plan.publishes.map((p) => [p.topic, { ...(p.payload as object) }]), [['devices/p1/cmd/fan', { on: true }]]);
+  t.same(
+    hot.plan.publishes.map((p) => [p.topic, { ...(p.payload as object) }]),
+    [['devices/p1/cmd/fan', { on: true }]],
+  );
   t.same(hot.uplinks, [
     { topic: 'devices/p1/telemetry', priority: 'high', self: true, payload: undefined },
     { topic: 'alerts/p1/warm', priority: 'normal', self: false, payload: { avg: 41, n: 1 } },
@@ -479,7 +630,11 @@ t.test('the example rules of rules-dsl.md compile and do what their comments say
   t.same(mild.fired, ['warm_average'], '40.0 is not > 40.0; the average of p2 is 40');
   const cool = h.send({ topic: 'devices/p3/telemetry', ts: 0, payload: { temp: 20 } });
   t.same(cool.fired, []);
-  t.same(cool.uplinks, [{ topic: 'devices/p3/telemetry', priority: 'normal', self: true, payload: undefined }], 'plain telemetry goes up by default routing');
+  t.same(
+    cool.uplinks,
+    [{ topic: 'devices/p3/telemetry', priority: 'normal', self: true, payload: undefined }],
+    'plain telemetry goes up by default routing',
+  );
 
   // debug stays local
   const debug = h.send({ topic: 'devices/p1/debug/trace', payload: { x: 1 } });
@@ -490,13 +645,20 @@ t.test('the example rules of rules-dsl.md compile and do what their comments say
   // vibration: 64 samples or more go to the model; the message still goes up by default routing
   const vib = h.send({ topic: 'devices/p1/vibration', payload: { samples: Array(64).fill(0.1) } });
   t.same(vib.plan.infers, [{ rule: 'vibration', model: 'bearing', to: null }]);
-  t.same(vib.uplinks.map((u) => [u.topic, u.self]), [['devices/p1/vibration', true]]);
+  t.same(
+    vib.uplinks.map((u) => [u.topic, u.self]),
+    [['devices/p1/vibration', true]],
+  );
   t.same(h.send({ topic: 'devices/p1/vibration', payload: { samples: Array(63).fill(0.1) } }).plan.infers, []);
 
   // bearing fault: an event, at most once per device every 10 minutes
-  const fault = (ts: number, score = 0.9, deviceId = 'p1') => h.send({ topic: `ml/bearing/${deviceId}`, deviceId, ts, protocol: 'internal', payload: { label: 'fault', score } });
+  const fault = (ts: number, score = 0.9, deviceId = 'p1') =>
+    h.send({ topic: `ml/bearing/${deviceId}`, deviceId, ts, protocol: 'internal', payload: { label: 'fault', score } });
   const first = fault(1_000_000);
-  t.same(first.plan.emits.map((e) => [e.name, { ...(e.data as object) }]), [['bearing_fault', { device: 'p1', score: 0.9, at: 1_000_000 }]]);
+  t.same(
+    first.plan.emits.map((e) => [e.name, { ...(e.data as object) }]),
+    [['bearing_fault', { device: 'p1', score: 0.9, at: 1_000_000 }]],
+  );
   t.same(first.uplinks, [], 'an internal message: no default routing (the event goes up as high by itself)');
   t.same(fault(1_000_000 + 9 * 60_000).plan.emits, [], 'throttled for 10 minutes');
   t.same(fault(1_000_000 + 9 * 60_000, 0.95, 'p2').plan.emits.length, 1, 'per device');
@@ -507,22 +669,37 @@ t.test('the example rules of rules-dsl.md compile and do what their comments say
   const w = load(SPEC_EXAMPLE);
   const temps = [30, 36, 40];
   const outs = temps.map((temp, i) => w.send({ topic: 'devices/w1/telemetry', ts: i * 60_000, payload: { temp } }));
-  t.same(outs.map((o) => o.fired), [[], [], ['warm_average']]);
-  t.same(outs[2]!.uplinks, [{ topic: 'alerts/w1/warm', priority: 'normal', self: false, payload: { avg: (30 + 36 + 40) / 3, n: 3 } }],
-    'the alert; the reading itself does not go up since the rule called uplink()');
+  t.same(
+    outs.map((o) => o.fired),
+    [[], [], ['warm_average']],
+  );
+  t.same(
+    outs[2]!.uplinks,
+    [{ topic: 'alerts/w1/warm', priority: 'normal', self: false, payload: { avg: (30 + 36 + 40) / 3, n: 3 } }],
+    'the alert; the reading itself does not go up since the rule called uplink()',
+  );
 });
 
-t.test('the shipped rules/*.rules files compile', (t) => {
+t.test('the shipped rules/*.rules files compile', async (t) => {
   const dir = join(ROOT, 'rules');
-  const files = readdirSync(dir).filter((n) => n.endsWith('.rules')).sort();
+  const files = readdirSync(dir)
+    .filter((n) => n.endsWith('.rules'))
+    .sort();
   t.ok(files.length >= 3, 'there are shipped rules');
   const texts: Sources = Object.fromEntries(files.map((n) => [n, readFileSync(join(dir, n), 'utf8')]));
   const result = compileRules(texts);
   t.same(result.errors, [], formatErrors(result));
-  const declared = Object.values(texts).join('\n').split('\n').filter((l) => /^rule\s/.test(l)).length;
+  const declared = Object.values(texts)
+    .join('\n')
+    .split('\n')
+    .filter((l) => /^rule\s/.test(l)).length;
   t.equal(result.rules, declared, 'every rule of the files');
   const h = load(texts);
   const alarm = h.send({ topic: 'devices/s1/alarm/smoke', payload: { on: true } });
-  t.same(alarm.uplinks.map((u) => [u.topic, u.priority, u.self]), [['devices/s1/alarm/smoke', 'critical', true]], 'an alarm goes up as critical');
+  t.same(
+    alarm.uplinks.map((u) => [u.topic, u.priority, u.self]),
+    [['devices/s1/alarm/smoke', 'critical', true]],
+    'an alarm goes up as critical',
+  );
   t.same(h.send({ topic: 'devices/s1/debug/x', payload: {} }).uplinks, [], 'debug stays on site');
 });

@@ -19,7 +19,10 @@ end
 `;
 
 /** A proxy with one rules file, and a device and a local subscriber that shows which set ran. */
-async function setup(t: Test, files: Record<string, string> = { 'a.rules': mark('v1') }): Promise<{ proxy: ProxyProcess; seen: Collected; send: () => Promise<string> }> {
+async function setup(
+  t: Test,
+  files: Record<string, string> = { 'a.rules': mark('v1') },
+): Promise<{ proxy: ProxyProcess; seen: Collected; send: () => Promise<string> }> {
   const dir = t.testdir();
   mkdirSync(join(dir, 'rules'));
   for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, 'rules', name), text);
@@ -32,7 +35,8 @@ async function setup(t: Test, files: Record<string, string> = { 'a.rules': mark(
   const seen = await collect(watcher, 'seen/#');
   let n = 0;
   return {
-    proxy, seen,
+    proxy,
+    seen,
     // Publish one reading and return what the rules published for it.
     async send() {
       const before = seen.messages.length;
@@ -53,7 +57,11 @@ t.test('a good push takes effect at once, answers its version, and replaces the 
   t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['pushed.rules'], 'a text push is stored as pushed.rules; the old files are gone');
   t.equal(readFileSync(join(proxy.dir, 'rules', 'pushed.rules'), 'utf8'), mark('v2'));
   const got = await api(proxy, 'GET', '/api/v1/rules');
-  t.same(got.body, { version: 2, sha256: pushed.body.sha256, rules: 1, files: { 'pushed.rules': mark('v2') } }, 'GET answers the running set');
+  t.same(
+    got.body,
+    { version: 2, sha256: pushed.body.sha256, rules: 1, files: { 'pushed.rules': mark('v2') } },
+    'GET answers the running set',
+  );
   t.equal(await proxy.metric('edge_rules_version'), 2);
 
   const json = await pushFiles(proxy, { '10-a.rules': mark('v3'), '20-b.rules': mark('b', 'second').replace('seen/', 'other/') });
@@ -65,7 +73,10 @@ t.test('a good push takes effect at once, answers its version, and replaces the 
   t.match(again.body, { version: 3, changed: false }, 'pushing the running content again makes no version');
   t.equal(await proxy.metric('edge_rules_pushes_total', 'result="applied"'), 2);
   t.equal(await proxy.metric('edge_rules_pushes_total', 'result="unchanged"'), 1);
-  t.ok(proxy.logs.some((l) => l.msg === 'rules version 3 running (api)' && typeof l.tookMs === 'number'), 'the log says which version runs, where it came from and how long the swap took');
+  t.ok(
+    proxy.logs.some((l) => l.msg === 'rules version 3 running (api)' && typeof l.tookMs === 'number'),
+    'the log says which version runs, where it came from and how long the swap took',
+  );
 });
 
 t.test('a bad push answers 422 with every error and the old set keeps running', async (t) => {
@@ -76,12 +87,28 @@ t.test('a bad push answers 422 with every error and the old set keeps running', 
     'bad name.rules': mark('x', 'c'),
   });
   t.equal(bad.status, 422);
-  t.same(bad.body.errors, [
-    { file: 'bad name.rules', line: 1, col: 1, code: 'E_RULE_FILE_NAME', message: bad.body.errors && (bad.body.errors as Array<{ message: string }>)[0]!.message },
-    { file: 'one.rules', line: 3, col: 6, code: 'E_RULE_UNKNOWN_ACTION', message: 'unknown action "lgo"; did you mean "log"?' },
-    { file: 'two.rules', line: 2, col: 6, code: 'E_RULE_UNKNOWN_FUNCTION', message: 'unknown function "avrg"; did you mean "avg"?' },
-    { file: 'two.rules', line: 3, col: 24, code: 'E_RULE_ARG', message: 'uplink(): priority must be one of "critical", "high", "normal", "low"' },
-  ], 'every error of every file, with file, line, column, code and message');
+  t.same(
+    bad.body.errors,
+    [
+      {
+        file: 'bad name.rules',
+        line: 1,
+        col: 1,
+        code: 'E_RULE_FILE_NAME',
+        message: bad.body.errors && (bad.body.errors as Array<{ message: string }>)[0]!.message,
+      },
+      { file: 'one.rules', line: 3, col: 6, code: 'E_RULE_UNKNOWN_ACTION', message: 'unknown action "lgo"; did you mean "log"?' },
+      { file: 'two.rules', line: 2, col: 6, code: 'E_RULE_UNKNOWN_FUNCTION', message: 'unknown function "avrg"; did you mean "avg"?' },
+      {
+        file: 'two.rules',
+        line: 3,
+        col: 24,
+        code: 'E_RULE_ARG',
+        message: 'uplink(): priority must be one of "critical", "high", "normal", "low"',
+      },
+    ],
+    'every error of every file, with file, line, column, code and message',
+  );
   t.match((bad.body.errors as Array<{ message: string }>)[0]!.message, /ends with "\.rules"/);
   t.equal(await send(), 'v1', 'the old set keeps running');
   t.same(readdirSync(join(proxy.dir, 'rules')), ['a.rules'], 'the directory is untouched');
@@ -99,11 +126,22 @@ t.test('a bad push answers 422 with every error and the old set keeps running', 
   t.match(huge, { status: 413, body: { code: 'E_RULES_REQUEST' } });
   // The same without a content-length (chunked): refused once the limit is passed, answered all the same.
   const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port: proxy.ports.admin, path: '/api/v1/rules', method: 'PUT', headers: { authorization: `Bearer ${adminToken(proxy)}`, 'content-type': 'text/plain' } }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => { body += d.toString(); });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port: proxy.ports.admin,
+        path: '/api/v1/rules',
+        method: 'PUT',
+        headers: { authorization: `Bearer ${adminToken(proxy)}`, 'content-type': 'text/plain' },
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => {
+          body += d.toString();
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     const chunk = Buffer.alloc(2 ** 20, 0x20);
     for (let i = 0; i < 17; i++) req.write(chunk);
@@ -123,7 +161,11 @@ t.test('a write without a valid token is refused; validate applies nothing', asy
     t.equal(r.status, 401, `a push with ${token ? 'a wrong' : 'no'} token gets 401`);
     t.equal(r.body.code, 'E_ADMIN_AUTH');
     t.equal((await api(proxy, 'POST', '/api/v1/rules/rollback', { token })).status, 401, 'so does a rollback');
-    t.equal((await api(proxy, 'POST', '/api/v1/rules/validate', { token, type: 'text/plain', body: mark('x') })).status, 401, 'and a validation');
+    t.equal(
+      (await api(proxy, 'POST', '/api/v1/rules/validate', { token, type: 'text/plain', body: mark('x') })).status,
+      401,
+      'and a validation',
+    );
   }
   t.equal((await api(proxy, 'GET', '/api/v1/rules', { token: null })).status, 200, 'reads on loopback need no token');
   t.equal(await send(), 'v1', 'nothing changed');
@@ -177,14 +219,27 @@ t.test('a pushed set survives a restart, and an interrupted push is finished at 
   // A power cut after the push journal was written but before every file was in place: the
   // journal is what a push leaves in that case, and the directory holds part of the new set.
   await proxy.stop();
-  writeFileSync(join(proxy.dir, 'data', 'rules-push.json'), JSON.stringify({ dir: join(proxy.dir, 'rules'), files: { 'x.rules': mark('x1', 'x'), 'y.rules': mark('y1', 'y').replace('seen/', 'other/') } }));
+  writeFileSync(
+    join(proxy.dir, 'data', 'rules-push.json'),
+    JSON.stringify({
+      dir: join(proxy.dir, 'rules'),
+      files: { 'x.rules': mark('x1', 'x'), 'y.rules': mark('y1', 'y').replace('seen/', 'other/') },
+    }),
+  );
   writeFileSync(join(proxy.dir, 'rules', 'x.rules'), mark('x1', 'x'));
   writeFileSync(join(proxy.dir, 'rules', '.y.rules.push-tmp'), 'rule y\nwhen');
   await proxy.restart();
-  t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['x.rules', 'y.rules'], 'the start finished the push: the whole new set, nothing of the old one, no temporary file');
+  t.same(
+    readdirSync(join(proxy.dir, 'rules')).sort(),
+    ['x.rules', 'y.rules'],
+    'the start finished the push: the whole new set, nothing of the old one, no temporary file',
+  );
   t.notOk(existsSync(join(proxy.dir, 'data', 'rules-push.json')), 'and removed the journal');
   t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 3, rules: 2 });
-  t.ok(proxy.logs.some((l) => l.msg === 'finished a rules push that a stop or crash interrupted'), 'the log says so');
+  t.ok(
+    proxy.logs.some((l) => l.msg === 'finished a rules push that a stop or crash interrupted'),
+    'the log says so',
+  );
 });
 
 t.test('a push creates a missing rules directory, and the new directory is watched', async (t) => {
@@ -213,27 +268,42 @@ function mountReadOnly(files: Record<string, string>): string | null {
 }
 const roWhy = mountReadOnly({ 'a.rules': mark('v1') });
 
-t.test('a valid push to a directory that cannot be written answers 500 E_RULES_WRITE and changes nothing', { skip: roWhy ? `cannot mount a read-only file system here: ${roWhy}` : false }, async (t) => {
-  t.teardown(() => { try { execFileSync('umount', ['-l', roDir]); } catch { /* already gone */ } });
-  const dir = t.testdir();
-  const proxy = await startProxy(dir, { rules: { dir: roDir } });
-  t.teardown(() => proxy.stop());
-  const r = await pushFiles(proxy, { 'b.rules': mark('v2') });
-  t.equal(r.status, 500);
-  t.equal(r.body.code, 'E_RULES_WRITE');
-  t.match(r.body.error, /cannot write .*rules-ro-mount \(EROFS\); nothing changed/);
-  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1, files: { 'a.rules': mark('v1') } }, 'the old set keeps running');
-  t.notOk(existsSync(join(dir, 'data', 'rules-push.json')), 'no journal is left to apply the refused set at the next start');
-  await proxy.stop();
-  await proxy.restart();
-  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1 }, 'and after a restart the old set still runs');
+t.test(
+  'a valid push to a directory that cannot be written answers 500 E_RULES_WRITE and changes nothing',
+  { skip: roWhy ? `cannot mount a read-only file system here: ${roWhy}` : false },
+  async (t) => {
+    t.teardown(() => {
+      try {
+        execFileSync('umount', ['-l', roDir]);
+      } catch {
+        /* already gone */
+      }
+    });
+    const dir = t.testdir();
+    const proxy = await startProxy(dir, { rules: { dir: roDir } });
+    t.teardown(() => proxy.stop());
+    const r = await pushFiles(proxy, { 'b.rules': mark('v2') });
+    t.equal(r.status, 500);
+    t.equal(r.body.code, 'E_RULES_WRITE');
+    t.match(r.body.error, /cannot write .*rules-ro-mount \(EROFS\); nothing changed/);
+    t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1, files: { 'a.rules': mark('v1') } }, 'the old set keeps running');
+    t.notOk(existsSync(join(dir, 'data', 'rules-push.json')), 'no journal is left to apply the refused set at the next start');
+    await proxy.stop();
+    await proxy.restart();
+    t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1 }, 'and after a restart the old set still runs');
 
-  // An interrupted push that cannot be finished, because the directory has become read-only since:
-  // the proxy still starts (a crash loop would help nobody), says why, and keeps the journal.
-  await proxy.stop();
-  writeFileSync(join(dir, 'data', 'rules-push.json'), JSON.stringify({ dir: roDir, files: { 'z.rules': mark('z') } }));
-  await proxy.restart();
-  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1 }, 'the proxy starts on the directory as it is');
-  t.ok(proxy.logs.some((l) => l.level === 'error' && String(l.msg).startsWith('cannot finish a rules push that a stop or crash interrupted')), 'and logs what to do');
-  t.ok(existsSync(join(dir, 'data', 'rules-push.json')), 'the journal stays for a start that can write the directory');
-});
+    // An interrupted push that cannot be finished, because the directory has become read-only since:
+    // the proxy still starts (a crash loop would help nobody), says why, and keeps the journal.
+    await proxy.stop();
+    writeFileSync(join(dir, 'data', 'rules-push.json'), JSON.stringify({ dir: roDir, files: { 'z.rules': mark('z') } }));
+    await proxy.restart();
+    t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 1 }, 'the proxy starts on the directory as it is');
+    t.ok(
+      proxy.logs.some(
+        (l) => l.level === 'error' && String(l.msg).startsWith('cannot finish a rules push that a stop or crash interrupted'),
+      ),
+      'and logs what to do',
+    );
+    t.ok(existsSync(join(dir, 'data', 'rules-push.json')), 'the journal stays for a start that can write the directory');
+  },
+);

@@ -32,13 +32,22 @@ t.test('an edit reloads the rules; a bad edit changes nothing; unchanged rules k
   await eventually('version 2 running', async () => (await proxy.metric('edge_rules_version')) === 2, 10_000);
   await device.publishAsync('devices/reload-1/telemetry', '{"t":9}', { qos: 1 });
   await eventually('the new rule fired', async () => (await proxy.metric('edge_rules_fired_total', 'rule="hot"')) === 1);
-  t.equal(await proxy.metric('edge_rules_fired_total', 'rule="third"'), 1, 'the unchanged rule saw its third message: its window carried over');
+  t.equal(
+    await proxy.metric('edge_rules_fired_total', 'rule="third"'),
+    1,
+    'the unchanged rule saw its third message: its window carried over',
+  );
 
   writeFileSync(join(rulesDir, 'b.rules'), 'rule hot\nwhen payload.t > 5\nthen lgo("warn", "hot")\nend\n');
   await eventually('the bad edit is counted', async () => (await proxy.metric('edge_rules_reload_failures_total')) === 1, 10_000);
   t.equal(await proxy.metric('edge_rules_version'), 2, 'and changes nothing');
   t.equal(await proxy.metric('edge_rules_pushes_total'), 0, 'an edit is not counted as a push');
-  t.ok(proxy.logs.some((l) => l.level === 'error' && String(l.listing as string | undefined ?? '').includes('b.rules:3:6: E_RULE_UNKNOWN_ACTION')), 'the log lists every error with its place');
+  t.ok(
+    proxy.logs.some(
+      (l) => l.level === 'error' && String((l.listing as string | undefined) ?? '').includes('b.rules:3:6: E_RULE_UNKNOWN_ACTION'),
+    ),
+    'the log lists every error with its place',
+  );
   await device.publishAsync('devices/reload-1/telemetry', '{"t":10}', { qos: 1 });
   await eventually('the old set still runs', async () => (await proxy.metric('edge_rules_fired_total', 'rule="hot"')) === 2);
 

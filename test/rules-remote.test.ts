@@ -22,13 +22,18 @@ function cli(args: string[], cwd: string): Promise<Run> {
     const child = spawn(process.execPath, [CLI, ...args], { cwd, env });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     child.on('exit', (status) => resolve({ status, stdout, stderr }));
   });
 }
 
-const RULE = (name: string, level = 'info'): string => `rule ${name}\nwhen msg.topic matches "devices/#"\nthen log("${level}", "${name}")\nend\n`;
+const RULE = (name: string, level = 'info'): string =>
+  `rule ${name}\nwhen msg.topic matches "devices/#"\nthen log("${level}", "${name}")\nend\n`;
 
 t.test('rules push and rollback find the local proxy and its token; exit 0, 1 with errors, 2 unreachable', async (t) => {
   const dir = t.testdir();
@@ -52,8 +57,11 @@ t.test('rules push and rollback find the local proxy and its token; exit 0, 1 wi
   writeFileSync(join(work, 'broken.rules'), 'rule broken\nwhen msg.topic matches "devices/#"\nthen uplnk()\nend\n');
   const bad = await cli(['rules', 'push', 'alarms.rules', 'broken.rules', ...cfg], work);
   t.equal(bad.status, 1);
-  t.equal(bad.stderr, 'broken.rules:3:6: E_RULE_UNKNOWN_ACTION: unknown action "uplnk"; did you mean "uplink"?\n  then uplnk()\n       ^\n1 error: nothing changed, the running rules keep running\n',
-    'the errors are printed as rules check prints them, with the file as it was given');
+  t.equal(
+    bad.stderr,
+    'broken.rules:3:6: E_RULE_UNKNOWN_ACTION: unknown action "uplnk"; did you mean "uplink"?\n  then uplnk()\n       ^\n1 error: nothing changed, the running rules keep running\n',
+    'the errors are printed as rules check prints them, with the file as it was given',
+  );
   t.equal((await api(proxy, 'GET', '/api/v1/rules')).body.version, 2, 'and nothing changed');
 
   const back = await cli(['rules', 'rollback', ...cfg], work);
@@ -102,14 +110,38 @@ t.test('a push on <controlPrefix>rules/set is applied and answered on rules/resu
 
   /** mosquitto_pub a body on rules/set; mosquitto_sub's first answer on rules/result. */
   const pushFromCloud = async (body: string): Promise<Record<string, unknown>> => {
-    const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-t', 'edge/test-edge/rules/result', '-q', '1', '-C', '1']);
+    const sub = spawn('mosquitto_sub', [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(cloud.port),
+      '-t',
+      'edge/test-edge/rules/result',
+      '-q',
+      '1',
+      '-C',
+      '1',
+    ]);
     let out = '';
-    sub.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    sub.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
     const done = new Promise((resolve) => sub.on('exit', resolve));
     await new Promise((r) => setTimeout(r, 300)); // subscribed before the push goes out
     const file = join(dir, 'body');
     writeFileSync(file, body);
-    const pub = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-q', '1', '-t', 'edge/test-edge/rules/set', '-f', file]);
+    const pub = spawn('mosquitto_pub', [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(cloud.port),
+      '-q',
+      '1',
+      '-t',
+      'edge/test-edge/rules/set',
+      '-f',
+      file,
+    ]);
     await new Promise((r) => pub.on('exit', r));
     await Promise.race([done, new Promise((r) => setTimeout(r, 10_000))]);
     sub.kill();
@@ -125,19 +157,45 @@ t.test('a push on <controlPrefix>rules/set is applied and answered on rules/resu
   t.same(readdirSync(join(dir, 'rules')).sort(), ['a.rules', 'b.rules']);
 
   const bad = await pushFromCloud(JSON.stringify({ files: { 'a.rules': 'rule a\nwhen payload.x >\nthen drop()\nend\n' } }));
-  t.match(bad, { status: 422, errors: [{ file: 'a.rules', line: 3, col: 1, code: 'E_RULE_SYNTAX' }] }, 'a bad set is answered with its errors');
+  t.match(
+    bad,
+    { status: 422, errors: [{ file: 'a.rules', line: 3, col: 1, code: 'E_RULE_SYNTAX' }] },
+    'a bad set is answered with its errors',
+  );
   t.equal((await api(proxy, 'GET', '/api/v1/rules')).body.version, 3, 'and changes nothing');
   t.equal(await proxy.metric('edge_rules_pushes_total', 'source="cloud"'), 3);
 
   // A retained push is applied when it is published (subscribers get it live), but the broker
   // replays it at every reconnection: that copy must not undo what was pushed on the board since.
-  const retained = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(cloud.port), '-q', '1', '-r', '-t', 'edge/test-edge/rules/set', '-m', RULE('retained')]);
+  const retained = spawn('mosquitto_pub', [
+    '-h',
+    '127.0.0.1',
+    '-p',
+    String(cloud.port),
+    '-q',
+    '1',
+    '-r',
+    '-t',
+    'edge/test-edge/rules/set',
+    '-m',
+    RULE('retained'),
+  ]);
   await new Promise((r) => retained.on('exit', r));
   await eventually('the retained push applied live', async () => (await api(proxy, 'GET', '/api/v1/rules')).body.version === 4);
-  t.equal((await api(proxy, 'PUT', '/api/v1/rules', { type: 'text/plain', body: RULE('local') })).body.version, 5, 'then a push on the board');
+  t.equal(
+    (await api(proxy, 'PUT', '/api/v1/rules', { type: 'text/plain', body: RULE('local') })).body.version,
+    5,
+    'then a push on the board',
+  );
   await proxy.stop();
   await proxy.restart();
   await eventually('uplink connected again', async () => (await proxy.metric('edge_uplink_connected')) === 1);
-  await eventually('the replayed retained push was seen and ignored', () => proxy.logs.some((l) => String(l.msg).startsWith('a retained rules push is ignored')));
-  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 5, files: { 'pushed.rules': RULE('local') } }, 'the board\'s push still runs');
+  await eventually('the replayed retained push was seen and ignored', () =>
+    proxy.logs.some((l) => String(l.msg).startsWith('a retained rules push is ignored')),
+  );
+  t.match(
+    (await api(proxy, 'GET', '/api/v1/rules')).body,
+    { version: 5, files: { 'pushed.rules': RULE('local') } },
+    "the board's push still runs",
+  );
 });

@@ -5,7 +5,7 @@ import { compileRules, errorsOf, load, plain, valueOf } from './helpers/rules.js
 
 const rule = (when: string, then = 'drop()'): string => `rule r\nwhen ${when}\nthen ${then}\nend\n`;
 
-t.test('no way to call into the host: compile errors', (t) => {
+t.test('no way to call into the host: compile errors', async (t) => {
   const cases: Array<[string, string[]]> = [
     [rule('constructor.constructor("return 1")() == 1'), ['E_RULE_SYNTAX']],
     [rule('constructor("return process")() == 1'), ['E_RULE_SYNTAX']],
@@ -39,11 +39,15 @@ t.test('no way to call into the host: compile errors', (t) => {
   for (const [text, codes] of cases) {
     const result = compileRules(text);
     t.equal(result.ruleset, null, `${JSON.stringify(text)} does not compile`);
-    t.same(result.errors.map((e) => e.code), codes, `${JSON.stringify(text)}: ${codes.join(', ')}`);
+    t.same(
+      result.errors.map((e) => e.code),
+      codes,
+      `${JSON.stringify(text)}: ${codes.join(', ')}`,
+    );
   }
 });
 
-t.test('the prototype and the constructor read as null', (t) => {
+t.test('the prototype and the constructor read as null', async (t) => {
   const payload = { list: [1, 2], s: 'text', o: { k: 1 } };
   const cases = [
     'payload.constructor',
@@ -88,16 +92,26 @@ t.test('the prototype and the constructor read as null', (t) => {
   }
 });
 
-t.test('own keys "__proto__", "constructor", "prototype" of a JSON payload read as null too', (t) => {
+t.test('own keys "__proto__", "constructor", "prototype" of a JSON payload read as null too', async (t) => {
   // JSON.parse makes "__proto__" an own key (an object literal in JS would set the prototype instead)
-  const json = '{"__proto__": {"polluted": 1, "x": 2}, "constructor": {"prototype": {"y": 3}}, "prototype": 4, "inner": {"__proto__": 5, "constructor": 6}}';
+  const json =
+    '{"__proto__": {"polluted": 1, "x": 2}, "constructor": {"prototype": {"y": 3}}, "prototype": 4, "inner": {"__proto__": 5, "constructor": 6}}';
   const parsed = JSON.parse(json) as Record<string, unknown>;
   t.ok(Object.hasOwn(parsed, '__proto__'), 'the payload really has an own __proto__ key');
   const input = { json };
   for (const expr of [
-    'payload.__proto__', 'payload["__proto__"]', 'payload.__proto__.x', 'payload.__proto__.polluted',
-    'payload.constructor', 'payload["constructor"]', 'payload.constructor.prototype', 'payload.constructor.prototype.y',
-    'payload.prototype', 'payload["prototype"]', 'payload.inner.__proto__', 'payload.inner["constructor"]',
+    'payload.__proto__',
+    'payload["__proto__"]',
+    'payload.__proto__.x',
+    'payload.__proto__.polluted',
+    'payload.constructor',
+    'payload["constructor"]',
+    'payload.constructor.prototype',
+    'payload.constructor.prototype.y',
+    'payload.prototype',
+    'payload["prototype"]',
+    'payload.inner.__proto__',
+    'payload.inner["constructor"]',
   ]) {
     t.equal(valueOf(expr, input), null, `${expr} is null`);
   }
@@ -111,11 +125,19 @@ t.test('own keys "__proto__", "constructor", "prototype" of a JSON payload read 
   t.equal((copy as { polluted?: unknown }).polluted, undefined, 'the copy did not get a polluted prototype');
 });
 
-t.test('object literals refuse the keys __proto__, constructor and prototype (E_RULE_ARG), quoted or not', (t) => {
+t.test('object literals refuse the keys __proto__, constructor and prototype (E_RULE_ARG), quoted or not', async (t) => {
   for (const key of ['__proto__', 'constructor', 'prototype', '"__proto__"', '"constructor"', '"prototype"']) {
-    for (const text of [rule(`{ ${key}: 1 } == null`), rule('true', `publish("t", { a: { ${key}: payload } })`), rule('true', `uplink(payload = [{ ok: 1, ${key}: 2 }])`)]) {
+    for (const text of [
+      rule(`{ ${key}: 1 } == null`),
+      rule('true', `publish("t", { a: { ${key}: payload } })`),
+      rule('true', `uplink(payload = [{ ok: 1, ${key}: 2 }])`),
+    ]) {
       const errors = errorsOf(text);
-      t.same(errors.map((e) => e.code), ['E_RULE_ARG'], `${key} in ${JSON.stringify(text)}`);
+      t.same(
+        errors.map((e) => e.code),
+        ['E_RULE_ARG'],
+        `${key} in ${JSON.stringify(text)}`,
+      );
       t.match(errors[0]!.message, /cannot be a key of an object/);
     }
   }
@@ -128,7 +150,7 @@ t.test('object literals refuse the keys __proto__, constructor and prototype (E_
   t.equal(valueOf('{ toString: 1 } == { toString: 1 }'), true);
 });
 
-t.test('quotes cannot be injected: an escaped quote stays in the string', (t) => {
+t.test('quotes cannot be injected: an escaped quote stays in the string', async (t) => {
   t.equal(valueOf('"a\\" + payload.x + \\""', { payload: { x: 'INJECTED' } }), 'a" + payload.x + "');
   t.equal(valueOf('"\\\\" + "x"'), '\\x', 'an escaped backslash does not escape the closing quote');
   t.equal(valueOf('"\\u{22} + payload.x + \\u{22}"', { payload: { x: 'INJECTED' } }), '" + payload.x + "');
@@ -143,7 +165,7 @@ t.test('quotes cannot be injected: an escaped quote stays in the string', (t) =>
   t.same({ line: errors[0]!.line, col: errors[0]!.col }, { line: 1, col: 26 });
 });
 
-t.test('deep nesting is refused with an error, not a crash', (t) => {
+t.test('deep nesting is refused with an error, not a crash', async (t) => {
   const n = 10_000;
   const cases: Array<[string, string]> = [
     ['10,000 parentheses', `${'('.repeat(n)}1${')'.repeat(n)} == 1`],
@@ -172,12 +194,15 @@ t.test('deep nesting is refused with an error, not a crash', (t) => {
         continue;
       }
       t.ok(errors.length >= 1, `${what}: refused`);
-      t.ok(errors.some((e) => e.code === 'E_RULE_TOO_LARGE'), `${what}: E_RULE_TOO_LARGE`);
+      t.ok(
+        errors.some((e) => e.code === 'E_RULE_TOO_LARGE'),
+        `${what}: E_RULE_TOO_LARGE`,
+      );
     }
   }
 });
 
-t.test('a deeply nested payload does not crash the evaluation', (t) => {
+t.test('a deeply nested payload does not crash the evaluation', async (t) => {
   const depth = 200_000;
   const json = `${'['.repeat(depth)}1${']'.repeat(depth)}`;
   const h = load(`rule deep when payload == payload[0] or string(payload) != null then uplink(priority = "high") end
@@ -196,22 +221,33 @@ rule after when true then log("info", "after") end
   for (const e of out.ev.errors) t.equal(e.rule, 'deep', 'a fault is reported for its rule');
 });
 
-t.test('a huge file is refused before it is parsed', (t) => {
+t.test('a huge file is refused before it is parsed', async (t) => {
   const big = `rule r when true then drop() end\n${'# filler\n'.repeat(200_000)}`;
   t.ok(Buffer.byteLength(big) > 1024 * 1024);
   const started = Date.now();
   const result = compileRules({ 'huge.rules': big });
-  t.same(result.errors, [{ file: 'huge.rules', line: 1, col: 1, code: 'E_RULE_TOO_LARGE', message: `the file is ${Buffer.byteLength(big)} bytes; rules.maxFileBytes is 1048576` }]);
+  t.same(result.errors, [
+    {
+      file: 'huge.rules',
+      line: 1,
+      col: 1,
+      code: 'E_RULE_TOO_LARGE',
+      message: `the file is ${Buffer.byteLength(big)} bytes; rules.maxFileBytes is 1048576`,
+    },
+  ]);
   t.equal(result.ruleset, null);
   t.ok(Date.now() - started < 2000, 'quickly');
   // a huge rule name or string inside the limit is fine; beyond it, refused
   const longString = rule(`payload.s == "${'x'.repeat(1000)}"`);
   t.same(errorsOf(longString), []);
   const tooManyRules = Array.from({ length: 20 }, (_, i) => `rule r${i} when true then drop() end`).join('\n');
-  t.same(errorsOf(tooManyRules, { maxRules: 19 }).map((e) => e.code), ['E_RULE_TOO_LARGE']);
+  t.same(
+    errorsOf(tooManyRules, { maxRules: 19 }).map((e) => e.code),
+    ['E_RULE_TOO_LARGE'],
+  );
 });
 
-t.test('no loops: a large legal expression evaluates, and quickly', (t) => {
+t.test('no loops: a large legal expression evaluates, and quickly', async (t) => {
   const items = 20_000; // each payload.v is 2 nodes: about 80,000 nodes in all
   const list = `[${Array(items).fill('payload.v').join(', ')}]`;
   const h = load(rule(`len(${list}) == ${items} and ${list} contains 7`, 'log("info", "big")'));

@@ -13,7 +13,8 @@ const limits = { maxFileBytes: 4 * 2 ** 20, maxRules: 100_000 };
 const engine = { maxWindowValues: 10_000, stateTtlSeconds: 3600, onTruncated() {} };
 const ROOT = new URL('..', import.meta.url).pathname;
 
-const shipped: RuleFile[] = readdirSync(join(ROOT, 'rules')).filter((n) => n.endsWith('.rules'))
+const shipped: RuleFile[] = readdirSync(join(ROOT, 'rules'))
+  .filter((n) => n.endsWith('.rules'))
   .map((name) => ({ name, text: readFileSync(join(ROOT, 'rules', name), 'utf8') }));
 
 function big(n: number, broken: number[] = []): RuleFile {
@@ -30,15 +31,24 @@ t.test('read in slices, a set is the same as read at once: rules and errors', as
   for (const [what, files] of [
     ['the shipped rules', shipped],
     ['3,000 generated rules', [big(3000)]],
-    ['a large file with errors deep inside, and a second file', [big(3000, [5, 1500, 2999]), { name: 'a.rules', text: 'rule a\nwhen payload.x > 1\nthen lgo()\nend\nrule r7\nwhen true\nthen drop()\nend\n' }]],
+    [
+      'a large file with errors deep inside, and a second file',
+      [
+        big(3000, [5, 1500, 2999]),
+        { name: 'a.rules', text: 'rule a\nwhen payload.x > 1\nthen lgo()\nend\nrule r7\nwhen true\nthen drop()\nend\n' },
+      ],
+    ],
   ] as const) {
     const once = analyzeRuleset([...files], limits);
     const sliced = await analyzeInSlices([...files], limits, 1);
     t.same(sliced, once, what);
   }
   const withErrors = await analyzeInSlices([big(3000, [5, 1500, 2999])], limits, 1);
-  t.same(withErrors.errors.map((e) => `${e.line}:${e.col}:${e.code}`), [5, 1500, 2999].map((i) => `${4 + 4 * i}:1:E_RULE_SYNTAX`),
-    'errors deep in a large file keep their lines, and reading resumes after each');
+  t.same(
+    withErrors.errors.map((e) => `${e.line}:${e.col}:${e.code}`),
+    [5, 1500, 2999].map((i) => `${4 + 4 * i}:1:E_RULE_SYNTAX`),
+    'errors deep in a large file keep their lines, and reading resumes after each',
+  );
   t.equal(withErrors.rules, 2997, 'every other rule was still read');
 });
 
@@ -50,7 +60,19 @@ t.test('a set built in slices decides as one built at once', async (t) => {
   t.same(sliced.names(), atOnce.names(), 'the same rules in the same order');
   for (let i = 0; i < 200; i++) {
     const payload = { temp: i % 50 };
-    const msg: EdgeMessage = { id: `m${i}`, ts: 1_000 + i, deviceId: `d${i % 3}`, protocol: 'mqtt', topic: `devices/d${i % 3}/t${i % 13}`, payload: Buffer.from(JSON.stringify(payload)), contentType: 'json', qos: 1, retain: false, props: {}, hops: 0 };
+    const msg: EdgeMessage = {
+      id: `m${i}`,
+      ts: 1_000 + i,
+      deviceId: `d${i % 3}`,
+      protocol: 'mqtt',
+      topic: `devices/d${i % 3}/t${i % 13}`,
+      payload: Buffer.from(JSON.stringify(payload)),
+      contentType: 'json',
+      qos: 1,
+      retain: false,
+      props: {},
+      hops: 0,
+    };
     const env = { payload: () => payload, msgValue: () => msgValue(msg), device: null, edge: { id: 'e', uplinkConnected: true } };
     t.same(JSON.stringify(sliced.evaluate(msg, env)), JSON.stringify(atOnce.evaluate(msg, env)), `message ${i}`);
   }

@@ -14,9 +14,15 @@ function store(t: Test, files: Record<string, string>): { store: RulesStore; dir
   mkdirSync(dir);
   for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
   const logs: Array<Record<string, unknown>> = [];
-  const sink = new Writable({ write(chunk: Buffer, _enc, done) { logs.push(JSON.parse(chunk.toString()) as Record<string, unknown>); done(); } });
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      logs.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+      done();
+    },
+  });
   const s = new RulesStore({
-    dir, dataDir: join(root, 'data'),
+    dir,
+    dataDir: join(root, 'data'),
     limits: { maxFileBytes: 4 * 2 ** 20, maxRules: 100_000 },
     engine: { maxWindowValues: 10_000, stateTtlSeconds: 3600, onTruncated() {} },
     log: pino({ level: 'debug' }, sink),
@@ -47,7 +53,10 @@ t.test('the warm-up after a start gives way to the first push', async (t) => {
   const r = await s.push([{ name: 'small.rules', text: rule('small') }], 'api');
   t.match(r, { ok: true, version: 2, rules: 1 });
   await s.stop();
-  t.ok(logs.some((l) => l.msg === 'rules compiler warm-up given up for a change or a stop'), 'the warm-up stopped for the push');
+  t.ok(
+    logs.some((l) => l.msg === 'rules compiler warm-up given up for a change or a stop'),
+    'the warm-up stopped for the push',
+  );
 });
 
 t.test('once stopping, a push or a rollback changes nothing and says why', async (t) => {

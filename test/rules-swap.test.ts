@@ -19,7 +19,8 @@ const SECONDS = Number(process.env.SWAP_SECONDS ?? 8);
 function ruleset(k: number): Record<string, string> {
   return {
     'a.rules': `rule stamp_a\nwhen msg.topic matches "devices/+/telemetry"\nthen uplink(topic = "a/" + msg.deviceId, payload = { k: ${k}, seq: payload.seq })\nend\n`,
-    'b.rules': `rule stamp_b\nwhen msg.topic matches "devices/+/telemetry"\nthen uplink(topic = "b/" + msg.deviceId, payload = { k: ${k}, seq: payload.seq })\nend\n\n` +
+    'b.rules':
+      `rule stamp_b\nwhen msg.topic matches "devices/+/telemetry"\nthen uplink(topic = "b/" + msg.deviceId, payload = { k: ${k}, seq: payload.seq })\nend\n\n` +
       `rule counted\nwhen msg.topic matches "devices/+/telemetry"\nthen uplink(topic = "c/" + msg.deviceId, payload = { k: ${k}, seq: payload.seq, n: count(1h) })\nend\n`,
   };
 }
@@ -74,7 +75,11 @@ t.test('many pushes while messages flow: one version per message, state carried 
   const total = acked.reduce((a, b) => a + b, 0);
   t.ok(k >= 20, `${k} versions were pushed during the run`);
   t.ok(total >= 2000, `${total} messages were acknowledged during the run`);
-  t.same(applied, applied.map((_, i) => i + 2), 'each accepted push got the next version number');
+  t.same(
+    applied,
+    applied.map((_, i) => i + 2),
+    'each accepted push got the next version number',
+  );
 
   // Every acknowledged message produced its three uplinks; wait for all of them.
   await eventually(`all ${3 * total} uplinks at the cloud`, () => up.messages.length >= 3 * total, 60_000);
@@ -96,7 +101,10 @@ t.test('many pushes while messages flow: one version per message, state carried 
     let lastK = -1;
     for (let seq = 1; seq <= acked[d]!; seq++) {
       const e = byMessage.get(`swap-${d}#${seq}`);
-      if (!e?.a || !e.b || !e.c) { missing++; continue; }
+      if (!e?.a || !e.b || !e.c) {
+        missing++;
+        continue;
+      }
       if (e.a.k !== e.b.k || e.b.k !== e.c.k) mixed++;
       if (e.a.k < lastK) backwards++;
       if (e.c.n !== seq) windowGaps++;
@@ -106,7 +114,7 @@ t.test('many pushes while messages flow: one version per message, state carried 
   }
   t.equal(missing, 0, 'no acknowledged message lost any of its uplinks');
   t.equal(mixed, 0, 'each message was evaluated wholly by one version (rules in two files agree)');
-  t.equal(backwards, 0, 'a device\'s messages never went back to an older version');
+  t.equal(backwards, 0, "a device's messages never went back to an older version");
   t.equal(windowGaps, 0, 'count(1h) of the unchanged rule counted every message across every swap');
   t.equal(byMessage.size, total, 'no message that was not acknowledged showed up');
   t.ok(versionsSeen.size >= 10, `messages were evaluated by ${versionsSeen.size} different versions`);

@@ -17,7 +17,7 @@ then log("info", { avg: avg(payload.v, ${w}), sum: sum(payload.v, ${w}), min: mi
 end
 `;
 
-t.test('time windows: avg sum minOf maxOf count rate over msg.ts, current message included', (t) => {
+t.test('time windows: avg sum minOf maxOf count rate over msg.ts, current message included', async (t) => {
   const h = load(SERIES('5m'));
   const seen = [
     { ts: 0, v: 10 },
@@ -31,14 +31,14 @@ t.test('time windows: avg sum minOf maxOf count rate over msg.ts, current messag
   t.same(seen[3], { avg: 22.5, sum: 45, min: 5, max: 40, n: 2, rate: (40 - 5) / 240 });
 });
 
-t.test('time windows: a value exactly W old has left the window', (t) => {
+t.test('time windows: a value exactly W old has left the window', async (t) => {
   const h = load(SERIES('5m'));
   logged(h, { topic: 's/d1', ts: 1000, payload: { v: 1 } });
   t.match(logged(h, { topic: 's/d1', ts: 1000 + 5 * MIN - 1, payload: { v: 3 } }), { avg: 2, n: 2 }, '1 ms less than 5m: still in');
   t.match(logged(h, { topic: 's/d1', ts: 1000 + 5 * MIN, payload: { v: 5 } }), { avg: 4, n: 2, min: 3 }, 'exactly 5m: out');
 });
 
-t.test('time windows expire when read, not only when a value is recorded', (t) => {
+t.test('time windows expire when read, not only when a value is recorded', async (t) => {
   // count(1m) in the condition, values recorded only while payload.v is there
   const h = load(`rule w
 when msg.topic matches "s/+"
@@ -49,25 +49,34 @@ end
   t.same(logged(h, { topic: 's/d1', ts: 2 * MIN, payload: {} }), { avg: null, n: 1 }, 'the old value is gone though nothing was recorded');
 });
 
-t.test('count windows: the last N values, whatever their age', (t) => {
+t.test('count windows: the last N values, whatever their age', async (t) => {
   const h = load(SERIES('3'));
   const seen = [10, 20, 30, 40].map((v, i) => logged(h, { topic: 's/d1', ts: i * 1000, payload: { v } }));
   t.same(seen[0], { avg: 10, sum: 10, min: 10, max: 10, n: 1, rate: null });
   t.same(seen[2], { avg: 20, sum: 60, min: 10, max: 30, n: 3, rate: 10 });
   t.same(seen[3], { avg: 30, sum: 90, min: 20, max: 40, n: 3, rate: 10 }, 'the oldest went first');
   // ten days later the three newest values are still the window
-  t.same(logged(h, { topic: 's/d1', ts: 10 * 86_400_000, payload: { v: 50 } }), { avg: 40, sum: 120, min: 30, max: 50, n: 3, rate: (50 - 30) / ((10 * 86_400_000 - 2000) / 1000) });
+  t.same(logged(h, { topic: 's/d1', ts: 10 * 86_400_000, payload: { v: 50 } }), {
+    avg: 40,
+    sum: 120,
+    min: 30,
+    max: 50,
+    n: 3,
+    rate: (50 - 30) / ((10 * 86_400_000 - 2000) / 1000),
+  });
 });
 
-t.test('rate: null with fewer than two values or no time between them', (t) => {
+t.test('rate: null with fewer than two values or no time between them', async (t) => {
   const h = load('rule w when msg.topic matches "s/+" then log("info", rate(payload.v, 10)) end');
   t.equal(logged(h, { topic: 's/d1', ts: 5000, payload: { v: 1 } }), null);
   t.equal(logged(h, { topic: 's/d1', ts: 5000, payload: { v: 9 } }), null, 'same ts: no time between them');
   t.equal(logged(h, { topic: 's/d1', ts: 7000, payload: { v: 5 } }), 2, '(newest - oldest) / seconds = (5 - 1) / 2');
 });
 
-t.test('delta, last, changed: the previous recorded value', (t) => {
-  const h = load('rule w when msg.topic matches "s/+" then log("info", { delta: delta(payload.v), last: last(payload.v), changed: changed(payload.v) }) end');
+t.test('delta, last, changed: the previous recorded value', async (t) => {
+  const h = load(
+    'rule w when msg.topic matches "s/+" then log("info", { delta: delta(payload.v), last: last(payload.v), changed: changed(payload.v) }) end',
+  );
   const seen = [{ v: 5 }, { v: 5 }, { v: 8 }, {}, { v: 6 }].map((payload) => logged(h, { topic: 's/d1', payload }));
   t.same(seen[0], { delta: null, last: null, changed: false }, 'the first: null, null, false');
   t.same(seen[1], { delta: 0, last: 5, changed: false });
@@ -75,26 +84,44 @@ t.test('delta, last, changed: the previous recorded value', (t) => {
   t.same(seen[3], { delta: null, last: 8, changed: false }, 'no value now: no delta, nothing changed, the previous value is still 8');
   t.same(seen[4], { delta: -2, last: 8, changed: true }, 'the null was not recorded: the previous value is 8');
 
-  const s = load('rule w when msg.topic matches "s/+" then log("info", { changed: changed(payload.v), last: last(payload.v), delta: delta(payload.v) }) end');
+  const s = load(
+    'rule w when msg.topic matches "s/+" then log("info", { changed: changed(payload.v), last: last(payload.v), delta: delta(payload.v) }) end',
+  );
   const values = ['a', 'a', 'b', { x: [1] }, { x: [1] }, { x: [2] }];
   const changes = values.map((v) => logged(s, { topic: 's/d1', payload: { v } }) as { changed: boolean; last: unknown; delta: unknown });
-  t.same(changes.map((c) => c.changed), [false, false, true, true, false, true], 'changed compares as == does (deeply)');
+  t.same(
+    changes.map((c) => c.changed),
+    [false, false, true, true, false, true],
+    'changed compares as == does (deeply)',
+  );
   t.same(changes[3], { changed: true, last: 'b', delta: null }, 'last of any value; delta needs numbers');
 });
 
-t.test('values that are null are not recorded', (t) => {
+t.test('values that are null are not recorded', async (t) => {
   const h = load(`rule w
 when msg.topic matches "s/+"
 then log("info", { avg: avg(payload.v, 5m), sum: sum(payload.v, 5m), min: minOf(payload.v, 5m), max: maxOf(payload.v, 5m), avg2: avg(payload.v, 2), rate: rate(payload.v, 5m), n: count(5m) })
 end
 `);
-  t.same(logged(h, { topic: 's/d1', ts: 0, payload: {} }), { avg: null, sum: 0, min: null, max: null, avg2: null, rate: null, n: 1 }, 'nothing recorded yet');
+  t.same(
+    logged(h, { topic: 's/d1', ts: 0, payload: {} }),
+    { avg: null, sum: 0, min: null, max: null, avg2: null, rate: null, n: 1 },
+    'nothing recorded yet',
+  );
   t.match(logged(h, { topic: 's/d1', ts: 1000, payload: { v: 10 } }), { avg: 10, min: 10, max: 10, avg2: 10, rate: null, n: 2 });
-  t.match(logged(h, { topic: 's/d1', ts: 2000, payload: { v: null } }), { avg: 10, sum: 10, avg2: 10, n: 3 }, 'an explicit null is not a value');
-  t.same(logged(h, { topic: 's/d1', ts: 3000, payload: { v: 20 } }), { avg: 15, sum: 30, min: 10, max: 20, avg2: 15, rate: 5, n: 4 }, 'count(W) counts the messages; the nulls took no place in avg(x, 2)');
+  t.match(
+    logged(h, { topic: 's/d1', ts: 2000, payload: { v: null } }),
+    { avg: 10, sum: 10, avg2: 10, n: 3 },
+    'an explicit null is not a value',
+  );
+  t.same(
+    logged(h, { topic: 's/d1', ts: 3000, payload: { v: 20 } }),
+    { avg: 15, sum: 30, min: 10, max: 20, avg2: 15, rate: 5, n: 4 },
+    'count(W) counts the messages; the nulls took no place in avg(x, 2)',
+  );
 });
 
-t.test('every message in scope is recorded before the condition, whether or not the rule fires', (t) => {
+t.test('every message in scope is recorded before the condition, whether or not the rule fires', async (t) => {
   const h = load(`rule w
 when msg.topic matches "s/+" and payload.report == true
 then log("info", { n: count(1h), sum: sum(payload.v, 1h), avg: avg(payload.v, 10), last: last(payload.v) })
@@ -111,7 +138,7 @@ end
   t.same(c.send({ topic: 's/d1', payload: { temp: 20 } }).fired, [], 'average 31.5');
 });
 
-t.test('rules after a drop() still record the message in their windows', (t) => {
+t.test('rules after a drop() still record the message in their windows', async (t) => {
   const h = load(`rule gate priority 10
 when msg.topic matches "s/+" and payload.drop == true
 then drop()
@@ -132,8 +159,10 @@ end
   t.same(c.actions[0]!.args.text, { n: 3, sum: 6 }, 'both dropped messages were recorded');
 });
 
-t.test('windows are kept per device', (t) => {
-  const h = load('rule w when msg.topic matches "s/+" then log("info", { avg: avg(payload.v, 5m), n: count(5m), last: last(payload.v) }) end');
+t.test('windows are kept per device', async (t) => {
+  const h = load(
+    'rule w when msg.topic matches "s/+" then log("info", { avg: avg(payload.v, 5m), n: count(5m), last: last(payload.v) }) end',
+  );
   t.same(logged(h, { topic: 's/d1', payload: { v: 10 } }), { avg: 10, n: 1, last: null });
   t.same(logged(h, { topic: 's/d2', payload: { v: 50 } }), { avg: 50, n: 1, last: null }, 'd2 starts empty');
   t.same(logged(h, { topic: 's/d1', payload: { v: 20 } }), { avg: 15, n: 2, last: 10 });
@@ -142,9 +171,12 @@ t.test('windows are kept per device', (t) => {
   t.same(logged(h, { topic: 's/other', deviceId: 'd1', payload: { v: 30 } }), { avg: 20, n: 3, last: 20 });
 });
 
-t.test('scope: a rule with no topic condition has every message in scope', (t) => {
+t.test('scope: a rule with no topic condition has every message in scope', async (t) => {
   const h = load('rule w when true then log("info", count(1h)) end');
-  t.same(['a/1', 'b/2/x', 'c', '$SYS/load'].map((topic) => logged(h, { topic, deviceId: 'd' })), [1, 2, 3, 4]);
+  t.same(
+    ['a/1', 'b/2/x', 'c', '$SYS/load'].map((topic) => logged(h, { topic, deviceId: 'd' })),
+    [1, 2, 3, 4],
+  );
   // a topic condition that is not a top-level conjunct does not make a scope
   const o = load('rule w when msg.topic matches "a/#" or payload.x == 1 then log("info", count(1h)) end');
   t.equal(logged(o, { topic: 'b/1', deviceId: 'd', payload: { x: 0 } }), undefined, 'not fired...');
@@ -154,8 +186,10 @@ t.test('scope: a rule with no topic condition has every message in scope', (t) =
   t.equal(logged(n, { topic: 'b/1', deviceId: 'd' }), 2);
 });
 
-t.test('scope: an or of matches, and several conjuncts', (t) => {
-  const or = load('rule w when (msg.topic matches "a/+" or msg.topic matches "b/+") and payload.go == true then log("info", count(1h)) end');
+t.test('scope: an or of matches, and several conjuncts', async (t) => {
+  const or = load(
+    'rule w when (msg.topic matches "a/+" or msg.topic matches "b/+") and payload.go == true then log("info", count(1h)) end',
+  );
   t.equal(logged(or, { topic: 'a/x', deviceId: 'd', payload: { go: false } }), undefined);
   t.equal(logged(or, { topic: 'c/x', deviceId: 'd', payload: { go: true } }), undefined, 'c/x is out of scope');
   t.equal(logged(or, { topic: 'a/x/y', deviceId: 'd', payload: { go: true } }), undefined, 'a/x/y is out of scope');
@@ -174,19 +208,24 @@ t.test('scope: an or of matches, and several conjuncts', (t) => {
   t.equal(logged(mixed, { topic: 'a/1', deviceId: 'd' }), 2, 'a/2 was in scope, b/1 was not');
 });
 
-t.test('identical window expressions in one rule share one window', (t) => {
-  const h = load('rule w when count(1h) >= 1 and count(1h) < 3 then log("info", [count(1h), count(1h), avg(payload.v, 3), avg(payload.v, 3)]) end');
+t.test('identical window expressions in one rule share one window', async (t) => {
+  const h = load(
+    'rule w when count(1h) >= 1 and count(1h) < 3 then log("info", [count(1h), count(1h), avg(payload.v, 3), avg(payload.v, 3)]) end',
+  );
   t.same(logged(h, { topic: 's/d1', payload: { v: 1 } }), [1, 1, 1, 1], 'recorded once per message, not once per use');
   t.same(logged(h, { topic: 's/d1', payload: { v: 3 } }), [2, 2, 2, 2]);
   t.equal(logged(h, { topic: 's/d1', payload: { v: 3 } }), undefined, 'count 3: the condition is false');
 });
 
-t.test('rules.maxWindowValues: the oldest values go first, and onTruncated is told the rule', (t) => {
-  const h = load(`rule capped
+t.test('rules.maxWindowValues: the oldest values go first, and onTruncated is told the rule', async (t) => {
+  const h = load(
+    `rule capped
 when msg.topic matches "s/+"
 then log("info", { avg: avg(payload.v, 1h), n: count(1h), avg10: avg(payload.v, 10) })
 end
-`, { maxWindowValues: 3 });
+`,
+    { maxWindowValues: 3 },
+  );
   const seen = [1, 2, 3].map((v) => logged(h, { topic: 's/d1', payload: { v } }, 'capped'));
   t.same(seen[2], { avg: 2, n: 3, avg10: 2 });
   t.same(h.truncated, [], 'nothing truncated while the windows hold 3 values');
@@ -196,22 +235,34 @@ end
 
   // a count window no larger than the bound slides without truncation
   const s = load('rule small when msg.topic matches "s/+" then log("info", avg(payload.v, 2)) end', { maxWindowValues: 3 });
-  t.same([1, 2, 3, 4, 5].map((v) => logged(s, { topic: 's/d1', payload: { v } }, 'small')), [1, 1.5, 2.5, 3.5, 4.5]);
+  t.same(
+    [1, 2, 3, 4, 5].map((v) => logged(s, { topic: 's/d1', payload: { v } }, 'small')),
+    [1, 1.5, 2.5, 3.5, 4.5],
+  );
   t.same(s.truncated, [], 'avg(x, 2) losing its oldest value is not truncation');
 
   // two rules holding the same window expression: each one's truncation is counted for it
-  const two = load(`rule a when msg.topic matches "s/+" then log("info", avg(payload.v, 1h)) end
+  const two = load(
+    `rule a when msg.topic matches "s/+" then log("info", avg(payload.v, 1h)) end
 rule b when msg.topic matches "s/+" then log("info", avg(payload.v, 1h)) end
-`, { maxWindowValues: 2 });
+`,
+    { maxWindowValues: 2 },
+  );
   for (const v of [1, 2, 3]) two.send({ topic: 's/d1', payload: { v } });
   t.same([...new Set(two.truncated)].sort(), ['a', 'b'], 'edge_rule_window_truncated_total counts both rules');
 });
 
-t.test('the sweep releases a device\'s state after rules.stateTtlSeconds without a message in scope', (t) => {
-  const h = load('rule w when msg.topic matches "s/+" then log("info", { last: last(payload.v), n: count(10) }) end', { stateTtlSeconds: 60 });
+t.test("the sweep releases a device's state after rules.stateTtlSeconds without a message in scope", async (t) => {
+  const h = load('rule w when msg.topic matches "s/+" then log("info", { last: last(payload.v), n: count(10) }) end', {
+    stateTtlSeconds: 60,
+  });
   logged(h, { topic: 's/d1', ts: 0, payload: { v: 1 } });
   h.sweep(60_000);
-  t.same(logged(h, { topic: 's/d1', ts: 60_000, payload: { v: 2 } }), { last: 1, n: 2 }, 'kept: 60 s without a message is not more than the TTL');
+  t.same(
+    logged(h, { topic: 's/d1', ts: 60_000, payload: { v: 2 } }),
+    { last: 1, n: 2 },
+    'kept: 60 s without a message is not more than the TTL',
+  );
   h.sweep(60_000 + 60_001);
   t.same(logged(h, { topic: 's/d1', ts: 60_000 + 60_001, payload: { v: 3 } }), { last: null, n: 1 }, 'released after more than 60 s');
 
@@ -231,8 +282,10 @@ t.test('the sweep releases a device\'s state after rules.stateTtlSeconds without
   t.equal(logged(o, { topic: 's/d1', ts: 100_000, payload: { v: 9 } }), null);
 });
 
-t.test('the sweep keeps state for the rule\'s longest time window when that is longer', (t) => {
-  const h = load('rule w when msg.topic matches "s/+" then log("info", { avg: avg(payload.v, 2m), last: last(payload.v) }) end', { stateTtlSeconds: 60 });
+t.test("the sweep keeps state for the rule's longest time window when that is longer", async (t) => {
+  const h = load('rule w when msg.topic matches "s/+" then log("info", { avg: avg(payload.v, 2m), last: last(payload.v) }) end', {
+    stateTtlSeconds: 60,
+  });
   logged(h, { topic: 's/d1', ts: 0, payload: { v: 1 } });
   h.sweep(100_000);
   t.same(logged(h, { topic: 's/d1', ts: 100_000, payload: { v: 3 } }), { avg: 2, last: 1 }, '100 s < 2m: kept');
@@ -240,18 +293,29 @@ t.test('the sweep keeps state for the rule\'s longest time window when that is l
   t.same(logged(h, { topic: 's/d1', ts: 100_000 + 120_001, payload: { v: 5 } }), { avg: 5, last: null }, 'released after 2m');
 
   // each rule keeps its own state for its own TTL, even with the same window expression
-  const two = load(`rule short when msg.topic matches "s/+" then log("info", last(payload.v)) end
+  const two = load(
+    `rule short when msg.topic matches "s/+" then log("info", last(payload.v)) end
 rule long when msg.topic matches "s/+" and count(2h) >= 1 then log("info", last(payload.v)) end
-`, { stateTtlSeconds: 3600 });
+`,
+    { stateTtlSeconds: 3600 },
+  );
   two.send({ topic: 's/d1', ts: 0, payload: { v: 1 } });
   two.sweep(90 * MIN);
   const out = two.send({ topic: 's/d1', ts: 90 * MIN, payload: { v: 2 } });
-  t.same(out.actions.map((a) => [a.rule, a.args.text]), [['short', null], ['long', 1]], '"short" (TTL 1h) released, "long" (TTL 2h) kept');
+  t.same(
+    out.actions.map((a) => [a.rule, a.args.text]),
+    [
+      ['short', null],
+      ['long', 1],
+    ],
+    '"short" (TTL 1h) released, "long" (TTL 2h) kept',
+  );
 });
 
-t.test('throttle: at most once per device per D, from its last firing, by msg.ts', (t) => {
+t.test('throttle: at most once per device per D, from its last firing, by msg.ts', async (t) => {
   const h = load('rule th throttle 10s when msg.topic matches "s/+" and payload.hot == true then log("info", count(1h)) end');
-  const fire = (deviceId: string, ts: number, hot = true): boolean => h.send({ topic: `s/${deviceId}`, ts, payload: { hot } }).fired.includes('th');
+  const fire = (deviceId: string, ts: number, hot = true): boolean =>
+    h.send({ topic: `s/${deviceId}`, ts, payload: { hot } }).fired.includes('th');
   t.equal(fire('d1', 1_000_000), true, 'first firing');
   t.equal(fire('d1', 1_005_000), false, '5 s later: throttled');
   t.equal(fire('d2', 1_005_000), true, 'another device is not throttled');
@@ -267,7 +331,10 @@ t.test('throttle: at most once per device per D, from its last firing, by msg.ts
 
   // the clock is msg.ts, not the wall clock: a replay from long ago
   const r = load('rule th throttle 1m when true then drop() end');
-  t.same([0, 30_000, 59_999, 60_000, 60_001, 120_000].map((ts) => r.send({ topic: 'x/d', ts }).fired.length), [1, 0, 0, 1, 0, 1]);
+  t.same(
+    [0, 30_000, 59_999, 60_000, 60_001, 120_000].map((ts) => r.send({ topic: 'x/d', ts }).fired.length),
+    [1, 0, 0, 1, 0, 1],
+  );
 
   // the throttle state lives as long as the throttle, whatever stateTtlSeconds says
   const s = load('rule th throttle 2m when true then drop() end', { stateTtlSeconds: 60 });

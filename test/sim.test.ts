@@ -11,15 +11,7 @@ import { parseCliArgs } from '../firmware-sim/cli.js';
 import { parseRate, parseRatePayload, type DeviceCommand } from '../firmware-sim/device.js';
 import { parseTokenFile, tokenDeviceId } from '../firmware-sim/credentials.js';
 import { Fleet, startFleet } from '../firmware-sim/fleet.js';
-import {
-  SENSOR_LIMITS,
-  SensorModel,
-  createRng,
-  deviceSensor,
-  parseSeed,
-  randomProfile,
-  type Reading,
-} from '../firmware-sim/sensors.js';
+import { SENSOR_LIMITS, SensorModel, createRng, deviceSensor, parseSeed, randomProfile, type Reading } from '../firmware-sim/sensors.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 
@@ -108,10 +100,7 @@ interface Run {
   stderr: string;
 }
 
-function run(
-  args: string[],
-  opts: { timeoutMs?: number; onStderr?: (text: string, proc: ChildProcess) => void } = {},
-): Promise<Run> {
+function run(args: string[], opts: { timeoutMs?: number; onStderr?: (text: string, proc: ChildProcess) => void } = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -132,7 +121,7 @@ function run(
 
 // ---------------------------------------------------------------- sensors (pure)
 
-t.test('sensors: bounded, realistic drift, 2 decimals', (t) => {
+t.test('sensors: bounded, realistic drift, 2 decimals', async (t) => {
   const isRounded = (x: number): boolean => Math.abs(Math.round(x * 100) / 100 - x) < 1e-9;
   let violations = 0;
   let maxStep = 0;
@@ -167,7 +156,7 @@ t.test('sensors: bounded, realistic drift, 2 decimals', (t) => {
   t.ok(maxStep < 1, `temperature changes slowly between samples (max step ${maxStep})`);
 });
 
-t.test('sensors: reproducible with a seed', (t) => {
+t.test('sensors: reproducible with a seed', async (t) => {
   const take = (m: SensorModel, n: number): Reading[] => Array.from({ length: n }, () => m.next());
   t.same(take(new SensorModel(createRng(7)), 500), take(new SensorModel(createRng(7)), 500), 'same seed, same values');
   t.notSame(take(new SensorModel(createRng(7)), 50), take(new SensorModel(createRng(8)), 50), 'other seed differs');
@@ -180,7 +169,7 @@ t.test('sensors: reproducible with a seed', (t) => {
   t.not(parseSeed('hello'), parseSeed('hellp'));
 });
 
-t.test('rate parsing', (t) => {
+t.test('rate parsing', async (t) => {
   t.equal(parseRate('5'), 5);
   t.equal(parseRate(0), 'max');
   t.equal(parseRate('max'), 'max');
@@ -194,46 +183,103 @@ t.test('rate parsing', (t) => {
   t.equal(parseRatePayload(''), undefined);
 });
 
-t.test('CLI argument parsing', (t) => {
+t.test('CLI argument parsing', async (t) => {
   t.same(parseCliArgs([]), { help: false, options: { usernameAsId: true } }, 'defaults left to the fleet');
   t.same(parseCliArgs(['-h']), { help: true });
   const cmd = parseCliArgs([
-    '--url', 'mqtt://h:1', '--devices', '3', '--rate', 'max', '--inflight', '4', '--qos', '0',
-    '--count', '9', '--duration', '1.5', '--prefix', 'x-', '--no-username-as-id', '--seed', 's',
-    '--stats-interval', '2', '--quiet',
+    '--url',
+    'mqtt://h:1',
+    '--devices',
+    '3',
+    '--rate',
+    'max',
+    '--inflight',
+    '4',
+    '--qos',
+    '0',
+    '--count',
+    '9',
+    '--duration',
+    '1.5',
+    '--prefix',
+    'x-',
+    '--no-username-as-id',
+    '--seed',
+    's',
+    '--stats-interval',
+    '2',
+    '--quiet',
   ]);
   t.same(cmd, {
     help: false,
     options: {
-      url: 'mqtt://h:1', devices: 3, rate: 'max', inflight: 4, qos: 0, count: 9, duration: 1.5,
-      prefix: 'x-', usernameAsId: false, seed: 's', statsInterval: 2, quiet: true,
+      url: 'mqtt://h:1',
+      devices: 3,
+      rate: 'max',
+      inflight: 4,
+      qos: 0,
+      count: 9,
+      duration: 1.5,
+      prefix: 'x-',
+      usernameAsId: false,
+      seed: 's',
+      statsInterval: 2,
+      quiet: true,
     },
   });
   t.match(parseCliArgs(['--rate', '0']), { options: { rate: 'max' } });
   for (const bad of [
-    ['--devices', '0'], ['--devices', '1.5'], ['--qos', '2'], ['--rate', 'fast'], ['--count', 'x'],
-    ['--duration', '0'], ['--url', 'http://x'], ['--prefix', 'a/b'], ['--nope'], ['positional'],
+    ['--devices', '0'],
+    ['--devices', '1.5'],
+    ['--qos', '2'],
+    ['--rate', 'fast'],
+    ['--count', 'x'],
+    ['--duration', '0'],
+    ['--url', 'http://x'],
+    ['--prefix', 'a/b'],
+    ['--nope'],
+    ['positional'],
   ]) {
     t.throws(() => parseCliArgs(bad), { name: 'UsageError' }, bad.join(' '));
   }
 });
 
-t.test('CLI: --token', (t) => {
+t.test('CLI: --token', async (t) => {
   const secret = randomBytes(32).toString('base64url');
   const token = `pump-7.${secret}`;
-  t.same(parseCliArgs(['--token', token]), {
-    help: false,
-    options: { usernameAsId: true, ids: ['pump-7'], tokens: { 'pump-7': token } },
-  }, 'one device, named by its token');
-  t.same(parseCliArgs(['--token', token, '--devices', '1']), {
-    help: false,
-    options: { devices: 1, usernameAsId: true, ids: ['pump-7'], tokens: { 'pump-7': token } },
-  }, '--devices 1 is allowed');
-  t.match(parseCliArgs(['--token', `hall.2:pump_7.${secret}`]), { options: { ids: ['hall.2:pump_7'] } }, 'ids with dots: split at the last one');
-  t.match(parseCliArgs(['--token', `e2e-0001.${secret}`, '--prefix', 'e2e-']), { options: { ids: ['e2e-0001'] } }, 'a --prefix that names the same device');
+  t.same(
+    parseCliArgs(['--token', token]),
+    {
+      help: false,
+      options: { usernameAsId: true, ids: ['pump-7'], tokens: { 'pump-7': token } },
+    },
+    'one device, named by its token',
+  );
+  t.same(
+    parseCliArgs(['--token', token, '--devices', '1']),
+    {
+      help: false,
+      options: { devices: 1, usernameAsId: true, ids: ['pump-7'], tokens: { 'pump-7': token } },
+    },
+    '--devices 1 is allowed',
+  );
+  t.match(
+    parseCliArgs(['--token', `hall.2:pump_7.${secret}`]),
+    { options: { ids: ['hall.2:pump_7'] } },
+    'ids with dots: split at the last one',
+  );
+  t.match(
+    parseCliArgs(['--token', `e2e-0001.${secret}`, '--prefix', 'e2e-']),
+    { options: { ids: ['e2e-0001'] } },
+    'a --prefix that names the same device',
+  );
   const cmd = parseCliArgs(['--token', token]);
   const fleet = new Fleet({ ...(cmd.help ? {} : cmd.options), log: () => {} });
-  t.same(fleet.devices.map((d) => d.id), ['pump-7'], 'the fleet is that one device');
+  t.same(
+    fleet.devices.map((d) => d.id),
+    ['pump-7'],
+    'the fleet is that one device',
+  );
 
   const bad: Array<[string[], RegExp]> = [
     [['--token', token, '--devices', '2'], /--token is the token of one device \(pump-7\), not of --devices 2/],
@@ -251,7 +297,7 @@ t.test('CLI: --token', (t) => {
   }
 });
 
-t.test('CLI: --token-file', (t) => {
+t.test('CLI: --token-file', async (t) => {
   const tok = (id: string): string => `${id}.${randomBytes(32).toString('base64url')}`;
   const [a, b, c, x] = [tok('sim-0001'), tok('sim-0002'), tok('sim-0003'), tok('x-0001')];
   const dir = t.testdir({
@@ -263,20 +309,38 @@ t.test('CLI: --token-file', (t) => {
   });
   const file = (name: string): string => path.join(dir, name);
 
-  t.same(parseCliArgs(['--token-file', file('tokens.txt'), '--devices', '3']), {
-    help: false,
-    options: { devices: 3, usernameAsId: true, tokens: { 'sim-0001': a, 'sim-0002': b, 'sim-0003': c } },
-  }, 'each device gets the token of its id; comments, blank lines, spaces, CRLF and extra tokens are ignored');
-  t.match(parseCliArgs(['--token-file', file('tokens.txt'), '--devices', '1', '--prefix', 'x-']), { options: { tokens: { 'x-0001': x } } }, 'ids follow --prefix');
-  t.match(parseCliArgs(['--token-file', file('same-twice.txt'), '--devices', '1']), { options: { tokens: { 'sim-0001': a } } }, 'the same token twice is harmless');
+  t.same(
+    parseCliArgs(['--token-file', file('tokens.txt'), '--devices', '3']),
+    {
+      help: false,
+      options: { devices: 3, usernameAsId: true, tokens: { 'sim-0001': a, 'sim-0002': b, 'sim-0003': c } },
+    },
+    'each device gets the token of its id; comments, blank lines, spaces, CRLF and extra tokens are ignored',
+  );
+  t.match(
+    parseCliArgs(['--token-file', file('tokens.txt'), '--devices', '1', '--prefix', 'x-']),
+    { options: { tokens: { 'x-0001': x } } },
+    'ids follow --prefix',
+  );
+  t.match(
+    parseCliArgs(['--token-file', file('same-twice.txt'), '--devices', '1']),
+    { options: { tokens: { 'sim-0001': a } } },
+    'the same token twice is harmless',
+  );
 
   const bad: Array<[string[], RegExp]> = [
-    [['--token-file', file('tokens.txt')], /has no token for devices sim-0004, sim-0005 \(it has tokens for sim-0001, sim-0002, sim-0003, \.\.\.;/],
+    [
+      ['--token-file', file('tokens.txt')],
+      /has no token for devices sim-0004, sim-0005 \(it has tokens for sim-0001, sim-0002, sim-0003, \.\.\.;/,
+    ],
     [['--token-file', file('tokens.txt'), '--devices', '4'], /has no token for device sim-0004 \(/],
     [['--token-file', file('tokens.txt'), '--devices', '2', '--prefix', 'x-'], /has no token for device x-0002 /],
     [['--token-file', file('empty.txt'), '--devices', '1'], /has no token for device sim-0001 \(it holds no token;/],
     [['--token-file', file('bad-line.txt'), '--devices', '1'], /bad-line\.txt: line 2: not a token/],
-    [['--token-file', file('twice.txt'), '--devices', '1'], /twice\.txt: line 2: a second token for device sim-0001 \(the first is on line 1\)/],
+    [
+      ['--token-file', file('twice.txt'), '--devices', '1'],
+      /twice\.txt: line 2: a second token for device sim-0001 \(the first is on line 1\)/,
+    ],
     [['--token-file', file('nope.txt')], /cannot read --token-file .*nope\.txt: no such file/],
     [['--token-file', file('tokens.txt'), '--no-username-as-id'], /--no-username-as-id cannot be used with --token-file/],
   ];
@@ -284,7 +348,7 @@ t.test('CLI: --token-file', (t) => {
     t.throws(() => parseCliArgs(args), { name: 'UsageError', message }, args.join(' ').replace(dir, '<dir>'));
   }
 
-  t.test('the token file format', (t) => {
+  t.test('the token file format', async (t) => {
     t.equal(tokenDeviceId(a), 'sim-0001');
     t.equal(tokenDeviceId('sim-0001'), undefined);
     t.equal(tokenDeviceId('sim-0001.'), undefined);
@@ -294,7 +358,7 @@ t.test('CLI: --token-file', (t) => {
   });
 });
 
-t.test('CLI: --ca, --cert, --key', (t) => {
+t.test('CLI: --ca, --cert, --key', async (t) => {
   const dir = t.testdir({ 'ca.pem': 'ca', 'dev.pem': 'cert', 'dev.key': 'key' });
   const [ca, cert, key] = ['ca.pem', 'dev.pem', 'dev.key'].map((f) => path.join(dir, f)) as [string, string, string];
   t.same(parseCliArgs(['--url', 'mqtts://pi:8883', '--ca', ca]), {
@@ -302,9 +366,17 @@ t.test('CLI: --ca, --cert, --key', (t) => {
     options: { url: 'mqtts://pi:8883', usernameAsId: true, tls: { ca } },
   });
   t.match(parseCliArgs(['--url', 'wss://pi:8443/mqtt', '--ca', ca, '--cert', cert, '--key', key]), { options: { tls: { ca, cert, key } } });
-  t.match(parseCliArgs(['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key]), { options: { tls: { cert, key } } }, 'a client certificate without --ca');
+  t.match(
+    parseCliArgs(['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key]),
+    { options: { tls: { cert, key } } },
+    'a client certificate without --ca',
+  );
   const token = `sim-0001.${randomBytes(32).toString('base64url')}`;
-  t.match(parseCliArgs(['--url', 'mqtts://pi:8883', '--ca', ca, '--token', token]), { options: { tls: { ca }, tokens: { 'sim-0001': token } } }, 'a token over TLS');
+  t.match(
+    parseCliArgs(['--url', 'mqtts://pi:8883', '--ca', ca, '--token', token]),
+    { options: { tls: { ca }, tokens: { 'sim-0001': token } } },
+    'a token over TLS',
+  );
 
   const bad: Array<[string[], RegExp]> = [
     [['--ca', ca], /are for a TLS URL .* not mqtt:\/\/127\.0\.0\.1:1883 \(the default --url\)/],
@@ -363,7 +435,11 @@ if (!mosquitto) {
     const oneToTwenty = Array.from({ length: 20 }, (_, i) => i + 1);
     t.same(problems, [], 'payloads are well-formed and plausible');
     for (const id of ids) {
-      t.same([...(seqs.get(id) ?? [])].sort((a, b) => a - b), oneToTwenty, `${id}: seq 1..20 exactly once`);
+      t.same(
+        [...(seqs.get(id) ?? [])].sort((a, b) => a - b),
+        oneToTwenty,
+        `${id}: seq 1..20 exactly once`,
+      );
     }
     t.match(summary, {
       event: 'summary',
@@ -377,7 +453,10 @@ if (!mosquitto) {
     });
     t.ok(summary.seconds > 0 && summary.rate > 0, 'summary has duration and rate');
     for (const id of ids) {
-      t.ok(lines.some((l) => l === `${id} connected to ${url}`), `logged "${id} connected to ${url}"`);
+      t.ok(
+        lines.some((l) => l === `${id} connected to ${url}`),
+        `logged "${id} connected to ${url}"`,
+      );
     }
     t.same(fleet.stats().connected, 0, 'all clients ended');
   });
@@ -391,7 +470,11 @@ if (!mosquitto) {
     await fleet.done;
     await waitFor(() => temps.length >= 10, 3000);
     const model = deviceSensor(parseSeed('abc'), 'seed-0001');
-    t.same(temps, Array.from({ length: 10 }, () => model.next().temp), 'same values as the pure model');
+    t.same(
+      temps,
+      Array.from({ length: 10 }, () => model.next().temp),
+      'same values as the pure model',
+    );
   });
 
   t.test('fleet: max mode publishes on PUBACK with K in flight', async (t) => {
@@ -458,7 +541,10 @@ if (!mosquitto) {
     const after = countIn(t1, t1 + 1500);
     t.ok(after >= 20, `about 20 msg/s after the command (${after} in 1.5 s)`);
     t.ok(after / 1.5 > 5 * (before / 2), 'clearly faster than before');
-    t.ok(lines.some((l) => l.includes(`${id} command rate`) && l.includes('rate set to 20/s')), 'command logged');
+    t.ok(
+      lines.some((l) => l.includes(`${id} command rate`) && l.includes('rate set to 20/s')),
+      'command logged',
+    );
 
     t.match(await command('rate', '5'), { action: 'rate' }, 'plain number payload');
     t.equal(device.currentRate, 5);
@@ -476,7 +562,10 @@ if (!mosquitto) {
     t.ok(await waitFor(() => device.stats().lastSeq > seqBefore, 2000), 'publishing resumes');
 
     t.match(await command('reboot', '{}'), { action: 'unknown', command: 'reboot' });
-    t.ok(lines.some((l) => l.includes('unknown command "reboot"')), 'unknown command logged');
+    t.ok(
+      lines.some((l) => l.includes('unknown command "reboot"')),
+      'unknown command logged',
+    );
   });
 
   t.test('CLI prints the JSON summary', async (t) => {
@@ -489,9 +578,23 @@ if (!mosquitto) {
     t.teardown(() => rmSync(out, { recursive: true, force: true }));
     const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
     const build = await run([
-      tsc, '--ignoreConfig', '--outDir', out, '--rootDir', ROOT, '--module', 'NodeNext',
-      '--moduleResolution', 'NodeNext', '--target', 'ES2022', '--strict', '--types', 'node',
-      '--skipLibCheck', path.join(ROOT, 'firmware-sim', 'cli.ts'),
+      tsc,
+      '--ignoreConfig',
+      '--outDir',
+      out,
+      '--rootDir',
+      ROOT,
+      '--module',
+      'NodeNext',
+      '--moduleResolution',
+      'NodeNext',
+      '--target',
+      'ES2022',
+      '--strict',
+      '--types',
+      'node',
+      '--skipLibCheck',
+      path.join(ROOT, 'firmware-sim', 'cli.ts'),
     ]);
     t.equal(build.code, 0, `firmware-sim compiles\n${build.stdout}${build.stderr}`);
     const cli = path.join(out, 'firmware-sim', 'cli.js');

@@ -9,24 +9,41 @@ import { checkDeviceTopic, filterTouchesReserved, topicMatches } from '../src/co
 import { backoffDelay } from '../src/uplink/cloud.js';
 import { newMessageId } from '../src/core/ids.js';
 
-t.test('frame guard: packets up to the limit pass, one byte over is refused from the header', (t) => {
+t.test('frame guard: packets up to the limit pass, one byte over is refused from the header', async (t) => {
   const publish = (len: number): Buffer => {
     const head = [0x30];
     let n = len;
-    do { let b = n % 128; n = Math.floor(n / 128); if (n > 0) b |= 0x80; head.push(b); } while (n > 0);
+    do {
+      let b = n % 128;
+      n = Math.floor(n / 128);
+      if (n > 0) b |= 0x80;
+      head.push(b);
+    } while (n > 0);
     return Buffer.concat([Buffer.from(head), Buffer.alloc(len)]);
   };
   t.same(new FrameGuard(1000).scan(publish(1000)), { ok: true }, 'at the limit');
-  t.match(new FrameGuard(1000).scan(publish(1001).subarray(0, 3)), { ok: false, reason: 'too_large' }, 'over the limit, known from the first 3 bytes');
+  t.match(
+    new FrameGuard(1000).scan(publish(1001).subarray(0, 3)),
+    { ok: false, reason: 'too_large' },
+    'over the limit, known from the first 3 bytes',
+  );
   const g = new FrameGuard(200);
   const stream = Buffer.concat([publish(10), publish(200), publish(0), Buffer.from([0xc0, 0x00])]); // then PINGREQ
   for (let i = 0; i < stream.length; i += 7) t.same(g.scan(stream.subarray(i, i + 7)), { ok: true }, `chunk at ${i}`);
-  t.same(g.scan(publish(201).subarray(0, 3)), { ok: false, reason: 'too_large', detail: 'PUBLISH of 201 bytes exceeds the limit of 200' }, 'boundaries tracked across chunks');
-  t.match(new FrameGuard(1e9).scan(Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff])), { ok: false, reason: 'malformed' }, 'a fifth length byte is malformed');
+  t.same(
+    g.scan(publish(201).subarray(0, 3)),
+    { ok: false, reason: 'too_large', detail: 'PUBLISH of 201 bytes exceeds the limit of 200' },
+    'boundaries tracked across chunks',
+  );
+  t.match(
+    new FrameGuard(1e9).scan(Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff])),
+    { ok: false, reason: 'malformed' },
+    'a fifth length byte is malformed',
+  );
   t.same(new FrameGuard(1e9).scan(Buffer.from([0x30, 0xff, 0xff, 0xff, 0x7f])), { ok: true }, 'four length bytes are fine');
 });
 
-t.test('ordered acks release in reservation order whatever the completion order', (t) => {
+t.test('ordered acks release in reservation order whatever the completion order', async (t) => {
   const acks = new OrderedAcks();
   const out: string[] = [];
   const a = acks.reserve(() => out.push('a'));
@@ -42,32 +59,55 @@ t.test('ordered acks release in reservation order whatever the completion order'
   t.same(out.at(-1), 'd', 'the queue works after it emptied');
 });
 
-t.test('envelope: fields, and payload by content type', (t) => {
+t.test('envelope: fields, and payload by content type', async (t) => {
   const base = { id: newMessageId(), ts: 1700000000000, deviceId: 'd-1', topic: 'devices/d-1/t' };
   const parse = (contentType: 'json' | 'text' | 'binary' | 'cbor', payload: Buffer): Record<string, unknown> =>
     JSON.parse(encodeEnvelope({ ...base, contentType, payload }, 'pi-hall-2').toString()) as Record<string, unknown>;
-  t.same(parse('json', Buffer.from(' {"a":[1,2],"s":"é"} ')), { ...base, contentType: 'json', payload: { a: [1, 2], s: 'é' }, edge: 'pi-hall-2' });
+  t.same(parse('json', Buffer.from(' {"a":[1,2],"s":"é"} ')), {
+    ...base,
+    contentType: 'json',
+    payload: { a: [1, 2], s: 'é' },
+    edge: 'pi-hall-2',
+  });
   t.same(parse('json', Buffer.from('\ufeff{"a":1}')).payload, { a: 1 }, 'a byte order mark before JSON does not break the envelope');
   t.same(parse('text', Buffer.from('say "hi"\n')).payload, 'say "hi"\n');
   t.same(parse('binary', Buffer.from([0, 255])).payload, 'AP8=');
   t.same(parse('cbor', Buffer.from([0xa1, 0x61])).payload, 'oWE=');
-  const odd = JSON.parse(encodeEnvelope({ ...base, deviceId: 'a"b', topic: 'x\\y', contentType: 'text', payload: Buffer.from('') }, 'e"1').toString()) as Record<string, unknown>;
+  const odd = JSON.parse(
+    encodeEnvelope({ ...base, deviceId: 'a"b', topic: 'x\\y', contentType: 'text', payload: Buffer.from('') }, 'e"1').toString(),
+  ) as Record<string, unknown>;
   t.match(odd, { deviceId: 'a"b', topic: 'x\\y', edge: 'e"1' }, 'strings are escaped');
 });
 
-t.test('content type sniffing (MQTT has none)', (t) => {
+t.test('content type sniffing (MQTT has none)', async (t) => {
   const table: Array<[string | Buffer, string]> = [
-    ['{"t":1}', 'json'], ['[1,2]', 'json'], ['  {"t":1}\n', 'json'], ['42', 'text'], ['"str"', 'text'], ['{broken', 'text'],
-    ['hello', 'text'], ['', 'text'], ['\ufeff{"bom":1}', 'json'], [Buffer.from([0xff, 0xfe, 0x00]), 'binary'], [Buffer.from([0xc3, 0x28]), 'binary'],
+    ['{"t":1}', 'json'],
+    ['[1,2]', 'json'],
+    ['  {"t":1}\n', 'json'],
+    ['42', 'text'],
+    ['"str"', 'text'],
+    ['{broken', 'text'],
+    ['hello', 'text'],
+    ['', 'text'],
+    ['\ufeff{"bom":1}', 'json'],
+    [Buffer.from([0xff, 0xfe, 0x00]), 'binary'],
+    [Buffer.from([0xc3, 0x28]), 'binary'],
   ];
   for (const [input, want] of table) t.equal(sniffContentType(Buffer.from(input)).contentType, want, JSON.stringify(input.toString()));
 });
 
-t.test('topics: matching, device topic checks, the reserved tree', (t) => {
+t.test('topics: matching, device topic checks, the reserved tree', async (t) => {
   const matches: Array<[string, string, boolean]> = [
-    ['devices/+/telemetry', 'devices/p7/telemetry', true], ['devices/+/telemetry', 'devices/p7/x/telemetry', false],
-    ['devices/#', 'devices', true], ['devices/#', 'devices/a/b', true], ['#', '$edge/x', false], ['+/x', '$edge/x', false],
-    ['$edge/#', '$edge/x', true], ['a/b', 'a/b', true], ['a/b', 'a/b/c', false], ['a/+', 'a/', true],
+    ['devices/+/telemetry', 'devices/p7/telemetry', true],
+    ['devices/+/telemetry', 'devices/p7/x/telemetry', false],
+    ['devices/#', 'devices', true],
+    ['devices/#', 'devices/a/b', true],
+    ['#', '$edge/x', false],
+    ['+/x', '$edge/x', false],
+    ['$edge/#', '$edge/x', true],
+    ['a/b', 'a/b', true],
+    ['a/b', 'a/b/c', false],
+    ['a/+', 'a/', true],
   ];
   for (const [f, topic, want] of matches) t.equal(topicMatches(f, topic), want, `${f} ~ ${topic}`);
   t.equal(checkDeviceTopic('devices/a', 256), null);
@@ -82,7 +122,7 @@ t.test('topics: matching, device topic checks, the reserved tree', (t) => {
   t.notOk(filterTouchesReserved('#'));
 });
 
-t.test('device ids', (t) => {
+t.test('device ids', async (t) => {
   // Open mode: a valid id is kept; anything MQTT 3.1.1 allows becomes a valid id, the same every time.
   t.equal(deriveDeviceId('pump-7'), 'pump-7');
   t.equal(deriveDeviceId('x'.repeat(128)), 'x'.repeat(128));
@@ -93,22 +133,44 @@ t.test('device ids', (t) => {
   }
   t.equal(deriveDeviceId('a b').slice(0, 4), 'a_b-', 'readable: the replaced characters become _');
   t.not(deriveDeviceId('a b'), deriveDeviceId('a+b'), 'two ids that differ only in replaced characters stay two devices');
-  t.not(deriveDeviceId('edge'), 'edge', 'the proxy\'s own id is never a device\'s');
+  t.not(deriveDeviceId('edge'), 'edge', "the proxy's own id is never a device's");
 });
 
-t.test('ULIDs are monotonic within one millisecond', (t) => {
+t.test('ULIDs are monotonic within one millisecond', async (t) => {
   const ids = Array.from({ length: 1000 }, () => newMessageId(1700000000000));
   t.same([...ids].sort(), ids);
   t.equal(new Set(ids).size, 1000);
 });
 
-t.test('reconnect backoff grows from 1 s to 60 s with jitter', (t) => {
-  t.equal(backoffDelay(0, () => 0), 1000, 'never below 1 s');
-  t.equal(backoffDelay(0, () => 1), 2000, 'the first retry is already spread over 1 to 2 s');
-  t.equal(backoffDelay(1, () => 1), 4000);
-  t.equal(backoffDelay(3, () => 1), 16_000);
-  t.equal(backoffDelay(10, () => 1), 60_000, 'capped at 60 s');
-  t.equal(backoffDelay(100, () => 0), 1000, 'full jitter: anywhere from 1 s');
+t.test('reconnect backoff grows from 1 s to 60 s with jitter', async (t) => {
+  t.equal(
+    backoffDelay(0, () => 0),
+    1000,
+    'never below 1 s',
+  );
+  t.equal(
+    backoffDelay(0, () => 1),
+    2000,
+    'the first retry is already spread over 1 to 2 s',
+  );
+  t.equal(
+    backoffDelay(1, () => 1),
+    4000,
+  );
+  t.equal(
+    backoffDelay(3, () => 1),
+    16_000,
+  );
+  t.equal(
+    backoffDelay(10, () => 1),
+    60_000,
+    'capped at 60 s',
+  );
+  t.equal(
+    backoffDelay(100, () => 0),
+    1000,
+    'full jitter: anywhere from 1 s',
+  );
   const spread = new Set(Array.from({ length: 50 }, () => backoffDelay(0)));
   t.ok(spread.size > 10, 'a fleet reconnecting at once does not do so in step');
 });

@@ -5,7 +5,15 @@ import { startProxy } from './helpers/proxy.js';
 import { connectClient, collect } from './helpers/clients.js';
 import { eventually } from './helpers/ports.js';
 
-interface Envelope { id: string; ts: number; deviceId: string; topic: string; contentType: string; payload: unknown; edge: string }
+interface Envelope {
+  id: string;
+  ts: number;
+  deviceId: string;
+  topic: string;
+  contentType: string;
+  payload: unknown;
+  edge: string;
+}
 
 t.test('a device message reaches the cloud broker in the envelope', async (t) => {
   const dir = t.testdir();
@@ -27,9 +35,18 @@ t.test('a device message reaches the cloud broker in the envelope', async (t) =>
   await device.publishAsync('devices/pump-7/raw', Buffer.from([0xff, 0x00, 0xfe]), { qos: 1 });
   await eventually('three envelopes at the cloud', () => up.messages.length >= 3);
 
-  t.same(up.messages.map((m) => m.topic), ['edge/test-edge/up/devices/pump-7/telemetry', 'edge/test-edge/up/devices/pump-7/log', 'edge/test-edge/up/devices/pump-7/raw']);
+  t.same(
+    up.messages.map((m) => m.topic),
+    ['edge/test-edge/up/devices/pump-7/telemetry', 'edge/test-edge/up/devices/pump-7/log', 'edge/test-edge/up/devices/pump-7/raw'],
+  );
   const [json, text, binary] = up.json<Envelope>();
-  t.match(json, { deviceId: 'pump-7', topic: 'devices/pump-7/telemetry', contentType: 'json', payload: { temp: 41.5, seq: 1 }, edge: 'test-edge' });
+  t.match(json, {
+    deviceId: 'pump-7',
+    topic: 'devices/pump-7/telemetry',
+    contentType: 'json',
+    payload: { temp: 41.5, seq: 1 },
+    edge: 'test-edge',
+  });
   t.match(json!.id, /^[0-9A-HJKMNP-TV-Z]{26}$/, 'the id is a ULID');
   t.ok(json!.ts >= before - 5 && json!.ts <= Date.now(), 'ts is the time the proxy received it');
   t.same(Object.keys(json!).sort(), ['contentType', 'deviceId', 'edge', 'id', 'payload', 'topic', 'ts']);
@@ -61,12 +78,19 @@ t.test('with the cloud down, acknowledged messages wait in the cache and arrive 
   t.teardown(() => device.endAsync());
   for (let seq = 1; seq <= 50; seq++) await device.publishAsync('devices/sensor-1/telemetry', JSON.stringify({ seq }), { qos: 1 });
   t.equal(await proxy.metric('edge_cache_messages'), 50, 'all 50 acknowledged messages are in the cache');
-  const status = await (await fetch(`http://127.0.0.1:${proxy.ports.admin}/api/v1/status`)).json() as { cache: { messages: number }; uplink: { connected: boolean } };
+  const status = (await (await fetch(`http://127.0.0.1:${proxy.ports.admin}/api/v1/status`)).json()) as {
+    cache: { messages: number };
+    uplink: { connected: boolean };
+  };
   t.match(status, { cache: { messages: 50 }, uplink: { connected: false } });
 
   await cloud.start();
   await eventually('all 50 at the cloud', () => up.messages.length >= 50, 30_000);
-  t.same(up.json<Envelope>().map((e) => (e.payload as { seq: number }).seq), Array.from({ length: 50 }, (_, i) => i + 1), 'in order, each once');
+  t.same(
+    up.json<Envelope>().map((e) => (e.payload as { seq: number }).seq),
+    Array.from({ length: 50 }, (_, i) => i + 1),
+    'in order, each once',
+  );
   await eventually('cache drained', async () => (await proxy.metric('edge_cache_messages')) === 0);
 });
 
@@ -106,10 +130,23 @@ t.test('kill -9 of the proxy loses no acknowledged message', async (t) => {
     return [...acked].filter((s) => !seen.has(s));
   };
   await eventually('every acknowledged message at the cloud', () => missing().length === 0, 30_000).catch(() => {});
-  t.same(missing(), [], `every acknowledged message at the cloud (${up.messages.length} received; proxy output:\n${proxy.output().split('\n').filter((l) => !l.includes('"debug"')).slice(-15).join('\n')})`);
+  t.same(
+    missing(),
+    [],
+    `every acknowledged message at the cloud (${up.messages.length} received; proxy output:\n${proxy
+      .output()
+      .split('\n')
+      .filter((l) => !l.includes('"debug"'))
+      .slice(-15)
+      .join('\n')})`,
+  );
   const envelopes = up.json<Envelope>();
   const seqs = envelopes.map((e) => (e.payload as { seq: number }).seq);
   const ids = new Set(envelopes.map((e) => e.id));
   t.equal(ids.size, new Set(seqs).size, 'a copy, if any, carries the id of its original');
-  t.same(seqs.filter((s, i) => seqs.indexOf(s) === i), [...seqs].filter((s, i) => seqs.indexOf(s) === i).sort((a, b) => a - b), 'order per device kept');
+  t.same(
+    seqs.filter((s, i) => seqs.indexOf(s) === i),
+    [...seqs].filter((s, i) => seqs.indexOf(s) === i).sort((a, b) => a - b),
+    'order per device kept',
+  );
 });

@@ -56,44 +56,108 @@ export class Metrics {
   constructor() {
     const registers = [this.registry];
     client.collectDefaultMetrics({ register: this.registry });
-    const counter = <L extends string>(name: string, help: string, labelNames: L[] = []): client.Counter<L> => new client.Counter({ name, help, labelNames, registers });
+    const counter = <L extends string>(name: string, help: string, labelNames: L[] = []): client.Counter<L> =>
+      new client.Counter({ name, help, labelNames, registers });
     this.received = children(counter('edge_messages_received_total', 'Messages received, by protocol', ['protocol']), 'protocol');
     this.refused = children(counter('edge_messages_refused_total', 'Messages refused, by reason', ['reason']), 'reason');
     this.dropped = children(counter('edge_messages_dropped_total', 'Messages accepted but not forwarded, by reason', ['reason']), 'reason');
-    this.deliveredLocally = children(counter('edge_local_deliveries_total', 'Messages handed to local subscribers of every protocol, by the protocol they came from', ['protocol']), 'protocol');
-    this.authFailures = counter('edge_auth_failures_total', 'Devices refused: unknown_device, bad_token, acl (a topic outside its filters), tls; by protocol', ['protocol', 'reason']);
+    this.deliveredLocally = children(
+      counter('edge_local_deliveries_total', 'Messages handed to local subscribers of every protocol, by the protocol they came from', [
+        'protocol',
+      ]),
+      'protocol',
+    );
+    this.authFailures = counter(
+      'edge_auth_failures_total',
+      'Devices refused: unknown_device, bad_token, acl (a topic outside its filters), tls; by protocol',
+      ['protocol', 'reason'],
+    );
     this.payloadDecodeErrors = counter('edge_payload_decode_errors_total', 'Payloads that claimed JSON or CBOR and did not parse');
     this.cacheWriteErrors = counter('edge_cache_write_errors_total', 'Failed writes to the durable cache');
     this.cacheRefused = counter('edge_cache_refused_total', 'Messages the cache could not take (full, or not writable)');
-    this.cacheEvicted = counter('edge_cache_evicted_total', 'Messages evicted from the cache, by priority and reason (bytes, age)', ['priority', 'reason']);
+    this.cacheEvicted = counter('edge_cache_evicted_total', 'Messages evicted from the cache, by priority and reason (bytes, age)', [
+      'priority',
+      'reason',
+    ]);
     this.uplinkSent = counter('edge_uplink_sent_total', 'Publishes sent to the cloud broker (resends included)');
     this.uplinkAcked = counter('edge_uplink_acked_total', 'Publishes acknowledged by the cloud broker');
     this.uplinkConnected = new client.Gauge({ name: 'edge_uplink_connected', help: '1 while connected to the cloud broker', registers });
     const drain = (): number => this.drainSource?.() ?? 0;
-    new client.Gauge({ name: 'edge_uplink_drain_rate', help: 'Messages acknowledged by the cloud per second, over the last 10 s', registers, collect() { this.set(drain()); } });
-    this.connections = new client.Gauge({ name: 'edge_connections', help: 'Connected devices, by protocol and transport (tcp, tls, ws, udp)', labelNames: ['protocol', 'transport'], registers });
+    new client.Gauge({
+      name: 'edge_uplink_drain_rate',
+      help: 'Messages acknowledged by the cloud per second, over the last 10 s',
+      registers,
+      collect() {
+        this.set(drain());
+      },
+    });
+    this.connections = new client.Gauge({
+      name: 'edge_connections',
+      help: 'Connected devices, by protocol and transport (tcp, tls, ws, udp)',
+      labelNames: ['protocol', 'transport'],
+      registers,
+    });
     this.downlinkReceived = counter('edge_downlink_received_total', 'Messages received from the cloud downlink');
     this.rulesFired = children(counter('edge_rules_fired_total', 'Rule firings, by rule', ['rule']), 'rule');
     this.ruleErrors = children(counter('edge_rule_errors_total', 'Runtime faults of rules, by rule', ['rule']), 'rule');
-    this.ruleWindowTruncated = counter('edge_rule_window_truncated_total', 'Window values dropped at rules.maxWindowValues, by rule', ['rule']);
+    this.ruleWindowTruncated = counter('edge_rule_window_truncated_total', 'Window values dropped at rules.maxWindowValues, by rule', [
+      'rule',
+    ]);
     this.rulesLoaded = new client.Gauge({ name: 'edge_rules_loaded', help: 'Rules in the running ruleset', registers });
     this.rulesVersion = new client.Gauge({ name: 'edge_rules_version', help: 'Version number of the running ruleset', registers });
-    this.rulesReloadFailures = counter('edge_rules_reload_failures_total', 'Rulesets refused because they had errors (reloads, pushes, rollbacks)');
-    this.rulesPushes = counter('edge_rules_pushes_total', 'Rules pushes and rollbacks, by source (api, cloud, rollback) and result (applied, unchanged, rejected)', ['source', 'result']);
+    this.rulesReloadFailures = counter(
+      'edge_rules_reload_failures_total',
+      'Rulesets refused because they had errors (reloads, pushes, rollbacks)',
+    );
+    this.rulesPushes = counter(
+      'edge_rules_pushes_total',
+      'Rules pushes and rollbacks, by source (api, cloud, rollback) and result (applied, unchanged, rejected)',
+      ['source', 'result'],
+    );
     this.registryDevices = new client.Gauge({ name: 'edge_registry_devices', help: 'Devices in the registry (token mode)', registers });
-    this.registryReloadFailures = counter('edge_registry_reload_failures_total', 'Edits of the device registry file refused because it had errors (the last good registry stays in force)');
+    this.registryReloadFailures = counter(
+      'edge_registry_reload_failures_total',
+      'Edits of the device registry file refused because it had errors (the last good registry stays in force)',
+    );
     const source = (): CacheStats | null => this.cacheSource;
     new client.Gauge({
-      name: 'edge_cache_messages', help: 'Messages in the durable cache, by priority', labelNames: ['priority'], registers,
+      name: 'edge_cache_messages',
+      help: 'Messages in the durable cache, by priority',
+      labelNames: ['priority'],
+      registers,
       collect() {
         const s = source();
         if (!s) return;
         for (const [priority, n] of Object.entries(s.messagesByPriority())) this.set({ priority }, n);
       },
     });
-    new client.Gauge({ name: 'edge_cache_bytes', help: 'Bytes of messages in the durable cache', registers, collect() { const s = source(); if (s) this.set(s.bytes()); } });
-    new client.Gauge({ name: 'edge_cache_oldest_age_seconds', help: 'Age of the oldest message in the cache', registers, collect() { const s = source(); if (s) this.set(s.oldestAgeSeconds()); } });
-    new client.Gauge({ name: 'edge_cache_writable', help: '1 while the cache accepts writes', registers, collect() { const s = source(); this.set(s && s.writable() ? 1 : 0); } });
+    new client.Gauge({
+      name: 'edge_cache_bytes',
+      help: 'Bytes of messages in the durable cache',
+      registers,
+      collect() {
+        const s = source();
+        if (s) this.set(s.bytes());
+      },
+    });
+    new client.Gauge({
+      name: 'edge_cache_oldest_age_seconds',
+      help: 'Age of the oldest message in the cache',
+      registers,
+      collect() {
+        const s = source();
+        if (s) this.set(s.oldestAgeSeconds());
+      },
+    });
+    new client.Gauge({
+      name: 'edge_cache_writable',
+      help: '1 while the cache accepts writes',
+      registers,
+      collect() {
+        const s = source();
+        this.set(s && s.writable() ? 1 : 0);
+      },
+    });
     this.uplinkConnected.set(0);
   }
 

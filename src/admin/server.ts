@@ -46,13 +46,17 @@ function sendError(res: ServerResponse, status: number, code: string, message: s
 export function outcomeBody(o: RulesOutcome): { status: 200 | 422; body: Record<string, unknown> } {
   return o.ok
     ? { status: 200, body: { version: o.version, sha256: o.sha256, rules: o.rules, changed: o.changed } }
-    : { status: 422, body: { errors: o.errors.map((e) => ({ file: e.file, line: e.line, col: e.col, code: e.code, message: e.message })) } };
+    : {
+        status: 422,
+        body: { errors: o.errors.map((e) => ({ file: e.file, line: e.line, col: e.col, code: e.code, message: e.message })) },
+      };
 }
 
 /** The request body, refused past MAX_PUSH_BYTES without reading the rest. */
 function readBody(req: IncomingMessage): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > MAX_PUSH_BYTES) return Promise.reject(new PushRequestError(`the body is ${declared} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413));
+  if (declared > MAX_PUSH_BYTES)
+    return Promise.reject(new PushRequestError(`the body is ${declared} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413));
   return new Promise((resolve, reject) => {
     let chunks: Buffer[] = [];
     // A promise settles once: the 413 is given at the first chunk past the limit, the rest is ignored.
@@ -67,7 +71,9 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
       }
       chunks.push(c);
     });
-    req.on('end', () => { if (size <= MAX_PUSH_BYTES) resolve(Buffer.concat(chunks)); });
+    req.on('end', () => {
+      if (size <= MAX_PUSH_BYTES) resolve(Buffer.concat(chunks));
+    });
     req.on('error', reject);
   });
 }
@@ -97,7 +103,9 @@ export class AdminServer {
     });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new EdgeError('E_LISTEN', `admin cannot listen on ${this.cfg.host}:${this.cfg.port}: ${err.message}`, { cause: err })));
+      server.once('error', (err) =>
+        reject(new EdgeError('E_LISTEN', `admin cannot listen on ${this.cfg.host}:${this.cfg.port}: ${err.message}`, { cause: err })),
+      );
       server.listen(this.cfg.port, this.cfg.host, () => resolve());
     });
     const addr = server.address();
@@ -116,7 +124,12 @@ export class AdminServer {
     if (path === '/healthz' && read) return send(res, 200, JSON.stringify({ status: 'ok' }));
     // Every write needs the token; reads need it beyond loopback, where others could reach them.
     if ((!read || this.readsNeedToken) && !this.authorized(req)) {
-      return sendError(res, 401, 'E_ADMIN_AUTH', `a valid bearer token is required${read ? '' : ' for every change'}: Authorization: Bearer <token> (the token is in <dataDir>/admin-token unless admin.token or admin.tokenFile is set)`);
+      return sendError(
+        res,
+        401,
+        'E_ADMIN_AUTH',
+        `a valid bearer token is required${read ? '' : ' for every change'}: Authorization: Bearer <token> (the token is in <dataDir>/admin-token unless admin.token or admin.tokenFile is set)`,
+      );
     }
     if (path.startsWith('/api/v1/rules')) return this.rules(req, res, path);
     if (!read) return sendError(res, 405, 'E_USAGE', `${req.method} is not allowed on ${path}`);
@@ -144,7 +157,15 @@ export class AdminServer {
         case 'GET /api/v1/rules':
         case 'HEAD /api/v1/rules': {
           const v = rules.version;
-          return send(res, 200, JSON.stringify(v ? { version: v.version, sha256: v.sha256, rules: v.rules, files: v.files } : { version: 0, sha256: null, rules: 0, files: {} }));
+          return send(
+            res,
+            200,
+            JSON.stringify(
+              v
+                ? { version: v.version, sha256: v.sha256, rules: v.rules, files: v.files }
+                : { version: 0, sha256: null, rules: 0, files: {} },
+            ),
+          );
         }
         case 'PUT /api/v1/rules':
         case 'POST /api/v1/rules/validate': {
@@ -160,13 +181,19 @@ export class AdminServer {
         default: {
           const known = ['/api/v1/rules', '/api/v1/rules/validate', '/api/v1/rules/rollback'].includes(path);
           return known
-            ? sendError(res, 405, 'E_USAGE', `${req.method} is not allowed on ${path} (GET or PUT /api/v1/rules, POST /api/v1/rules/validate, POST /api/v1/rules/rollback)`)
+            ? sendError(
+                res,
+                405,
+                'E_USAGE',
+                `${req.method} is not allowed on ${path} (GET or PUT /api/v1/rules, POST /api/v1/rules/validate, POST /api/v1/rules/rollback)`,
+              )
             : sendError(res, 404, 'E_USAGE', `no route ${path}`);
         }
       }
     } catch (err) {
       if (!(err instanceof EdgeError)) throw err;
-      if (err.code === 'E_RULES_WRITE') this.log.error({ err: err.message }, 'a valid rules push could not be written; the running set keeps running');
+      if (err.code === 'E_RULES_WRITE')
+        this.log.error({ err: err.message }, 'a valid rules push could not be written; the running set keeps running');
       // A retryable refusal (the proxy stopping) tells the client when to come back.
       if (err.retryable) res.setHeader('retry-after', '5');
       return sendError(res, err.status, err.code, err.message);

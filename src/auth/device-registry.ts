@@ -94,7 +94,10 @@ export class DeviceRegistry extends EventEmitter<{ change: [RegistryChange]; inv
         if (changed === null || changed === name) this.schedule();
       });
       this.watcher.on('error', (err) => {
-        this.log.warn({ file: this.file, err: err.message }, 'watching the device registry failed; changes are still seen by polling once a second');
+        this.log.warn(
+          { file: this.file, err: err.message },
+          'watching the device registry failed; changes are still seen by polling once a second',
+        );
         this.watcher?.close();
         this.watcher = null;
       });
@@ -148,14 +151,19 @@ export class DeviceRegistry extends EventEmitter<{ change: [RegistryChange]; inv
     if ('error' in read) {
       // Remembered, so the poll does not log the same failure every second.
       this.signature = await statSignature(this.file);
-      this.log.error({ file: this.file, err: read.error }, `cannot read the device registry ${this.file} (${read.error}); the devices loaded before stay in force`);
+      this.log.error(
+        { file: this.file, err: read.error },
+        `cannot read the device registry ${this.file} (${read.error}); the devices loaded before stay in force`,
+      );
       this.emit('invalid');
       return;
     }
     if ('missing' in read) {
       if (this.signature !== 'missing') {
-        this.log.warn({ file: this.file, devices: this.devices.size },
-          'the device registry file is gone; the devices loaded before stay in force until it is back (restart to run with none)');
+        this.log.warn(
+          { file: this.file, devices: this.devices.size },
+          'the device registry file is gone; the devices loaded before stay in force until it is back (restart to run with none)',
+        );
       }
       this.signature = 'missing';
       return;
@@ -164,21 +172,29 @@ export class DeviceRegistry extends EventEmitter<{ change: [RegistryChange]; inv
     this.signature = read.signature;
     const { devices, problems } = parseRegistry(read.text, this.file);
     if (problems.length > 0) {
-      this.log.error({ file: this.file, problems: problems.map(formatRegistryProblem) },
-        `${problemListing(this.file, problems)}\nnothing changed: the devices loaded before stay in force. Fix the file (edge-proxy devices list shows the same problems) and save it again`);
+      this.log.error(
+        { file: this.file, problems: problems.map(formatRegistryProblem) },
+        `${problemListing(this.file, problems)}\nnothing changed: the devices loaded before stay in force. Fix the file (edge-proxy devices list shows the same problems) and save it again`,
+      );
       this.emit('invalid');
       return;
     }
     const change = diff(this.devices, devices);
     this.devices = devices; // the swap: every lookup from here on sees the new file whole
-    const changed = [change.added, change.removed, change.rotated, change.filtersChanged, change.attrsChanged].some((ids) => ids.length > 0);
-    this.log.info({ file: this.file, devices: devices.size, ...change }, changed ? 'device registry changed' : 'device registry re-read; no device changed');
+    const changed = [change.added, change.removed, change.rotated, change.filtersChanged, change.attrsChanged].some(
+      (ids) => ids.length > 0,
+    );
+    this.log.info(
+      { file: this.file, devices: devices.size, ...change },
+      changed ? 'device registry changed' : 'device registry re-read; no device changed',
+    );
     if (changed) this.emit('change', change);
   }
 
   private logMissing(): void {
     const how = `add a device with \`edge-proxy devices add <id>\` (it creates ${this.file})`;
-    if (this.required) this.log.warn({ file: this.file }, `no device registry at ${this.file}: every device is refused until one is added; ${how}`);
+    if (this.required)
+      this.log.warn({ file: this.file }, `no device registry at ${this.file}: every device is refused until one is added; ${how}`);
     else this.log.info({ file: this.file }, `no device registry at ${this.file}; ${how}`);
   }
 }
@@ -238,7 +254,7 @@ async function readAsync(file: string): Promise<ReadResult> {
 function readFailure(err: unknown): ReadResult {
   const e = err as NodeJS.ErrnoException;
   if (e.code === 'ENOENT') return { missing: true };
-  return { error: e.code === 'EACCES' ? 'permission denied (the proxy\'s user must be able to read it)' : e.message };
+  return { error: e.code === 'EACCES' ? "permission denied (the proxy's user must be able to read it)" : e.message };
 }
 
 function diff(before: ReadonlyMap<string, DeviceEntry>, after: ReadonlyMap<string, DeviceEntry>): RegistryChange {
@@ -251,7 +267,8 @@ function diff(before: ReadonlyMap<string, DeviceEntry>, after: ReadonlyMap<strin
       continue;
     }
     if (prev.tokenSha256 !== next.tokenSha256) change.rotated.push(id);
-    if (!sameList(prev.publish.filters, next.publish.filters) || !sameList(prev.subscribe.filters, next.subscribe.filters)) change.filtersChanged.push(id);
+    if (!sameList(prev.publish.filters, next.publish.filters) || !sameList(prev.subscribe.filters, next.subscribe.filters))
+      change.filtersChanged.push(id);
     if (!sameAttrs(prev.attrs, next.attrs)) change.attrsChanged.push(id);
   }
   return change;

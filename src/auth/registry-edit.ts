@@ -84,9 +84,13 @@ function refuse(message: string): never {
 
 /** The CLI's arguments, judged before the file is touched, with messages that name what to fix. */
 function checkNewDevice(file: string, id: string, device: NewDevice): void {
-  if (!isValidDeviceId(id)) refuse(`\`${id}\` is not a valid device id (1 to 128 characters from A-Z a-z 0-9 _ . : -); ${file} is unchanged`);
+  if (!isValidDeviceId(id))
+    refuse(`\`${id}\` is not a valid device id (1 to 128 characters from A-Z a-z 0-9 _ . : -); ${file} is unchanged`);
   if (id === EDGE_DEVICE_ID) refuse(`\`${EDGE_DEVICE_ID}\` is reserved for the proxy's own messages; choose another id`);
-  for (const [name, list] of [['publish', device.publish], ['subscribe', device.subscribe]] as const) {
+  for (const [name, list] of [
+    ['publish', device.publish],
+    ['subscribe', device.subscribe],
+  ] as const) {
     if (!list) continue;
     if (list.length > MAX_FILTERS) refuse(`${list.length} ${name} filters, more than the ${MAX_FILTERS} allowed`);
     for (const filter of list) {
@@ -132,7 +136,9 @@ function checked(file: string, input: FileText): ReturnType<typeof parseRegistry
   const result = parseRegistry(input.text, file);
   if (result.problems.length > 0) {
     const count = `${result.problems.length} problem${result.problems.length === 1 ? '' : 's'}`;
-    refuse(`the device registry ${file} has ${count}; fix ${result.problems.length === 1 ? 'it' : 'them'} first, nothing was changed:\n${result.problems.map(formatRegistryProblem).join('\n')}`);
+    refuse(
+      `the device registry ${file} has ${count}; fix ${result.problems.length === 1 ? 'it' : 'them'} first, nothing was changed:\n${result.problems.map(formatRegistryProblem).join('\n')}`,
+    );
   }
   return result;
 }
@@ -171,7 +177,10 @@ async function openForEdit(file: string): Promise<Edit> {
       // The edit must leave a file the proxy accepts; anything else is a fault here, not the operator's.
       const after = parseRegistry(text, file);
       if (after.problems.length > 0) {
-        throw new EdgeError('E_INTERNAL', `the edited registry would not be valid, so ${file} was not changed:\n${after.problems.map(formatRegistryProblem).join('\n')}`);
+        throw new EdgeError(
+          'E_INTERNAL',
+          `the edited registry would not be valid, so ${file} was not changed:\n${after.problems.map(formatRegistryProblem).join('\n')}`,
+        );
       }
       await writeAtomically(file, input, text);
     },
@@ -186,7 +195,8 @@ async function openForEdit(file: string): Promise<Edit> {
 function pinText(doc: Document): void {
   if (!isSeq(doc.contents)) return;
   const pin = (node: unknown) => {
-    if (isScalar(node) && typeof node.value !== 'string' && node.value !== null && node.type === 'PLAIN' && node.source) node.value = node.source;
+    if (isScalar(node) && typeof node.value !== 'string' && node.value !== null && node.type === 'PLAIN' && node.source)
+      node.value = node.source;
   };
   for (const item of doc.contents.items) {
     if (!isMap(item)) continue;

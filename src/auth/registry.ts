@@ -76,7 +76,10 @@ class Checker {
   /** id -> the line its first entry names it on, for duplicates */
   private readonly seen = new Map<string, number>();
 
-  constructor(text: string, private readonly source: string) {
+  constructor(
+    text: string,
+    private readonly source: string,
+  ) {
     this.doc = parseDocument(text, { lineCounter: this.lineCounter, prettyErrors: false, uniqueKeys: true });
   }
 
@@ -188,8 +191,11 @@ class Checker {
     const value = textOf(this.deref(pair.value));
     if (value !== undefined && SHA256_HEX.test(value)) return value;
     const got = value === undefined ? describe(this.deref(pair.value)) : `${value.length} character${value.length === 1 ? '' : 's'}`;
-    this.problem(this.valueOffset(pair), `${key}.tokenSha256`,
-      `tokenSha256 must be the SHA-256 of the device's token as 64 hex characters (got ${got}); \`edge-proxy devices rotate\` writes a new one`);
+    this.problem(
+      this.valueOffset(pair),
+      `${key}.tokenSha256`,
+      `tokenSha256 must be the SHA-256 of the device's token as 64 hex characters (got ${got}); \`edge-proxy devices rotate\` writes a new one`,
+    );
     return undefined;
   }
 
@@ -198,11 +204,19 @@ class Checker {
     if (!pair) return undefined;
     const list = this.deref(pair.value);
     if (!isSeq(list)) {
-      this.problem(this.valueOffset(pair), key, `must be a list of topic filters, as in ["devices/pump-7/#"], not ${describe(list)}; leave the key out for the default`);
+      this.problem(
+        this.valueOffset(pair),
+        key,
+        `must be a list of topic filters, as in ["devices/pump-7/#"], not ${describe(list)}; leave the key out for the default`,
+      );
       return undefined;
     }
     if (list.items.length > MAX_FILTERS) {
-      this.problem(this.valueOffset(pair), key, `${list.items.length} filters, more than the ${MAX_FILTERS} allowed; a shorter list with wildcards says the same`);
+      this.problem(
+        this.valueOffset(pair),
+        key,
+        `${list.items.length} filters, more than the ${MAX_FILTERS} allowed; a shorter list with wildcards says the same`,
+      );
       return undefined;
     }
     const filters: string[] = [];
@@ -233,7 +247,11 @@ class Checker {
       const name = textOf(attr.key);
       if (name === undefined || !ATTR_NAME.test(name)) {
         const shown = name === undefined ? describe(attr.key) : `\`${name}\``;
-        this.problem(this.offset(attr.key), name === undefined ? key : `${key}.${name}`, `${shown} is not an attribute name: a letter or _ then letters, digits or _, so rules can read it as device.<name>`);
+        this.problem(
+          this.offset(attr.key),
+          name === undefined ? key : `${key}.${name}`,
+          `${shown} is not an attribute name: a letter or _ then letters, digits or _, so rules can read it as device.<name>`,
+        );
         continue;
       }
       if (name === 'id') {
@@ -245,14 +263,18 @@ class Checker {
       if (typeof value === 'string' || typeof value === 'boolean' || (typeof value === 'number' && Number.isFinite(value))) {
         entries.push([name, value]);
       } else {
-        this.problem(this.valueOffset(attr), `${key}.${name}`, `an attribute must be a string, a finite number or a boolean, not ${describe(node)}`);
+        this.problem(
+          this.valueOffset(attr),
+          `${key}.${name}`,
+          `an attribute must be a string, a finite number or a boolean, not ${describe(node)}`,
+        );
       }
     }
     return frozenAttrs(entries);
   }
 
   private deref(node: Node): Node {
-    return isAlias(node) ? node.resolve(this.doc) ?? null : node;
+    return isAlias(node) ? (node.resolve(this.doc) ?? null) : node;
   }
 
   private problem(offset: number | undefined, key: string, message: string): void {

@@ -28,8 +28,7 @@ export interface Identity {
 }
 
 export type AuthResult =
-  | { ok: true; identity: Identity }
-  | { ok: false; reason: Exclude<AuthFailureReason, 'acl'>; deviceId: string | null; detail: string };
+  { ok: true; identity: Identity } | { ok: false; reason: Exclude<AuthFailureReason, 'acl'>; deviceId: string | null; detail: string };
 
 // Cut so that `<cut>-<16 hex>` stays within the 128 characters a device id may have.
 const DERIVED_KEEP = 128 - 17;
@@ -62,7 +61,10 @@ export class AuthService extends EventEmitter<{ change: [RegistryChange] }> {
   // An entry is replaced, never changed, when the file changes: a value made for it stays right.
   private readonly values = new WeakMap<DeviceEntry, DeviceValue>();
 
-  constructor(readonly mode: AuthMode, private readonly registry: DeviceRegistry | null) {
+  constructor(
+    readonly mode: AuthMode,
+    private readonly registry: DeviceRegistry | null,
+  ) {
     super();
     registry?.on('change', (change) => this.emit('change', change));
   }
@@ -71,23 +73,53 @@ export class AuthService extends EventEmitter<{ change: [RegistryChange] }> {
     if (this.mode === 'open' || !this.registry) return this.openIdentity(c);
     if (c.certificateId !== null) {
       const id = c.certificateId;
-      if (c.claimedId && c.claimedId !== id) return { ok: false, reason: 'tls', deviceId: id, detail: `the username "${c.claimedId.slice(0, 128)}" is not the certificate's CN "${id}"` };
-      if (!this.registry.get(id)) return { ok: false, reason: 'unknown_device', deviceId: id, detail: `the certificate's CN "${id.slice(0, 128)}" is not a device in the registry` };
+      if (c.claimedId && c.claimedId !== id)
+        return {
+          ok: false,
+          reason: 'tls',
+          deviceId: id,
+          detail: `the username "${c.claimedId.slice(0, 128)}" is not the certificate's CN "${id}"`,
+        };
+      if (!this.registry.get(id))
+        return {
+          ok: false,
+          reason: 'unknown_device',
+          deviceId: id,
+          detail: `the certificate's CN "${id.slice(0, 128)}" is not a device in the registry`,
+        };
       return { ok: true, identity: { deviceId: id, by: 'certificate' } };
     }
     // A token names its device, so a client that sends only the token is still known.
     const id = c.claimedId || (c.token ? deviceIdOfToken(c.token) : null);
-    if (!id) return { ok: false, reason: 'unknown_device', deviceId: null, detail: 'no device id: connect with username = device id and password = its token' };
+    if (!id)
+      return {
+        ok: false,
+        reason: 'unknown_device',
+        deviceId: null,
+        detail: 'no device id: connect with username = device id and password = its token',
+      };
     const entry = this.registry.get(id);
-    if (!entry) return { ok: false, reason: 'unknown_device', deviceId: id, detail: `"${id.slice(0, 128)}" is not a device in the registry` };
-    if (!c.token || !tokenMatchesHash(c.token, entry.tokenSha256)) return { ok: false, reason: 'bad_token', deviceId: id, detail: c.token ? 'the token does not match the registry' : 'no token: the password must be the device\'s token' };
+    if (!entry)
+      return { ok: false, reason: 'unknown_device', deviceId: id, detail: `"${id.slice(0, 128)}" is not a device in the registry` };
+    if (!c.token || !tokenMatchesHash(c.token, entry.tokenSha256))
+      return {
+        ok: false,
+        reason: 'bad_token',
+        deviceId: id,
+        detail: c.token ? 'the token does not match the registry' : "no token: the password must be the device's token",
+      };
     return { ok: true, identity: { deviceId: id, by: 'token' } };
   }
 
   private openIdentity(c: Credentials): AuthResult {
     const id = c.certificateId ?? deriveDeviceId(c.claimedId || c.fallbackId);
     if (c.certificateId !== null && c.claimedId && c.claimedId !== c.certificateId) {
-      return { ok: false, reason: 'tls', deviceId: id, detail: `the username "${c.claimedId.slice(0, 128)}" is not the certificate's CN "${id}"` };
+      return {
+        ok: false,
+        reason: 'tls',
+        deviceId: id,
+        detail: `the username "${c.claimedId.slice(0, 128)}" is not the certificate's CN "${id}"`,
+      };
     }
     return { ok: true, identity: { deviceId: id, by: 'open' } };
   }

@@ -35,8 +35,13 @@ function readTokenFile(file: string): string | null {
 
 /** The proxy did not answer at all (not running, wrong URL): the CLI exits 2. */
 export class AdminUnreachable extends Error {
-  constructor(readonly url: string, cause: Error) {
-    super(`cannot reach the proxy at ${url}: ${(cause.cause as Error | undefined)?.message ?? cause.message}. Is it running? (systemctl status edge-proxy)`);
+  constructor(
+    readonly url: string,
+    cause: Error,
+  ) {
+    super(
+      `cannot reach the proxy at ${url}: ${(cause.cause as Error | undefined)?.message ?? cause.message}. Is it running? (systemctl status edge-proxy)`,
+    );
     this.name = 'AdminUnreachable';
   }
 }
@@ -47,7 +52,12 @@ export interface AdminAnswer {
 }
 
 /** One request to the admin API; the answer's JSON body whatever its status. */
-export async function adminRequest(target: AdminTarget, method: string, path: string, body?: { type: string; data: string }): Promise<AdminAnswer> {
+export async function adminRequest(
+  target: AdminTarget,
+  method: string,
+  path: string,
+  body?: { type: string; data: string },
+): Promise<AdminAnswer> {
   const headers: Record<string, string> = {};
   if (target.token) headers.authorization = `Bearer ${target.token}`;
   if (body) headers['content-type'] = body.type;

@@ -59,7 +59,12 @@ class UsageError extends EdgeError {
   }
 }
 
-export async function devicesCommand(args: string[], devicesFile: string, out: (s: string) => void, err: (s: string) => void): Promise<number> {
+export async function devicesCommand(
+  args: string[],
+  devicesFile: string,
+  out: (s: string) => void,
+  err: (s: string) => void,
+): Promise<number> {
   const [verb, ...rest] = args;
   if (verb === '--help' || verb === '-h' || verb === 'help') {
     out(DEVICES_HELP);
@@ -69,7 +74,9 @@ export async function devicesCommand(args: string[], devicesFile: string, out: (
     if (verb === undefined) throw new UsageError('a verb is missing: add, list, remove or rotate');
     if (!isVerb(verb)) {
       const hint = closestName(verb, VERBS);
-      throw new UsageError(`unknown verb \`devices ${verb}\`${hint ? `: did you mean \`devices ${hint}\`?` : '; the verbs are add, list, remove, rotate'}`);
+      throw new UsageError(
+        `unknown verb \`devices ${verb}\`${hint ? `: did you mean \`devices ${hint}\`?` : '; the verbs are add, list, remove, rotate'}`,
+      );
     }
     return await runVerb(verb, rest, devicesFile, out, err);
   } catch (e) {
@@ -98,7 +105,9 @@ async function runVerb(verb: Verb, args: string[], file: string, out: (s: string
       const { attr, publish, subscribe } = parsed.values as { attr?: string[]; publish?: string[]; subscribe?: string[] };
       const token = await addDevice(file, id, { attrs: parseAttrs(attr ?? []), publish, subscribe });
       out(`${token}\n`);
-      err(`device ${id} added to ${file}. The token above is shown only once; the device connects with username = ${id} and password = the token. A running proxy picks the change up within a second.\n`);
+      err(
+        `device ${id} added to ${file}. The token above is shown only once; the device connects with username = ${id} and password = the token. A running proxy picks the change up within a second.\n`,
+      );
       return 0;
     }
     case 'list': {
@@ -117,7 +126,9 @@ async function runVerb(verb: Verb, args: string[], file: string, out: (s: string
       const id = onlyId(verb, parsed.positionals);
       const token = await rotateDevice(file, id);
       out(`${token}\n`);
-      err(`new token for device ${id} in ${file}, shown only once. The old token no longer works: a running proxy disconnects the device within a second, until it connects with username = ${id} and password = the new token.\n`);
+      err(
+        `new token for device ${id} in ${file}, shown only once. The old token no longer works: a running proxy disconnects the device within a second, until it connects with username = ${id} and password = the new token.\n`,
+      );
       return 0;
     }
   }
@@ -169,7 +180,12 @@ function attrValue(text: string): AttrValue {
 }
 
 /** What list shows: never the hash, which would only help someone guess offline. */
-function publicView(d: DeviceEntry): { id: string; publish: readonly string[]; subscribe: readonly string[]; attrs: Record<string, AttrValue> } {
+function publicView(d: DeviceEntry): {
+  id: string;
+  publish: readonly string[];
+  subscribe: readonly string[];
+  attrs: Record<string, AttrValue>;
+} {
   return { id: d.id, publish: d.publish.filters, subscribe: d.subscribe.filters, attrs: { ...d.attrs } };
 }
 
@@ -177,11 +193,18 @@ function table(file: string, devices: readonly DeviceEntry[]): string {
   if (devices.length === 0) return `no devices in ${file}; add one with: edge-proxy devices add <id>\n`;
   const rows = [['ID', 'PUBLISH', 'SUBSCRIBE', 'ATTRS']];
   for (const d of devices) {
-    const attrs = Object.entries(d.attrs).map(([k, v]) => `${k}=${String(v)}`).join(' ');
+    const attrs = Object.entries(d.attrs)
+      .map(([k, v]) => `${k}=${String(v)}`)
+      .join(' ');
     rows.push([d.id, d.publish.filters.join(','), d.subscribe.filters.join(','), attrs]);
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  const lines = rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ').trimEnd());
+  const lines = rows.map((r) =>
+    r
+      .map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!)))
+      .join('  ')
+      .trimEnd(),
+  );
   const count = `${devices.length} device${devices.length === 1 ? '' : 's'}`;
   return `${file}: ${count}\n${lines.join('\n')}\n`;
 }
@@ -205,7 +228,9 @@ export async function devices(argv: string[]): Promise<void> {
   const cfg = configOrDefaults(config);
   const code = await devicesCommand(args, cfg.devicesFile, out, err);
   if (code === 0 && cfg.auth.mode !== 'token' && args[0] !== 'list') {
-    err(`note: auth.mode is ${cfg.auth.mode} in this configuration, so the proxy admits any client; the registry (${cfg.devicesFile}) is used with auth.mode: token\n`);
+    err(
+      `note: auth.mode is ${cfg.auth.mode} in this configuration, so the proxy admits any client; the registry (${cfg.devicesFile}) is used with auth.mode: token\n`,
+    );
   }
   process.exit(code);
 }

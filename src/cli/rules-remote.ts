@@ -15,7 +15,8 @@ function describeVersion(body: Record<string, unknown>): string {
 function failure(a: AdminAnswer, url: string, err: Print): number {
   const text = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
   err(`${url} answered ${a.status}: ${text(a.body.error ?? a.body)}${a.body.code ? ` (${text(a.body.code)})` : ''}\n`);
-  if (a.status === 401) err('pass the admin token with --token, or run this on the proxy\'s machine as a user who can read <dataDir>/admin-token\n');
+  if (a.status === 401)
+    err("pass the admin token with --token, or run this on the proxy's machine as a user who can read <dataDir>/admin-token\n");
   return 1;
 }
 
@@ -64,7 +65,11 @@ export async function rulesPush(paths: string[], target: AdminTarget, out: Print
   const a = await call(target, err, () => adminRequest(target, 'PUT', '/api/v1/rules', { type: 'application/json', data }));
   if (typeof a === 'number') return a;
   if (a.status === 200) {
-    out(a.body.changed === false ? `unchanged: ${describeVersion(a.body)} is already running\n` : `pushed: ${describeVersion(a.body)} running\n`);
+    out(
+      a.body.changed === false
+        ? `unchanged: ${describeVersion(a.body)} is already running\n`
+        : `pushed: ${describeVersion(a.body)} running\n`,
+    );
     return 0;
   }
   if (a.status === 422 && Array.isArray(a.body.errors)) {

@@ -45,7 +45,9 @@ export async function rules(args: string[]): Promise<void> {
   const err = (s: string): void => void process.stderr.write(s);
   if (sub === 'push' || sub === 'rollback') {
     const { values, positionals } = parseArgs({
-      args: rest, allowPositionals: sub === 'push', strict: true,
+      args: rest,
+      allowPositionals: sub === 'push',
+      strict: true,
       options: { config: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, help: { type: 'boolean' } },
     });
     if (values.help) return void process.stdout.write(RULES_HELP);
@@ -54,8 +56,15 @@ export async function rules(args: string[]): Promise<void> {
     process.exit(sub === 'push' ? await rulesPush(positionals, target, out, err) : await rulesRollback(target, out, err));
   }
   const { values, positionals } = parseArgs({
-    args: rest, allowPositionals: true, strict: true,
-    options: { config: { type: 'string' }, input: { type: 'string' }, format: { type: 'string', default: 'json' }, help: { type: 'boolean' } },
+    args: rest,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      config: { type: 'string' },
+      input: { type: 'string' },
+      format: { type: 'string', default: 'json' },
+      help: { type: 'boolean' },
+    },
   });
   if (values.help) return void process.stdout.write(RULES_HELP);
   if (positionals.length === 0) fail(`rules ${sub} needs at least one FILE (E_USAGE)`);
@@ -69,9 +78,15 @@ export async function rules(args: string[]): Promise<void> {
 /** Compiles the given files as one ruleset, with the limits of the configuration. */
 function compileFiles(paths: string[], cfg: Config): CompileResult {
   const files = paths.map((p) => ({ name: p, text: readFileSync(p, 'utf8') }));
-  return compileRuleset(files, { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules }, {
-    maxWindowValues: cfg.rules.maxWindowValues, stateTtlSeconds: cfg.rules.stateTtlSeconds, onTruncated: () => {},
-  });
+  return compileRuleset(
+    files,
+    { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules },
+    {
+      maxWindowValues: cfg.rules.maxWindowValues,
+      stateTtlSeconds: cfg.rules.stateTtlSeconds,
+      onTruncated: () => {},
+    },
+  );
 }
 
 /** `edge-proxy rules check FILE...`: every error with its code frame; exit 1 with errors, 0 when clean. */
@@ -150,7 +165,14 @@ function deviceAttrs(cfg: Config, err: (s: string) => void): ((deviceId: string)
  * `edge-proxy rules test FILE... --input messages.jsonl`: runs the rules over recorded messages,
  * sending nothing, and prints for each what fired and what would go up (default routing included).
  */
-function rulesTest(paths: string[], inputPath: string, format: 'json' | 'text', cfg: Config, out: (s: string) => void, err: (s: string) => void): number {
+function rulesTest(
+  paths: string[],
+  inputPath: string,
+  format: 'json' | 'text',
+  cfg: Config,
+  out: (s: string) => void,
+  err: (s: string) => void,
+): number {
   const result = compileFiles(paths, cfg);
   if (result.errors.length > 0 || !result.ruleset) {
     err(formatErrors(result) + '\n');
@@ -177,28 +199,61 @@ function rulesTest(paths: string[], inputPath: string, format: 'json' | 'text', 
     previousTs = msg.ts;
     // The payload as the rules read it: the JSON value given, a string for text.
     const decoded: Value = fromJson(line.payload ?? null);
-    const ev = rules.evaluate(msg, { payload: () => decoded, msgValue: () => msgValue(msg), device: attrs(msg.deviceId), edge: { id: cfg.edge.id, uplinkConnected: true } });
+    const ev = rules.evaluate(msg, {
+      payload: () => decoded,
+      msgValue: () => msgValue(msg),
+      device: attrs(msg.deviceId),
+      edge: { id: cfg.edge.id, uplinkConnected: true },
+    });
     const plan = planActions(msg, ev, cfg.routing.default, (t) => priorities.priorityOf(t));
-    const uplink = plan.sends.map((u) => ({ topic: u.topic, priority: u.priority, payload: u.payload === undefined ? decoded : u.payload }));
+    const uplink = plan.sends.map((u) => ({
+      topic: u.topic,
+      priority: u.priority,
+      payload: u.payload === undefined ? decoded : u.payload,
+    }));
     // An uplink action lists what it sends: its topic, payload and priority, resolved.
-    const resolve = (name: string, args: Record<string, Value>): Record<string, Value> => name !== 'uplink' ? args : {
-      topic: typeof args.topic === 'string' ? args.topic : msg.topic,
-      priority: typeof args.priority === 'string' ? args.priority : priorities.priorityOf(typeof args.topic === 'string' ? args.topic : msg.topic),
-      payload: Object.hasOwn(args, 'payload') ? args.payload! : decoded,
-    };
+    const resolve = (name: string, args: Record<string, Value>): Record<string, Value> =>
+      name !== 'uplink'
+        ? args
+        : {
+            topic: typeof args.topic === 'string' ? args.topic : msg.topic,
+            priority:
+              typeof args.priority === 'string'
+                ? args.priority
+                : priorities.priorityOf(typeof args.topic === 'string' ? args.topic : msg.topic),
+            payload: Object.hasOwn(args, 'payload') ? args.payload! : decoded,
+          };
     const record = {
       id: msg.id,
       topic: msg.topic,
       fired: ev.fired.map((f) => ({ rule: f.rule, actions: f.actions.map((a) => ({ action: a.name, ...resolve(a.name, a.args) })) })),
       uplink,
       dropped: ev.dropped,
-      ...(ev.errors.length || plan.faults.length ? { errors: [...ev.errors.map((e) => ({ rule: e.rule, error: e.error.message })), ...plan.faults.map((f) => ({ rule: f.rule, error: f.message }))] } : {}),
+      ...(ev.errors.length || plan.faults.length
+        ? {
+            errors: [
+              ...ev.errors.map((e) => ({ rule: e.rule, error: e.error.message })),
+              ...plan.faults.map((f) => ({ rule: f.rule, error: f.message })),
+            ],
+          }
+        : {}),
     };
     if (format === 'json') {
       out(JSON.stringify(record) + '\n');
     } else {
       out(`${msg.topic} (ts ${msg.ts}, ${msg.deviceId})${record.dropped ? ' DROPPED' : ''}\n`);
-      for (const f of record.fired) out(`  fired ${f.rule}: ${f.actions.map((a) => `${a.action}(${Object.entries(a).filter(([k]) => k !== 'action').map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(', ')})`).join(' ')}\n`);
+      for (const f of record.fired)
+        out(
+          `  fired ${f.rule}: ${f.actions
+            .map(
+              (a) =>
+                `${a.action}(${Object.entries(a)
+                  .filter(([k]) => k !== 'action')
+                  .map(([k, v]) => `${k}=${JSON.stringify(v)}`)
+                  .join(', ')})`,
+            )
+            .join(' ')}\n`,
+        );
       for (const u of uplink) out(`  up    ${u.topic} [${u.priority}] ${JSON.stringify(u.payload)}\n`);
       if (record.fired.length === 0 && uplink.length === 0) out('  nothing fired, nothing goes up\n');
     }

@@ -14,7 +14,11 @@ export const RUN_HELP = `edge-proxy run [--config FILE] [--ports-file FILE]
 `;
 
 export async function run(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string' }, 'ports-file': { type: 'string' }, help: { type: 'boolean' } }, strict: true });
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: 'string' }, 'ports-file': { type: 'string' }, help: { type: 'boolean' } },
+    strict: true,
+  });
   if (values.help) return void process.stdout.write(RUN_HELP);
   let loaded;
   try {
@@ -39,9 +43,18 @@ export async function run(args: string[]): Promise<void> {
   }
   const shutdown = (signal: string): void => {
     log.info({ signal }, 'received signal');
-    const force = setTimeout(() => { log.error('shutdown took over 20 s; exiting'); process.exit(1); }, 20_000);
+    const force = setTimeout(() => {
+      log.error('shutdown took over 20 s; exiting');
+      process.exit(1);
+    }, 20_000);
     force.unref();
-    proxy.stop().then(() => process.exit(0), (err: Error) => { log.error({ err: err.message }, 'error while stopping'); process.exit(1); });
+    proxy.stop().then(
+      () => process.exit(0),
+      (err: Error) => {
+        log.error({ err: err.message }, 'error while stopping');
+        process.exit(1);
+      },
+    );
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));

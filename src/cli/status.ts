@@ -17,28 +17,50 @@ function seconds(s: number): string {
 }
 
 export async function status(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } }, strict: true });
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: 'string' },
+      admin: { type: 'string' },
+      token: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean' },
+    },
+    strict: true,
+  });
   if (values.help) return void process.stdout.write(STATUS_HELP);
   const { url, token } = targetOf(values);
   let body: ProxyStatus;
   try {
     const res = await fetch(new URL('/api/v1/status', url), { headers: token ? { authorization: `Bearer ${token}` } : {} });
     if (!res.ok) fail(`${url} answered ${res.status}: ${await res.text()}`, res.status === 401 ? 1 : 2);
-    body = await res.json() as ProxyStatus;
+    body = (await res.json()) as ProxyStatus;
   } catch (err) {
     fail(`cannot reach the proxy at ${url}: ${(err as Error).message}. Is it running? (systemctl status edge-proxy)`);
   }
   if (values.json) return void process.stdout.write(JSON.stringify(body) + '\n');
   const c = body.cache;
   const u = body.uplink;
-  process.stdout.write([
-    `edge-proxy ${body.version} on ${body.edgeId}, up ${seconds(body.uptimeSeconds)}`,
-    `devices:  ${Object.entries(body.devices).map(([protocol, n]) => `${n} ${protocol.toUpperCase()}`).join(', ')} connected; ${body.rates.receivedPerSecond.toFixed(1)} msg/s in`,
-    body.auth.mode === 'token' ? `auth:     token mode, ${body.auth.devices ?? 0} registered device${body.auth.devices === 1 ? '' : 's'}` : 'auth:     open mode: any client connects as any device (trial setting)',
-    u.url === null ? 'uplink:   none (offline mode): what would go up stays in the cache' : `uplink:   ${u.url}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
-    `cache:    ${c.messages} messages, ${c.bytes} bytes, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
-    `drain:    ${c.messages === 0 ? 'nothing to drain' : c.timeToDrainSeconds === null ? `not draining now${u.connected ? '' : ' (the uplink is not connected)'}` : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
-    ...(body.rules ? [`rules:    version ${body.rules.version}, ${body.rules.rules} rule${body.rules.rules === 1 ? '' : 's'} (sha256 ${body.rules.sha256.slice(0, 12)})`] : []),
-    '',
-  ].join('\n'));
+  process.stdout.write(
+    [
+      `edge-proxy ${body.version} on ${body.edgeId}, up ${seconds(body.uptimeSeconds)}`,
+      `devices:  ${Object.entries(body.devices)
+        .map(([protocol, n]) => `${n} ${protocol.toUpperCase()}`)
+        .join(', ')} connected; ${body.rates.receivedPerSecond.toFixed(1)} msg/s in`,
+      body.auth.mode === 'token'
+        ? `auth:     token mode, ${body.auth.devices ?? 0} registered device${body.auth.devices === 1 ? '' : 's'}`
+        : 'auth:     open mode: any client connects as any device (trial setting)',
+      u.url === null
+        ? 'uplink:   none (offline mode): what would go up stays in the cache'
+        : `uplink:   ${u.url}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
+      `cache:    ${c.messages} messages, ${c.bytes} bytes, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
+      `drain:    ${c.messages === 0 ? 'nothing to drain' : c.timeToDrainSeconds === null ? `not draining now${u.connected ? '' : ' (the uplink is not connected)'}` : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
+      ...(body.rules
+        ? [
+            `rules:    version ${body.rules.version}, ${body.rules.rules} rule${body.rules.rules === 1 ? '' : 's'} (sha256 ${body.rules.sha256.slice(0, 12)})`,
+          ]
+        : []),
+      '',
+    ].join('\n'),
+  );
 }

@@ -22,7 +22,10 @@ export function configOrDefaults(file: string | undefined): Config {
   try {
     return loadConfig({ file, env: process.env, cwd: process.cwd() }).config;
   } catch (err) {
-    if (err instanceof ConfigError) { printConfigError(err); process.exit(1); }
+    if (err instanceof ConfigError) {
+      printConfigError(err);
+      process.exit(1);
+    }
     throw err;
   }
 }

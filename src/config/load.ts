@@ -340,9 +340,7 @@ function unknownEnvProblem(name: string): ConfigProblem {
   const where = envWhere(name);
   const planned = [...PLANNED_KEYS].find((key) => envName(key.split('.')) === name);
   const known = [...envLeaves().keys()].map((n) => n.slice(ENV_PREFIX.length));
-  const hint = planned
-    ? `: ${planned} is not available in this version`
-    : didYouMean(name.slice(ENV_PREFIX.length), known, ENV_PREFIX);
+  const hint = planned ? `: ${planned} is not available in this version` : didYouMean(name.slice(ENV_PREFIX.length), known, ENV_PREFIX);
   return makeProblem('E_CONFIG_UNKNOWN_KEY', where, [], `${name} names no configuration key${hint}`);
 }
 
@@ -424,9 +422,7 @@ function withoutTyposMissing(errors: readonly ErrorObject[]): ErrorObject[] {
     const name = closestName(String(e.params['additionalProperty']), known);
     if (name !== undefined) meant.add(pathId([e.instancePath, name]));
   }
-  return errors.filter(
-    (e) => e.keyword !== 'required' || !meant.has(pathId([e.instancePath, String(e.params['missingProperty'])])),
-  );
+  return errors.filter((e) => e.keyword !== 'required' || !meant.has(pathId([e.instancePath, String(e.params['missingProperty'])])));
 }
 
 /** Of several complaints about one value, a wrong type says it all: `enum` after `type` is noise. */
@@ -504,7 +500,7 @@ function rangeText(node: SchemaNode): string {
 
 function oneOf(values: readonly unknown[]): string {
   const shown = values.map((v) => `\`${String(v)}\``);
-  return shown.length === 1 ? shown[0] ?? '' : `one of ${shown.join(', ')}`;
+  return shown.length === 1 ? (shown[0] ?? '') : `one of ${shown.join(', ')}`;
 }
 
 function describeType(node: SchemaNode): string {
@@ -557,7 +553,10 @@ function crossKeyProblems(tree: Tree, where: Locations): ConfigProblem[] {
     problems.push(makeProblem('E_CONFIG_VALUE', where.ofValue(path), path, message));
   }
   // A certificate is useless without its key, and the reverse; TLS would fail only at connect time.
-  for (const [section, what] of [['uplink', 'a client certificate'], ['mqtt', 'the TLS endpoint\'s certificate']] as const) {
+  for (const [section, what] of [
+    ['uplink', 'a client certificate'],
+    ['mqtt', "the TLS endpoint's certificate"],
+  ] as const) {
     const cert = [section, 'tls', 'cert'];
     const key = [section, 'tls', 'key'];
     if (isSet(cert) === isSet(key)) continue;
@@ -568,7 +567,8 @@ function crossKeyProblems(tree: Tree, where: Locations): ConfigProblem[] {
   // Client certificates are checked against a CA only on the TLS endpoint, which needs cert and key.
   const ca = ['mqtt', 'tls', 'ca'];
   if (isSet(ca) && !isSet(['mqtt', 'tls', 'cert'])) {
-    const message = 'mqtt.tls.ca asks for client certificates on the TLS endpoint, which runs only when mqtt.tls.cert and mqtt.tls.key are set';
+    const message =
+      'mqtt.tls.ca asks for client certificates on the TLS endpoint, which runs only when mqtt.tls.cert and mqtt.tls.key are set';
     problems.push(makeProblem('E_CONFIG_VALUE', where.ofValue(ca), ca, message));
   }
   return problems;
@@ -629,9 +629,7 @@ function keyText(path: KeyPath): string {
 /** File problems first, in reading order; then the environment's, by variable name. */
 function sortProblems(problems: readonly ConfigProblem[]): ConfigProblem[] {
   const rank = (p: ConfigProblem) => (p.source.startsWith('env:') ? 1 : 0);
-  return [...problems].sort(
-    (a, b) => rank(a) - rank(b) || a.source.localeCompare(b.source) || a.line - b.line || a.col - b.col,
-  );
+  return [...problems].sort((a, b) => rank(a) - rank(b) || a.source.localeCompare(b.source) || a.line - b.line || a.col - b.col);
 }
 
 function isTree(value: unknown): value is Tree {

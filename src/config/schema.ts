@@ -105,10 +105,7 @@ function object<T>(properties: { [K in keyof T]-?: SchemaFor<T[K]> }): ObjectSch
 }
 
 // Items have no defaults: every key of an item must be written.
-function list<E>(
-  properties: { [K in keyof E]-?: ItemLeafSchema<E[K]> },
-  extra: SchemaNode & { default: readonly E[] },
-): ArraySchema<E> {
+function list<E>(properties: { [K in keyof E]-?: ItemLeafSchema<E[K]> }, extra: SchemaNode & { default: readonly E[] }): ArraySchema<E> {
   const keys = Object.keys(properties);
   const quoted = keys.map((k) => `\`${k}\``);
   const named = quoted.length > 1 ? `${quoted.slice(0, -1).join(', ')} and ${quoted.at(-1)}` : (quoted[0] ?? '');
@@ -248,10 +245,7 @@ export const configSchemaTree: SchemaNode = configSchema;
  * Keys of features this version does not have yet (docs/configuration.md, Errors).
  * They are refused like any unknown key; the message just says why, so nobody hunts for a typo.
  */
-export const PLANNED_KEYS: ReadonlySet<string> = new Set([
-  'coap', 'http', 'models', 'inference',
-  'limits.perDeviceRate', 'log.pretty',
-]);
+export const PLANNED_KEYS: ReadonlySet<string> = new Set(['coap', 'http', 'models', 'inference', 'limits.perDeviceRate', 'log.pretty']);
 
 export function isUplinkUrl(value: string): boolean {
   let url: URL;

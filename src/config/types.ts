@@ -2,7 +2,6 @@
 
 import type { Priority } from '../core/priority.js';
 
-
 export interface Config {
   edge: { id: string };
   dataDir: string;

@@ -16,7 +16,11 @@ export const ERROR_CODES = {
   E_MALFORMED: { text: 'a packet or message that does not follow its protocol', status: 400, retryable: false },
   E_TOO_LARGE: { text: 'a payload larger than limits.maxPayloadBytes', status: 413, retryable: false },
   E_ACL: { text: 'a topic the device may not use: outside its filters, or in the reserved $edge/ tree', status: 403, retryable: false },
-  E_AUTH: { text: 'a device that did not prove who it is: not in the registry, a wrong token, a refused certificate', status: 401, retryable: false },
+  E_AUTH: {
+    text: 'a device that did not prove who it is: not in the registry, a wrong token, a refused certificate',
+    status: 401,
+    retryable: false,
+  },
   E_REGISTRY: { text: 'the device registry (devicesFile) cannot be read or has errors', status: 500, retryable: false },
   E_TLS: { text: 'a TLS certificate, key or CA file that cannot be read or used', status: 500, retryable: false },
   E_CACHE_FULL: { text: 'the durable cache cannot take the message now', status: 503, retryable: true },
@@ -71,7 +75,10 @@ export function formatConfigProblem(p: ConfigProblem): string {
 
 /** A ruleset that does not compile: the message lists every error with its code frame. */
 export class RuleLoadError extends EdgeError {
-  constructor(listing: string, readonly count: number) {
+  constructor(
+    listing: string,
+    readonly count: number,
+  ) {
     super('E_RULES_INVALID', `the rules have ${count} error${count === 1 ? '' : 's'}:\n${listing}`);
     this.name = 'RuleLoadError';
   }

@@ -33,9 +33,7 @@ export interface PublishRequest {
  * device may send it again later or is refused for good.
  */
 export type PublishVerdict =
-  | { kind: 'accept'; msg: EdgeMessage }
-  | { kind: 'drop'; reason: 'reserved_topic' }
-  | { kind: 'refuse'; error: EdgeError };
+  { kind: 'accept'; msg: EdgeMessage } | { kind: 'drop'; reason: 'reserved_topic' } | { kind: 'refuse'; error: EdgeError };
 
 export type RefuseReason = 'too_large' | 'malformed' | 'acl';
 
@@ -92,8 +90,18 @@ export class IngressGate {
 
   private authFailed(protocol: DeviceProtocol, reason: AuthFailureReason, deviceId: string | null, remote: string, detail: string): void {
     this.events.authFailure(protocol, reason);
-    const hint = reason === 'unknown_device' ? ' (edge-proxy devices add <id> registers a device)' : reason === 'bad_token' ? ' (edge-proxy devices rotate <id> gives a device a new token)' : '';
-    this.logOnce(`${reason}:${deviceId ?? remote}`, 'warn', { protocol, reason, deviceId, remote }, `${protocol} device refused: ${detail}${hint}`);
+    const hint =
+      reason === 'unknown_device'
+        ? ' (edge-proxy devices add <id> registers a device)'
+        : reason === 'bad_token'
+          ? ' (edge-proxy devices rotate <id> gives a device a new token)'
+          : '';
+    this.logOnce(
+      `${reason}:${deviceId ?? remote}`,
+      'warn',
+      { protocol, reason, deviceId, remote },
+      `${protocol} device refused: ${detail}${hint}`,
+    );
   }
 
   /** A device publish: checked, normalized, and counted when refused. Hand an accepted message on with accept(). */
@@ -106,12 +114,22 @@ export class IngressGate {
     if (problem) return this.refuse('malformed', new EdgeError('E_MALFORMED', `invalid topic (${problem})`));
     if (!this.auth.mayPublish(identity, req.topic)) {
       this.events.authFailure(protocol, 'acl');
-      this.logOnce(`acl:${identity.deviceId}`, 'warn', { protocol, deviceId: identity.deviceId, topic: req.topic.slice(0, 300) },
-        `${identity.deviceId} may not publish to "${req.topic.slice(0, 300)}": outside its publish filters in the registry; the connection is closed (logged once a minute per device)`);
+      this.logOnce(
+        `acl:${identity.deviceId}`,
+        'warn',
+        { protocol, deviceId: identity.deviceId, topic: req.topic.slice(0, 300) },
+        `${identity.deviceId} may not publish to "${req.topic.slice(0, 300)}": outside its publish filters in the registry; the connection is closed (logged once a minute per device)`,
+      );
       return this.refuse('acl', new EdgeError('E_ACL', `publish to "${req.topic.slice(0, 300)}" is outside the device's publish filters`));
     }
     if (req.payload.byteLength > this.limits.maxPayloadBytes) {
-      return this.refuse('too_large', new EdgeError('E_TOO_LARGE', `PUBLISH payload of ${req.payload.byteLength} bytes exceeds the limit of ${this.limits.maxPayloadBytes}`));
+      return this.refuse(
+        'too_large',
+        new EdgeError(
+          'E_TOO_LARGE',
+          `PUBLISH payload of ${req.payload.byteLength} bytes exceeds the limit of ${this.limits.maxPayloadBytes}`,
+        ),
+      );
     }
     return { kind: 'accept', msg: this.normalize(identity.deviceId, protocol, req) };
   }
@@ -132,8 +150,12 @@ export class IngressGate {
     if (!reserved && this.auth.maySubscribe(identity, filter)) return null;
     this.events.authFailure(protocol, 'acl');
     const why = reserved ? 'the $edge/ tree is reserved for the proxy' : 'outside its subscribe filters in the registry';
-    this.logOnce(`acl-sub:${identity.deviceId}`, 'warn', { protocol, deviceId: identity.deviceId, filter: filter.slice(0, 300) },
-      `${identity.deviceId} may not subscribe to "${filter.slice(0, 300)}": ${why} (logged once a minute per device)`);
+    this.logOnce(
+      `acl-sub:${identity.deviceId}`,
+      'warn',
+      { protocol, deviceId: identity.deviceId, filter: filter.slice(0, 300) },
+      `${identity.deviceId} may not subscribe to "${filter.slice(0, 300)}": ${why} (logged once a minute per device)`,
+    );
     return new EdgeError('E_ACL', `subscription to "${filter.slice(0, 300)}" refused: ${why}`);
   }
 
@@ -145,10 +167,15 @@ export class IngressGate {
   /** A message from the cloud downlink, held to the same limits as a device's. */
   fromCloud(topic: string, payload: Buffer, retain: boolean): void {
     this.events.downlinkReceived();
-    const problem = checkDeviceTopic(topic, this.limits.maxTopicBytes) ?? (payload.length > this.limits.maxPayloadBytes ? `payload of ${payload.length} bytes over limits.maxPayloadBytes` : null);
+    const problem =
+      checkDeviceTopic(topic, this.limits.maxTopicBytes) ??
+      (payload.length > this.limits.maxPayloadBytes ? `payload of ${payload.length} bytes over limits.maxPayloadBytes` : null);
     if (problem) {
       this.events.dropped('downlink_invalid');
-      this.log.warn({ topic: topic.slice(0, 300), bytes: payload.length, problem }, 'a downlink message from the cloud was not delivered locally');
+      this.log.warn(
+        { topic: topic.slice(0, 300), bytes: payload.length, problem },
+        'a downlink message from the cloud was not delivered locally',
+      );
       return;
     }
     this.pipeline.acceptFromCloud(this.normalize(EDGE_DEVICE_ID, 'cloud', { topic, payload, qos: 1, retain }));

@@ -22,7 +22,10 @@ export class LocalDelivery {
   readonly retained = new RetainedStore();
   private readonly sinks: LocalSink[] = [];
 
-  constructor(private readonly events: LocalDeliveryEvents, private readonly log: Logger) {}
+  constructor(
+    private readonly events: LocalDeliveryEvents,
+    private readonly log: Logger,
+  ) {}
 
   register(sink: LocalSink): void {
     this.sinks.push(sink);

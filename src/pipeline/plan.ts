@@ -34,7 +34,12 @@ export interface Plan {
  * applies to device messages when no fired rule called uplink, emit or drop; what came from the
  * cloud never goes back up. Pure, so that `edge-proxy rules test` shows exactly what the proxy does.
  */
-export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'uplink' | 'local', priorityOf: (topic: string) => Priority): Plan {
+export function planActions(
+  msg: EdgeMessage,
+  ev: Evaluation,
+  routingDefault: 'uplink' | 'local',
+  priorityOf: (topic: string) => Priority,
+): Plan {
   const plan: Plan = { uplinks: [], sends: [], publishes: [], emits: [], infers: [], logs: [], faults: [] };
   let self: PlannedUplink | null = null;
   for (const a of ev.actions) {
@@ -61,15 +66,32 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
           }
         } else {
           const topic = hasTopic ? (args.topic as string) : msg.topic;
-          const derived: PlannedUplink = { rule: a.rule, self: false, topic, payload: hasPayload ? args.payload : undefined, priority: asked ?? priorityOf(topic) };
+          const derived: PlannedUplink = {
+            rule: a.rule,
+            self: false,
+            topic,
+            payload: hasPayload ? args.payload : undefined,
+            priority: asked ?? priorityOf(topic),
+          };
           plan.uplinks.push(derived);
           plan.sends.push(derived);
         }
         break;
       }
       case 'publish':
-        if (typeof args.topic !== 'string') plan.faults.push({ rule: a.rule, message: `publish(): topic is ${JSON.stringify(args.topic)}, not a string; nothing was published` });
-        else plan.publishes.push({ rule: a.rule, topic: args.topic, payload: args.payload ?? null, qos: args.qos === 1 ? 1 : 0, retain: args.retain === true });
+        if (typeof args.topic !== 'string')
+          plan.faults.push({
+            rule: a.rule,
+            message: `publish(): topic is ${JSON.stringify(args.topic)}, not a string; nothing was published`,
+          });
+        else
+          plan.publishes.push({
+            rule: a.rule,
+            topic: args.topic,
+            payload: args.payload ?? null,
+            qos: args.qos === 1 ? 1 : 0,
+            retain: args.retain === true,
+          });
         break;
       case 'emit':
         if (typeof args.name === 'string') {
@@ -78,7 +100,11 @@ export function planActions(msg: EdgeMessage, ev: Evaluation, routingDefault: 'u
         }
         break;
       case 'infer':
-        plan.infers.push({ rule: a.rule, model: typeof args.model === 'string' ? args.model : JSON.stringify(args.model), to: typeof args.to === 'string' ? args.to : null });
+        plan.infers.push({
+          rule: a.rule,
+          model: typeof args.model === 'string' ? args.model : JSON.stringify(args.model),
+          to: typeof args.to === 'string' ? args.to : null,
+        });
         break;
       case 'log':
         plan.logs.push({ rule: a.rule, level: args.level as Plan['logs'][number]['level'], text: args.text ?? null });

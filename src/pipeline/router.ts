@@ -82,7 +82,10 @@ export class Router {
       ev = this.evaluate(msg);
     } catch (err) {
       // Not acknowledged rather than acknowledged and lost: the device sends it again.
-      this.log.error({ deviceId: msg.deviceId, topic: msg.topic, err: (err as Error).message }, 'a device message could not be evaluated; it is not acknowledged');
+      this.log.error(
+        { deviceId: msg.deviceId, topic: msg.topic, err: (err as Error).message },
+        'a device message could not be evaluated; it is not acknowledged',
+      );
       done(new EdgeError('E_INTERNAL', `the message could not be processed: ${(err as Error).message}`));
       return;
     }
@@ -144,7 +147,10 @@ export class Router {
     // At most one line a minute per rule: a faulty rule on a busy topic must not flood the log.
     if ((this.faultLogged.get(rule) ?? 0) > now - 60_000) return;
     this.faultLogged.set(rule, now);
-    this.log.warn({ rule, deviceId: msg.deviceId, topic: msg.topic, err: message }, `rule "${rule}" failed at run time (counted in edge_rule_errors_total; logged at most once a minute)`);
+    this.log.warn(
+      { rule, deviceId: msg.deviceId, topic: msg.topic, err: message },
+      `rule "${rule}" failed at run time (counted in edge_rule_errors_total; logged at most once a minute)`,
+    );
   }
 
   private carryOut(msg: EdgeMessage, ev: Evaluation, done: (err: EdgeError | null) => void): void {
@@ -188,7 +194,10 @@ export class Router {
     for (const f of plan.faults) this.fault(f.rule, f.message, msg);
     for (const l of plan.logs) {
       try {
-        this.log[l.level]({ rule: l.rule, deviceId: msg.deviceId, topic: msg.topic }, typeof l.text === 'string' ? l.text : JSON.stringify(l.text));
+        this.log[l.level](
+          { rule: l.rule, deviceId: msg.deviceId, topic: msg.topic },
+          typeof l.text === 'string' ? l.text : JSON.stringify(l.text),
+        );
       } catch (err) {
         this.fault(l.rule, `log(): ${(err as Error).message}`, msg);
       }
@@ -202,7 +211,13 @@ export class Router {
    * a budget of messages its rules may make, however they chain, so one message cannot fan out
    * into thousands.
    */
-  private tryDerive(rule: string, parent: EdgeMessage, topic: string, payload: Value | undefined, opts: { qos?: 0 | 1; retain?: boolean } = {}): EdgeMessage | null {
+  private tryDerive(
+    rule: string,
+    parent: EdgeMessage,
+    topic: string,
+    payload: Value | undefined,
+    opts: { qos?: 0 | 1; retain?: boolean } = {},
+  ): EdgeMessage | null {
     let budget = this.budgets.get(parent);
     if (!budget) {
       budget = { left: MAX_DERIVED_PER_MESSAGE };
@@ -227,7 +242,13 @@ export class Router {
   }
 
   /** A new message made from `parent` by a rule: new id, parent's device, hops + 1 within the limit. */
-  private derive(ruleOf: string, parent: EdgeMessage, topic: string, payload: Value | undefined, opts: { qos?: 0 | 1; retain?: boolean } = {}): EdgeMessage | null {
+  private derive(
+    ruleOf: string,
+    parent: EdgeMessage,
+    topic: string,
+    payload: Value | undefined,
+    opts: { qos?: 0 | 1; retain?: boolean } = {},
+  ): EdgeMessage | null {
     const hops = parent.hops + 1;
     if (hops > this.opts.maxHops) {
       this.events.dropped('hops');
@@ -241,10 +262,18 @@ export class Router {
     const encoded = payload === undefined ? { bytes: parent.payload, contentType: parent.contentType } : encodePayload(payload);
     const now = Date.now();
     return {
-      id: newMessageId(now), ts: now, deviceId: parent.deviceId, protocol: 'internal', topic,
-      payload: encoded.bytes, contentType: encoded.contentType, qos: opts.qos ?? 0, retain: opts.retain ?? false,
-      props: {}, hops, parentId: parent.id,
+      id: newMessageId(now),
+      ts: now,
+      deviceId: parent.deviceId,
+      protocol: 'internal',
+      topic,
+      payload: encoded.bytes,
+      contentType: encoded.contentType,
+      qos: opts.qos ?? 0,
+      retain: opts.retain ?? false,
+      props: {},
+      hops,
+      parentId: parent.id,
     };
   }
 }
-

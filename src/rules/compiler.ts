@@ -45,7 +45,12 @@ export class WindowDef {
     this.lastSeq = s.seq;
     let st = this.byDevice.get(s.deviceId);
     if (!st) {
-      st = this.shape.kind === 'previous' ? new PreviousWindow() : this.fn === 'count' ? new CountWindow(this.shape, this.limits) : new SeriesWindow(this.shape, this.limits);
+      st =
+        this.shape.kind === 'previous'
+          ? new PreviousWindow()
+          : this.fn === 'count'
+            ? new CountWindow(this.shape, this.limits)
+            : new SeriesWindow(this.shape, this.limits);
       this.byDevice.set(s.deviceId, st);
     }
     st.lastSeen = s.ts;
@@ -89,22 +94,40 @@ export interface CompiledRule {
 /** Canonical text of an expression, positions left out: equal text, equal expression. */
 function canonical(e: Expr): string {
   switch (e.kind) {
-    case 'literal': return JSON.stringify(e.value) + (e.duration ? 'ms' : '');
-    case 'name': return e.name;
-    case 'member': return `${canonical(e.object)}.${e.name}`;
-    case 'index': return `${canonical(e.object)}[${canonical(e.index)}]`;
-    case 'unary': return `(${e.op} ${canonical(e.operand)})`;
-    case 'binary': return `(${canonical(e.left)} ${e.op} ${canonical(e.right)})`;
-    case 'call': return `${e.name}(${e.args.map((a) => canonical(a.value)).join(',')})`;
-    case 'list': return `[${e.items.map(canonical).join(',')}]`;
-    case 'object': return `{${e.entries.map((x) => `${JSON.stringify(x.key)}:${canonical(x.value)}`).join(',')}}`;
+    case 'literal':
+      return JSON.stringify(e.value) + (e.duration ? 'ms' : '');
+    case 'name':
+      return e.name;
+    case 'member':
+      return `${canonical(e.object)}.${e.name}`;
+    case 'index':
+      return `${canonical(e.object)}[${canonical(e.index)}]`;
+    case 'unary':
+      return `(${e.op} ${canonical(e.operand)})`;
+    case 'binary':
+      return `(${canonical(e.left)} ${e.op} ${canonical(e.right)})`;
+    case 'call':
+      return `${e.name}(${e.args.map((a) => canonical(a.value)).join(',')})`;
+    case 'list':
+      return `[${e.items.map(canonical).join(',')}]`;
+    case 'object':
+      return `{${e.entries.map((x) => `${JSON.stringify(x.key)}:${canonical(x.value)}`).join(',')}}`;
   }
 }
 
 const truthy = (v: Value): boolean => v === true;
 
 function scopeOf(e: Expr): string[] | null {
-  if (e.kind === 'binary' && e.op === 'matches' && e.left.kind === 'member' && e.left.name === 'topic' && e.left.object.kind === 'name' && e.left.object.name === 'msg' && e.right.kind === 'literal' && typeof e.right.value === 'string') {
+  if (
+    e.kind === 'binary' &&
+    e.op === 'matches' &&
+    e.left.kind === 'member' &&
+    e.left.name === 'topic' &&
+    e.left.object.kind === 'name' &&
+    e.left.object.name === 'msg' &&
+    e.right.kind === 'literal' &&
+    typeof e.right.value === 'string'
+  ) {
     return [e.right.value];
   }
   if (e.kind === 'binary' && e.op === 'or') {
@@ -139,17 +162,37 @@ export function stateTtlMs(checked: CheckedRule, stateTtlSeconds: number): numbe
     switch (e.kind) {
       case 'call': {
         const w = e.args[e.args.length - 1]?.value;
-        if (Object.hasOwn(windowNames, e.name) && e.name !== 'delta' && e.name !== 'last' && e.name !== 'changed' && w && w.kind === 'literal' && w.duration) longest = Math.max(longest, w.value as number);
+        if (
+          Object.hasOwn(windowNames, e.name) &&
+          e.name !== 'delta' &&
+          e.name !== 'last' &&
+          e.name !== 'changed' &&
+          w &&
+          w.kind === 'literal' &&
+          w.duration
+        )
+          longest = Math.max(longest, w.value as number);
         for (const a of e.args) walk(a.value);
         return;
       }
-      case 'member': return walk(e.object);
-      case 'index': walk(e.object); return walk(e.index);
-      case 'unary': return walk(e.operand);
-      case 'binary': walk(e.left); return walk(e.right);
-      case 'list': for (const x of e.items) walk(x); return;
-      case 'object': for (const x of e.entries) walk(x.value); return;
-      default: return;
+      case 'member':
+        return walk(e.object);
+      case 'index':
+        walk(e.object);
+        return walk(e.index);
+      case 'unary':
+        return walk(e.operand);
+      case 'binary':
+        walk(e.left);
+        return walk(e.right);
+      case 'list':
+        for (const x of e.items) walk(x);
+        return;
+      case 'object':
+        for (const x of e.entries) walk(x.value);
+        return;
+      default:
+        return;
     }
   };
   walk(checked.rule.when);
@@ -176,12 +219,20 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
     if (!def) {
       const takesValue = e.name !== 'count';
       const w = e.args[e.args.length - 1]!.value;
-      const shape = e.name === 'delta' || e.name === 'last' || e.name === 'changed'
-        ? { kind: 'previous' as const }
-        : w.kind === 'literal' && w.duration ? { kind: 'time' as const, ms: w.value as number } : { kind: 'count' as const, n: (w as { value: number }).value };
+      const shape =
+        e.name === 'delta' || e.name === 'last' || e.name === 'changed'
+          ? { kind: 'previous' as const }
+          : w.kind === 'literal' && w.duration
+            ? { kind: 'time' as const, ms: w.value as number }
+            : { kind: 'count' as const, n: (w as { value: number }).value };
       // a truncation counts for every rule that holds the window
       const holder: { def?: WindowDef } = {};
-      const limits: WindowLimits = { maxValues: ctx.limits(rule.name).maxValues, truncated: () => { for (const r of holder.def!.rules) ctx.limits(r).truncated(); } };
+      const limits: WindowLimits = {
+        maxValues: ctx.limits(rule.name).maxValues,
+        truncated: () => {
+          for (const r of holder.def!.rules) ctx.limits(r).truncated();
+        },
+      };
       def = holder.def = new WindowDef(key, e.name, takesValue ? compile(e.args[0]!.value) : null, shape, limits);
       ctx.windows.set(key, def);
     }
@@ -189,15 +240,44 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
     if (!windows.includes(def)) windows.push(def);
     const d = def;
     switch (e.name) {
-      case 'avg': return (s) => { const w = d.current as SeriesWindow; w.expire(s.ts); return w.avg(); };
-      case 'sum': return (s) => { const w = d.current as SeriesWindow; w.expire(s.ts); return w.sum(); };
-      case 'minOf': return (s) => { const w = d.current as SeriesWindow; w.expire(s.ts); return w.minOf(); };
-      case 'maxOf': return (s) => { const w = d.current as SeriesWindow; w.expire(s.ts); return w.maxOf(); };
-      case 'rate': return (s) => { const w = d.current as SeriesWindow; w.expire(s.ts); return w.rate(); };
-      case 'count': return (s) => (d.current as CountWindow).count(s.ts);
-      case 'delta': return (s) => (d.current as PreviousWindow).delta(s.seq);
-      case 'last': return (s) => (d.current as PreviousWindow).last(s.seq);
-      default: return (s) => (d.current as PreviousWindow).changed(s.seq);
+      case 'avg':
+        return (s) => {
+          const w = d.current as SeriesWindow;
+          w.expire(s.ts);
+          return w.avg();
+        };
+      case 'sum':
+        return (s) => {
+          const w = d.current as SeriesWindow;
+          w.expire(s.ts);
+          return w.sum();
+        };
+      case 'minOf':
+        return (s) => {
+          const w = d.current as SeriesWindow;
+          w.expire(s.ts);
+          return w.minOf();
+        };
+      case 'maxOf':
+        return (s) => {
+          const w = d.current as SeriesWindow;
+          w.expire(s.ts);
+          return w.maxOf();
+        };
+      case 'rate':
+        return (s) => {
+          const w = d.current as SeriesWindow;
+          w.expire(s.ts);
+          return w.rate();
+        };
+      case 'count':
+        return (s) => (d.current as CountWindow).count(s.ts);
+      case 'delta':
+        return (s) => (d.current as PreviousWindow).delta(s.seq);
+      case 'last':
+        return (s) => (d.current as PreviousWindow).last(s.seq);
+      default:
+        return (s) => (d.current as PreviousWindow).changed(s.seq);
     }
   };
 
@@ -209,10 +289,14 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
       }
       case 'name':
         switch (e.name) {
-          case 'msg': return (s) => s.msg;
-          case 'payload': return (s) => s.payload();
-          case 'device': return (s) => s.device;
-          default: return (s) => s.edge;
+          case 'msg':
+            return (s) => s.msg;
+          case 'payload':
+            return (s) => s.payload();
+          case 'device':
+            return (s) => s.device;
+          default:
+            return (s) => s.edge;
         }
       case 'member': {
         const name = e.name;
@@ -227,7 +311,12 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
       }
       case 'unary': {
         const x = compile(e.operand);
-        return e.op === '-' ? (s) => { const v = x(s); return typeof v === 'number' ? -v : null; } : (s) => x(s) !== true;
+        return e.op === '-'
+          ? (s) => {
+              const v = x(s);
+              return typeof v === 'number' ? -v : null;
+            }
+          : (s) => x(s) !== true;
       }
       case 'binary':
         return binary(e.op, compile(e.left), compile(e.right));
@@ -249,18 +338,30 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
         if (Object.hasOwn(windowNames, e.name)) return compileWindow(e);
         const fn = FUNCTIONS[e.name]!.fn;
         const args = e.args.map((a) => compile(a.value));
-        if (args.length === 1) { const a0 = args[0]!; return (s) => fn(a0(s)); }
-        if (args.length === 2) { const a0 = args[0]!; const a1 = args[1]!; return (s) => fn(a0(s), a1(s)); }
+        if (args.length === 1) {
+          const a0 = args[0]!;
+          return (s) => fn(a0(s));
+        }
+        if (args.length === 2) {
+          const a0 = args[0]!;
+          const a1 = args[1]!;
+          return (s) => fn(a0(s), a1(s));
+        }
         return (s) => fn(...args.map((f) => f(s)));
       }
     }
   };
 
   const rest0 = rest[0];
-  const plain: Compiled = rest.length === 0 ? () => true : rest.length === 1 ? compile(rest0!) : rest.slice(1).reduce<Compiled>((acc, p) => {
-    const next = compile(p);
-    return (s) => truthy(acc(s)) && truthy(next(s));
-  }, compile(rest0!));
+  const plain: Compiled =
+    rest.length === 0
+      ? () => true
+      : rest.length === 1
+        ? compile(rest0!)
+        : rest.slice(1).reduce<Compiled>((acc, p) => {
+            const next = compile(p);
+            return (s) => truthy(acc(s)) && truthy(next(s));
+          }, compile(rest0!));
   // Rules with the same scope and the same condition (a fleet's rules often differ only in their
   // actions) share one evaluation per message: expressions are pure and windows are shared too.
   const conditionKey = `${ctx.ttlMs}@${scopeKey}#${rest.map(canonical).join('&')}`;
@@ -282,7 +383,17 @@ export function compileRule(checked: CheckedRule, ctx: CompileContext): Compiled
   return { rule, scope, condition, windows, actions };
 }
 
-const windowNames: Record<string, true> = { avg: true, sum: true, minOf: true, maxOf: true, count: true, rate: true, delta: true, last: true, changed: true };
+const windowNames: Record<string, true> = {
+  avg: true,
+  sum: true,
+  minOf: true,
+  maxOf: true,
+  count: true,
+  rate: true,
+  delta: true,
+  last: true,
+  changed: true,
+};
 
 function compileAction(name: string, bound: BoundArgs, compile: (e: Expr) => Compiled): CompiledAction {
   const entries = [...bound].map(([k, e]) => [k, e] as const);
@@ -306,22 +417,54 @@ function compileAction(name: string, bound: BoundArgs, compile: (e: Expr) => Com
 
 function binary(op: string, l: Compiled, r: Compiled): Compiled {
   switch (op) {
-    case 'and': return (s) => truthy(l(s)) && truthy(r(s));
-    case 'or': return (s) => truthy(l(s)) || truthy(r(s));
-    case '==': return (s) => equal(l(s), r(s));
-    case '!=': return (s) => !equal(l(s), r(s));
-    case '<': return (s) => order(l(s), r(s)) < 0;
-    case '<=': return (s) => order(l(s), r(s)) <= 0;
-    case '>': return (s) => order(l(s), r(s)) > 0;
-    case '>=': return (s) => order(l(s), r(s)) >= 0;
-    case 'matches': return (s) => matches(l(s), r(s));
-    case 'contains': return (s) => contains(l(s), r(s));
-    case 'in': return (s) => contains(r(s), l(s));
-    case '+': return (s) => add(l(s), r(s));
-    case '-': return (s) => { const a = l(s); const b = r(s); return typeof a === 'number' && typeof b === 'number' ? finite(a - b) : null; };
-    case '*': return (s) => { const a = l(s); const b = r(s); return typeof a === 'number' && typeof b === 'number' ? finite(a * b) : null; };
-    case '/': return (s) => { const a = l(s); const b = r(s); return typeof a === 'number' && typeof b === 'number' && b !== 0 ? finite(a / b) : null; };
-    default: return (s) => { const a = l(s); const b = r(s); return typeof a === 'number' && typeof b === 'number' && b !== 0 ? finite(a % b) : null; };
+    case 'and':
+      return (s) => truthy(l(s)) && truthy(r(s));
+    case 'or':
+      return (s) => truthy(l(s)) || truthy(r(s));
+    case '==':
+      return (s) => equal(l(s), r(s));
+    case '!=':
+      return (s) => !equal(l(s), r(s));
+    case '<':
+      return (s) => order(l(s), r(s)) < 0;
+    case '<=':
+      return (s) => order(l(s), r(s)) <= 0;
+    case '>':
+      return (s) => order(l(s), r(s)) > 0;
+    case '>=':
+      return (s) => order(l(s), r(s)) >= 0;
+    case 'matches':
+      return (s) => matches(l(s), r(s));
+    case 'contains':
+      return (s) => contains(l(s), r(s));
+    case 'in':
+      return (s) => contains(r(s), l(s));
+    case '+':
+      return (s) => add(l(s), r(s));
+    case '-':
+      return (s) => {
+        const a = l(s);
+        const b = r(s);
+        return typeof a === 'number' && typeof b === 'number' ? finite(a - b) : null;
+      };
+    case '*':
+      return (s) => {
+        const a = l(s);
+        const b = r(s);
+        return typeof a === 'number' && typeof b === 'number' ? finite(a * b) : null;
+      };
+    case '/':
+      return (s) => {
+        const a = l(s);
+        const b = r(s);
+        return typeof a === 'number' && typeof b === 'number' && b !== 0 ? finite(a / b) : null;
+      };
+    default:
+      return (s) => {
+        const a = l(s);
+        const b = r(s);
+        return typeof a === 'number' && typeof b === 'number' && b !== 0 ? finite(a % b) : null;
+      };
   }
 }
 
@@ -342,6 +485,7 @@ function add(a: Value, b: Value): Value {
 function contains(b: Value, a: Value): boolean {
   if (typeof b === 'string') return typeof a === 'string' && b.includes(a);
   if (Array.isArray(b)) return b.some((x) => equal(x, a));
-  if (b !== null && typeof b === 'object') return typeof a === 'string' && a !== '__proto__' && a !== 'constructor' && a !== 'prototype' && Object.hasOwn(b, a);
+  if (b !== null && typeof b === 'object')
+    return typeof a === 'string' && a !== '__proto__' && a !== 'constructor' && a !== 'prototype' && Object.hasOwn(b, a);
   return false;
 }

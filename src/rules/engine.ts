@@ -19,7 +19,11 @@ class MessageState implements EvalState {
   readonly payload: () => Value;
   private msgCache: Value | undefined;
 
-  constructor(readonly seq: number, msg: EdgeMessage, private readonly env: { payload: () => Value; device: Value; edge: Value; msgValue: () => Value }) {
+  constructor(
+    readonly seq: number,
+    msg: EdgeMessage,
+    private readonly env: { payload: () => Value; device: Value; edge: Value; msgValue: () => Value },
+  ) {
     this.ts = msg.ts;
     this.deviceId = msg.deviceId;
     this.device = env.device;
@@ -82,11 +86,22 @@ export class RuleSet {
   /** rules not compiled yet (only while build() works through them) */
   private pending: CheckedRule[];
 
-  constructor(checked: CheckedRule[], private readonly opts: EngineOptions, deferred = false) {
-    this.pending = [...checked].filter((c) => !c.rule.disabled).sort((a, b) =>
-      // file names in byte order (of their UTF-8), which is code point order
-      b.rule.priority - a.rule.priority || compareCodePoints(a.rule.file, b.rule.file) || a.rule.index - b.rule.index);
-    if (!deferred) while (this.compileNext()) { /* all at once */ }
+  constructor(
+    checked: CheckedRule[],
+    private readonly opts: EngineOptions,
+    deferred = false,
+  ) {
+    this.pending = [...checked]
+      .filter((c) => !c.rule.disabled)
+      .sort(
+        (a, b) =>
+          // file names in byte order (of their UTF-8), which is code point order
+          b.rule.priority - a.rule.priority || compareCodePoints(a.rule.file, b.rule.file) || a.rule.index - b.rule.index,
+      );
+    if (!deferred)
+      while (this.compileNext()) {
+        /* all at once */
+      }
   }
 
   /**
@@ -130,7 +145,9 @@ export class RuleSet {
     const constant = compiled.actions.every((a) => a.constant);
     this.rules.push({
       compiled,
-      constantFiring: constant ? { rule: c.rule.name, actions: compiled.actions.map((a) => ({ rule: c.rule.name, name: a.name, args: a.args(null as never) })) } : null,
+      constantFiring: constant
+        ? { rule: c.rule.name, actions: compiled.actions.map((a) => ({ rule: c.rule.name, name: a.name, args: a.args(null as never) })) }
+        : null,
       drops: names.includes('drop'),
       routes: names.some((n) => n === 'drop' || n === 'uplink' || n === 'emit'),
       lastFired: c.rule.throttleMs !== null ? new Map() : null,

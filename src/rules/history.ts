@@ -24,7 +24,10 @@ const fileOf = (v: number): string => `v${String(v).padStart(8, '0')}.json`;
 export class RulesHistory {
   private entries: Entry[] | null = null;
 
-  constructor(private readonly dir: string, private readonly log: Logger) {}
+  constructor(
+    private readonly dir: string,
+    private readonly log: Logger,
+  ) {}
 
   private all(): Entry[] {
     if (this.entries) return this.entries;
@@ -60,7 +63,9 @@ export class RulesHistory {
 
   /** The newest kept version below `version`. */
   before(version: number): RulesVersion | null {
-    const e = this.all().filter((x) => x.version < version).pop();
+    const e = this.all()
+      .filter((x) => x.version < version)
+      .pop();
     return e ? this.read(fileOf(e.version)) : null;
   }
 

@@ -43,7 +43,13 @@ function* analyzeSteps(files: RuleFile[], limits: RuleLimits, out: Analysis): Ge
   for (const f of byName(files)) {
     const bytes = Buffer.byteLength(f.text);
     if (bytes > limits.maxFileBytes) {
-      errors.push({ file: f.name, line: 1, col: 1, code: 'E_RULE_TOO_LARGE', message: `the file is ${bytes} bytes; rules.maxFileBytes is ${limits.maxFileBytes}` });
+      errors.push({
+        file: f.name,
+        line: 1,
+        col: 1,
+        code: 'E_RULE_TOO_LARGE',
+        message: `the file is ${bytes} bytes; rules.maxFileBytes is ${limits.maxFileBytes}`,
+      });
       continue;
     }
     for (const rule of parseRulesStepwise(f.text, f.name, errors)) {
@@ -54,12 +60,25 @@ function* analyzeSteps(files: RuleFile[], limits: RuleLimits, out: Analysis): Ge
   const seen = new Map<string, Rule>();
   for (const r of parsed) {
     const first = seen.get(r.name);
-    if (first) errors.push({ file: r.file, line: r.pos.line, col: r.pos.col, code: 'E_RULE_DUPLICATE', message: `a rule named "${r.name}" already exists at ${first.file}:${first.pos.line}:${first.pos.col}` });
+    if (first)
+      errors.push({
+        file: r.file,
+        line: r.pos.line,
+        col: r.pos.col,
+        code: 'E_RULE_DUPLICATE',
+        message: `a rule named "${r.name}" already exists at ${first.file}:${first.pos.line}:${first.pos.col}`,
+      });
     else seen.set(r.name, r);
   }
   if (parsed.length > limits.maxRules) {
     const r = parsed[limits.maxRules]!;
-    errors.push({ file: r.file, line: r.pos.line, col: r.pos.col, code: 'E_RULE_TOO_LARGE', message: `the ruleset has ${parsed.length} rules; rules.maxRules is ${limits.maxRules}` });
+    errors.push({
+      file: r.file,
+      line: r.pos.line,
+      col: r.pos.col,
+      code: 'E_RULE_TOO_LARGE',
+      message: `the ruleset has ${parsed.length} rules; rules.maxRules is ${limits.maxRules}`,
+    });
   }
   const check = ruleChecker(errors);
   for (const rule of parsed) {
@@ -75,7 +94,9 @@ function* analyzeSteps(files: RuleFile[], limits: RuleLimits, out: Analysis): Ge
 /** Parses and checks a whole ruleset at once: every error of every file is reported. */
 export function analyzeRuleset(files: RuleFile[], limits: RuleLimits): Analysis {
   const out: Analysis = { checked: [], errors: [], rules: 0 };
-  for (const _ of analyzeSteps(files, limits, out)) { /* all at once */ }
+  for (const _ of analyzeSteps(files, limits, out)) {
+    /* all at once */
+  }
   return out;
 }
 
@@ -103,7 +124,12 @@ export function sourcesOf(files: RuleFile[]): Map<string, string> {
 /** Compiles a whole ruleset: every error of every file is reported, and nothing runs unless there is none. */
 export function compileRuleset(files: RuleFile[], limits: RuleLimits, engine: EngineOptions): CompileResult {
   const a = analyzeRuleset(files, limits);
-  return { ruleset: a.errors.length === 0 ? new RuleSet(a.checked, engine) : null, errors: a.errors, sources: sourcesOf(files), rules: a.rules };
+  return {
+    ruleset: a.errors.length === 0 ? new RuleSet(a.checked, engine) : null,
+    errors: a.errors,
+    sources: sourcesOf(files),
+    rules: a.rules,
+  };
 }
 
 /** The `*.rules` files of a directory, in byte order of their names; none when it does not exist. */

@@ -38,7 +38,10 @@ export function badFileNames(files: RuleFile[]): RuleError[] {
   for (const f of files) {
     if (FILE_NAME.test(f.name) && Buffer.byteLength(f.name) <= MAX_NAME_BYTES) continue;
     errors.push({
-      file: f.name, line: 1, col: 1, code: 'E_RULE_FILE_NAME',
+      file: f.name,
+      line: 1,
+      col: 1,
+      code: 'E_RULE_FILE_NAME',
       message: `a rules file name is letters, digits, ".", "_" and "-", at most ${MAX_NAME_BYTES} bytes, does not start with "." or "-", and ends with ".rules"`,
     });
   }
@@ -60,7 +63,8 @@ function jsonErrorPlace(text: string, err: Error): string {
  * as a JSON object, else text.
  */
 export function filesFromBody(body: Buffer, kind: BodyKind): RuleFile[] {
-  if (body.length > MAX_PUSH_BYTES) throw new PushRequestError(`the body is ${body.length} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413);
+  if (body.length > MAX_PUSH_BYTES)
+    throw new PushRequestError(`the body is ${body.length} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413);
   if (!isUtf8(body)) throw new PushRequestError('the body is not UTF-8 text');
   const text = body.toString('utf8');
   if (kind === 'auto') {
@@ -80,20 +84,29 @@ export function filesFromBody(body: Buffer, kind: BodyKind): RuleFile[] {
   } catch (err) {
     throw new PushRequestError(`the body is not valid JSON${jsonErrorPlace(text, err as Error)}: ${(err as Error).message}`);
   }
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new PushRequestError('the body must be a JSON object {"files": {"name.rules": "text", ...}}');
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+    throw new PushRequestError('the body must be a JSON object {"files": {"name.rules": "text", ...}}');
   return filesOfJson(parsed as Record<string, unknown>);
 }
 
 function filesOfJson(body: Record<string, unknown>): RuleFile[] {
   const extra = Object.keys(body).filter((k) => k !== 'files');
-  if (extra.length > 0) throw new PushRequestError(`unknown field${extra.length === 1 ? '' : 's'} ${extra.map((k) => JSON.stringify(k)).join(', ')}: the body is {"files": {"name.rules": "text", ...}}`);
+  if (extra.length > 0)
+    throw new PushRequestError(
+      `unknown field${extra.length === 1 ? '' : 's'} ${extra.map((k) => JSON.stringify(k)).join(', ')}: the body is {"files": {"name.rules": "text", ...}}`,
+    );
   const files = body.files;
-  if (files === null || typeof files !== 'object' || Array.isArray(files)) throw new PushRequestError('"files" must be an object of "name.rules": "text"');
+  if (files === null || typeof files !== 'object' || Array.isArray(files))
+    throw new PushRequestError('"files" must be an object of "name.rules": "text"');
   const entries = Object.entries(files as Record<string, unknown>);
-  if (entries.length > MAX_PUSH_FILES) throw new PushRequestError(`the push carries ${entries.length} files; at most ${MAX_PUSH_FILES} are taken`);
+  if (entries.length > MAX_PUSH_FILES)
+    throw new PushRequestError(`the push carries ${entries.length} files; at most ${MAX_PUSH_FILES} are taken`);
   const out: RuleFile[] = [];
   for (const [name, text] of entries) {
-    if (typeof text !== 'string') throw new PushRequestError(`files[${JSON.stringify(name)}] is ${text === null ? 'null' : Array.isArray(text) ? 'an array' : `a ${typeof text}`}, not the file's text`);
+    if (typeof text !== 'string')
+      throw new PushRequestError(
+        `files[${JSON.stringify(name)}] is ${text === null ? 'null' : Array.isArray(text) ? 'an array' : `a ${typeof text}`}, not the file's text`,
+      );
     out.push({ name, text });
   }
   return out;

@@ -1,4 +1,16 @@
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
@@ -38,7 +50,11 @@ async function writeDurably(file: string, text: string): Promise<void> {
  * a journal finishes the replacement before it reads the directory.
  */
 export class RulesDirectory {
-  constructor(readonly dir: string, private readonly journalFile: string, private readonly log: Logger) {}
+  constructor(
+    readonly dir: string,
+    private readonly journalFile: string,
+    private readonly log: Logger,
+  ) {}
 
   /**
    * Put `files` in place of every `*.rules` file of the directory. On failure (E_RULES_WRITE) the
@@ -50,7 +66,11 @@ export class RulesDirectory {
       await this.writeJournal(files);
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
-      throw new EdgeError('E_RULES_WRITE', `cannot write the push journal in the data directory ${dirname(this.journalFile)} (${e.code ?? e.message}); nothing changed. Check that dataDir has space and is writable`, { cause: err });
+      throw new EdgeError(
+        'E_RULES_WRITE',
+        `cannot write the push journal in the data directory ${dirname(this.journalFile)} (${e.code ?? e.message}); nothing changed. Check that dataDir has space and is writable`,
+        { cause: err },
+      );
     }
     const progress = { changed: false };
     try {
@@ -63,9 +83,16 @@ export class RulesDirectory {
         }
         await rm(this.journalFile, { force: true });
       } catch (again) {
-        this.log.error({ dir: this.dir, err: (again as Error).message }, 'the rules directory could not be put back either; the next start completes one whole set from the push journal');
+        this.log.error(
+          { dir: this.dir, err: (again as Error).message },
+          'the rules directory could not be put back either; the next start completes one whole set from the push journal',
+        );
         const e = err as NodeJS.ErrnoException;
-        throw new EdgeError('E_RULES_WRITE', `cannot write ${this.dir} (${e.code ?? e.message}), nor put its old files back: the running set keeps running, but the directory may hold part of the pushed set, which the next start completes from the journal. Make the directory writable and push again`, { cause: err });
+        throw new EdgeError(
+          'E_RULES_WRITE',
+          `cannot write ${this.dir} (${e.code ?? e.message}), nor put its old files back: the running set keeps running, but the directory may hold part of the pushed set, which the next start completes from the journal. Make the directory writable and push again`,
+          { cause: err },
+        );
       }
       throw this.writeError(err, this.dir);
     }
@@ -90,7 +117,13 @@ export class RulesDirectory {
     await mkdir(this.dir, { recursive: true });
     for (const f of files) {
       const target = join(this.dir, f.name);
-      if (await readFile(target, 'utf8').then((t) => t === f.text, () => false)) continue;
+      if (
+        await readFile(target, 'utf8').then(
+          (t) => t === f.text,
+          () => false,
+        )
+      )
+        continue;
       const tmp = join(this.dir, `.${f.name}${TEMP_SUFFIX}`);
       try {
         await writeDurably(tmp, f.text);
@@ -113,18 +146,26 @@ export class RulesDirectory {
 
   private writeError(err: unknown, where: string): EdgeError {
     const e = err as NodeJS.ErrnoException;
-    return new EdgeError('E_RULES_WRITE', `cannot write ${where} (${e.code ?? e.message}); nothing changed. Point rules.dir at a directory the proxy may write`, { cause: err });
+    return new EdgeError(
+      'E_RULES_WRITE',
+      `cannot write ${where} (${e.code ?? e.message}); nothing changed. Point rules.dir at a directory the proxy may write`,
+      { cause: err },
+    );
   }
 
   /** Finish a replacement a crash interrupted, and clear temporary files. True when there was one to finish. */
   recover(): boolean {
     try {
       if (existsSync(this.dir)) {
-        for (const name of readdirSync(this.dir)) if (name.startsWith('.') && name.endsWith(TEMP_SUFFIX)) rmSync(join(this.dir, name), { force: true });
+        for (const name of readdirSync(this.dir))
+          if (name.startsWith('.') && name.endsWith(TEMP_SUFFIX)) rmSync(join(this.dir, name), { force: true });
       }
       rmSync(`${this.journalFile}.tmp`, { force: true });
     } catch (err) {
-      this.log.warn({ dir: this.dir, err: (err as Error).message }, 'cannot remove the temporary files of an interrupted rules push; they are ignored');
+      this.log.warn(
+        { dir: this.dir, err: (err as Error).message },
+        'cannot remove the temporary files of an interrupted rules push; they are ignored',
+      );
     }
     if (!existsSync(this.journalFile)) return false;
     let journal: Journal;
@@ -132,12 +173,18 @@ export class RulesDirectory {
       journal = JSON.parse(readFileSync(this.journalFile, 'utf8')) as Journal;
     } catch (err) {
       // Only a complete journal is ever renamed into place; an unreadable one means the disk lost it.
-      this.log.error({ file: this.journalFile, err: (err as Error).message }, 'an unreadable rules push journal is ignored; the rules directory is used as it is');
+      this.log.error(
+        { file: this.journalFile, err: (err as Error).message },
+        'an unreadable rules push journal is ignored; the rules directory is used as it is',
+      );
       rmSync(this.journalFile, { force: true });
       return false;
     }
     if (journal.dir !== this.dir) {
-      this.log.warn({ file: this.journalFile, journalDir: journal.dir, dir: this.dir }, 'a rules push journal for another rules directory is ignored');
+      this.log.warn(
+        { file: this.journalFile, journalDir: journal.dir, dir: this.dir },
+        'a rules push journal for another rules directory is ignored',
+      );
       rmSync(this.journalFile, { force: true });
       return false;
     }
@@ -146,8 +193,10 @@ export class RulesDirectory {
     } catch (err) {
       // A start must not fail on this (systemd would restart it into the same failure): the
       // directory is loaded as it is, and the journal stays for a start that can write it.
-      this.log.error({ dir: this.dir, journal: this.journalFile, err: (err as Error).message },
-        'cannot finish a rules push that a stop or crash interrupted: the rules directory cannot be written. Its files are loaded as they are; make it writable and restart to finish the push');
+      this.log.error(
+        { dir: this.dir, journal: this.journalFile, err: (err as Error).message },
+        'cannot finish a rules push that a stop or crash interrupted: the rules directory cannot be written. Its files are loaded as they are; make it writable and restart to finish the push',
+      );
       return false;
     }
     rmSync(this.journalFile, { force: true });

@@ -17,8 +17,7 @@ type RulesSource = 'api' | 'cloud' | 'file change' | 'rollback';
 
 /** The answer to a push, a validation or a rollback (docs/rules.md, Pushing rules). */
 export type RulesOutcome =
-  | { ok: true; version: number; sha256: string; rules: number; changed: boolean }
-  | { ok: false; errors: RuleError[] };
+  { ok: true; version: number; sha256: string; rules: number; changed: boolean } | { ok: false; errors: RuleError[] };
 
 interface RulesStoreOptions {
   dir: string;
@@ -41,7 +40,8 @@ const PUSH_JOURNAL = 'rules-push.json';
 /** SHA-256 over the files' names and texts, in name order: equal content, equal hash. */
 function contentHash(files: RuleFile[]): string {
   const h = createHash('sha256');
-  for (const f of [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) h.update(f.name).update('\0').update(f.text).update('\0');
+  for (const f of [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)))
+    h.update(f.name).update('\0').update(f.text).update('\0');
   return h.digest('hex');
 }
 
@@ -86,7 +86,11 @@ export class RulesStore {
     this.directory.recover();
     const files = readRulesDir(this.opts.dir);
     const result = compileRuleset(files, this.opts.limits, this.opts.engine);
-    if (result.errors.length > 0) throw new RuleLoadError(formatErrors(result, (f) => join(this.opts.dir, f)), result.errors.length);
+    if (result.errors.length > 0)
+      throw new RuleLoadError(
+        formatErrors(result, (f) => join(this.opts.dir, f)),
+        result.errors.length,
+      );
     this.swap(files, result.ruleset, result.rules, 'start');
     this.watch();
     if (result.rules > 0) this.warming = this.warmUp(files);
@@ -126,7 +130,10 @@ export class RulesStore {
    * Parse and check a slice at a time. For a pushed set, file names that cannot be stored in the
    * directory are errors too (the directory's own files already have names it holds).
    */
-  private async analyze(files: RuleFile[], pushed: boolean): Promise<{ errors: RuleError[]; ruleset: () => Promise<RuleSet>; rules: number }> {
+  private async analyze(
+    files: RuleFile[],
+    pushed: boolean,
+  ): Promise<{ errors: RuleError[]; ruleset: () => Promise<RuleSet>; rules: number }> {
     const a = await analyzeInSlices(files, this.opts.limits);
     const named = pushed ? badFileNames(files) : [];
     const errors = named.length === 0 ? a.errors : [...named, ...a.errors].sort(byPlace);
@@ -141,8 +148,10 @@ export class RulesStore {
     this.opts.onReloadFailure();
     if (source !== 'file change') this.opts.onPush?.(source, 'rejected');
     const where = source === 'file change' ? (f: string) => join(this.opts.dir, f) : (f: string) => f;
-    this.opts.log.error({ source, errors: errors.length, listing: formatErrors({ errors, sources: sourcesOf(files) }, where) },
-      `a ruleset from ${source === 'file change' ? this.opts.dir : source === 'api' ? 'the admin API' : source === 'cloud' ? 'the cloud' : 'the history'} has ${errors.length} error(s); nothing changed, version ${this.running?.version ?? 0} keeps running`);
+    this.opts.log.error(
+      { source, errors: errors.length, listing: formatErrors({ errors, sources: sourcesOf(files) }, where) },
+      `a ruleset from ${source === 'file change' ? this.opts.dir : source === 'api' ? 'the admin API' : source === 'cloud' ? 'the cloud' : 'the history'} has ${errors.length} error(s); nothing changed, version ${this.running?.version ?? 0} keeps running`,
+    );
     return { ok: false, errors };
   }
 
@@ -170,7 +179,10 @@ export class RulesStore {
       const earlier = this.history.before(running);
       if (!earlier) throw new EdgeError('E_RULES_NO_EARLIER', `there is no rules version before version ${running} in ${this.historyDir}`);
       this.opts.log.info({ from: running, to: earlier.version }, `rolling back to the rules of version ${earlier.version}`);
-      return this.apply(Object.entries(earlier.files).map(([name, text]) => ({ name, text })), 'rollback');
+      return this.apply(
+        Object.entries(earlier.files).map(([name, text]) => ({ name, text })),
+        'rollback',
+      );
     });
   }
 
@@ -182,10 +194,16 @@ export class RulesStore {
       // The directory may hold an edit that was refused: a push of the running set puts it back.
       if (contentHash(readRulesDir(this.opts.dir)) !== this.running.sha256) {
         await this.directory.replace(files, readRulesDir(this.opts.dir));
-        this.opts.log.info({ dir: this.opts.dir }, 'the rules directory differed from the running set; the push put the running files back');
+        this.opts.log.info(
+          { dir: this.opts.dir },
+          'the rules directory differed from the running set; the push put the running files back',
+        );
       }
       this.opts.onPush?.(source, 'unchanged');
-      this.opts.log.info({ source, version: this.running.version }, `the pushed rules are the running version ${this.running.version}; nothing changed`);
+      this.opts.log.info(
+        { source, version: this.running.version },
+        `the pushed rules are the running version ${this.running.version}; nothing changed`,
+      );
       return this.answer(this.running, false);
     }
     // The files are written while the set is compiled: the disk waits on fsync, the compiler on the CPU.
@@ -198,13 +216,18 @@ export class RulesStore {
       timing.writeMs = Math.round(performance.now() - analyzed);
       if (this.changedWhileWriting) this.scheduleReload();
     });
-    const built = a.ruleset().finally(() => { timing.compileMs = Math.round(performance.now() - analyzed); });
+    const built = a.ruleset().finally(() => {
+      timing.compileMs = Math.round(performance.now() - analyzed);
+    });
     const [write, build] = await Promise.allSettled([written, built]);
     if (write.status === 'rejected') throw write.reason;
     if (build.status === 'rejected') {
       // A fault of the proxy itself: the directory goes back to the set that keeps running.
       await this.directory.replace(previous, files).catch((err: Error) => {
-        this.opts.log.error({ dir: this.opts.dir, err: err.message }, 'the rules directory could not be put back to the running set after a failed compile; check it before the next start');
+        this.opts.log.error(
+          { dir: this.opts.dir, err: err.message },
+          'the rules directory could not be put back to the running set after a failed compile; check it before the next start',
+        );
       });
       throw new EdgeError('E_INTERNAL', `compiling a checked ruleset failed: ${(build.reason as Error).message}`, { cause: build.reason });
     }
@@ -236,19 +259,33 @@ export class RulesStore {
   }
 
   /** Make `files` the running version: kept in the history, then swapped in between two messages. */
-  private swap(files: RuleFile[], ruleset: RuleSet | null, rules: number, reason: string, timing: Record<string, number> = {}): RulesVersion {
+  private swap(
+    files: RuleFile[],
+    ruleset: RuleSet | null,
+    rules: number,
+    reason: string,
+    timing: Record<string, number> = {},
+  ): RulesVersion {
     const sha256 = contentHash(files);
     const latest = this.history.latest();
     // At start, the directory usually holds the latest version of the history: it keeps its number.
     const kept = latest && latest.sha256 === sha256 && !this.running ? this.history.get(latest.version) : null;
-    const version: RulesVersion = kept
-      ?? { version: (latest?.version ?? 0) + 1, sha256, rules, files: Object.fromEntries(files.map((f) => [f.name, f.text])), at: new Date().toISOString() };
+    const version: RulesVersion = kept ?? {
+      version: (latest?.version ?? 0) + 1,
+      sha256,
+      rules,
+      files: Object.fromEntries(files.map((f) => [f.name, f.text])),
+      at: new Date().toISOString(),
+    };
     if (!kept) {
       try {
         this.history.add(version);
       } catch (err) {
         // The directory is the source of truth and holds the set; only rollback to it is lost.
-        this.opts.log.error({ dir: this.historyDir, err: (err as Error).message }, `rules version ${version.version} could not be kept in the history; it runs, but a rollback cannot come back to it`);
+        this.opts.log.error(
+          { dir: this.historyDir, err: (err as Error).message },
+          `rules version ${version.version} could not be kept in the history; it runs, but a rollback cannot come back to it`,
+        );
       }
     }
     const next = ruleset && ruleset.size > 0 ? ruleset : null;
@@ -257,8 +294,14 @@ export class RulesStore {
     this.holder.current = next; // the swap: the next message is evaluated wholly by the new set
     this.running = version;
     this.opts.onSwap(version);
-    this.opts.log.info({ version: version.version, sha256, rules, files: files.map((f) => f.name), carried, reason, ...timing },
-      reason === 'start' ? (files.length ? 'rules loaded' : 'no rules files: every message follows routing.default') : `rules version ${version.version} running (${reason})`);
+    this.opts.log.info(
+      { version: version.version, sha256, rules, files: files.map((f) => f.name), carried, reason, ...timing },
+      reason === 'start'
+        ? files.length
+          ? 'rules loaded'
+          : 'no rules files: every message follows routing.default'
+        : `rules version ${version.version} running (${reason})`,
+    );
     return version;
   }
 
@@ -266,7 +309,10 @@ export class RulesStore {
   private watch(): void {
     if (this.watcher) return;
     if (!existsSync(this.opts.dir)) {
-      this.opts.log.info({ dir: this.opts.dir }, 'the rules directory does not exist; it is watched once a push creates it (or create it and restart)');
+      this.opts.log.info(
+        { dir: this.opts.dir },
+        'the rules directory does not exist; it is watched once a push creates it (or create it and restart)',
+      );
       return;
     }
     try {
@@ -279,7 +325,9 @@ export class RulesStore {
         }
         this.scheduleReload();
       });
-      this.watcher.on('error', (err) => this.opts.log.warn({ dir: this.opts.dir, err: err.message }, 'watching the rules directory failed; changes need a restart'));
+      this.watcher.on('error', (err) =>
+        this.opts.log.warn({ dir: this.opts.dir, err: err.message }, 'watching the rules directory failed; changes need a restart'),
+      );
     } catch (err) {
       this.opts.log.warn({ dir: this.opts.dir, err: (err as Error).message }, 'cannot watch the rules directory; changes need a restart');
     }

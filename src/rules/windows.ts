@@ -18,7 +18,10 @@ export class SeriesWindow {
   private total = 0;
   lastSeen = 0;
 
-  constructor(private readonly shape: { kind: 'time'; ms: number } | { kind: 'count'; n: number }, private readonly limits: WindowLimits) {}
+  constructor(
+    private readonly shape: { kind: 'time'; ms: number } | { kind: 'count'; n: number },
+    private readonly limits: WindowLimits,
+  ) {}
 
   record(v: number, ts: number): void {
     this.ts.push(ts);

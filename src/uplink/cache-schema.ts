@@ -47,7 +47,13 @@ export const SIZE_SQL = `length(payload) + length(CAST(topic AS BLOB)) + length(
 // Connection settings both sides use. FULL: a committed transaction survives a power cut, not only
 // a crash. journal_size_limit: the WAL file is cut back after a checkpoint instead of staying at its
 // largest size, so a burst does not hold disk space for good.
-export const PRAGMAS = ['page_size = 1024', 'journal_mode = WAL', 'synchronous = FULL', 'journal_size_limit = 16777216', 'busy_timeout = 5000'];
+export const PRAGMAS = [
+  'page_size = 1024',
+  'journal_mode = WAL',
+  'synchronous = FULL',
+  'journal_size_limit = 16777216',
+  'busy_timeout = 5000',
+];
 
 /** A batch the main thread hands the writer: one transaction. */
 export interface WriteBatch {
@@ -67,10 +73,7 @@ export interface WriteBatch {
   deletes: Array<[number, number]>;
 }
 
-export type WriterRequest =
-  | { type: 'write'; batch: WriteBatch }
-  | { type: 'probe'; batch: number }
-  | { type: 'close' };
+export type WriterRequest = { type: 'write'; batch: WriteBatch } | { type: 'probe'; batch: number } | { type: 'close' };
 
 export type WriterReply =
   | { type: 'ready' }

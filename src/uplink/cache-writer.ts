@@ -18,7 +18,9 @@ try {
   process.exit(1);
 }
 
-const insert = db.prepare('INSERT OR REPLACE INTO messages (key, id, ts, device_id, topic, content_type, payload) VALUES (?, ?, ?, ?, ?, ?, ?)');
+const insert = db.prepare(
+  'INSERT OR REPLACE INTO messages (key, id, ts, device_id, topic, content_type, payload) VALUES (?, ?, ?, ?, ?, ?, ?)',
+);
 const deleteRange = db.prepare('DELETE FROM messages WHERE key >= ? AND key <= ?');
 const touch = db.prepare("INSERT INTO meta (k, v) VALUES ('probe', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v");
 

@@ -9,8 +9,16 @@ import { EdgeError } from '../core/errors.js';
 import { PRIORITIES, priorityRank, type Priority } from '../core/priority.js';
 import type { UplinkFields } from './envelope.js';
 import {
-  PRAGMAS, SCHEMA_SQL, SIZE_SQL, keyOf, messageSize, rankOfKey, seqOfKey,
-  type WriteBatch, type WriterReply, type WriterRequest,
+  PRAGMAS,
+  SCHEMA_SQL,
+  SIZE_SQL,
+  keyOf,
+  messageSize,
+  rankOfKey,
+  seqOfKey,
+  type WriteBatch,
+  type WriterReply,
+  type WriterRequest,
 } from './cache-schema.js';
 
 /** A message as the cache holds it: what the uplink sends, and its place in its queue. */
@@ -75,7 +83,16 @@ const WRITE_ERRORS = /^SQLITE_(FULL|IOERR|READONLY|CANTOPEN|BUSY|LOCKED|NOMEM)/;
 const DAMAGE_ERRORS = /^SQLITE_(CORRUPT|NOTADB)/;
 
 function rowToMessage(r: Row, priority: Priority): CachedMessage {
-  return { key: r[0], id: r[1], ts: r[2], deviceId: r[3], topic: r[4], contentType: CONTENT_TYPES[r[5]] ?? 'binary', payload: r[6], priority };
+  return {
+    key: r[0],
+    id: r[1],
+    ts: r[2],
+    deviceId: r[3],
+    topic: r[4],
+    contentType: CONTENT_TYPES[r[5]] ?? 'binary',
+    payload: r[6],
+    priority,
+  };
 }
 
 /**
@@ -91,7 +108,10 @@ export function toRanges(keys: number[]): Array<[number, number]> {
   for (let i = 1; i < sorted.length; i++) {
     const k = sorted[i]!;
     if (k === hi + 1) hi = k;
-    else if (k !== hi) { ranges.push([lo, hi]); lo = hi = k; }
+    else if (k !== hi) {
+      ranges.push([lo, hi]);
+      lo = hi = k;
+    }
   }
   ranges.push([lo, hi]);
   return ranges;
@@ -121,16 +141,22 @@ function openReader(path: string, log: Logger): Database.Database {
   } catch (err) {
     const code = (err as { code?: string }).code ?? '';
     if (!DAMAGE_ERRORS.test(code)) {
-      throw new EdgeError('E_CACHE_OPEN', `cannot open the cache at ${path}: ${(err as Error).message} (${code}); check that the data directory is writable`, { cause: err });
+      throw new EdgeError(
+        'E_CACHE_OPEN',
+        `cannot open the cache at ${path}: ${(err as Error).message} (${code}); check that the data directory is writable`,
+        { cause: err },
+      );
     }
     const aside = `${path}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
     for (const suffix of ['', '-wal', '-shm']) {
       if (existsSync(path + suffix)) renameSync(path + suffix, aside + suffix);
     }
-    log.error({ path, movedTo: aside, code, err: (err as Error).message },
+    log.error(
+      { path, movedTo: aside, code, err: (err as Error).message },
       `the cache file was damaged (${code}) and was moved aside to ${aside}; starting with a new, empty cache. ` +
-      `Its messages may be recoverable: stop the proxy, run \`sqlite3 ${aside} .recover | sqlite3 recovered.db\`, ` +
-      `and start the proxy once with cache.path set to recovered.db to send them up`);
+        `Its messages may be recoverable: stop the proxy, run \`sqlite3 ${aside} .recover | sqlite3 recovered.db\`, ` +
+        `and start the proxy once with cache.path set to recovered.db to send them up`,
+    );
     return open();
   }
 }
@@ -178,8 +204,12 @@ export class DurableCache implements CacheStats {
     this.log = opts.log;
     this.reader = openReader(opts.path, opts.log);
     // Raw mode: rows as arrays, which the drain reads by the hundred thousand.
-    this.readRange = this.reader.prepare('SELECT key, id, ts, device_id, topic, content_type, payload FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?').raw(true);
-    this.oldestRows = this.reader.prepare(`SELECT key, ts, ${SIZE_SQL} AS size FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?`);
+    this.readRange = this.reader
+      .prepare('SELECT key, id, ts, device_id, topic, content_type, payload FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?')
+      .raw(true);
+    this.oldestRows = this.reader.prepare(
+      `SELECT key, ts, ${SIZE_SQL} AS size FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT ?`,
+    );
     this.firstTs = this.reader.prepare('SELECT ts FROM messages WHERE key > ? AND key < ? ORDER BY key LIMIT 1');
     const maxKey = this.reader.prepare('SELECT max(key) AS k FROM messages WHERE key >= ? AND key < ?');
     const stats = this.reader.prepare(`SELECT count(*) AS n, coalesce(sum(${SIZE_SQL}), 0) AS b FROM messages WHERE key >= ? AND key < ?`);
@@ -216,7 +246,9 @@ export class DurableCache implements CacheStats {
       worker.on('message', onReply);
       worker.once('error', (err) => reject(new EdgeError('E_CACHE_OPEN', `the cache writer failed: ${err.message}`, { cause: err })));
     });
-    worker.on('error', (err) => this.log.error({ err: err.message }, 'the cache writer thread failed; uplink messages are refused until it is back'));
+    worker.on('error', (err) =>
+      this.log.error({ err: err.message }, 'the cache writer thread failed; uplink messages are refused until it is back'),
+    );
     worker.on('exit', (code) => {
       if (this.worker !== worker) return;
       this.worker = null;
@@ -245,7 +277,12 @@ export class DurableCache implements CacheStats {
     const over = this.bytes() + size - this.opts.maxBytes;
     if (over > 0 && !this.evictForSpace(rank, over)) {
       this.opts.events.refused('full');
-      done(new EdgeError('E_CACHE_FULL', `the cache is full (cache.maxBytes=${this.opts.maxBytes}) and holds nothing of priority ${priority} or lower to evict`));
+      done(
+        new EdgeError(
+          'E_CACHE_FULL',
+          `the cache is full (cache.maxBytes=${this.opts.maxBytes}) and holds nothing of priority ${priority} or lower to evict`,
+        ),
+      );
       return;
     }
     const key = keyOf(rank, this.nextSeq[rank]!++);
@@ -286,7 +323,16 @@ export class DurableCache implements CacheStats {
       this.deleteTimer = null;
     }
     const batch = this.batchNo++;
-    const inserts: WriteBatch['inserts'] = { keys: [], ids: [], ts: [], devices: [], topics: [], contentTypes: [], payloads: new Uint8Array(0), ends: [] };
+    const inserts: WriteBatch['inserts'] = {
+      keys: [],
+      ids: [],
+      ts: [],
+      devices: [],
+      topics: [],
+      contentTypes: [],
+      payloads: new Uint8Array(0),
+      ends: [],
+    };
     let total = 0;
     for (const a of appends) total += a.msg.payload.byteLength;
     const payloads = new Uint8Array(total);
@@ -328,8 +374,14 @@ export class DurableCache implements CacheStats {
       for (let i = 0; i < batch.appends.length; i++) {
         const { msg, key } = batch.appends[i]!;
         rows[i] = {
-          key, id: msg.id, ts: msg.ts, deviceId: msg.deviceId, topic: msg.topic,
-          contentType: msg.contentType, payload: msg.payload, priority: PRIORITIES[rankOfKey(key)]!,
+          key,
+          id: msg.id,
+          ts: msg.ts,
+          deviceId: msg.deviceId,
+          topic: msg.topic,
+          contentType: msg.contentType,
+          payload: msg.payload,
+          priority: PRIORITIES[rankOfKey(key)]!,
         };
       }
       for (const a of batch.appends) a.done(null);
@@ -353,9 +405,11 @@ export class DurableCache implements CacheStats {
     this.isWritable = false;
     const known = WRITE_ERRORS.test(code) || DAMAGE_ERRORS.test(code);
     if (wasWritable) {
-      this.log.error({ path: this.opts.path, code, err: message },
+      this.log.error(
+        { path: this.opts.path, code, err: message },
         `cache write failed (${code}): new uplink messages are refused, local delivery goes on; retrying every ${PROBE_INTERVAL_MS / 1000} s. ` +
-        (known ? 'Check free space and the disk (df -h, dmesg).' : ''));
+          (known ? 'Check free space and the disk (df -h, dmesg).' : ''),
+      );
     }
     const error = new EdgeError('E_CACHE_WRITE', `cache write failed: ${message} (${code})`);
     for (const a of batch.appends) a.done(error);
@@ -388,7 +442,10 @@ export class DurableCache implements CacheStats {
     this.probeTimer = setInterval(() => {
       if (this.isWritable || this.inFlight.size > 0 || this.closing) return;
       if (!this.worker) {
-        this.startWorker().then(() => this.log.info('the cache writer thread is back'), (err: Error) => this.log.error({ err: err.message }, 'cannot restart the cache writer thread'));
+        this.startWorker().then(
+          () => this.log.info('the cache writer thread is back'),
+          (err: Error) => this.log.error({ err: err.message }, 'cannot restart the cache writer thread'),
+        );
         return;
       }
       const batch = this.batchNo++;
@@ -404,7 +461,6 @@ export class DurableCache implements CacheStats {
     clearInterval(this.probeTimer);
     this.probeTimer = null;
   }
-
 
   // --- deletes ---------------------------------------------------------------------------------
 
@@ -476,10 +532,12 @@ export class DurableCache implements CacheStats {
     this.evictedThrough[rank] = Math.max(this.evictedThrough[rank]!, through);
     if (rows.length === 0) return;
     this.opts.events.evicted(priority, reason, rows.length);
-    this.log.warn({ priority, reason, count: rows.length, bytes, cacheBytes: this.bytes() },
+    this.log.warn(
+      { priority, reason, count: rows.length, bytes, cacheBytes: this.bytes() },
       reason === 'bytes'
         ? `evicted ${rows.length} ${priority} message(s) (${bytes} bytes), the oldest first, to make room: the cache is at cache.maxBytes=${this.opts.maxBytes}`
-        : `evicted ${rows.length} ${priority} message(s) older than cache.maxAgeSeconds=${this.opts.maxAgeSeconds}`);
+        : `evicted ${rows.length} ${priority} message(s) older than cache.maxAgeSeconds=${this.opts.maxAgeSeconds}`,
+    );
     this.scheduleFlush();
   }
 
@@ -503,7 +561,10 @@ export class DurableCache implements CacheStats {
         let stop = rows.length === 0;
         for (const row of rows) {
           // Rows are in arrival order, so the first young one ends the run of old ones.
-          if (row.ts >= cutoff) { stop = true; break; }
+          if (row.ts >= cutoff) {
+            stop = true;
+            break;
+          }
           through = row.key;
           if (!this.deleting.has(row.key)) old.push(row);
         }
@@ -547,7 +608,9 @@ export class DurableCache implements CacheStats {
 
   messagesByPriority(): Record<string, number> {
     const out: Record<string, number> = {};
-    PRIORITIES.forEach((p, i) => { out[p] = this.counts[i]!; });
+    PRIORITIES.forEach((p, i) => {
+      out[p] = this.counts[i]!;
+    });
     return out;
   }
 
@@ -610,4 +673,3 @@ export class DurableCache implements CacheStats {
     this.reader.close();
   }
 }
-

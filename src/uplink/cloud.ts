@@ -51,7 +51,10 @@ export class CloudLink extends EventEmitter<CloudEvents> {
   private readonly rulesResultTopic: string;
   private readonly tlsFiles: Pick<IClientOptions, 'ca' | 'cert' | 'key'>;
 
-  constructor(private readonly cfg: Config['uplink'], private readonly log: Logger) {
+  constructor(
+    private readonly cfg: Config['uplink'],
+    private readonly log: Logger,
+  ) {
     super();
     if (!cfg.url) throw new EdgeError('E_UPLINK_CONFIG', 'uplink.url is not set');
     this.statusTopic = `${cfg.controlPrefix}status`;
@@ -115,10 +118,18 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     if (client !== this.client) return;
     this.connectedAt = Date.now();
     client.subscribe(`${this.downPrefix}#`, { qos: 1 }, (err) => {
-      if (err) this.log.error({ err: err.message, topic: `${this.downPrefix}#` }, 'cannot subscribe to the cloud downlink; check the broker ACL for this client');
+      if (err)
+        this.log.error(
+          { err: err.message, topic: `${this.downPrefix}#` },
+          'cannot subscribe to the cloud downlink; check the broker ACL for this client',
+        );
     });
     client.subscribe(this.rulesSetTopic, { qos: 1 }, (err) => {
-      if (err) this.log.error({ err: err.message, topic: this.rulesSetTopic }, 'cannot subscribe to the rules push topic; check the broker ACL for this client');
+      if (err)
+        this.log.error(
+          { err: err.message, topic: this.rulesSetTopic },
+          'cannot subscribe to the rules push topic; check the broker ACL for this client',
+        );
     });
     client.publish(this.statusTopic, 'online', { qos: 1, retain: true });
     this.connectedNow = true;
@@ -161,7 +172,8 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     const client = this.client;
     if (!client || !this.connectedNow) return false;
     client.publish(this.rulesResultTopic, body, { qos: 1 }, (err) => {
-      if (err) this.log.warn({ topic: this.rulesResultTopic, err: err.message }, 'the answer to a rules push from the cloud was not delivered');
+      if (err)
+        this.log.warn({ topic: this.rulesResultTopic, err: err.message }, 'the answer to a rules push from the cloud was not delivered');
     });
     return true;
   }
@@ -181,7 +193,10 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     if (wasConnected) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, 2_000);
-        client.publish(this.statusTopic, 'offline', { qos: 1, retain: true }, () => { clearTimeout(t); resolve(); });
+        client.publish(this.statusTopic, 'offline', { qos: 1, retain: true }, () => {
+          clearTimeout(t);
+          resolve();
+        });
       });
     }
     await new Promise<void>((resolve) => client.end(false, {}, () => resolve()));

@@ -30,9 +30,8 @@ export function encodeEnvelope(m: UplinkFields, edgeId: string): Buffer {
     out.write(tail, headLen + json.byteLength);
     return out;
   }
-  const payload = m.contentType === 'text'
-    ? JSON.stringify(asBuffer(m.payload).toString('utf8'))
-    : `"${asBuffer(m.payload).toString('base64')}"`;
+  const payload =
+    m.contentType === 'text' ? JSON.stringify(asBuffer(m.payload).toString('utf8')) : `"${asBuffer(m.payload).toString('base64')}"`;
   return Buffer.from(head + payload + tail);
 }
 

@@ -80,7 +80,11 @@ export class Forwarder {
   private restart(): void {
     this.reset();
     const backlog = this.cache.messageCount();
-    if (backlog > 0) this.log.info({ backlog, byPriority: this.cache.messagesByPriority() }, 'draining the cached backlog to the cloud, highest priority first');
+    if (backlog > 0)
+      this.log.info(
+        { backlog, byPriority: this.cache.messagesByPriority() },
+        'draining the cached backlog to the cloud, highest priority first',
+      );
     this.pump();
   }
 
@@ -148,17 +152,23 @@ export class Forwarder {
       return true;
     }
     if (!this.rateTimer) {
-      this.rateTimer = setTimeout(() => {
-        this.rateTimer = null;
-        this.pump();
-      }, Math.max(1, Math.ceil(((1 - this.tokens) / rate) * 1000)));
+      this.rateTimer = setTimeout(
+        () => {
+          this.rateTimer = null;
+          this.pump();
+        },
+        Math.max(1, Math.ceil(((1 - this.tokens) / rate) * 1000)),
+      );
     }
     return false;
   }
 
   private send(m: CachedMessage): boolean {
     const generation = this.generation;
-    const body = this.cfg.format === 'envelope' ? encodeEnvelope(m, this.edgeId) : Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength);
+    const body =
+      this.cfg.format === 'envelope'
+        ? encodeEnvelope(m, this.edgeId)
+        : Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength);
     const sent = this.cloud.publish(cloudTopic(this.cfg.topicPrefix, m.topic), body, m.id, (err) => {
       if (generation !== this.generation) return; // a resend after the reconnect owns it now
       this.inflight--;
@@ -188,8 +198,10 @@ export class Forwarder {
     const reasonCode = (err as { code?: unknown }).code;
     if (typeof reasonCode !== 'number' || reasonCode < 0x80) return false;
     this.events.dropped('cloud_refused');
-    this.log.error({ deviceId: m.deviceId, topic: m.topic, id: m.id, reasonCode },
-      `the cloud broker refused a message (reason code 0x${reasonCode.toString(16)}: ${err.message}); it is dropped. Check the broker's ACL and size limits for this topic`);
+    this.log.error(
+      { deviceId: m.deviceId, topic: m.topic, id: m.id, reasonCode },
+      `the cloud broker refused a message (reason code 0x${reasonCode.toString(16)}: ${err.message}); it is dropped. Check the broker's ACL and size limits for this topic`,
+    );
     return true;
   }
 
@@ -203,7 +215,10 @@ export class Forwarder {
     if (this.inflight === 0 || !this.cloud.connected) return;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, timeoutMs);
-      this.settled = () => { clearTimeout(timer); resolve(); };
+      this.settled = () => {
+        clearTimeout(timer);
+        resolve();
+      };
     });
     this.settled = null;
   }

@@ -56,7 +56,10 @@ export class Uplink {
         return;
       }
       this.lastControlLog = now;
-      this.log.warn({ deviceId: msg.deviceId, topic: msg.topic }, 'not sent up: its cloud topic falls under the control prefix; choose device topics outside it or change uplink.topicPrefix');
+      this.log.warn(
+        { deviceId: msg.deviceId, topic: msg.topic },
+        'not sent up: its cloud topic falls under the control prefix; choose device topics outside it or change uplink.topicPrefix',
+      );
       done(null);
       return;
     }

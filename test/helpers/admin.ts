@@ -13,12 +13,21 @@ export function adminToken(proxy: ProxyProcess): string {
 }
 
 /** One request to the proxy's admin API; `token: null` sends none. */
-export async function api(proxy: ProxyProcess, method: string, path: string, opts: { token?: string | null; body?: string | Buffer; type?: string } = {}): Promise<ApiAnswer> {
+export async function api(
+  proxy: ProxyProcess,
+  method: string,
+  path: string,
+  opts: { token?: string | null; body?: string | Buffer; type?: string } = {},
+): Promise<ApiAnswer> {
   const token = opts.token === undefined ? adminToken(proxy) : opts.token;
   const headers: Record<string, string> = {};
   if (token) headers.authorization = `Bearer ${token}`;
   if (opts.type) headers['content-type'] = opts.type;
-  const res = await fetch(`http://127.0.0.1:${proxy.ports.admin}${path}`, { method, headers, ...(opts.body !== undefined ? { body: opts.body } : {}) });
+  const res = await fetch(`http://127.0.0.1:${proxy.ports.admin}${path}`, {
+    method,
+    headers,
+    ...(opts.body !== undefined ? { body: opts.body } : {}),
+  });
   const text = await res.text();
   return { status: res.status, body: JSON.parse(text) as Record<string, unknown> };
 }

@@ -42,13 +42,26 @@ const EC = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes
 export function makeCa(dir: string, name: string): Ca {
   mkdirSync(dir, { recursive: true });
   const conf = join(dir, `${name}.cnf`);
-  writeFileSync(conf, [
-    '[req]', 'distinguished_name = dn', 'x509_extensions = v3_ca', '[dn]',
-    '[v3_ca]', 'basicConstraints = critical,CA:TRUE', 'keyUsage = critical,keyCertSign,cRLSign', 'subjectKeyIdentifier = hash', '',
-  ].join('\n'));
+  writeFileSync(
+    conf,
+    [
+      '[req]',
+      'distinguished_name = dn',
+      'x509_extensions = v3_ca',
+      '[dn]',
+      '[v3_ca]',
+      'basicConstraints = critical,CA:TRUE',
+      'keyUsage = critical,keyCertSign,cRLSign',
+      'subjectKeyIdentifier = hash',
+      '',
+    ].join('\n'),
+  );
   const cert = join(dir, `${name}.crt`);
   const key = join(dir, `${name}.key`);
-  openssl(['req', '-x509', '-config', conf, ...EC, '-keyout', key, '-out', cert, '-days', '2', '-subj', `/O=edge-proxy tests/CN=${name}`], dir);
+  openssl(
+    ['req', '-x509', '-config', conf, ...EC, '-keyout', key, '-out', cert, '-days', '2', '-subj', `/O=edge-proxy tests/CN=${name}`],
+    dir,
+  );
   return { name, dir, cert, key };
 }
 
@@ -58,24 +71,50 @@ export function makeCert(ca: Ca, opts: LeafOptions): CertFiles & { serial: strin
   const serial = (opts.serial ?? `4${randomBytes(7).toString('hex')}`).toUpperCase(); // positive, 8 bytes
   const kind = opts.kind ?? 'client';
   const ext = join(ca.dir, `${name}.ext`);
-  writeFileSync(ext, [
-    'basicConstraints = CA:FALSE',
-    'keyUsage = critical,digitalSignature,keyAgreement',
-    `extendedKeyUsage = ${kind === 'server' ? 'serverAuth' : 'clientAuth'}`,
-    ...(kind === 'server' ? ['subjectAltName = IP:127.0.0.1,DNS:localhost'] : []),
-    '',
-  ].join('\n'));
+  writeFileSync(
+    ext,
+    [
+      'basicConstraints = CA:FALSE',
+      'keyUsage = critical,digitalSignature,keyAgreement',
+      `extendedKeyUsage = ${kind === 'server' ? 'serverAuth' : 'clientAuth'}`,
+      ...(kind === 'server' ? ['subjectAltName = IP:127.0.0.1,DNS:localhost'] : []),
+      '',
+    ].join('\n'),
+  );
   const csr = join(ca.dir, `${name}.csr`);
   const cert = join(ca.dir, `${name}.crt`);
   const key = join(ca.dir, `${name}.key`);
   openssl(['req', '-new', ...EC, '-keyout', key, '-out', csr, '-subj', `/O=edge-proxy tests/CN=${opts.cn}`], ca.dir);
-  openssl(['x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-set_serial', `0x${serial}`, '-days', '2', '-extfile', ext, '-out', cert], ca.dir);
+  openssl(
+    [
+      'x509',
+      '-req',
+      '-in',
+      csr,
+      '-CA',
+      ca.cert,
+      '-CAkey',
+      ca.key,
+      '-set_serial',
+      `0x${serial}`,
+      '-days',
+      '2',
+      '-extfile',
+      ext,
+      '-out',
+      cert,
+    ],
+    ca.dir,
+  );
   return { cert, key, serial };
 }
 
 /** Replaces `target`'s certificate and key by `source`'s the way renewal tools do: a new file renamed over the old one. */
 export function installCert(source: CertFiles, target: CertFiles): void {
-  for (const [from, to] of [[source.cert, target.cert], [source.key, target.key]] as const) {
+  for (const [from, to] of [
+    [source.cert, target.cert],
+    [source.key, target.key],
+  ] as const) {
     const tmp = `${to}.new`;
     writeFileSync(tmp, readFileSync(from));
     renameSync(tmp, to);
@@ -85,5 +124,8 @@ export function installCert(source: CertFiles, target: CertFiles): void {
 /** The serial number of a certificate file, uppercase hex, as node:tls reports it. */
 export function serialOf(certFile: string): string {
   const out = openssl(['x509', '-noout', '-serial', '-in', certFile], '.');
-  return out.trim().replace(/^serial=/, '').toUpperCase();
+  return out
+    .trim()
+    .replace(/^serial=/, '')
+    .toUpperCase();
 }

@@ -28,8 +28,7 @@ export async function collect(client: MqttClient, filter: string, qos: 0 | 1 = 1
 }
 
 export type ConnectOutcome =
-  | { ok: true; client: MqttClient; sessionPresent: boolean }
-  | { ok: false; returnCode: number | null; error: Error };
+  { ok: true; client: MqttClient; sessionPresent: boolean } | { ok: false; returnCode: number | null; error: Error };
 
 /**
  * Connects with MQTT.js (`mqtt://` or `mqtts://`, no reconnects) and reports how it went: the client
@@ -76,7 +75,9 @@ export interface ToolProcess {
 
 // A test that times out skips its teardown: no tool it started may outlive the test process.
 const tools = new Set<ChildProcess>();
-process.once('exit', () => { for (const c of tools) c.kill('SIGKILL'); });
+process.once('exit', () => {
+  for (const c of tools) c.kill('SIGKILL');
+});
 
 /** Starts a command-line client (mosquitto_sub, openssl s_client...) and collects its output. */
 export function startTool(cmd: string, args: string[]): ToolProcess {
@@ -85,13 +86,29 @@ export function startTool(cmd: string, args: string[]): ToolProcess {
   tools.add(child);
   let out = '';
   let err = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-  const exited = new Promise<ToolRun>((resolve) => {
-    child.once('error', (e) => { err += String(e); });
-    child.once('close', (code) => { tools.delete(child); resolve({ code, stdout: out, stderr: err, ms: Date.now() - started }); });
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
   });
-  return { stdout: () => out, stderr: () => err, exited, stop: () => { if (child.exitCode === null) child.kill(); } };
+  child.stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  const exited = new Promise<ToolRun>((resolve) => {
+    child.once('error', (e) => {
+      err += String(e);
+    });
+    child.once('close', (code) => {
+      tools.delete(child);
+      resolve({ code, stdout: out, stderr: err, ms: Date.now() - started });
+    });
+  });
+  return {
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    stop: () => {
+      if (child.exitCode === null) child.kill();
+    },
+  };
 }
 
 /** Runs a command-line client to its end (killed after timeoutMs: code null). */

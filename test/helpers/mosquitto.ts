@@ -19,39 +19,49 @@ export interface Mosquitto {
 
 // A test that times out skips its teardown: no broker may outlive the test process.
 const running = new Set<ChildProcess>();
-process.once('exit', () => { for (const c of running) c.kill('SIGKILL'); });
+process.once('exit', () => {
+  for (const c of running) c.kill('SIGKILL');
+});
 
 export async function startMosquitto(dir: string, opts: { persistence?: boolean } = {}): Promise<Mosquitto> {
   mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const conf = join(dir, 'mosquitto.conf');
-  writeFileSync(conf, [
-    `listener ${port} 127.0.0.1`,
-    'allow_anonymous true',
-    'max_queued_messages 0',
-    'max_inflight_messages 0',
-    `persistence ${opts.persistence ? 'true' : 'false'}`,
-    `persistence_location ${dir}/`,
-    // As root, Mosquitto would switch to the "mosquitto" user, who cannot write its persistence here.
-    ...(process.getuid?.() === 0 ? [`user ${userInfo().username}`] : []),
-    'log_dest stderr',
-    'log_type error',
-    'log_type warning',
-    '',
-  ].join('\n'));
+  writeFileSync(
+    conf,
+    [
+      `listener ${port} 127.0.0.1`,
+      'allow_anonymous true',
+      'max_queued_messages 0',
+      'max_inflight_messages 0',
+      `persistence ${opts.persistence ? 'true' : 'false'}`,
+      `persistence_location ${dir}/`,
+      // As root, Mosquitto would switch to the "mosquitto" user, who cannot write its persistence here.
+      ...(process.getuid?.() === 0 ? [`user ${userInfo().username}`] : []),
+      'log_dest stderr',
+      'log_type error',
+      'log_type warning',
+      '',
+    ].join('\n'),
+  );
   let child: ChildProcess | null = null;
   let stderr = '';
   const broker: Mosquitto = {
     port,
     url: `mqtt://127.0.0.1:${port}`,
     async start() {
-      const bin = process.env.MOSQUITTO_BIN ?? (process.env.PATH?.split(':').some((d) => d.endsWith('sbin')) ? 'mosquitto' : '/usr/sbin/mosquitto');
+      const bin =
+        process.env.MOSQUITTO_BIN ?? (process.env.PATH?.split(':').some((d) => d.endsWith('sbin')) ? 'mosquitto' : '/usr/sbin/mosquitto');
       child = spawn(bin, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
       running.add(child);
       const mine = child;
       child.once('exit', () => running.delete(mine));
-      child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-      child.on('error', (err) => { stderr += String(err); });
+      child.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+      });
+      child.on('error', (err) => {
+        stderr += String(err);
+      });
       try {
         await waitForPort(port);
       } catch (err) {
@@ -62,7 +72,10 @@ export async function startMosquitto(dir: string, opts: { persistence?: boolean 
       const c = child;
       child = null;
       if (!c || c.exitCode !== null) return;
-      await new Promise<void>((resolve) => { c.once('exit', () => resolve()); c.kill('SIGTERM'); });
+      await new Promise<void>((resolve) => {
+        c.once('exit', () => resolve());
+        c.kill('SIGTERM');
+      });
     },
   };
   await broker.start();
@@ -74,7 +87,10 @@ export async function startMosquitto(dir: string, opts: { persistence?: boolean 
  * the cloud keeps for the checker whatever arrives while either of them restarts, so what the
  * checker sees is what the proxy delivered.
  */
-export async function cloudWithChecker(t: { teardown(fn: () => unknown): void }, dir: string): Promise<{ cloud: Mosquitto; up: Collected }> {
+export async function cloudWithChecker(
+  t: { teardown(fn: () => unknown): void },
+  dir: string,
+): Promise<{ cloud: Mosquitto; up: Collected }> {
   const cloud = await startMosquitto(`${dir}/cloud`, { persistence: true });
   t.teardown(() => cloud.stop());
   const checker = await connectClient(cloud.port, { clientId: 'checker', clean: false, reconnectPeriod: 200 });

@@ -8,7 +8,9 @@ export const CLI = new URL('../../dist/src/cli.js', import.meta.url).pathname;
 
 // A test that times out skips its teardown: whatever it started must not outlive the test process.
 const started = new Set<ChildProcess>();
-process.once('exit', () => { for (const c of started) c.kill('SIGKILL'); });
+process.once('exit', () => {
+  for (const c of started) c.kill('SIGKILL');
+});
 
 export interface ProxyProcess {
   dir: string;
@@ -28,7 +30,10 @@ export interface ProxyProcess {
 function merge(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = { ...a };
   for (const [k, v] of Object.entries(b)) {
-    out[k] = v && typeof v === 'object' && !Array.isArray(v) && out[k] && typeof out[k] === 'object' ? merge(out[k] as Record<string, unknown>, v as Record<string, unknown>) : v;
+    out[k] =
+      v && typeof v === 'object' && !Array.isArray(v) && out[k] && typeof out[k] === 'object'
+        ? merge(out[k] as Record<string, unknown>, v as Record<string, unknown>)
+        : v;
   }
   return out;
 }
@@ -41,13 +46,23 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
   const configFile = join(dir, 'edge-proxy.yaml');
   const portsFile = join(dir, 'ports.json');
   // Its own rules directory (empty unless a test writes rules there), not the project's examples.
-  const base = { edge: { id: 'test-edge' }, dataDir: join(dir, 'data'), rules: { dir: join(dir, 'rules') }, mqtt: { port: 0 }, admin: { port: 0 }, log: { level: 'debug' } };
+  const base = {
+    edge: { id: 'test-edge' },
+    dataDir: join(dir, 'data'),
+    rules: { dir: join(dir, 'rules') },
+    mqtt: { port: 0 },
+    admin: { port: 0 },
+    log: { level: 'debug' },
+  };
   writeFileSync(configFile, stringify(merge(base, config)));
   let child: ChildProcess;
   let out = '';
   const logs: Array<Record<string, unknown>> = [];
   const proc: ProxyProcess = {
-    dir, configFile, ports: { mqtt: 0, admin: 0 }, logs,
+    dir,
+    configFile,
+    ports: { mqtt: 0, admin: 0 },
+    logs,
     output: () => out,
     exited: Promise.resolve(null),
     async stop(signal = 'SIGTERM') {
@@ -79,10 +94,16 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
   async function launch(): Promise<void> {
     rmSync(portsFile, { force: true });
     child = spawn(process.execPath, [CLI, 'run', '--config', configFile, '--ports-file', portsFile], {
-      env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
     started.add(child);
-    proc.exited = new Promise((resolve) => child.once('exit', (code) => { started.delete(child); resolve(code); }));
+    proc.exited = new Promise((resolve) =>
+      child.once('exit', (code) => {
+        started.delete(child);
+        resolve(code);
+      }),
+    );
     let partial = '';
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
@@ -90,11 +111,21 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
       const lines = partial.split('\n');
       partial = lines.pop()!;
       for (const line of lines) {
-        try { logs.push(JSON.parse(line) as Record<string, unknown>); } catch { logs.push({ msg: line }); }
+        try {
+          logs.push(JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          logs.push({ msg: line });
+        }
       }
     });
-    child.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
-    await eventually(`proxy ports file (output so far: ${out.slice(-2000)})`, () => existsSync(portsFile) || child.exitCode !== null, 20_000);
+    child.stderr!.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    await eventually(
+      `proxy ports file (output so far: ${out.slice(-2000)})`,
+      () => existsSync(portsFile) || child.exitCode !== null,
+      20_000,
+    );
     if (!existsSync(portsFile)) throw new Error(`the proxy exited before it was ready:\n${out}`);
     proc.ports = JSON.parse(readFileSync(portsFile, 'utf8')) as ProxyProcess['ports'];
   }

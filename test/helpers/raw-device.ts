@@ -14,15 +14,25 @@ export interface RawDevice {
   stop(): void;
 }
 
-export function startRawDevice(opts: { port: () => number; id: string; inflight?: number; topics: (seq: number) => string; intervalMs?: number }): RawDevice {
+export function startRawDevice(opts: {
+  port: () => number;
+  id: string;
+  inflight?: number;
+  topics: (seq: number) => string;
+  intervalMs?: number;
+}): RawDevice {
   const acked = new Map<number, string>();
   let seq = 0;
   let stopped = false;
   let socket: Socket | null = null;
   const device: RawDevice = {
-    id: opts.id, acked,
+    id: opts.id,
+    acked,
     sent: () => seq,
-    stop() { stopped = true; socket?.destroy(); },
+    stop() {
+      stopped = true;
+      socket?.destroy();
+    },
   };
   const run = (): void => {
     if (stopped) return;
@@ -37,11 +47,16 @@ export function startRawDevice(opts: { port: () => number; id: string; inflight?
       const topic = opts.topics(n);
       messageId = (messageId % 65535) + 1;
       inflight.set(messageId, { seq: n, topic });
-      s.write(mqttPacket.generate({ cmd: 'publish', topic, payload: JSON.stringify({ seq: n }), qos: 1, messageId, retain: false, dup: false }));
+      s.write(
+        mqttPacket.generate({ cmd: 'publish', topic, payload: JSON.stringify({ seq: n }), qos: 1, messageId, retain: false, dup: false }),
+      );
     };
     parser.on('packet', (p: Packet) => {
       if (p.cmd === 'connack') {
-        if (p.returnCode !== 0) { s.destroy(); return; }
+        if (p.returnCode !== 0) {
+          s.destroy();
+          return;
+        }
         for (let i = 0; i < (opts.inflight ?? 1); i++) publishNext();
       } else if (p.cmd === 'puback') {
         const m = inflight.get(p.messageId!);
@@ -52,10 +67,16 @@ export function startRawDevice(opts: { port: () => number; id: string; inflight?
         else publishNext();
       }
     });
-    s.on('connect', () => s.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: opts.id, clean: true, keepalive: 30 })));
+    s.on('connect', () =>
+      s.write(
+        mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: opts.id, clean: true, keepalive: 30 }),
+      ),
+    );
     s.on('data', (d: Buffer) => parser.parse(d));
     s.on('error', () => {});
-    s.on('close', () => { if (!stopped) setTimeout(run, 100); });
+    s.on('close', () => {
+      if (!stopped) setTimeout(run, 100);
+    });
   };
   run();
   return device;

@@ -13,19 +13,36 @@ export interface RawClient {
 
 export async function rawClient(port: number): Promise<RawClient> {
   const socket = connect(port, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
   const parser = mqttPacket.parser({ protocolVersion: 4 });
   const packets: Packet[] = [];
   const waiters: Array<() => void> = [];
-  parser.on('packet', (p) => { packets.push(p); for (const w of waiters.splice(0)) w(); });
+  parser.on('packet', (p) => {
+    packets.push(p);
+    for (const w of waiters.splice(0)) w();
+  });
   socket.on('data', (d) => parser.parse(d));
   socket.on('error', () => {});
-  const closed = new Promise<void>((resolve) => socket.once('close', () => { resolve(); for (const w of waiters.splice(0)) w(); }));
+  const closed = new Promise<void>((resolve) =>
+    socket.once('close', () => {
+      resolve();
+      for (const w of waiters.splice(0)) w();
+    }),
+  );
   let seen = 0;
   return {
-    socket, packets, closed,
-    send(packet) { socket.write(mqttPacket.generate(packet as unknown as Packet, { protocolVersion: 4 })); },
-    write(bytes) { socket.write(bytes); },
+    socket,
+    packets,
+    closed,
+    send(packet) {
+      socket.write(mqttPacket.generate(packet as unknown as Packet, { protocolVersion: 4 }));
+    },
+    write(bytes) {
+      socket.write(bytes);
+    },
     async next(cmd, timeoutMs = 5_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
@@ -34,7 +51,10 @@ export async function rawClient(port: number): Promise<RawClient> {
           if (p.cmd === cmd) return p;
         }
         if (socket.destroyed || Date.now() > deadline) throw new Error(`no ${cmd} packet (closed: ${socket.destroyed})`);
-        await new Promise<void>((resolve) => { waiters.push(resolve); setTimeout(resolve, 100); });
+        await new Promise<void>((resolve) => {
+          waiters.push(resolve);
+          setTimeout(resolve, 100);
+        });
       }
     },
   };

@@ -22,7 +22,13 @@ export function writeRegistry(file: string, devices: DeviceSpec[], how: 'rename'
   const entries = devices.map(({ id, publish, subscribe, attrs, token }) => {
     const t = token ?? makeToken(id);
     tokens[id] = t;
-    return { id, tokenSha256: hashToken(t), ...(publish ? { publish } : {}), ...(subscribe ? { subscribe } : {}), ...(attrs ? { attrs } : {}) };
+    return {
+      id,
+      tokenSha256: hashToken(t),
+      ...(publish ? { publish } : {}),
+      ...(subscribe ? { subscribe } : {}),
+      ...(attrs ? { attrs } : {}),
+    };
   });
   if (how === 'in-place') writeFileSync(file, stringify(entries));
   else writeRaw(file, stringify(entries));

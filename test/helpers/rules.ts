@@ -123,7 +123,10 @@ export class Harness {
   private readonly priorities: PriorityTable;
   private readonly routingDefault: 'uplink' | 'local';
 
-  constructor(readonly compiled: Compiled, opts: HarnessOptions = {}) {
+  constructor(
+    readonly compiled: Compiled,
+    opts: HarnessOptions = {},
+  ) {
     if (!compiled.ruleset) throw new Error(`the rules do not compile:\n${formatErrors(compiled)}`);
     this.ruleset = compiled.ruleset;
     this.truncated = compiled.truncated;
@@ -140,10 +143,19 @@ export class Harness {
     const ts = input.ts ?? (this.previousTs === null ? 0 : this.previousTs + 1000);
     let payload: Uint8Array;
     let contentType: ContentType;
-    if (input.text !== undefined) { payload = Buffer.from(input.text); contentType = 'text'; }
-    else if (input.binary !== undefined) { payload = input.binary; contentType = 'binary'; }
-    else if (input.json !== undefined) { payload = Buffer.from(input.json); contentType = 'json'; }
-    else { payload = Buffer.from(JSON.stringify(input.payload === undefined ? {} : input.payload)); contentType = 'json'; }
+    if (input.text !== undefined) {
+      payload = Buffer.from(input.text);
+      contentType = 'text';
+    } else if (input.binary !== undefined) {
+      payload = input.binary;
+      contentType = 'binary';
+    } else if (input.json !== undefined) {
+      payload = Buffer.from(input.json);
+      contentType = 'json';
+    } else {
+      payload = Buffer.from(JSON.stringify(input.payload === undefined ? {} : input.payload));
+      contentType = 'json';
+    }
     return {
       id: input.id ?? `msg-${++ids}`,
       ts,

@@ -78,7 +78,10 @@ export class MqttAdapter implements DeviceAdapter {
   /** set at shutdown: publishes not yet in hand are not accepted (the device sends them again later) */
   private stopping = false;
 
-  constructor(private readonly cfg: MqttAdapterConfig, private readonly deps: AdapterDeps) {}
+  constructor(
+    private readonly cfg: MqttAdapterConfig,
+    private readonly deps: AdapterDeps,
+  ) {}
 
   private get log(): Logger {
     return this.deps.log;
@@ -88,14 +91,17 @@ export class MqttAdapter implements DeviceAdapter {
     const { mqtt } = this.cfg;
     const tlsFiles: TlsFiles | null = mqtt.tls.cert && mqtt.tls.key ? { cert: mqtt.tls.cert, key: mqtt.tls.key, ca: mqtt.tls.ca } : null;
     const tlsOptions = tlsFiles ? readTlsFiles(tlsFiles) : null; // before anything listens: a bad file stops the start
-    this.broker = await EdgeBroker.open({
-      id: `edge-${this.cfg.brokerId}`,
-      maxClientsIdLength: 128,
-      preConnect: (client, packet, done) => this.preConnect(client, packet.clientId, packet.clean !== false, done),
-      authenticate: (client, username, password, done) => this.authenticate(client, username, password, done),
-      authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
-      authorizeSubscribe: (client, sub, done) => this.authorizeSubscribe(client, sub, done),
-    }, this.deps.retained);
+    this.broker = await EdgeBroker.open(
+      {
+        id: `edge-${this.cfg.brokerId}`,
+        maxClientsIdLength: 128,
+        preConnect: (client, packet, done) => this.preConnect(client, packet.clientId, packet.clean !== false, done),
+        authenticate: (client, username, password, done) => this.authenticate(client, username, password, done),
+        authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
+        authorizeSubscribe: (client, sub, done) => this.authorizeSubscribe(client, sub, done),
+      },
+      this.deps.retained,
+    );
     this.broker.on('clientError', (client, err) => this.onClientError(client, err));
     this.broker.on('connectionError', (client, err) => this.onClientError(client, err));
     this.broker.on('clientReady', (client) => {
@@ -131,7 +137,9 @@ export class MqttAdapter implements DeviceAdapter {
     server.maxConnections = this.cfg.limits.maxConnections;
     this.servers.push(server);
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: Error) => reject(new EdgeError('E_LISTEN', `${name} cannot listen on ${host}:${port}: ${err.message}`, { cause: err })));
+      server.once('error', (err: Error) =>
+        reject(new EdgeError('E_LISTEN', `${name} cannot listen on ${host}:${port}: ${err.message}`, { cause: err })),
+      );
       server.listen(port, host, () => resolve());
     });
     server.on('error', (err: Error) => this.log.error({ endpoint: name, err: err.message }, 'MQTT listener error'));
@@ -143,9 +151,15 @@ export class MqttAdapter implements DeviceAdapter {
   private reloadTls(server: TlsServer, files: TlsFiles): void {
     try {
       server.setSecureContext(readTlsFiles(files));
-      this.log.info({ cert: files.cert, key: files.key, ca: files.ca }, 'mqtt-tls: reloaded the renewed certificate files; new connections use them');
+      this.log.info(
+        { cert: files.cert, key: files.key, ca: files.ca },
+        'mqtt-tls: reloaded the renewed certificate files; new connections use them',
+      );
     } catch (err) {
-      this.log.error({ code: (err as EdgeError).code, err: (err as Error).message }, 'mqtt-tls: the renewed certificate files cannot be used; the previous ones stay in force. Check them with openssl x509 -noout -text -in FILE');
+      this.log.error(
+        { code: (err as EdgeError).code, err: (err as Error).message },
+        'mqtt-tls: the renewed certificate files cannot be used; the previous ones stay in force. Check them with openssl x509 -noout -text -in FILE',
+      );
     }
   }
 
@@ -198,7 +212,8 @@ export class MqttAdapter implements DeviceAdapter {
       return;
     }
     // The gate counted its own refusals, and the cache's were counted per message.
-    if (refusal.framing && (refusal.reason === 'too_large' || refusal.reason === 'malformed')) this.deps.events.framingRefused(refusal.reason);
+    if (refusal.framing && (refusal.reason === 'too_large' || refusal.reason === 'malformed'))
+      this.deps.events.framingRefused(refusal.reason);
     if (refusal.reason === 'acl') return; // the gate logged it, once a minute per device
     const hint = refusal.reason === 'too_large' ? ` (limits.maxPayloadBytes=${this.cfg.limits.maxPayloadBytes})` : '';
     this.log.warn({ ...who, reason: refusal.reason }, `closed MQTT client ${who.deviceId ?? conn.remote}: ${refusal.detail}${hint}`);
@@ -212,7 +227,12 @@ export class MqttAdapter implements DeviceAdapter {
 
   // Identity is decided here rather than in preConnect: only an authenticate refusal is answered
   // with a CONNACK return code before the connection closes.
-  private authenticate(client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean | null) => void): void {
+  private authenticate(
+    client: Client,
+    username: string | undefined,
+    password: Buffer | undefined,
+    done: (err: AuthenticateError | null, ok: boolean | null) => void,
+  ): void {
     const conn = this.connections.get(client);
     if (!conn) return done(connackError(5, 'unknown connection'), false);
     const sent = conn.sent ?? { clientId: client.id, clean: client.clean };
@@ -222,12 +242,16 @@ export class MqttAdapter implements DeviceAdapter {
       this.log.warn({ remote: conn.remote }, 'MQTT connection refused (CONNACK 2): an empty client id needs CleanSession=1');
       return done(connackError(2, 'an empty client id needs CleanSession=1'), false);
     }
-    const result = this.deps.gate.authenticate('mqtt', {
-      claimedId: username || null,
-      token: password ? password.toString('utf8') : null,
-      certificateId: conn.certificateId,
-      fallbackId: sent.clientId === '' ? client.id : sent.clientId,
-    }, conn.remote);
+    const result = this.deps.gate.authenticate(
+      'mqtt',
+      {
+        claimedId: username || null,
+        token: password ? password.toString('utf8') : null,
+        certificateId: conn.certificateId,
+        fallbackId: sent.clientId === '' ? client.id : sent.clientId,
+      },
+      conn.remote,
+    );
     if (!result.ok) {
       conn.reported = true; // the gate logged it; the close that follows is expected
       // [MQTT-3.2.2-5]: 4 bad user name or password, 5 not authorized.
@@ -251,7 +275,11 @@ export class MqttAdapter implements DeviceAdapter {
       return;
     }
     const qos = packet.qos;
-    const verdict = this.deps.gate.checkPublish(conn.identity, 'mqtt', mqttToPublishRequest({ topic: packet.topic, payload: packet.payload, qos, retain: packet.retain }));
+    const verdict = this.deps.gate.checkPublish(
+      conn.identity,
+      'mqtt',
+      mqttToPublishRequest({ topic: packet.topic, payload: packet.payload, qos, retain: packet.retain }),
+    );
     if (verdict.kind === 'drop') {
       done(null); // acknowledged, and nobody receives it
       return;
@@ -291,7 +319,12 @@ export class MqttAdapter implements DeviceAdapter {
     }
     let settle: ((err: Error | null) => void) | undefined;
     if (qos === 2 && messageId !== undefined) {
-      conn.qos2.set(messageId, new Promise((resolve) => { settle = resolve; }));
+      conn.qos2.set(
+        messageId,
+        new Promise((resolve) => {
+          settle = resolve;
+        }),
+      );
       if (conn.qos2.size > 1024) conn.qos2.delete(conn.qos2.keys().next().value!);
     }
     const accepted = conn.acks.reserve((err) => {
@@ -299,7 +332,10 @@ export class MqttAdapter implements DeviceAdapter {
         this.deps.events.notAccepted('mqtt', qos);
         // MQTT 3.1.1 has no negative PUBACK: not acknowledged, the connection closes after a line saying why.
         const later = !(err instanceof EdgeError) || err.retryable;
-        conn.refusal = { reason: 'cache', detail: `message not accepted, ${later ? 'closing so that the device sends it again later' : 'refused for good'}: ${err.message}` };
+        conn.refusal = {
+          reason: 'cache',
+          detail: `message not accepted, ${later ? 'closing so that the device sends it again later' : 'refused for good'}: ${err.message}`,
+        };
       }
       settle?.(err);
       done(err);
@@ -330,8 +366,11 @@ export class MqttAdapter implements DeviceAdapter {
       if (gone.has(id)) why = 'it was removed from the registry';
       else if (rotated.has(id) && identity.by === 'token') why = 'its token was replaced';
       else if (filters.has(id)) {
-        const lost = Object.keys((client as unknown as ClientState).subscriptions).find((f) => !this.deps.gate.stillMaySubscribe(identity, f));
-        if (lost !== undefined) why = `its subscription "${lost.slice(0, 300)}" is outside its new subscribe filters; it may subscribe again under them`;
+        const lost = Object.keys((client as unknown as ClientState).subscriptions).find(
+          (f) => !this.deps.gate.stillMaySubscribe(identity, f),
+        );
+        if (lost !== undefined)
+          why = `its subscription "${lost.slice(0, 300)}" is outside its new subscribe filters; it may subscribe again under them`;
       }
       if (why) this.disconnect(client, why);
     }
@@ -342,7 +381,10 @@ export class MqttAdapter implements DeviceAdapter {
     if (conn) conn.reported = true;
     // The device did not die: its will is not published.
     (client as unknown as ClientState).will = null;
-    this.log.info({ deviceId: conn?.identity?.deviceId, remote: conn?.remote }, `disconnected MQTT device ${conn?.identity?.deviceId ?? ''}: ${why}`);
+    this.log.info(
+      { deviceId: conn?.identity?.deviceId, remote: conn?.remote },
+      `disconnected MQTT device ${conn?.identity?.deviceId ?? ''}: ${why}`,
+    );
     client.close();
   }
 

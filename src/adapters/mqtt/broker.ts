@@ -61,7 +61,8 @@ function sharedRetained(retained: Pick<RetainedStore, 'matching'>): AedesMemoryP
     }
   };
   Object.assign(persistence, {
-    storeRetained: (_packet: unknown, cb?: (err: null) => void): Promise<void> | void => (cb ? process.nextTick(cb, null) : Promise.resolve()),
+    storeRetained: (_packet: unknown, cb?: (err: null) => void): Promise<void> | void =>
+      cb ? process.nextTick(cb, null) : Promise.resolve(),
     createRetainedStream: (pattern: string) => Readable.from(retainedPackets([pattern])),
     createRetainedStreamCombi: (patterns: string[]) => Readable.from(retainedPackets(patterns)),
   });

@@ -35,7 +35,10 @@ export function watchTlsFiles(files: TlsFiles, changed: () => void): () => void 
     if (now.mtimeMs === before.mtimeMs && now.ino === before.ino) return;
     // A renewal writes the certificate and the key one after the other: read them once both are there.
     if (pending) clearTimeout(pending);
-    pending = setTimeout(() => { pending = null; changed(); }, 200);
+    pending = setTimeout(() => {
+      pending = null;
+      changed();
+    }, 200);
     pending.unref();
   };
   for (const p of paths) watchFile(p, { interval: POLL_MS, persistent: false }, listener);

@@ -17,10 +17,7 @@ export type Expr =
   | { kind: 'list'; items: Expr[]; pos: Pos }
   | { kind: 'object'; entries: Array<{ key: string; value: Expr; pos: Pos }>; pos: Pos };
 
-export type BinaryOp =
-  | 'or' | 'and'
-  | '==' | '!=' | '<' | '<=' | '>' | '>=' | 'matches' | 'in' | 'contains'
-  | '+' | '-' | '*' | '/' | '%';
+export type BinaryOp = 'or' | 'and' | '==' | '!=' | '<' | '<=' | '>' | '>=' | 'matches' | 'in' | 'contains' | '+' | '-' | '*' | '/' | '%';
 
 export interface Arg {
   /** the name of a named argument (`priority = "high"`), absent for a positional one */

@@ -21,13 +21,21 @@ interface Param {
   literal?: (v: unknown) => string | null;
 }
 
-const isString = (what: string) => (v: unknown): string | null => (typeof v === 'string' ? null : `${what} must be a string`);
+const isString =
+  (what: string) =>
+  (v: unknown): string | null =>
+    typeof v === 'string' ? null : `${what} must be a string`;
 
 const ACTIONS: Record<string, Param[]> = {
   uplink: [
     { name: 'topic', required: false, literal: isString('topic') },
     { name: 'payload', required: false },
-    { name: 'priority', required: false, literal: (v) => (PRIORITIES as readonly unknown[]).includes(v) ? null : `priority must be one of ${PRIORITIES.map((p) => `"${p}"`).join(', ')}` },
+    {
+      name: 'priority',
+      required: false,
+      literal: (v) =>
+        (PRIORITIES as readonly unknown[]).includes(v) ? null : `priority must be one of ${PRIORITIES.map((p) => `"${p}"`).join(', ')}`,
+    },
   ],
   publish: [
     { name: 'topic', required: true, literal: isString('topic') },
@@ -45,7 +53,11 @@ const ACTIONS: Record<string, Param[]> = {
   ],
   drop: [],
   log: [
-    { name: 'level', required: true, literal: (v) => (LOG_LEVELS.includes(v as string) ? null : `level must be one of ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}`) },
+    {
+      name: 'level',
+      required: true,
+      literal: (v) => (LOG_LEVELS.includes(v as string) ? null : `level must be one of ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}`),
+    },
     { name: 'text', required: true },
   ],
 };
@@ -77,7 +89,10 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
 
     const expr = (e: Expr, depth: number, inWindow: boolean): void => {
       nodes++;
-      if (depth > deepest) { deepest = depth; deepestPos = e.pos; }
+      if (depth > deepest) {
+        deepest = depth;
+        deepestPos = e.pos;
+      }
       if (depth > MAX_WALK) return;
       switch (e.kind) {
         case 'literal':
@@ -85,7 +100,12 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
         case 'name':
           if (!(ROOTS as readonly string[]).includes(e.name)) {
             const close = closestIdentifier(e.name, ROOTS);
-            err(rule, e.pos, 'E_RULE_UNKNOWN_ROOT', `unknown name "${e.name}": a rule reads msg, payload, device and edge${close ? `; did you mean "${close}"?` : ''}`);
+            err(
+              rule,
+              e.pos,
+              'E_RULE_UNKNOWN_ROOT',
+              `unknown name "${e.name}": a rule reads msg, payload, device and edge${close ? `; did you mean "${close}"?` : ''}`,
+            );
           }
           return;
         case 'member':
@@ -113,17 +133,30 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
     };
 
     const call = (e: Extract<Expr, { kind: 'call' }>, depth: number, inWindow: boolean): void => {
-      for (const a of e.args) if (a.name !== undefined) err(rule, a.pos, 'E_RULE_ARG', `${e.name}() takes no named arguments ("${a.name} = ...")`);
+      for (const a of e.args)
+        if (a.name !== undefined) err(rule, a.pos, 'E_RULE_ARG', `${e.name}() takes no named arguments ("${a.name} = ...")`);
       const win = Object.hasOwn(WINDOW_FUNCTIONS, e.name) ? WINDOW_FUNCTIONS[e.name]! : undefined;
       if (win) {
         if (inWindow) err(rule, e.pos, 'E_RULE_ARG', `window functions cannot be nested: ${e.name}() inside another window function`);
         const arity = (win.takesValue ? 1 : 0) + (win.takesWindow ? 1 : 0);
         if (e.args.length !== arity) {
-          err(rule, e.pos, 'E_RULE_ARITY', `${e.name}() takes ${arity} argument${arity === 1 ? '' : 's'}${win.takesWindow ? ` (${win.takesValue ? 'a value and ' : ''}a window such as 5m or 10)` : ''}, not ${e.args.length}`);
+          err(
+            rule,
+            e.pos,
+            'E_RULE_ARITY',
+            `${e.name}() takes ${arity} argument${arity === 1 ? '' : 's'}${win.takesWindow ? ` (${win.takesValue ? 'a value and ' : ''}a window such as 5m or 10)` : ''}, not ${e.args.length}`,
+          );
         } else if (win.takesWindow) {
           const w = e.args[arity - 1]!.value;
-          const ok = w.kind === 'literal' && typeof w.value === 'number' && (w.duration ? w.value > 0 : Number.isInteger(w.value) && w.value >= 1);
-          if (!ok) err(rule, w.pos, 'E_RULE_ARG', `the window of ${e.name}() must be a literal duration (5m, 30s) or a whole number of values (10)`);
+          const ok =
+            w.kind === 'literal' && typeof w.value === 'number' && (w.duration ? w.value > 0 : Number.isInteger(w.value) && w.value >= 1);
+          if (!ok)
+            err(
+              rule,
+              w.pos,
+              'E_RULE_ARG',
+              `the window of ${e.name}() must be a literal duration (5m, 30s) or a whole number of values (10)`,
+            );
         }
         for (const a of e.args) expr(a.value, depth + 1, true);
         return;
@@ -132,7 +165,12 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
       if (!fn) {
         const close = closestIdentifier(e.name, [...Object.keys(FUNCTIONS), ...Object.keys(WINDOW_FUNCTIONS)]);
         const isAction = Object.hasOwn(ACTIONS, e.name);
-        err(rule, e.pos, 'E_RULE_UNKNOWN_FUNCTION', `unknown function "${e.name}"${isAction ? ' (it is an action: actions go after "then")' : close ? `; did you mean "${close}"?` : ''}`);
+        err(
+          rule,
+          e.pos,
+          'E_RULE_UNKNOWN_FUNCTION',
+          `unknown function "${e.name}"${isAction ? ' (it is an action: actions go after "then")' : close ? `; did you mean "${close}"?` : ''}`,
+        );
       } else if (e.args.length < fn.min || e.args.length > fn.max) {
         const want = fn.min === fn.max ? `${fn.min}` : `${fn.min} or ${fn.max}`;
         err(rule, e.pos, 'E_RULE_ARITY', `${e.name}() takes ${want} argument${fn.max === 1 ? '' : 's'}, not ${e.args.length}`);
@@ -147,7 +185,12 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
       if (!params) {
         const close = closestIdentifier(a.name, Object.keys(ACTIONS));
         const isFn = Object.hasOwn(FUNCTIONS, a.name) || Object.hasOwn(WINDOW_FUNCTIONS, a.name);
-        err(rule, a.pos, 'E_RULE_UNKNOWN_ACTION', `unknown action "${a.name}"${close ? `; did you mean "${close}"?` : isFn ? ' (it is a function: actions are uplink, publish, infer, emit, drop and log)' : ''}`);
+        err(
+          rule,
+          a.pos,
+          'E_RULE_UNKNOWN_ACTION',
+          `unknown action "${a.name}"${close ? `; did you mean "${close}"?` : isFn ? ' (it is a function: actions are uplink, publish, infer, emit, drop and log)' : ''}`,
+        );
         for (const arg of a.args) expr(arg.value, 2, false);
         return bound;
       }
@@ -156,7 +199,12 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
       // When the arguments could not be bound, "missing argument" would only repeat the same problem.
       const bindingFailed = errors.length > beforeBinding;
       if (a.args.length > params.length) {
-        err(rule, a.pos, 'E_RULE_ARITY', `${a.name}() takes at most ${params.length} argument${params.length === 1 ? '' : 's'}, not ${a.args.length}`);
+        err(
+          rule,
+          a.pos,
+          'E_RULE_ARITY',
+          `${a.name}() takes at most ${params.length} argument${params.length === 1 ? '' : 's'}, not ${a.args.length}`,
+        );
       }
       for (const p of params) {
         const v = bound.get(p.name);
@@ -177,7 +225,13 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
 
     expr(rule.when, 1, false);
     const actions = rule.then.map((action) => ({ action, args: checkAction(action) }));
-    if (deepest > LIMITS.maxDepth) err(rule, deepestPos, 'E_RULE_TOO_LARGE', `rule "${rule.name}" nests expressions ${deepest > MAX_WALK ? `more than ${MAX_WALK}` : deepest} deep; the limit is ${LIMITS.maxDepth}`);
+    if (deepest > LIMITS.maxDepth)
+      err(
+        rule,
+        deepestPos,
+        'E_RULE_TOO_LARGE',
+        `rule "${rule.name}" nests expressions ${deepest > MAX_WALK ? `more than ${MAX_WALK}` : deepest} deep; the limit is ${LIMITS.maxDepth}`,
+      );
     if (nodes > LIMITS.maxNodes && !reportedTooLarge) {
       reportedTooLarge = true;
       err(rule, rule.pos, 'E_RULE_TOO_LARGE', `the ruleset passes ${LIMITS.maxNodes} syntax nodes at rule "${rule.name}"`);
@@ -186,7 +240,13 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
   };
 }
 
-function bindArgs(action: string, args: Arg[], params: Param[], bound: BoundArgs, err: (pos: Pos, code: RuleErrorCode, message: string) => void): void {
+function bindArgs(
+  action: string,
+  args: Arg[],
+  params: Param[],
+  bound: BoundArgs,
+  err: (pos: Pos, code: RuleErrorCode, message: string) => void,
+): void {
   let named = false;
   args.forEach((a, i) => {
     if (a.name === undefined) {
@@ -201,8 +261,15 @@ function bindArgs(action: string, args: Arg[], params: Param[], bound: BoundArgs
     named = true;
     const p = params.find((q) => q.name === a.name);
     if (!p) {
-      const close = closestIdentifier(a.name, params.map((q) => q.name));
-      err(a.pos, 'E_RULE_ARG', `${action}() has no argument "${a.name}"${close ? `; did you mean "${close}"?` : params.length ? ` (it takes ${params.map((q) => q.name).join(', ')})` : ''}`);
+      const close = closestIdentifier(
+        a.name,
+        params.map((q) => q.name),
+      );
+      err(
+        a.pos,
+        'E_RULE_ARG',
+        `${action}() has no argument "${a.name}"${close ? `; did you mean "${close}"?` : params.length ? ` (it takes ${params.map((q) => q.name).join(', ')})` : ''}`,
+      );
       return;
     }
     if (bound.has(a.name)) {

@@ -1,8 +1,15 @@
 // Compile errors of the rule language: each with a stable code, a place, and a code frame.
 
 export type RuleErrorCode =
-  | 'E_RULE_SYNTAX' | 'E_RULE_UNKNOWN_FUNCTION' | 'E_RULE_UNKNOWN_ACTION' | 'E_RULE_ARITY' | 'E_RULE_ARG'
-  | 'E_RULE_UNKNOWN_ROOT' | 'E_RULE_DUPLICATE' | 'E_RULE_TOO_LARGE' | 'E_RULE_FILE_NAME';
+  | 'E_RULE_SYNTAX'
+  | 'E_RULE_UNKNOWN_FUNCTION'
+  | 'E_RULE_UNKNOWN_ACTION'
+  | 'E_RULE_ARITY'
+  | 'E_RULE_ARG'
+  | 'E_RULE_UNKNOWN_ROOT'
+  | 'E_RULE_DUPLICATE'
+  | 'E_RULE_TOO_LARGE'
+  | 'E_RULE_FILE_NAME';
 
 export interface RuleError {
   file: string;

@@ -15,7 +15,32 @@ export interface Token {
 const MAX_ERRORS_PER_FILE = 50;
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 // Longest first, so that `<=` is one token, not `<` then `=`.
-const PUNCT = ['==', '!=', '<=', '>=', '&&', '||', '(', ')', '[', ']', '{', '}', ',', '.', ':', '=', '<', '>', '+', '-', '*', '/', '%', '!'];
+const PUNCT = [
+  '==',
+  '!=',
+  '<=',
+  '>=',
+  '&&',
+  '||',
+  '(',
+  ')',
+  '[',
+  ']',
+  '{',
+  '}',
+  ',',
+  '.',
+  ':',
+  '=',
+  '<',
+  '>',
+  '+',
+  '-',
+  '*',
+  '/',
+  '%',
+  '!',
+];
 
 const isDigit = (c: string): boolean => c >= '0' && c <= '9';
 const isIdentStart = (c: string): boolean => (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c === '_';
@@ -34,7 +59,13 @@ export function lexer(source: string, file: string, errors: RuleError[]): () => 
   const fail = (at: number, message: string): void => {
     // A file of junk would otherwise make one error per character.
     if (++failures <= MAX_ERRORS_PER_FILE) errors.push({ file, ...pos(at), code: 'E_RULE_SYNTAX', message });
-    else if (failures === MAX_ERRORS_PER_FILE + 1) errors.push({ file, ...pos(at), code: 'E_RULE_SYNTAX', message: `more than ${MAX_ERRORS_PER_FILE} errors in this file; the rest are not listed` });
+    else if (failures === MAX_ERRORS_PER_FILE + 1)
+      errors.push({
+        file,
+        ...pos(at),
+        code: 'E_RULE_SYNTAX',
+        message: `more than ${MAX_ERRORS_PER_FILE} errors in this file; the rest are not listed`,
+      });
   };
   return (): Token => {
     while (i < source.length) {
@@ -45,7 +76,10 @@ export function lexer(source: string, file: string, errors: RuleError[]): () => 
         lineStart = i;
         continue;
       }
-      if (c === ' ' || c === '\t' || c === '\r') { i++; continue; }
+      if (c === ' ' || c === '\t' || c === '\r') {
+        i++;
+        continue;
+      }
       if (c === '#') {
         while (i < source.length && source[i] !== '\n') i++;
         continue;
@@ -57,7 +91,10 @@ export function lexer(source: string, file: string, errors: RuleError[]): () => 
           i++;
           while (isDigit(source[i] ?? '')) i++;
         }
-        if ((source[i] === 'e' || source[i] === 'E') && (isDigit(source[i + 1] ?? '') || ((source[i + 1] === '+' || source[i + 1] === '-') && isDigit(source[i + 2] ?? '')))) {
+        if (
+          (source[i] === 'e' || source[i] === 'E') &&
+          (isDigit(source[i + 1] ?? '') || ((source[i + 1] === '+' || source[i + 1] === '-') && isDigit(source[i + 2] ?? '')))
+        ) {
           i += 2;
           while (isDigit(source[i] ?? '')) i++;
         }
@@ -85,7 +122,11 @@ export function lexer(source: string, file: string, errors: RuleError[]): () => 
         let closed = false;
         while (i < source.length) {
           const ch = source[i]!;
-          if (ch === '"') { i++; closed = true; break; }
+          if (ch === '"') {
+            i++;
+            closed = true;
+            break;
+          }
           if (ch === '\n') break;
           if (ch === '\\') {
             const esc = source[i + 1];

@@ -2,14 +2,45 @@ import type { Action, Arg, BinaryOp, Expr, Pos, Rule } from './ast.js';
 import type { RuleError, RuleErrorCode } from './errors.js';
 import { lexer, type Token } from './lexer.js';
 
-const KEYWORDS = new Set(['rule', 'when', 'then', 'end', 'priority', 'throttle', 'disabled', 'and', 'or', 'not', 'in', 'contains', 'matches', 'true', 'false', 'null']);
-const COMPARISONS: Record<string, BinaryOp> = { '==': '==', '!=': '!=', '<': '<', '<=': '<=', '>': '>', '>=': '>=', matches: 'matches', in: 'in', contains: 'contains' };
+const KEYWORDS = new Set([
+  'rule',
+  'when',
+  'then',
+  'end',
+  'priority',
+  'throttle',
+  'disabled',
+  'and',
+  'or',
+  'not',
+  'in',
+  'contains',
+  'matches',
+  'true',
+  'false',
+  'null',
+]);
+const COMPARISONS: Record<string, BinaryOp> = {
+  '==': '==',
+  '!=': '!=',
+  '<': '<',
+  '<=': '<=',
+  '>': '>',
+  '>=': '>=',
+  matches: 'matches',
+  in: 'in',
+  contains: 'contains',
+};
 // Parentheses make no node, but they do make the parser recurse: a bound that no sane rule reaches
 // keeps a hostile file from exhausting the stack before the depth check sees it.
 const MAX_NESTING = 512;
 
 class SyntaxProblem extends Error {
-  constructor(readonly pos: Pos, message: string, readonly code: RuleErrorCode = 'E_RULE_SYNTAX') {
+  constructor(
+    readonly pos: Pos,
+    message: string,
+    readonly code: RuleErrorCode = 'E_RULE_SYNTAX',
+  ) {
     super(message);
   }
 }
@@ -61,7 +92,8 @@ export function* parseRulesStepwise(source: string, file: string, errors: RuleEr
   function parseRule(index: number): Rule {
     const start = expectWord('rule', 'to start a rule');
     const nameTok = next();
-    if (nameTok.kind !== 'ident' && nameTok.kind !== 'string') throw new SyntaxProblem(nameTok.pos, `expected the rule's name after "rule", found ${describe(nameTok)}`);
+    if (nameTok.kind !== 'ident' && nameTok.kind !== 'string')
+      throw new SyntaxProblem(nameTok.pos, `expected the rule's name after "rule", found ${describe(nameTok)}`);
     let priority = 0;
     let throttleMs: number | null = null;
     let disabled = false;
@@ -71,12 +103,14 @@ export function* parseRulesStepwise(source: string, file: string, errors: RuleEr
         next();
         const negative = isPunct(peek(), '-') ? (next(), true) : false;
         const n = next();
-        if (n.kind !== 'number' || !Number.isInteger(n.value) || n.text.includes('.') || /e/i.test(n.text)) throw new SyntaxProblem(n.pos, `expected a whole number after "priority", found ${describe(n)}`);
+        if (n.kind !== 'number' || !Number.isInteger(n.value) || n.text.includes('.') || /e/i.test(n.text))
+          throw new SyntaxProblem(n.pos, `expected a whole number after "priority", found ${describe(n)}`);
         priority = negative ? -n.value : n.value;
       } else if (isWord(t, 'throttle')) {
         next();
         const d = next();
-        if (d.kind !== 'duration') throw new SyntaxProblem(d.pos, `expected a duration after "throttle" (such as 10m or 30s), found ${describe(d)}`);
+        if (d.kind !== 'duration')
+          throw new SyntaxProblem(d.pos, `expected a duration after "throttle" (such as 10m or 30s), found ${describe(d)}`);
         throttleMs = d.value;
       } else if (isWord(t, 'disabled')) {
         next();
@@ -89,7 +123,10 @@ export function* parseRulesStepwise(source: string, file: string, errors: RuleEr
     const then: Action[] = [parseAction()];
     for (;;) {
       if (isPunct(peek(), ',')) next();
-      if (isWord(peek(), 'end')) { next(); break; }
+      if (isWord(peek(), 'end')) {
+        next();
+        break;
+      }
       if (peek().kind === 'eof') throw new SyntaxProblem(peek().pos, `rule "${nameTok.text}" has no "end"`);
       then.push(parseAction());
     }
@@ -98,7 +135,8 @@ export function* parseRulesStepwise(source: string, file: string, errors: RuleEr
 
   function parseAction(): Action {
     const t = next();
-    if (t.kind !== 'ident' || KEYWORDS.has(t.text)) throw new SyntaxProblem(t.pos, `expected an action such as uplink(...), found ${describe(t)}`);
+    if (t.kind !== 'ident' || KEYWORDS.has(t.text))
+      throw new SyntaxProblem(t.pos, `expected an action such as uplink(...), found ${describe(t)}`);
     expectPunct('(', `after the action "${t.text}"`);
     return { name: t.text, args: parseArgs(), pos: t.pos };
   }
@@ -106,7 +144,10 @@ export function* parseRulesStepwise(source: string, file: string, errors: RuleEr
   /** Arguments up to and including the closing parenthesis. */
   function parseArgs(): Arg[] {
     const args: Arg[] = [];
-    if (isPunct(peek(), ')')) { next(); return args; }
+    if (isPunct(peek(), ')')) {
+      next();
+      return args;
+    }
     for (;;) {
       const t = peek();
       if (t.kind === 'ident' && isPunct(peek(1), '=')) {
@@ -220,9 +261,12 @@ export function* parseRulesStepwise(source: string, file: string, errors: RuleEr
   function parsePrimary(): Expr {
     const t = next();
     switch (t.kind) {
-      case 'number': return { kind: 'literal', value: t.value, pos: t.pos };
-      case 'duration': return { kind: 'literal', value: t.value, duration: true, pos: t.pos };
-      case 'string': return { kind: 'literal', value: t.text, pos: t.pos };
+      case 'number':
+        return { kind: 'literal', value: t.value, pos: t.pos };
+      case 'duration':
+        return { kind: 'literal', value: t.value, duration: true, pos: t.pos };
+      case 'string':
+        return { kind: 'literal', value: t.text, pos: t.pos };
       case 'ident': {
         if (t.text === 'true' || t.text === 'false') return { kind: 'literal', value: t.text === 'true', pos: t.pos };
         if (t.text === 'null') return { kind: 'literal', value: null, pos: t.pos };
@@ -241,7 +285,10 @@ export function* parseRulesStepwise(source: string, file: string, errors: RuleEr
         }
         if (t.text === '[') {
           const items: Expr[] = [];
-          if (isPunct(peek(), ']')) { next(); return { kind: 'list', items, pos: t.pos }; }
+          if (isPunct(peek(), ']')) {
+            next();
+            return { kind: 'list', items, pos: t.pos };
+          }
           for (;;) {
             items.push(parseExpr());
             const sep = next();
@@ -251,10 +298,14 @@ export function* parseRulesStepwise(source: string, file: string, errors: RuleEr
         }
         if (t.text === '{') {
           const entries: Array<{ key: string; value: Expr; pos: Pos }> = [];
-          if (isPunct(peek(), '}')) { next(); return { kind: 'object', entries, pos: t.pos }; }
+          if (isPunct(peek(), '}')) {
+            next();
+            return { kind: 'object', entries, pos: t.pos };
+          }
           for (;;) {
             const key = next();
-            if (key.kind !== 'ident' && key.kind !== 'string') throw new SyntaxProblem(key.pos, `expected a key (a name or a string) in the object, found ${describe(key)}`);
+            if (key.kind !== 'ident' && key.kind !== 'string')
+              throw new SyntaxProblem(key.pos, `expected a key (a name or a string) in the object, found ${describe(key)}`);
             expectPunct(':', `after the key "${key.text}"`);
             entries.push({ key: key.text, value: parseExpr(), pos: key.pos });
             const sep = next();
