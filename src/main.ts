@@ -189,6 +189,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       ? new Forwarder(cache, cloud, cfg.uplink, cfg.edge.id, metrics.forwarderEvents(), log.child({ stage: 'forwarder' }))
       : null;
     const local = new LocalDelivery(metrics.localEvents(), log.child({ stage: 'local' }));
+    metrics.watchRetained(local.retained);
     const router = new Router(
       {
         routing: cfg.routing,

@@ -1,4 +1,4 @@
-// The durable cache on its own (uplink-cache.md, guarantees 1, 3, 4, 5, 7): a real SQLite file
+// The durable cache on its own (docs/cache.md, guarantees 1, 3, 4, 5, 7): a real SQLite file
 // and the real writer thread.
 import t from 'tap';
 import { writeFileSync, readdirSync } from 'node:fs';

@@ -1,4 +1,4 @@
-// Store-and-forward under fire (uplink-cache.md, guarantees 1 to 4): devices publish QoS 1
+// Store-and-forward under fire (docs/cache.md, guarantees 1 to 4): devices publish QoS 1
 // continuously while the proxy is killed with SIGKILL at random moments and the cloud broker
 // goes up and down. At the end every message a device got a PUBACK for is at the cloud; a
 // message seen twice is one the proxy resent (same id); order per device and priority holds.

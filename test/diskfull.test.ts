@@ -1,4 +1,4 @@
-// A full disk (uplink-cache.md, guarantee 6), on a small tmpfs the test mounts: the proxy stays up, delivers locally, refuses uplink messages the MQTT way, reports
+// A full disk (docs/cache.md, guarantee 6), on a small tmpfs the test mounts: the proxy stays up, delivers locally, refuses uplink messages the MQTT way, reports
 // edge_cache_writable 0, and recovers by itself once writes succeed again.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';

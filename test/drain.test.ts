@@ -1,4 +1,4 @@
-// Draining a backlog (uplink-cache.md, guarantees 2 to 5): priorities first, maxRate, a disconnect
+// Draining a backlog (docs/cache.md, guarantees 2 to 5): priorities first, maxRate, a disconnect
 // in the middle, bounds seen from a device. Real proxy, real Mosquitto, real clients.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';

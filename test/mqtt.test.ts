@@ -1,4 +1,4 @@
-// The MQTT rules of the contract (protocols.md), against the built proxy with real and raw clients.
+// The MQTT rules of the contract (docs/message-model.md, MQTT behaviour), against the built proxy with real and raw clients.
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { startMosquitto } from './helpers/mosquitto.js';

@@ -1,4 +1,4 @@
-// The rule language's lexical structure, operators, values, functions and roots, as rules-dsl.md
+// The rule language's lexical structure, operators, values, functions and roots, as docs/rules.md
 // specifies them: each case is an expression and the value an operator would see a rule compute.
 import t, { type Test } from 'tap';
 import { errorsOf, fires, load, posOf, valueOf } from './helpers/rules.js';

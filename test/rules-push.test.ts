@@ -1,4 +1,4 @@
-// Pushing rules through the admin API (rules-dsl.md "Loading, pushing, hot reload"): a push replaces
+// Pushing rules through the admin API (docs/rules.md, Pushing rules): a push replaces
 // the directory's rules at once and answers its version, a bad one changes nothing and lists every
 // error, writes need the token, validate applies nothing, rollback goes back, and all of it
 // survives a restart.

@@ -51,6 +51,7 @@ export class Metrics {
   readonly registryDevices: client.Gauge;
   readonly registryReloadFailures: client.Counter;
   private cacheSource: CacheStats | null = null;
+  private retainedSource: { readonly size: number; readonly bytes: number } | null = null;
   private drainSource: (() => number) | null = null;
 
   constructor() {
@@ -158,7 +159,28 @@ export class Metrics {
         this.set(s && s.writable() ? 1 : 0);
       },
     });
+    const retained = (): { readonly size: number; readonly bytes: number } | null => this.retainedSource;
+    new client.Gauge({
+      name: 'edge_retained_messages',
+      help: 'Retained messages held for local subscribers of every protocol',
+      registers,
+      collect() {
+        this.set(retained()?.size ?? 0);
+      },
+    });
+    new client.Gauge({
+      name: 'edge_retained_bytes',
+      help: 'Bytes of retained messages (payloads and topics) held in memory',
+      registers,
+      collect() {
+        this.set(retained()?.bytes ?? 0);
+      },
+    });
     this.uplinkConnected.set(0);
+  }
+
+  watchRetained(source: { readonly size: number; readonly bytes: number }): void {
+    this.retainedSource = source;
   }
 
   // ---- observers: each stage's events, counted

@@ -22,7 +22,7 @@ export interface RegistryChange {
 
 const DEBOUNCE_MS = 75;
 /** The fallback when fs.watch misses an event (network filesystems, some containers, a directory made later). */
-const POLL_MS = 1000;
+const POLL_MS = 500;
 
 type ReadResult = { text: string; signature: string } | { missing: true } | { error: string };
 

@@ -47,6 +47,9 @@ export function deriveDeviceId(raw: string): string {
   return `${kept || 'device'}-${hash}`;
 }
 
+/** A device as rules read it: `device.id` and `device.<attr>`. */
+export type DeviceValue = Readonly<Record<string, string | number | boolean>>;
+
 /**
  * Who a device is and what it may do: open mode admits anyone under a derived id and allows
  * every topic but the reserved ones (the ingress gate refuses those); token mode admits the
@@ -54,9 +57,6 @@ export function deriveDeviceId(raw: string): string {
  * now, so an edit of the file applies to the next message; `change` tells adapters which
  * connections to drop or check again.
  */
-/** A device as rules read it: `device.id` and `device.<attr>`. */
-export type DeviceValue = Readonly<Record<string, string | number | boolean>>;
-
 export class AuthService extends EventEmitter<{ change: [RegistryChange] }> {
   // An entry is replaced, never changed, when the file changes: a value made for it stays right.
   private readonly values = new WeakMap<DeviceEntry, DeviceValue>();
@@ -70,6 +70,15 @@ export class AuthService extends EventEmitter<{ change: [RegistryChange] }> {
   }
 
   authenticate(c: Credentials): AuthResult {
+    const cn = c.certificateId;
+    if (cn !== null && (!isValidDeviceId(cn) || cn === EDGE_DEVICE_ID)) {
+      return {
+        ok: false,
+        reason: 'tls',
+        deviceId: null,
+        detail: `the client certificate's CN "${cn.slice(0, 128)}" is not a device id (1 to 128 of A-Z a-z 0-9 _ . : -, not "edge")`,
+      };
+    }
     if (this.mode === 'open' || !this.registry) return this.openIdentity(c);
     if (c.certificateId !== null) {
       const id = c.certificateId;
@@ -137,6 +146,12 @@ export class AuthService extends EventEmitter<{ change: [RegistryChange] }> {
   mayPublish(identity: Identity, topic: string): boolean {
     if (this.mode === 'open') return true;
     return this.entry(identity.deviceId)?.publish.allowsTopic(topic) ?? false;
+  }
+
+  /** A message on `topic` may reach the device: some subscribe filter of its own matches it. */
+  mayReceive(identity: Identity, topic: string): boolean {
+    if (this.mode === 'open') return true;
+    return this.entry(identity.deviceId)?.subscribe.allowsTopic(topic) ?? false;
   }
 
   maySubscribe(identity: Identity, filter: string): boolean {

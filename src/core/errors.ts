@@ -15,7 +15,11 @@ export const ERROR_CODES = {
   E_CONFIG_FILE: { text: 'the configuration file cannot be read', status: 400, retryable: false },
   E_MALFORMED: { text: 'a packet or message that does not follow its protocol', status: 400, retryable: false },
   E_TOO_LARGE: { text: 'a payload larger than limits.maxPayloadBytes', status: 413, retryable: false },
-  E_ACL: { text: 'a topic the device may not use: outside its filters, or in the reserved $edge/ tree', status: 403, retryable: false },
+  E_ACL: {
+    text: 'a topic the device may not use: outside its filters, or a subscription to the reserved $edge/ tree',
+    status: 403,
+    retryable: false,
+  },
   E_AUTH: {
     text: 'a device that did not prove who it is: not in the registry, a wrong token, a refused certificate',
     status: 401,

@@ -72,10 +72,6 @@ export class IngressGate {
     private readonly log: Logger,
   ) {}
 
-  get authMode(): AuthService['mode'] {
-    return this.auth.mode;
-  }
-
   /** Who the device is; a failure is counted and logged here, the adapter only answers it. */
   authenticate(protocol: DeviceProtocol, credentials: Credentials, remote: string): AuthResult {
     const result = this.auth.authenticate(credentials);
@@ -99,7 +95,7 @@ export class IngressGate {
     this.logOnce(
       `${reason}:${deviceId ?? remote}`,
       'warn',
-      { protocol, reason, deviceId, remote },
+      { code: reason === 'tls' ? 'E_TLS' : 'E_AUTH', protocol, reason, deviceId, remote },
       `${protocol} device refused: ${detail}${hint}`,
     );
   }
@@ -117,7 +113,7 @@ export class IngressGate {
       this.logOnce(
         `acl:${identity.deviceId}`,
         'warn',
-        { protocol, deviceId: identity.deviceId, topic: req.topic.slice(0, 300) },
+        { code: 'E_ACL', protocol, deviceId: identity.deviceId, topic: req.topic.slice(0, 300) },
         `${identity.deviceId} may not publish to "${req.topic.slice(0, 300)}": outside its publish filters in the registry; the connection is closed (logged once a minute per device)`,
       );
       return this.refuse('acl', new EdgeError('E_ACL', `publish to "${req.topic.slice(0, 300)}" is outside the device's publish filters`));
@@ -153,10 +149,18 @@ export class IngressGate {
     this.logOnce(
       `acl-sub:${identity.deviceId}`,
       'warn',
-      { protocol, deviceId: identity.deviceId, filter: filter.slice(0, 300) },
+      { code: 'E_ACL', protocol, deviceId: identity.deviceId, filter: filter.slice(0, 300) },
       `${identity.deviceId} may not subscribe to "${filter.slice(0, 300)}": ${why} (logged once a minute per device)`,
     );
     return new EdgeError('E_ACL', `subscription to "${filter.slice(0, 300)}" refused: ${why}`);
+  }
+
+  /**
+   * A message may reach this device: it is still admitted and one of its subscribe filters matches
+   * the topic. Asked for every delivery, so that a narrowed registry applies to what is already queued.
+   */
+  mayReceive(identity: Identity, topic: string): boolean {
+    return this.auth.mayReceive(identity, topic);
   }
 
   /** Still allowed to hold a subscription it made earlier (the registry may have narrowed its filters). */

@@ -12,13 +12,13 @@ export class RetainedStore {
 
   set(msg: EdgeMessage): void {
     const old = this.byTopic.get(msg.topic);
-    if (old) this.payloadBytes -= old.payload.byteLength + old.topic.length;
+    if (old) this.payloadBytes -= old.payload.byteLength + Buffer.byteLength(old.topic);
     if (msg.payload.byteLength === 0) {
       this.byTopic.delete(msg.topic);
       return;
     }
     this.byTopic.set(msg.topic, msg);
-    this.payloadBytes += msg.payload.byteLength + msg.topic.length;
+    this.payloadBytes += msg.payload.byteLength + Buffer.byteLength(msg.topic);
   }
 
   get(topic: string): EdgeMessage | undefined {

@@ -17,9 +17,11 @@ export interface Ca extends CertFiles {
 }
 
 export interface LeafOptions {
-  /** the subject CN */
-  cn: string;
-  /** file base name; the CN when absent */
+  /** the subject CN (a `/` in it is escaped for openssl); required unless `subject` is given */
+  cn?: string;
+  /** the whole subject as `openssl -subj` takes it, in place of `/O=edge-proxy tests/CN=<cn>`: for a subject without a CN */
+  subject?: string;
+  /** file base name; the CN when absent (required when the CN holds a `/` or there is none) */
   name?: string;
   /** `server`: for 127.0.0.1 and localhost (serverAuth); `client` (clientAuth) when absent */
   kind?: 'server' | 'client';
@@ -68,6 +70,9 @@ export function makeCa(dir: string, name: string): Ca {
 /** A certificate signed by `ca`, in `<ca.dir>/<name>.crt` and `.key`; returns the files and the serial. */
 export function makeCert(ca: Ca, opts: LeafOptions): CertFiles & { serial: string } {
   const name = opts.name ?? opts.cn;
+  if (!name || name.includes('/')) throw new Error(`makeCert: give a file name for the certificate of ${opts.subject ?? opts.cn}`);
+  if (opts.subject === undefined && opts.cn === undefined) throw new Error('makeCert: a cn or a subject is needed');
+  const subject = opts.subject ?? `/O=edge-proxy tests/CN=${opts.cn!.replace(/[\\/]/g, '\\$&')}`;
   const serial = (opts.serial ?? `4${randomBytes(7).toString('hex')}`).toUpperCase(); // positive, 8 bytes
   const kind = opts.kind ?? 'client';
   const ext = join(ca.dir, `${name}.ext`);
@@ -84,7 +89,7 @@ export function makeCert(ca: Ca, opts: LeafOptions): CertFiles & { serial: strin
   const csr = join(ca.dir, `${name}.csr`);
   const cert = join(ca.dir, `${name}.crt`);
   const key = join(ca.dir, `${name}.key`);
-  openssl(['req', '-new', ...EC, '-keyout', key, '-out', csr, '-subj', `/O=edge-proxy tests/CN=${opts.cn}`], ca.dir);
+  openssl(['req', '-new', ...EC, '-keyout', key, '-out', csr, '-subj', subject], ca.dir);
   openssl(
     [
       'x509',

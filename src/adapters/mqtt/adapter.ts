@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import type { AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
+import type { AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/types.js';
 import { EdgeError } from '../../core/errors.js';
@@ -28,8 +28,8 @@ interface Connection {
   transport: Transport;
   /** the device, once CONNECT authenticated it */
   identity: Identity | null;
-  /** the CN of a client certificate verified against mqtt.tls.ca */
-  certificateId: string | null;
+  /** a client certificate verified against mqtt.tls.ca, and its CN when it has exactly one */
+  certificate: { cn: string | null } | null;
   /** the client id and CleanSession flag as sent, before aedes replaces an empty id with its own */
   sent: { clientId: string; clean: boolean } | null;
   remote: string;
@@ -47,9 +47,13 @@ interface ParserHandle {
   _parser: { parse(buf: Buffer): number; prependListener(event: 'error', fn: (err: Error) => void): void };
 }
 
-// aedes's session store, where it keeps inbound QoS 2 publishes until their PUBREL; not in its types.
+// aedes's session store: inbound QoS 2 publishes kept until their PUBREL, and persistent sessions'
+// subscriptions; not in its types.
 interface SessionStore {
-  persistence: { incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown> };
+  persistence: {
+    incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown>;
+    removeSubscriptions(client: Client, topics: string[]): Promise<unknown>;
+  };
 }
 
 // What aedes keeps per client that its types leave out or mark read-only.
@@ -88,6 +92,16 @@ export class MqttAdapter implements DeviceAdapter {
   }
 
   async start(): Promise<Endpoint[]> {
+    try {
+      return await this.startEndpoints();
+    } catch (err) {
+      // A start that fails half-way (the TLS port taken after the plain one listens) leaves nothing running.
+      await this.stop(async () => {});
+      throw err;
+    }
+  }
+
+  private async startEndpoints(): Promise<Endpoint[]> {
     const { mqtt } = this.cfg;
     const tlsFiles: TlsFiles | null = mqtt.tls.cert && mqtt.tls.key ? { cert: mqtt.tls.cert, key: mqtt.tls.key, ca: mqtt.tls.ca } : null;
     const tlsOptions = tlsFiles ? readTlsFiles(tlsFiles) : null; // before anything listens: a bad file stops the start
@@ -99,19 +113,16 @@ export class MqttAdapter implements DeviceAdapter {
         authenticate: (client, username, password, done) => this.authenticate(client, username, password, done),
         authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
         authorizeSubscribe: (client, sub, done) => this.authorizeSubscribe(client, sub, done),
+        authorizeForward: (client, packet) => this.authorizeForward(client, packet),
       },
       this.deps.retained,
     );
     this.broker.on('clientError', (client, err) => this.onClientError(client, err));
     this.broker.on('connectionError', (client, err) => this.onClientError(client, err));
-    this.broker.on('clientReady', (client) => {
-      this.clients.add(client);
-      this.deps.events.connectionOpened('mqtt', this.connections.get(client)?.transport ?? 'tcp');
-    });
-    this.broker.on('clientDisconnect', (client) => {
-      this.clients.delete(client);
-      this.deps.events.connectionClosed('mqtt', this.connections.get(client)?.transport ?? 'tcp');
-    });
+    this.broker.on('clientReady', (client) => this.deps.events.connectionOpened('mqtt', this.connections.get(client)?.transport ?? 'tcp'));
+    this.broker.on('clientDisconnect', (client) =>
+      this.deps.events.connectionClosed('mqtt', this.connections.get(client)?.transport ?? 'tcp'),
+    );
     this.deps.auth.on('change', this.onRegistryChange);
 
     const endpoints: Endpoint[] = [];
@@ -120,8 +131,8 @@ export class MqttAdapter implements DeviceAdapter {
     if (tlsFiles && tlsOptions) {
       const requireCert = tlsFiles.ca !== null;
       const secure = createTlsServer({ ...tlsOptions, requestCert: requireCert, rejectUnauthorized: requireCert }, (socket) => {
-        const cn = requireCert && socket.authorized ? commonName(socket) : null;
-        this.handle(socket, 'tls', cn);
+        // rejectUnauthorized: a socket that gets here with a CA configured holds a certificate it signed.
+        this.handle(socket, 'tls', requireCert ? { cn: commonName(socket) } : null);
       });
       secure.on('tlsClientError', (err, socket) => {
         this.deps.gate.tlsRefused('mqtt', `${socket.remoteAddress}:${socket.remotePort}`, `TLS handshake failed: ${err.message}`);
@@ -163,15 +174,18 @@ export class MqttAdapter implements DeviceAdapter {
     }
   }
 
-  private handle(socket: Socket, transport: Transport, certificateId: string | null): void {
+  private handle(socket: Socket, transport: Transport, certificate: Connection['certificate']): void {
     this.sockets.add(socket);
-    socket.on('close', () => this.sockets.delete(socket));
     socket.setNoDelay(true);
     const client = this.broker.handle(socket);
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      this.clients.delete(client);
+    });
     const conn: Connection = {
       transport,
       identity: null,
-      certificateId,
+      certificate,
       sent: null,
       remote: `${socket.remoteAddress}:${socket.remotePort}`,
       acks: new OrderedAcks(),
@@ -242,12 +256,18 @@ export class MqttAdapter implements DeviceAdapter {
       this.log.warn({ remote: conn.remote }, 'MQTT connection refused (CONNACK 2): an empty client id needs CleanSession=1');
       return done(connackError(2, 'an empty client id needs CleanSession=1'), false);
     }
+    if (conn.certificate && conn.certificate.cn === null) {
+      // Signed by the CA but naming no device: not a way around the registry to a password login.
+      conn.reported = true;
+      this.deps.gate.tlsRefused('mqtt', conn.remote, 'the client certificate has no single subject CN to name its device');
+      return done(connackError(5, 'the client certificate names no device'), false);
+    }
     const result = this.deps.gate.authenticate(
       'mqtt',
       {
         claimedId: username || null,
         token: password ? password.toString('utf8') : null,
-        certificateId: conn.certificateId,
+        certificateId: conn.certificate?.cn ?? null,
         fallbackId: sent.clientId === '' ? client.id : sent.clientId,
       },
       conn.remote,
@@ -260,6 +280,8 @@ export class MqttAdapter implements DeviceAdapter {
     conn.identity = result.identity;
     // The session key: the device id cannot hold '/', so no client id reaches another device's session.
     (client as unknown as ClientState).id = `${result.identity.deviceId}/${client.id}`;
+    // Followed from here, not from clientReady: a registry change while the session is being set up applies too.
+    this.clients.add(client);
     done(null, true);
   }
 
@@ -281,7 +303,9 @@ export class MqttAdapter implements DeviceAdapter {
       mqttToPublishRequest({ topic: packet.topic, payload: packet.payload, qos, retain: packet.retain }),
     );
     if (verdict.kind === 'drop') {
-      done(null); // acknowledged, and nobody receives it
+      // Acknowledged, and nobody receives it; in its place in line, after the publishes before it [MQTT-4.6.0-2].
+      if (qos === 0) done(null);
+      else conn.acks.reserve((err) => done(err))(null);
       return;
     }
     if (verdict.kind === 'refuse') {
@@ -346,8 +370,21 @@ export class MqttAdapter implements DeviceAdapter {
   private authorizeSubscribe(client: Client, sub: Subscription, done: (err: Error | null, sub?: Subscription | null) => void): void {
     const identity = this.connections.get(client)?.identity;
     if (!identity) return done(null, null);
-    // A refusal is a failure return code (0x80) in the SUBACK; the connection stays.
-    done(null, this.deps.gate.checkSubscribe(identity, 'mqtt', sub.topic) ? null : sub);
+    if (!this.deps.gate.checkSubscribe(identity, 'mqtt', sub.topic)) return done(null, sub);
+    // A refusal is a failure return code (0x80) in the SUBACK; the connection stays. A persistent
+    // session restored under narrower filters also forgets the subscription, so nothing is queued for it.
+    (this.broker as unknown as SessionStore).persistence.removeSubscriptions(client, [sub.topic]).catch(() => {});
+    done(null, null);
+  }
+
+  /**
+   * Every message on its way to a subscriber, live or from a persistent session's queue: only what
+   * the device may receive now, under the registry as it is (filters narrowed or the device removed
+   * since it subscribed).
+   */
+  private authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    const identity = this.connections.get(client)?.identity;
+    return identity && this.deps.gate.mayReceive(identity, packet.topic) ? packet : null;
   }
 
   /**

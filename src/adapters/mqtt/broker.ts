@@ -65,6 +65,9 @@ function sharedRetained(retained: Pick<RetainedStore, 'matching'>): AedesMemoryP
       cb ? process.nextTick(cb, null) : Promise.resolve(),
     createRetainedStream: (pattern: string) => Readable.from(retainedPackets([pattern])),
     createRetainedStreamCombi: (patterns: string[]) => Readable.from(retainedPackets(patterns)),
+    // aedes publishes the wills of brokers it no longer hears from, past the gate and the pipeline;
+    // there is one broker here, and a device's will is taken through the gate when it disconnects.
+    streamWill: () => Readable.from([]),
   });
   return persistence;
 }
