@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startMosquitto } from './helpers/mosquitto.js';
 import { startProxy, type ProxyProcess } from './helpers/proxy.js';
-import { collect, connectClient, connectOutcome, runTool, type Collected, type ToolRun } from './helpers/clients.js';
+import { collect, connectClient, connectOutcome, runTool, type Collected, type ConnectOutcome, type ToolRun } from './helpers/clients.js';
 import { eventually, sleep } from './helpers/ports.js';
 import { writeRegistry } from './helpers/registry.js';
 import { installCert, makeCa, makeCert, serialOf, type CertFiles } from './helpers/certs.js';
@@ -52,10 +52,18 @@ function tlsTools(proxy: ProxyProcess, up: Collected, caFile: string) {
     arrived: async (topic: string): Promise<Envelope> =>
       (await eventually(`${topic} at the cloud`, () => envelopes().find((e) => e.topic === topic)))!,
     metric: (name: string, labels?: string): Promise<number> => proxy.metric(name, labels),
-    /** edge_connections{transport="tls"}, once it settled (a gauge moves after the CONNACK) */
-    connections: async (): Promise<number> => {
-      await sleep(200);
-      return proxy.metric('edge_connections', 'transport="tls"');
+    /**
+     * edge_connections{transport="tls"} once it reached `expected` (a gauge moves after the CONNACK);
+     * the value last seen when it did not within 5 s, for the assertion to show.
+     */
+    connections: async (expected: number): Promise<number> => {
+      let last = NaN;
+      await eventually(
+        `edge_connections{transport="tls"} = ${expected}`,
+        async () => (last = await proxy.metric('edge_connections', 'transport="tls"')) === expected,
+        5000,
+      ).catch(() => undefined);
+      return last;
     },
     connectionLines: async (): Promise<string> =>
       (await (await fetch(`http://127.0.0.1:${proxy.ports.admin}/metrics`)).text())
@@ -91,6 +99,21 @@ function closedWithin(client: { connected: boolean; once(ev: 'close', fn: () => 
   });
 }
 
+/**
+ * A connection attempt refused as a certificate naming no device is: CONNACK 5, or a close before any
+ * CONNACK. A client that was let in is closed at once.
+ */
+function refusal(o: ConnectOutcome): { refused: boolean; how: string } {
+  if (o.ok) {
+    o.client.end(true);
+    return { refused: false, how: 'admitted: CONNACK 0' };
+  }
+  return {
+    refused: o.returnCode === 5 || o.returnCode === null,
+    how: o.returnCode === null ? `closed before a CONNACK: ${o.error.message}` : `CONNACK ${o.returnCode}`,
+  };
+}
+
 t.test("token mode, TLS with a client CA: the certificate's CN is the device", async (t) => {
   const dir = t.testdir();
   const pki = join(dir, 'pki');
@@ -121,7 +144,7 @@ t.test("token mode, TLS with a client CA: the certificate's CN is the device", a
     const mq = await connectOutcome(x.url, { clientId: 'pump7-mq', ...x.tlsOpts(pump7) });
     if (!mq.ok) throw mq.error;
     t.teardown(() => mq.client.end(true));
-    t.equal(await x.connections(), 1, `edge_connections{transport="tls"} counts it (${await x.connectionLines()})`);
+    t.equal(await x.connections(1), 1, `edge_connections{transport="tls"} counts it (${await x.connectionLines()})`);
     const subs = await x.sub(pump7, [
       '-i',
       'pump7-subs',
@@ -196,6 +219,32 @@ t.test("token mode, TLS with a client CA: the certificate's CN is the device", a
     t.not(run.code, 0, `mosquitto_pub exits ${run.code}`);
     t.same(x.atCloud('devices/pump-8/mixed'), []);
   });
+
+  await t.test(
+    'a certificate of the CA without a CN is refused, counted as reason="tls"; it does not fall back to a username and token',
+    async (t) => {
+      const noCn = makeCert(ca, { name: 'no-cn', subject: '/O=site' });
+      const twoCns = makeCert(ca, { name: 'two-cns', subject: '/O=site/CN=pump-7/CN=pump-8' });
+      const tlsFailures = (): Promise<number> => x.metric('edge_auth_failures_total', 'protocol="mqtt",reason="tls"');
+      const before = await tlsFailures();
+      const bare = refusal(await connectOutcome(x.url, { clientId: 'nocn-mq', ...x.tlsOpts(noCn) }));
+      t.ok(bare.refused, `MQTT.js with a certificate without a CN: refused (${bare.how})`);
+      const pump7 = { username: 'pump-7', password: tokens['pump-7']! };
+      const withToken = refusal(await connectOutcome(x.url, { clientId: 'nocn-token', ...pump7, ...x.tlsOpts(noCn) }));
+      t.ok(withToken.refused, `the same with the username and token of a registered device: still refused (${withToken.how})`);
+      const run = await x.pub(noCn, ['-u', 'pump-7', '-P', tokens['pump-7']!, '-q', '1', '-t', 'devices/pump-7/no-cn', '-m', 'x']);
+      t.not(run.code, 0, `mosquitto_pub with it, a username and a token: refused (exit ${run.code}: ${run.stderr.trim()})`);
+      const two = refusal(await connectOutcome(x.url, { clientId: 'twocn-token', ...pump7, ...x.tlsOpts(twoCns) }));
+      t.ok(two.refused, `a certificate with two CNs names no single device: refused (${two.how})`);
+      await eventually('all four counted', async () => (await tlsFailures()) - before >= 4, 3000).catch(() => undefined);
+      t.equal((await tlsFailures()) - before, 4, 'edge_auth_failures_total{protocol="mqtt",reason="tls"} +4');
+      // The control: that username and token are good, where a token is the way in.
+      const tcp = await connectOutcome(`mqtt://127.0.0.1:${proxy.ports.mqtt}`, { clientId: 'nocn-control', ...pump7 });
+      t.ok(tcp.ok, 'the same username and token are admitted on the TCP port');
+      if (tcp.ok) await tcp.client.endAsync();
+      t.same(x.atCloud('devices/pump-7/no-cn'), [], 'nothing went up');
+    },
+  );
 
   await t.test('the TCP port of the same proxy keeps token authentication', async (t) => {
     const ok = await runTool('mosquitto_pub', [
@@ -298,15 +347,20 @@ t.test("token mode, TLS with a client CA: the certificate's CN is the device", a
         cert.client.end(true);
         byToken.client.end(true);
       });
+      // The waits are generous (10 s); how quickly it happened is a separate assertion on the time measured.
+      const rotatedAt = Date.now();
+      const byTokenClosed = closedWithin(byToken.client, 10_000).then((c) => ({ c, ms: Date.now() - rotatedAt }));
       writeRegistry(devicesFile, [{ id: 'pump-7' }, { id: 'pump-8', token: tokens['pump-8']! }]); // a new token for pump-7
-      t.ok(await closedWithin(byToken.client, 1000), 'the TCP connection that used the old token is closed');
+      const rotation = await byTokenClosed;
+      t.ok(rotation.c, 'the TCP connection that used the old token is closed');
+      t.ok(rotation.ms < 1000, `within a second of the rotation (${rotation.ms} ms)`);
       t.notOk(await closedWithin(cert.client, 1200), 'the certificate connection stays: it used no token');
       const started = Date.now();
-      const closed = closedWithin(cert.client, 5000).then((c) => ({ c, ms: Date.now() - started }));
+      const closed = closedWithin(cert.client, 10_000).then((c) => ({ c, ms: Date.now() - started }));
       writeRegistry(devicesFile, [{ id: 'pump-8', token: tokens['pump-8']! }]);
       const { c, ms } = await closed;
       t.ok(c, 'removed from the registry, the certificate connection is closed');
-      t.ok(ms < 1000, `within a second (${ms} ms)`);
+      t.ok(ms < 1000, `within a second of the removal (${ms} ms)`);
       const run = await x.pub(pump7, ['-q', '1', '-t', 'devices/pump-7/removed', '-m', '1']);
       t.equal(run.code, 5, 'its certificate now gets CONNACK 5 (exit 5)');
     },
@@ -346,7 +400,7 @@ t.test('token mode, TLS without a client CA: token authentication as on TCP', as
     const mq = await connectOutcome(x.url, { clientId: 'pump7-mq', username: 'pump-7', password: tokens['pump-7']!, ...x.tlsOpts() });
     if (!mq.ok) throw mq.error;
     t.teardown(() => mq.client.end(true));
-    t.equal(await x.connections(), 1, `edge_connections{transport="tls"} counts it (${await x.connectionLines()})`);
+    t.equal(await x.connections(1), 1, `edge_connections{transport="tls"} counts it (${await x.connectionLines()})`);
     const subs = await x.sub(undefined, [
       ...creds('pump-7'),
       '-q',
@@ -417,4 +471,34 @@ t.test('open mode, TLS with a client CA: any certificate of the CA is admitted, 
   const dollar = await x.pub(pump7, ['-q', '1', '-t', '$SYS/forged', '-m', 'x']);
   t.equal(dollar.code, 0, 'a $ publish is acknowledged');
   t.equal(await proxy.metric('edge_messages_dropped_total', 'reason="reserved_topic"'), 1, 'and dropped');
+
+  await t.test(
+    'a CN that is no valid device id (edge, a/b) is refused, counted as reason="tls"; a valid one is the device id',
+    async (t) => {
+      const tlsFailures = (): Promise<number> => x.metric('edge_auth_failures_total', 'protocol="mqtt",reason="tls"');
+      const before = await tlsFailures();
+      const bad = [
+        { cert: makeCert(ca, { cn: 'edge' }), what: 'CN "edge" (the proxy\'s own id)', topic: 'devices/cn-edge/x' },
+        { cert: makeCert(ca, { cn: 'a/b', name: 'slash-cn' }), what: 'CN "a/b"', topic: 'devices/cn-slash/x' },
+      ];
+      for (const [i, { cert, what, topic }] of bad.entries()) {
+        const run = await x.pub(cert, ['-i', `bad-cn-cli-${i}`, '-q', '1', '-t', topic, '-m', 'x']);
+        t.not(run.code, 0, `${what}: mosquitto_pub is refused (exit ${run.code}: ${run.stderr.trim()})`);
+        // A client id that is a valid device id: open mode does not fall back to it.
+        const mq = refusal(await connectOutcome(x.url, { clientId: `bad-cn-mq-${i}`, ...x.tlsOpts(cert) }));
+        t.ok(mq.refused, `${what}: MQTT.js is refused too, not admitted under its client id (${mq.how})`);
+      }
+      await eventually('all four counted', async () => (await tlsFailures()) - before >= 4, 3000).catch(() => undefined);
+      t.equal((await tlsFailures()) - before, 4, 'edge_auth_failures_total{protocol="mqtt",reason="tls"} +4');
+      const valid = makeCert(ca, { cn: 'site.hall-2:pump_9', name: 'valid-cn' });
+      const ok = await x.pub(valid, ['-i', 'valid-cn-cli', '-q', '1', '-t', 'devices/pump-9/cn-ok', '-m', '1']);
+      t.equal(ok.code, 0, `a valid CN (site.hall-2:pump_9): admitted (stderr: ${ok.stderr})`);
+      t.equal((await x.arrived('devices/pump-9/cn-ok')).deviceId, 'site.hall-2:pump_9', 'with its CN as the device id');
+      t.same(
+        x.envelopes().filter((e) => bad.some((b) => b.topic === e.topic)),
+        [],
+        'nothing of the refused ones went up',
+      );
+    },
+  );
 });

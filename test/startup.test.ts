@@ -44,7 +44,7 @@ t.test('a TLS endpoint whose certificate cannot be read does not start, naming t
   t.match(r.out, /mqtt\.tls\.cert .*missing\.pem/);
 });
 
-t.test('a port already taken stops the start, and what had started is stopped in reverse', async (t) => {
+t.test('a port already taken stops the start, and the cache it had opened is closed', async (t) => {
   const dir = t.testdir();
   const blocker = createServer();
   await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
@@ -54,11 +54,7 @@ t.test('a port already taken stops the start, and what had started is stopped in
   t.equal(r.status, 1);
   t.match(r.out, /E_LISTEN/);
   t.match(r.out, new RegExp(`admin cannot listen on 127\\.0\\.0\\.1:${taken}`));
-  const order = ['"msg":"stopped; the backlog stays in the cache'];
-  t.ok(
-    order.every((m) => r.out.includes(m)),
-    'the cache was closed',
-  );
+  t.ok(r.out.includes('"msg":"stopped; the backlog stays in the cache'), 'the cache was closed');
   t.notOk(existsSync(join(dir, 'data', 'ports.json')), 'no ports file left behind for the CLI to find');
 });
 

@@ -69,10 +69,11 @@ export function makeCa(dir: string, name: string): Ca {
 
 /** A certificate signed by `ca`, in `<ca.dir>/<name>.crt` and `.key`; returns the files and the serial. */
 export function makeCert(ca: Ca, opts: LeafOptions): CertFiles & { serial: string } {
+  // openssl -subj separates the parts of a subject with `/`: one inside the CN is escaped.
+  const subject = opts.subject ?? (opts.cn === undefined ? null : `/O=edge-proxy tests/CN=${opts.cn.replace(/[\\/]/g, '\\$&')}`);
+  if (subject === null) throw new Error('makeCert: a cn or a subject is needed');
   const name = opts.name ?? opts.cn;
-  if (!name || name.includes('/')) throw new Error(`makeCert: give a file name for the certificate of ${opts.subject ?? opts.cn}`);
-  if (opts.subject === undefined && opts.cn === undefined) throw new Error('makeCert: a cn or a subject is needed');
-  const subject = opts.subject ?? `/O=edge-proxy tests/CN=${opts.cn!.replace(/[\\/]/g, '\\$&')}`;
+  if (!name || name.includes('/')) throw new Error(`makeCert: a file name (opts.name) is needed for the certificate of ${subject}`);
   const serial = (opts.serial ?? `4${randomBytes(7).toString('hex')}`).toUpperCase(); // positive, 8 bytes
   const kind = opts.kind ?? 'client';
   const ext = join(ca.dir, `${name}.ext`);
