@@ -5,9 +5,9 @@ import t from 'tap';
 import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startMosquitto } from './helpers/mosquitto.js';
+import { cloudFor } from './helpers/mosquitto.js';
 import { startProxy, type ProxyProcess } from './helpers/proxy.js';
-import { collect, connectClient, connectOutcome, runTool, type Collected, type ConnectOutcome, type ToolRun } from './helpers/clients.js';
+import { connectOutcome, runTool, type Collected, type ConnectOutcome, type ToolRun } from './helpers/clients.js';
 import { eventually, sleep } from './helpers/ports.js';
 import { writeRegistry } from './helpers/registry.js';
 import { installCert, makeCa, makeCert, serialOf, type CertFiles } from './helpers/certs.js';
@@ -16,14 +16,6 @@ interface Envelope {
   topic: string;
   deviceId: string;
   payload: unknown;
-}
-
-async function cloudFor(t: { teardown(fn: () => unknown): void }, dir: string): Promise<{ url: string; up: Collected }> {
-  const cloud = await startMosquitto(join(dir, 'cloud'));
-  t.teardown(() => cloud.stop());
-  const checker = await connectClient(cloud.port);
-  t.teardown(() => checker.endAsync());
-  return { url: cloud.url, up: await collect(checker, 'edge/test-edge/up/#') };
 }
 
 /** The TLS port from the ports file, and shorthands for the clients against it. */

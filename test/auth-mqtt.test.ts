@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import type { MqttClient } from 'mqtt';
 import type { Packet } from 'mqtt-packet';
-import { startMosquitto } from './helpers/mosquitto.js';
+import { cloudFor } from './helpers/mosquitto.js';
 import { startProxy, type ProxyProcess } from './helpers/proxy.js';
 import { collect, connectClient, connectOutcome, runTool, startTool, type Collected, type ToolRun } from './helpers/clients.js';
 import { connectPacket, rawClient, type RawClient } from './helpers/raw.js';
@@ -22,15 +22,6 @@ interface Envelope {
   topic: string;
   deviceId: string;
   payload: unknown;
-}
-
-/** The cloud side: a Mosquitto and a subscriber on everything the proxies send up. */
-async function cloudFor(t: { teardown(fn: () => unknown): void }, dir: string): Promise<{ url: string; up: Collected }> {
-  const cloud = await startMosquitto(join(dir, 'cloud'));
-  t.teardown(() => cloud.stop());
-  const checker = await connectClient(cloud.port);
-  t.teardown(() => checker.endAsync());
-  return { url: cloud.url, up: await collect(checker, 'edge/+/up/#') };
 }
 
 /** What one proxy's tests share: its port, the cloud's view, and shorthands for the clients. */

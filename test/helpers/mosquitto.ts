@@ -98,3 +98,12 @@ export async function cloudWithChecker(
   t.teardown(() => checker.endAsync(true));
   return { cloud, up: await collect(checker, 'edge/test-edge/up/#') };
 }
+
+/** A plain cloud Mosquitto and a subscriber on everything proxies send up (`edge/+/up/#`). */
+export async function cloudFor(t: { teardown(fn: () => unknown): void }, dir: string): Promise<{ url: string; up: Collected }> {
+  const cloud = await startMosquitto(join(dir, 'cloud'));
+  t.teardown(() => cloud.stop());
+  const checker = await connectClient(cloud.port);
+  t.teardown(() => checker.endAsync());
+  return { url: cloud.url, up: await collect(checker, 'edge/+/up/#') };
+}
