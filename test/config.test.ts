@@ -407,6 +407,9 @@ t.test('uplink.url must be an mqtt, mqtts, ws or wss URL', async (t) => {
     const found = problems(t, `uplink: { url: "${url}" }\n`);
     t.match(found, [/^edge-proxy\.test\.yaml:1:16: uplink\.url: E_CONFIG_VALUE: .* is not allowed; use a URL/]);
   }
+  const secret = problems(t, 'uplink: { url: "http://edge:hunter2@broker.example.com" }\n');
+  t.match(secret, [/`http:\/\/edge:\*\*\*@broker\.example\.com\/` is not allowed/], 'the password of a refused URL is not echoed');
+  t.notMatch(secret.join('\n'), /hunter2/);
 });
 
 t.test('size strings in the file', async (t) => {

@@ -9,6 +9,7 @@ import type { ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import { closestName } from '../core/did-you-mean.js';
 import { ConfigError, type ConfigProblem } from '../core/errors.js';
+import { redactUrl } from '../core/redact.js';
 import {
   configValidator,
   configSchemaTree,
@@ -478,6 +479,8 @@ function valueMessage(error: ErrorObject, node: SchemaNode): string {
     case 'maxLength':
       return `must be at most ${node.maxLength} characters long, not ${String(error.data).length}`;
     case 'format': {
+      // The uplink URL may carry the broker's password: never echoed in clear.
+      if (node.format === 'uplink-url') return `${describeValue(redactUrl(String(error.data)), node)} is not allowed`;
       if (node.format !== 'mqtt-topic-filter') return `${got} is not allowed`;
       if (error.data === '') return 'must not be empty: write an MQTT topic filter such as `devices/+/alarm/#`';
       return `${got} is not a valid MQTT topic filter: ${topicFilterProblem(String(error.data)) ?? 'refused'}`;

@@ -5,6 +5,7 @@ import type { IClientOptions, IClientPublishOptions, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { EdgeError } from '../core/errors.js';
+import { redactUrl } from '../core/redact.js';
 
 interface CloudEvents {
   up: [];
@@ -50,6 +51,8 @@ export class CloudLink extends EventEmitter<CloudEvents> {
   private readonly rulesSetTopic: string;
   private readonly rulesResultTopic: string;
   private readonly tlsFiles: Pick<IClientOptions, 'ca' | 'cert' | 'key'>;
+  /** the URL as log lines show it: without its password */
+  private readonly shownUrl: string | null;
 
   constructor(
     private readonly cfg: Config['uplink'],
@@ -57,6 +60,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
   ) {
     super();
     if (!cfg.url) throw new EdgeError('E_UPLINK_CONFIG', 'uplink.url is not set');
+    this.shownUrl = redactUrl(cfg.url);
     this.statusTopic = `${cfg.controlPrefix}status`;
     this.downPrefix = `${cfg.controlPrefix}down/`;
     this.rulesSetTopic = `${cfg.controlPrefix}rules/set`;
@@ -109,7 +113,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
       }
     });
     client.on('error', (err) => {
-      this.log.warn({ url: cfg.url, err: err.message }, 'cloud broker connection error; messages stay in the cache until it is back');
+      this.log.warn({ url: this.shownUrl, err: err.message }, 'cloud broker connection error; messages stay in the cache until it is back');
     });
     client.on('close', () => this.onClose(client));
   }
@@ -133,7 +137,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     });
     client.publish(this.statusTopic, 'online', { qos: 1, retain: true });
     this.connectedNow = true;
-    this.log.info({ url: this.cfg.url, clientId: this.cfg.clientId }, 'connected to the cloud broker');
+    this.log.info({ url: this.shownUrl, clientId: this.cfg.clientId }, 'connected to the cloud broker');
     this.emit('up');
   }
 
@@ -147,7 +151,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     this.connectedNow = false;
     if (wasConnected && Date.now() - this.connectedAt >= STABLE_AFTER_MS) this.attempt = 0;
     if (wasConnected) {
-      this.log.warn({ url: this.cfg.url }, 'disconnected from the cloud broker; caching messages and reconnecting');
+      this.log.warn({ url: this.shownUrl }, 'disconnected from the cloud broker; caching messages and reconnecting');
       this.emit('down');
     }
     if (this.stopped) return;
