@@ -15,7 +15,7 @@ import { IngressGate } from './pipeline/ingress.js';
 import { LocalDelivery } from './pipeline/local.js';
 import { Router } from './pipeline/router.js';
 import { RulesStore } from './rules/store.js';
-import { filesFromBody, PushRequestError } from './rules/push-request.js';
+import { PushRequestError, pushFromBody } from './rules/push-request.js';
 import { DurableCache } from './uplink/cache.js';
 import { CloudLink } from './uplink/cloud.js';
 import { Forwarder } from './uplink/forwarder.js';
@@ -24,6 +24,8 @@ import { notifySystemd, startWatchdog } from './systemd.js';
 import { VERSION } from './version.js';
 import type { ProxyStatus } from './admin/status.js';
 import type { EdgeError } from './core/errors.js';
+import { redactUrl } from './core/redact.js';
+import { acquireDataDirLock } from './core/data-lock.js';
 
 export interface RunOptions {
   portsFile?: string | null;
@@ -32,17 +34,6 @@ export interface RunOptions {
 export interface RunningProxy {
   ports: Record<string, number>;
   stop(): Promise<void>;
-}
-
-function redactUrl(url: string | null): string | null {
-  if (!url) return null;
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return url;
-  }
 }
 
 /** Written whole and renamed, so a script polling for it never reads half a file. */
@@ -107,9 +98,6 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
     log.warn('uplink.url is not set: running offline, keeping what would go up in the cache until a cloud broker is configured');
 
   mkdirSync(cfg.dataDir, { recursive: true });
-  const admin = resolveAdminToken(cfg);
-  if (admin.created)
-    log.info({ file: admin.file }, 'made an admin token at first start; the edge-proxy CLI on this machine finds it there');
 
   const metrics = new Metrics();
   const services = new Services(log);
@@ -117,6 +105,16 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   const ports: Record<string, number> = {};
   const timers: Array<() => void> = [];
   try {
+    // One proxy per data directory (docs/operations.md): taken first, so released last, also when a later start fails.
+    await services.start(
+      'data directory lock',
+      () => acquireDataDirLock(cfg.dataDir, log.child({ stage: 'lock' })),
+      (lock) => lock.release(),
+    );
+    const admin = resolveAdminToken(cfg);
+    if (admin.created)
+      log.info({ file: admin.file }, 'made an admin token at first start; the edge-proxy CLI on this machine finds it there');
+
     const cache = await services.start(
       'cache',
       () =>
@@ -347,8 +345,20 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
   };
 }
 
-/** A ruleset pushed from the cloud, answered on <controlPrefix>rules/result as the admin API answers. */
+/**
+ * A ruleset pushed from the cloud, answered on <controlPrefix>rules/result as the admin API answers.
+ * A retained message is never applied; an empty one is refused (E_RULES_EMPTY) and so is any set
+ * without a rule, unless it says {"allowEmpty": true} (docs/rules.md, Pushing rules).
+ */
 function applyCloudRulesPush(cloud: CloudLink, rulesStore: RulesStore, cfg: Config, log: Logger, payload: Buffer, retained: boolean): void {
+  if (retained && payload.length === 0) {
+    // `mosquitto_pub -r -n` clears the retained message: not a push, nothing to answer.
+    log.info(
+      { topic: `${cfg.uplink.controlPrefix}rules/set` },
+      'an empty retained message on rules/set (a retained push cleared) is not a push; ignored',
+    );
+    return;
+  }
   if (retained) {
     // Replayed by the broker at each (re)subscription: applying it would undo later pushes made here.
     log.warn(
@@ -362,22 +372,25 @@ function applyCloudRulesPush(cloud: CloudLink, rulesStore: RulesStore, cfg: Conf
       log.warn({ status }, 'the answer to a rules push from the cloud was not sent: the cloud link is down');
     }
   };
-  let files;
+  let push;
   try {
-    files = filesFromBody(payload, 'auto');
+    // An empty message is a push of no file, which the store refuses unless allowEmpty (it cannot say so).
+    push = payload.length === 0 ? { files: [], allowEmpty: false } : pushFromBody(payload, 'auto');
   } catch (err) {
     if (!(err instanceof PushRequestError)) throw err;
     log.warn({ err: err.message }, 'a rules push from the cloud could not be read; nothing changed');
     return answer(err.status, { error: err.message, code: err.code });
   }
-  rulesStore.push(files, 'cloud').then(
+  rulesStore.push(push.files, 'cloud', { allowEmpty: push.allowEmpty }).then(
     (outcome) => {
       const { status, body } = outcomeBody(outcome);
       answer(status, body);
     },
     (err: EdgeError) => {
-      log.error({ err: err.message, code: err.code }, 'a rules push from the cloud failed; the running set keeps running');
-      answer(err.code === 'E_STOPPING' ? 503 : 500, { error: err.message, code: err.code ?? 'E_INTERNAL' });
+      // A push refused for having no rule is logged by the store, with how to push one on purpose.
+      if (err.code !== 'E_RULES_EMPTY')
+        log.error({ err: err.message, code: err.code }, 'a rules push from the cloud failed; the running set keeps running');
+      answer(typeof err.status === 'number' ? err.status : 500, { error: err.message, code: err.code ?? 'E_INTERNAL' });
     },
   );
 }

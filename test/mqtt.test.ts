@@ -336,3 +336,70 @@ import mqttPacket, { type Packet } from 'mqtt-packet';
 function rawPacket(p: Record<string, unknown>): Buffer {
   return mqttPacket.generate(p as unknown as Packet, { protocolVersion: 4 });
 }
+
+t.test(
+  'open mode: a client that names no device (mosquitto_pub without -i or -u) is the device its devices/<id>/ topic names, as rules test assumes',
+  async (t) => {
+    const dir = t.testdir({
+      rules: {
+        'fan.rules':
+          'rule fan\nwhen msg.topic matches "devices/+/telemetry" and payload.temp > 40\nthen publish("devices/" + msg.deviceId + "/cmd/fan", { on: true })\nend\n',
+      },
+    });
+    const cloud = await startMosquitto(`${dir}/cloud`);
+    t.teardown(() => cloud.stop());
+    const checker = await connectClient(cloud.port);
+    t.teardown(() => checker.endAsync());
+    const up = await collect(checker, 'edge/test-edge/up/#');
+    const proxy = await startProxy(dir, { uplink: { url: cloud.url } });
+    t.teardown(() => proxy.stop());
+    const listener = await connectClient(proxy.ports.mqtt, { clientId: 'fan-watcher' });
+    t.teardown(() => listener.endAsync());
+    const commands = await collect(listener, 'devices/+/cmd/#');
+    const pub = spawn('mosquitto_pub', [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(proxy.ports.mqtt),
+      '-q',
+      '1',
+      '-t',
+      'devices/pump-7/telemetry',
+      '-m',
+      '{"temp":45}',
+    ]);
+    t.equal(await new Promise((resolve) => pub.on('exit', resolve)), 0);
+    await eventually('the message went up', () => up.messages.some((m) => m.topic.endsWith('devices/pump-7/telemetry')));
+    const envelope = JSON.parse(up.messages.find((m) => m.topic.endsWith('devices/pump-7/telemetry'))!.payload.toString()) as {
+      deviceId: string;
+    };
+    t.equal(envelope.deviceId, 'pump-7', 'the device its topic names, not an id the broker made up');
+    await eventually('the rule switched the fan on', () => commands.messages.length > 0);
+    t.same(
+      commands.messages.map((m) => m.topic),
+      ['devices/pump-7/cmd/fan'],
+      'the rule addressed pump-7',
+    );
+    // A client that does name itself keeps its own id, whatever topic it uses.
+    const named = spawn('mosquitto_pub', [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(proxy.ports.mqtt),
+      '-i',
+      'bridge-1',
+      '-q',
+      '1',
+      '-t',
+      'devices/pump-8/telemetry',
+      '-m',
+      '{"temp":1}',
+    ]);
+    t.equal(await new Promise((resolve) => named.on('exit', resolve)), 0);
+    await eventually('the named message went up', () => up.messages.some((m) => m.topic.endsWith('devices/pump-8/telemetry')));
+    const namedEnvelope = JSON.parse(up.messages.find((m) => m.topic.endsWith('devices/pump-8/telemetry'))!.payload.toString()) as {
+      deviceId: string;
+    };
+    t.equal(namedEnvelope.deviceId, 'bridge-1');
+  },
+);

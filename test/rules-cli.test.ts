@@ -90,7 +90,7 @@ t.test('rules check: the shipped rules are clean', async (t) => {
 // The two rules of GOOD, and more.
 const TEST_RULES = `${GOOD}
 rule stamp
-when msg.topic matches "stamp/#"
+when msg.topic matches "stamp/#" or msg.topic matches "devices/+/stamp"
 then log("info", { ts: now(), deviceId: msg.deviceId, protocol: msg.protocol, qos: msg.qos, id: msg.id })
 end
 
@@ -195,9 +195,9 @@ t.test('rules test: the defaults of missing input fields', async (t) => {
   const dir = t.testdir({
     'site.rules': TEST_RULES,
     'in.jsonl': jsonl([
-      { topic: 'stamp/d7/x' },
-      { topic: 'stamp/d7/x' },
-      { topic: 'stamp', ts: 5000 },
+      { topic: 'devices/d7/stamp' },
+      { topic: 'devices/d7/stamp' },
+      { topic: 'stamp/d9', ts: 5000 },
       { topic: 'stamp/d8', deviceId: 'explicit', protocol: 'ws', qos: 1, id: 'GIVEN' },
     ]),
   });
@@ -208,9 +208,9 @@ t.test('rules test: the defaults of missing input fields', async (t) => {
     .split('\n')
     .map((l) => JSON.parse(l) as { id: string; fired: Array<{ actions: Array<{ text: Record<string, unknown> }> }> });
   const seen = out.map((o) => o.fired[0]!.actions[0]!.text);
-  t.match(seen[0], { ts: 0, deviceId: 'd7', protocol: 'mqtt', qos: 0 }, 'ts 0 first; deviceId the second topic level; mqtt; qos 0');
+  t.match(seen[0], { ts: 0, deviceId: 'd7', protocol: 'mqtt', qos: 0 }, 'ts 0 first; deviceId from devices/<id>/...; mqtt; qos 0');
   t.match(seen[1], { ts: 1000 }, 'the previous ts + 1000');
-  t.match(seen[2], { ts: 5000, deviceId: 'test' }, 'a given ts; no second level: "test"');
+  t.match(seen[2], { ts: 5000, deviceId: 'test' }, 'a given ts; not a devices/<id>/... topic: "test"');
   t.match(seen[3], { ts: 6000, deviceId: 'explicit', protocol: 'ws', qos: 1, id: 'GIVEN' }, 'given fields are kept');
   t.type(out[0]!.id, 'string');
   t.ok(out[0]!.id.length > 0, 'an id is generated');
@@ -241,7 +241,7 @@ t.test('rules test --format text: the same, for people', async (t) => {
   t.equal(lines[2], '  up    devices/d1/telemetry [high] {"temp":45}', 'what goes up, with its priority and payload');
   t.equal(lines[3], 'devices/d1/debug/x (ts 1000, d1) DROPPED');
   t.equal(lines[4], '  fired quiet_debug: drop()');
-  t.equal(lines[5], 'cloud/cmd (ts 2000, cmd)');
+  t.equal(lines[5], 'cloud/cmd (ts 2000, edge)', "a message from the cloud is the edge's own, as live");
   t.equal(lines[6], '  nothing fired, nothing goes up');
   t.same(lines.slice(7), [''], 'nothing else');
 });
@@ -309,4 +309,56 @@ t.test('rules test reads device.<attr> from the registry in token mode, as the r
   const broken = cli(['rules', 'test', 'site.rules', '--input', 'in.jsonl', '--config', 'broken.yaml'], dir);
   t.equal(broken.status, 1);
   t.match(broken.stderr, /broken-devices\.yaml:2:3: .*E_REGISTRY/, 'a registry with problems is named with file:line:col');
+});
+
+t.test('user errors are one line and an exit code, never a stack trace', async (t) => {
+  const dir = t.testdir({ rules: { 'a.rules': GOOD }, 'bad.jsonl': '{"payload": 1}\n', 'junk.jsonl': 'null\n' });
+  const noStack = (r: { stderr: string }, what: string): void => {
+    t.notMatch(r.stderr, /\n\s+at /, `${what}: no stack trace`);
+  };
+  const dirArg = cli(['rules', 'check', 'rules/'], dir);
+  t.equal(dirArg.status, 2);
+  t.match(dirArg.stderr, /cannot read the rules file rules\/: it is a directory: name the files in it, such as rules\/\*\.rules/);
+  noStack(dirArg, 'a directory');
+  const missing = cli(['rules', 'check', 'nope.rules'], dir);
+  t.equal(missing.status, 2);
+  t.match(missing.stderr, /cannot read the rules file nope\.rules: no such file/);
+  noStack(missing, 'a missing file');
+  const unmatched = cli(['rules', 'check', 'rules/*.rulez'], dir);
+  t.equal(unmatched.status, 2, 'an unmatched pattern, as a shell passes it');
+  const input = cli(['rules', 'test', 'rules/a.rules', '--input', 'missing.jsonl'], dir);
+  t.equal(input.status, 2);
+  t.match(input.stderr, /cannot read the input missing\.jsonl: no such file/);
+  noStack(input, 'a missing input');
+  const bad = cli(['rules', 'test', 'rules/a.rules', '--input', 'bad.jsonl'], dir);
+  t.equal(bad.status, 1);
+  t.equal(bad.stderr.trim(), 'bad.jsonl:1: every message needs a "topic"', 'the place once, then what is wrong');
+  const junk = cli(['rules', 'test', 'rules/a.rules', '--input', 'junk.jsonl'], dir);
+  t.equal(junk.status, 1);
+  t.match(junk.stderr, /^junk\.jsonl:1: every line must be a JSON object/);
+  noStack(junk, 'a line that is not an object');
+  const version = cli(['--version'], dir);
+  t.equal(version.status, 0);
+  t.match(version.stdout, /^\d+\.\d+\.\d+\n$/, '--version prints the version');
+  const check = cli(['rules', 'check', 'rules/a.rules'], dir);
+  t.match(check.stdout, /^2 rules in 1 file: OK/, 'plurals as English has them');
+});
+
+t.test('rules test --input - reads the messages from standard input', async (t) => {
+  const dir = t.testdir({ 'site.rules': GOOD });
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EDGE_PROXY_')));
+  const r = spawnSync(process.execPath, [CLI, 'rules', 'test', 'site.rules', '--input', '-'], {
+    cwd: dir,
+    env,
+    encoding: 'utf8',
+    input: jsonl([{ topic: 'devices/d1/telemetry', payload: { temp: 45 } }]) + '\n',
+    timeout: 30_000,
+  });
+  t.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim()) as { topic: string; fired: Array<{ rule: string }> };
+  t.equal(out.topic, 'devices/d1/telemetry');
+  t.same(
+    out.fired.map((f) => f.rule),
+    ['overheat'],
+  );
 });

@@ -53,6 +53,11 @@ t.test('a good push takes effect at once, answers its version, and replaces the 
   const pushed = await api(proxy, 'PUT', '/api/v1/rules', { type: 'text/plain; charset=utf-8', body: mark('v2') });
   t.equal(pushed.status, 200);
   t.match(pushed.body, { version: 2, rules: 1, changed: true, sha256: /^[0-9a-f]{64}$/ });
+  t.same(
+    [pushed.body.files, pushed.body.replaced],
+    [['pushed.rules'], ['a.rules', 'b.rules']],
+    'the answer says what runs and what it replaced',
+  );
   t.equal(await send(), 'v2', 'the next message is evaluated by the pushed set');
   t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['pushed.rules'], 'a text push is stored as pushed.rules; the old files are gone');
   t.equal(readFileSync(join(proxy.dir, 'rules', 'pushed.rules'), 'utf8'), mark('v2'));
@@ -65,13 +70,18 @@ t.test('a good push takes effect at once, answers its version, and replaces the 
   t.equal(await proxy.metric('edge_rules_version'), 2);
 
   const json = await pushFiles(proxy, { '10-a.rules': mark('v3'), '20-b.rules': mark('b', 'second').replace('seen/', 'other/') });
-  t.match(json.body, { version: 3, rules: 2 });
+  t.match(json.body, { version: 3, rules: 2, files: ['10-a.rules', '20-b.rules'], replaced: ['pushed.rules'] });
   t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['10-a.rules', '20-b.rules'], 'a JSON push stores each file under its name');
   t.equal(await send(), 'v3');
 
   const again = await pushFiles(proxy, { '10-a.rules': mark('v3'), '20-b.rules': mark('b', 'second').replace('seen/', 'other/') });
   t.match(again.body, { version: 3, changed: false }, 'pushing the running content again makes no version');
-  t.equal(await proxy.metric('edge_rules_pushes_total', 'result="applied"'), 2);
+  t.same(again.body.replaced, [], 'and replaces nothing');
+  const one = await pushFiles(proxy, { '10-a.rules': mark('v4'), '20-b.rules': mark('b', 'second').replace('seen/', 'other/') });
+  t.match(one.body, { version: 4, files: ['10-a.rules', '20-b.rules'] });
+  t.same(one.body.replaced, ['10-a.rules'], 'a file pushed again unchanged is not counted as replaced');
+  t.equal(await send(), 'v4');
+  t.equal(await proxy.metric('edge_rules_pushes_total', 'result="applied"'), 3);
   t.equal(await proxy.metric('edge_rules_pushes_total', 'result="unchanged"'), 1);
   t.ok(
     proxy.logs.some((l) => l.msg === 'rules version 3 running (api)' && typeof l.tookMs === 'number'),
@@ -152,6 +162,60 @@ t.test('a bad push answers 422 with every error and the old set keeps running', 
   const tooMany = await pushFiles(proxy, Object.fromEntries(Array.from({ length: 1001 }, (_, i) => [`f${i}.rules`, ''])));
   t.match(tooMany, { status: 400, body: { code: 'E_RULES_REQUEST', error: 'the push carries 1001 files; at most 1000 are taken' } });
   t.equal(await send(), 'v1', 'none of them changed anything, and the proxy is still up');
+});
+
+t.test('a push that defines no rule is refused with E_RULES_EMPTY unless allowEmpty says so', async (t) => {
+  const { proxy, send } = await setup(t, { 'a.rules': mark('v1'), 'b.rules': mark('b', 'other').replace('seen/', 'other/') });
+  const refusals: Array<[string, Promise<{ status: number; body: Record<string, unknown> }>]> = [
+    ['no file', pushFiles(proxy, {})],
+    ['an empty text body', api(proxy, 'PUT', '/api/v1/rules', { type: 'text/plain', body: '' })],
+    ['a text of comments', api(proxy, 'PUT', '/api/v1/rules', { type: 'text/plain', body: '# nothing yet\n\n' })],
+    ['files without a rule', pushFiles(proxy, { 'a.rules': '', 'c.rules': '# later\n' })],
+    ['allowEmpty false', api(proxy, 'PUT', '/api/v1/rules', { type: 'application/json', body: '{"files": {}, "allowEmpty": false}' })],
+    ['?allowEmpty=0', api(proxy, 'PUT', '/api/v1/rules?allowEmpty=0', { type: 'text/plain', body: '' })],
+  ];
+  for (const [what, answer] of refusals) {
+    const r = await answer;
+    t.equal(r.status, 422, `${what}: 422`);
+    t.equal(r.body.code, 'E_RULES_EMPTY', `${what}: E_RULES_EMPTY`);
+  }
+  const r = await pushFiles(proxy, {});
+  t.match(
+    r.body.error,
+    /^the push carries no rules file: it would remove every rule, so it is refused; nothing changed, version 1 keeps running\. To run no rules on purpose, push \{"files": \{\}, "allowEmpty": true\}/,
+    'the error says why and how to push an empty set on purpose',
+  );
+  t.equal(await send(), 'v1', 'the rules still run');
+  t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['a.rules', 'b.rules'], 'and their files are still there');
+  t.equal(await proxy.metric('edge_rules_version'), 1);
+  t.equal(await proxy.metric('edge_rules_pushes_total', 'source="api",result="rejected"'), 7, 'each refusal is a rejected push');
+  t.equal(await proxy.metric('edge_rules_reload_failures_total'), 0, 'not a set with errors');
+  t.ok(
+    proxy.logs.some((l) => l.level === 'warn' && l.code === 'E_RULES_EMPTY' && String(l.msg).includes('allowEmpty')),
+    'the log says why, and how',
+  );
+
+  const validate = await api(proxy, 'POST', '/api/v1/rules/validate', { type: 'application/json', body: '{"files": {}}' });
+  t.match(validate, { status: 422, body: { code: 'E_RULES_EMPTY' } }, 'validate answers as the push would');
+  const wouldEmpty = await api(proxy, 'POST', '/api/v1/rules/validate', {
+    type: 'application/json',
+    body: '{"files": {}, "allowEmpty": true}',
+  });
+  t.match(wouldEmpty, { status: 200, body: { version: 2, rules: 0, changed: true, files: [], replaced: ['a.rules', 'b.rules'] } });
+  t.equal(await proxy.metric('edge_rules_pushes_total', 'result="rejected"'), 7, 'a validation counts nothing');
+  const notBoolean = await api(proxy, 'PUT', '/api/v1/rules', { type: 'application/json', body: '{"files": {}, "allowEmpty": "yes"}' });
+  t.match(notBoolean, { status: 400, body: { code: 'E_RULES_REQUEST', error: /"allowEmpty" is "yes"; it is true or false/ } });
+  const badQuery = await api(proxy, 'PUT', '/api/v1/rules?allowEmpty=maybe', { type: 'text/plain', body: '' });
+  t.match(badQuery, { status: 400, body: { code: 'E_RULES_REQUEST' } });
+  t.equal(await send(), 'v1', 'none of that changed anything');
+
+  const emptied = await api(proxy, 'PUT', '/api/v1/rules', { type: 'application/json', body: '{"files": {}, "allowEmpty": true}' });
+  t.equal(emptied.status, 200, 'an empty set asked for is applied');
+  t.match(emptied.body, { version: 2, rules: 0, changed: true, files: [], replaced: ['a.rules', 'b.rules'] });
+  t.same(readdirSync(join(proxy.dir, 'rules')), [], 'every rules file is gone');
+  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 2, rules: 0, files: {} });
+  const text = await api(proxy, 'PUT', '/api/v1/rules?allowEmpty=1', { type: 'text/plain', body: '# rules come later\n' });
+  t.match(text, { status: 200, body: { version: 3, rules: 0, files: ['pushed.rules'], replaced: [] } }, '?allowEmpty=1 for a text body');
 });
 
 t.test('a write without a valid token is refused; validate applies nothing', async (t) => {

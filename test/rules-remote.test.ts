@@ -32,6 +32,22 @@ function cli(args: string[], cwd: string): Promise<Run> {
   });
 }
 
+/** mosquitto_pub with `args` on edge/test-edge/rules/set; mosquitto_sub's first answer on rules/result, or null within 10 s. */
+async function publishRulesSet(port: number, args: string[]): Promise<Record<string, unknown> | null> {
+  const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(port), '-t', 'edge/test-edge/rules/result', '-q', '1', '-C', '1']);
+  let out = '';
+  sub.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  const done = new Promise((resolve) => sub.on('exit', resolve));
+  await new Promise((r) => setTimeout(r, 300)); // subscribed before the push goes out
+  const pub = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(port), '-q', '1', '-t', 'edge/test-edge/rules/set', ...args]);
+  await new Promise((r) => pub.on('exit', r));
+  await Promise.race([done, new Promise((r) => setTimeout(r, 10_000))]);
+  sub.kill();
+  return out ? (JSON.parse(out) as Record<string, unknown>) : null;
+}
+
 const RULE = (name: string, level = 'info'): string =>
   `rule ${name}\nwhen msg.topic matches "devices/#"\nthen log("${level}", "${name}")\nend\n`;
 
@@ -47,7 +63,7 @@ t.test('rules push and rollback find the local proxy and its token; exit 0, 1 wi
 
   const push = await cli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
   t.equal(push.status, 0, push.stderr);
-  t.match(push.stdout, /^pushed: version 2: 2 rules \(sha256 [0-9a-f]{12}\) running\n$/);
+  t.match(push.stdout, /^pushed: version 2: 2 rules \(sha256 [0-9a-f]{12}\) running; no file replaced, 2 files now\n$/);
   t.same(readdirSync(join(dir, 'rules')).sort(), ['alarms.rules', 'telemetry.rules'], 'stored under their base names');
 
   const same = await cli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
@@ -89,6 +105,53 @@ t.test('rules push and rollback find the local proxy and its token; exit 0, 1 wi
   const notRules = await cli(['rules', 'push', 'notes.txt', ...cfg], work);
   t.equal(notRules.status, 2);
   t.match(notRules.stderr, /notes\.txt: a pushed file must end in \.rules/);
+});
+
+t.test('rules push says what it replaced; files without a rule need --allow-empty', async (t) => {
+  const dir = t.testdir();
+  mkdirSync(join(dir, 'rules'));
+  for (const name of ['a', 'b', 'c']) writeFileSync(join(dir, 'rules', `${name}.rules`), RULE(name));
+  const proxy = await startProxy(dir);
+  t.teardown(() => proxy.stop());
+  const work = join(dir, 'work');
+  mkdirSync(work);
+  writeFileSync(join(work, 'one.rules'), RULE('one'));
+  writeFileSync(join(work, 'later.rules'), '# rules come later\n');
+  const cfg = ['--config', proxy.configFile];
+
+  const one = await cli(['rules', 'push', 'one.rules', ...cfg], work);
+  t.equal(one.status, 0, one.stderr);
+  t.match(
+    one.stdout,
+    /^pushed: version 2: 1 rule \(sha256 [0-9a-f]{12}\) running; 3 files replaced by 1 \(a\.rules, b\.rules, c\.rules\)\n$/,
+  );
+
+  const empty = await cli(['rules', 'push', 'later.rules', ...cfg], work);
+  t.equal(empty.status, 1, 'files that define no rule are refused');
+  t.match(
+    empty.stderr,
+    /the files define no rule: .*nothing changed \(E_RULES_EMPTY\)\nto run no rules on purpose: edge-proxy rules push --allow-empty FILE\.\.\.\n/,
+  );
+  t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 2, files: { 'one.rules': RULE('one') } }, 'and nothing changed');
+  t.same(readdirSync(join(dir, 'rules')), ['one.rules']);
+
+  const allowed = await cli(['rules', 'push', '--allow-empty', 'later.rules', ...cfg], work);
+  t.equal(allowed.status, 0, allowed.stderr);
+  t.match(allowed.stdout, /^pushed: version 3: 0 rules \(sha256 [0-9a-f]{12}\) running; 1 file replaced by 1 \(one\.rules\)\n$/);
+  t.same(readdirSync(join(dir, 'rules')), ['later.rules']);
+
+  const none = await cli(['rules', 'push', ...cfg], work);
+  t.equal(none.status, 2, 'no FILE is a usage error');
+  t.match(none.stderr, /rules push needs at least one FILE \(E_USAGE\); to remove every rule on purpose: rules push --allow-empty/);
+  const wipe = await cli(['rules', 'push', '--allow-empty', ...cfg], work);
+  t.equal(wipe.status, 0, wipe.stderr);
+  t.match(
+    wipe.stdout,
+    /^pushed: version 4: 0 rules .* running; 1 file replaced by 0 \(later\.rules\)\n$/,
+    'with no FILE it removes every file',
+  );
+  t.same(readdirSync(join(dir, 'rules')), []);
+  t.equal(await proxy.metric('edge_rules_pushes_total', 'source="api",result="rejected"'), 1);
 });
 
 t.test('rules rollback with no earlier version exits 1 and says so', async (t) => {
@@ -198,4 +261,67 @@ t.test('a push on <controlPrefix>rules/set is applied and answered on rules/resu
     { version: 5, files: { 'pushed.rules': RULE('local') } },
     "the board's push still runs",
   );
+});
+
+t.test('an empty message on rules/set changes nothing; {"files": {}, "allowEmpty": true} empties the set', async (t) => {
+  const dir = t.testdir();
+  mkdirSync(join(dir, 'rules'));
+  writeFileSync(join(dir, 'rules', 'a.rules'), RULE('a'));
+  const cloud = await startMosquitto(join(dir, 'cloud'));
+  t.teardown(() => cloud.stop());
+  const proxy = await startProxy(dir, { uplink: { url: cloud.url } });
+  t.teardown(() => proxy.stop());
+  await eventually('uplink connected', async () => (await proxy.metric('edge_uplink_connected')) === 1);
+  const unchanged = async (what: string): Promise<void> => {
+    t.match(
+      (await api(proxy, 'GET', '/api/v1/rules')).body,
+      { version: 1, rules: 1, files: { 'a.rules': RULE('a') } },
+      `${what}: the rules still run`,
+    );
+    t.same(readdirSync(join(dir, 'rules')), ['a.rules'], `${what}: and their file is still there`);
+  };
+
+  const empty = await publishRulesSet(cloud.port, ['-n']);
+  t.match(
+    empty,
+    {
+      status: 422,
+      code: 'E_RULES_EMPTY',
+      error: /To run no rules on purpose, publish \{"files": \{\}, "allowEmpty": true\} on rules\/set/,
+    },
+    'an empty message is answered 422 with the code and how to push an empty set',
+  );
+  await unchanged('an empty message');
+  t.ok(
+    proxy.logs.some(
+      (l) => l.level === 'warn' && l.code === 'E_RULES_EMPTY' && l.source === 'cloud' && String(l.msg).includes('allowEmpty'),
+    ),
+    'the log says why it was ignored, and how to push an empty set on purpose',
+  );
+
+  // The way to clear a retained message. The broker hands it to the proxy live, where MQTT 3.1.1 and
+  // 5 (without retain-as-published) clear the retain flag: it is refused as the empty message above.
+  // Flagged as retained (a broker that keeps the flag) it is ignored with one log line, unanswered.
+  const cleared = await publishRulesSet(cloud.port, ['-r', '-n']);
+  t.ok(
+    cleared
+      ? cleared.status === 422 && cleared.code === 'E_RULES_EMPTY'
+      : proxy.logs.some((l) => String(l.msg).startsWith('an empty retained message on rules/set')),
+    `mosquitto_pub -r -n is refused or ignored: ${JSON.stringify(cleared)}`,
+  );
+  await unchanged('mosquitto_pub -r -n');
+
+  const comments = await publishRulesSet(cloud.port, ['-m', '# nothing here\n']);
+  t.match(comments, { status: 422, code: 'E_RULES_EMPTY' }, 'a text without a rule is refused too');
+  await unchanged('a text without a rule');
+
+  const emptied = await publishRulesSet(cloud.port, ['-m', JSON.stringify({ files: {}, allowEmpty: true })]);
+  t.match(
+    emptied,
+    { status: 200, version: 2, rules: 0, changed: true, files: [], replaced: ['a.rules'] },
+    'an empty set asked for is applied',
+  );
+  t.same(readdirSync(join(dir, 'rules')), []);
+  t.equal(await proxy.metric('edge_rules_pushes_total', 'source="cloud",result="applied"'), 1);
+  t.equal(await proxy.metric('edge_rules_pushes_total', 'source="cloud",result="rejected"'), cleared ? 3 : 2, 'each refusal is counted');
 });

@@ -68,3 +68,15 @@ t.test('once stopping, a push or a rollback changes nothing and says why', async
   t.same(readdirSync(dir), ['b.rules'], 'the directory holds the last set applied before the stop');
   t.equal(s.version?.version, 2);
 });
+
+t.test('a push without a rule is refused unless allowEmpty; a rollback to a set without rules is not', async (t) => {
+  const { store: s, dir } = store(t, { 'a.rules': rule('a') });
+  await t.rejects(s.push([], 'api'), { code: 'E_RULES_EMPTY', status: 422 });
+  await t.rejects(s.push([{ name: 'b.rules', text: '# later\n' }], 'cloud'), { code: 'E_RULES_EMPTY' });
+  await t.rejects(s.validate([]), { code: 'E_RULES_EMPTY' });
+  t.same(readdirSync(dir), ['a.rules'], 'nothing changed');
+  t.match(await s.push([], 'api', { allowEmpty: true }), { ok: true, version: 2, rules: 0, files: [], replaced: ['a.rules'] });
+  t.same(readdirSync(dir), []);
+  t.match(await s.rollback(), { ok: true, version: 3, rules: 1, files: ['a.rules'], replaced: [] });
+  t.match(await s.rollback(), { ok: true, version: 4, rules: 0, files: [], replaced: ['a.rules'] }, 'back to the empty set, asked for');
+});

@@ -5,7 +5,7 @@ import { OrderedAcks } from '../src/adapters/mqtt/ordered-acks.js';
 import { deriveDeviceId } from '../src/auth/service.js';
 import { encodeEnvelope } from '../src/uplink/envelope.js';
 import { sniffContentType } from '../src/core/content-type.js';
-import { checkDeviceTopic, filterTouchesReserved, topicMatches } from '../src/core/topic.js';
+import { checkDeviceTopic, deviceIdOfTopic, filterTouchesReserved, topicMatches } from '../src/core/topic.js';
 import { backoffDelay } from '../src/uplink/cloud.js';
 import { newMessageId } from '../src/core/ids.js';
 
@@ -134,6 +134,15 @@ t.test('device ids', async (t) => {
   t.equal(deriveDeviceId('a b').slice(0, 4), 'a_b-', 'readable: the replaced characters become _');
   t.not(deriveDeviceId('a b'), deriveDeviceId('a+b'), 'two ids that differ only in replaced characters stay two devices');
   t.not(deriveDeviceId('edge'), 'edge', "the proxy's own id is never a device's");
+});
+
+t.test('the device a devices/<id>/... topic names', async (t) => {
+  t.equal(deviceIdOfTopic('devices/pump-7/telemetry'), 'pump-7');
+  t.equal(deviceIdOfTopic('devices/pump-7'), 'pump-7');
+  t.equal(deviceIdOfTopic('devices/'), null, 'no id');
+  t.equal(deviceIdOfTopic('devices/edge/x'), null, "the proxy's own id is nobody's");
+  t.equal(deviceIdOfTopic('devices/a b/x'), null, 'not a valid device id');
+  t.equal(deviceIdOfTopic('sensors/pump-7/x'), null, 'only the devices/ convention names a device');
 });
 
 t.test('ULIDs are monotonic within one millisecond', async (t) => {

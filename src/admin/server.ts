@@ -2,8 +2,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { EdgeError } from '../core/errors.js';
-import { bodyKindOf, filesFromBody, MAX_PUSH_BYTES, PushRequestError } from '../rules/push-request.js';
-import type { RulesOutcome, RulesVersion } from '../rules/store.js';
+import { bodyKindOf, MAX_PUSH_BYTES, PushRequestError, pushFromBody } from '../rules/push-request.js';
+import type { PushOptions, RulesOutcome, RulesVersion } from '../rules/store.js';
 import type { RuleFile } from '../rules/loader.js';
 import type { Metrics } from './metrics.js';
 import { tokenMatches } from './token.js';
@@ -18,8 +18,8 @@ export interface Readiness {
 /** Rule management behind /api/v1/rules (docs/rules.md, Pushing rules); the RulesStore. */
 export interface RulesAdmin {
   readonly version: RulesVersion | null;
-  validate(files: RuleFile[]): Promise<RulesOutcome>;
-  push(files: RuleFile[], source: 'api'): Promise<RulesOutcome>;
+  validate(files: RuleFile[], opts?: PushOptions): Promise<RulesOutcome>;
+  push(files: RuleFile[], source: 'api', opts?: PushOptions): Promise<RulesOutcome>;
   rollback(): Promise<RulesOutcome>;
 }
 
@@ -42,14 +42,28 @@ function sendError(res: ServerResponse, status: number, code: string, message: s
   send(res, status, JSON.stringify({ error: message, code }));
 }
 
-/** The answer to a push, a validation or a rollback: 200 with the version, 422 with every error. */
+/**
+ * The answer to a push, a validation or a rollback: 200 with the version, the files that run and
+ * those of the previous set it replaced; 422 with every error.
+ */
 export function outcomeBody(o: RulesOutcome): { status: 200 | 422; body: Record<string, unknown> } {
   return o.ok
-    ? { status: 200, body: { version: o.version, sha256: o.sha256, rules: o.rules, changed: o.changed } }
+    ? {
+        status: 200,
+        body: { version: o.version, sha256: o.sha256, rules: o.rules, changed: o.changed, files: o.files, replaced: o.replaced },
+      }
     : {
         status: 422,
         body: { errors: o.errors.map((e) => ({ file: e.file, line: e.line, col: e.col, code: e.code, message: e.message })) },
       };
+}
+
+/** `?allowEmpty=1` (or `true`; `0`, `false`), for a text body, which cannot say it itself. */
+function allowEmptyOf(url: string | undefined): boolean {
+  const value = new URL(url ?? '/', 'http://admin').searchParams.get('allowEmpty');
+  if (value === null || value === '0' || value === 'false') return false;
+  if (value === '' || value === '1' || value === 'true') return true;
+  throw new PushRequestError(`?allowEmpty=${value}: it is 1 or 0 (true or false)`);
 }
 
 /** The request body, refused past MAX_PUSH_BYTES without reading the rest. */
@@ -104,7 +118,13 @@ export class AdminServer {
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) =>
-        reject(new EdgeError('E_LISTEN', `admin cannot listen on ${this.cfg.host}:${this.cfg.port}: ${err.message}`, { cause: err })),
+        reject(
+          new EdgeError(
+            'E_LISTEN',
+            `admin cannot listen on ${this.cfg.host}:${this.cfg.port}: ${err.message}; the port is admin.port (environment EDGE_PROXY_ADMIN_PORT), the address admin.host (EDGE_PROXY_ADMIN_HOST)`,
+            { cause: err },
+          ),
+        ),
       );
       server.listen(this.cfg.port, this.cfg.host, () => resolve());
     });
@@ -121,7 +141,12 @@ export class AdminServer {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
     const read = req.method === 'GET' || req.method === 'HEAD';
+    // Probes (Kubernetes, systemd, a load balancer) send no token: up or ready and a short reason, nothing more.
     if (path === '/healthz' && read) return send(res, 200, JSON.stringify({ status: 'ok' }));
+    if (path === '/readyz' && read) {
+      const r = this.sources.readiness();
+      return send(res, r.ready ? 200 : 503, JSON.stringify(r.ready ? { status: 'ready' } : { status: 'not ready', reason: r.reason }));
+    }
     // Every write needs the token; reads need it beyond loopback, where others could reach them.
     if ((!read || this.readsNeedToken) && !this.authorized(req)) {
       return sendError(
@@ -134,10 +159,6 @@ export class AdminServer {
     if (path.startsWith('/api/v1/rules')) return this.rules(req, res, path);
     if (!read) return sendError(res, 405, 'E_USAGE', `${req.method} is not allowed on ${path}`);
     switch (path) {
-      case '/readyz': {
-        const r = this.sources.readiness();
-        return send(res, r.ready ? 200 : 503, JSON.stringify(r.ready ? { status: 'ready' } : { status: 'not ready', reason: r.reason }));
-      }
       case '/metrics':
         return send(res, 200, await this.metrics.registry.metrics(), this.metrics.registry.contentType);
       case '/api/v1/status':
@@ -169,8 +190,9 @@ export class AdminServer {
         }
         case 'PUT /api/v1/rules':
         case 'POST /api/v1/rules/validate': {
-          const files = filesFromBody(await readBody(req), bodyKindOf(req.headers['content-type']));
-          const outcome = path === '/api/v1/rules' ? await rules.push(files, 'api') : await rules.validate(files);
+          const { files, allowEmpty } = pushFromBody(await readBody(req), bodyKindOf(req.headers['content-type']));
+          const opts = { allowEmpty: allowEmptyOf(req.url) || allowEmpty };
+          const outcome = path === '/api/v1/rules' ? await rules.push(files, 'api', opts) : await rules.validate(files, opts);
           const { status, body } = outcomeBody(outcome);
           return send(res, status, JSON.stringify(body));
         }

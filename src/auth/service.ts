@@ -18,6 +18,8 @@ export interface Credentials {
   certificateId: string | null;
   /** open mode, nothing claimed: what the device id is derived from (the MQTT client id, `coap-<ip>-<port>`) */
   fallbackId: string;
+  /** the fallback id was made up by the proxy (an MQTT client that sent an empty client id): it names nobody */
+  fallbackAssigned?: boolean;
 }
 
 /** Who a connection belongs to, decided once when it authenticates. */
@@ -25,6 +27,11 @@ export interface Identity {
   readonly deviceId: string;
   /** how it proved it; a certificate survives a token rotation */
   readonly by: 'open' | 'token' | 'certificate';
+  /**
+   * Open mode, a client that named no device (no username, an id the broker assigned): each of its
+   * messages on a `devices/<id>/...` topic is that device's (core/topic.ts deviceIdOfTopic).
+   */
+  readonly fromTopic?: boolean;
 }
 
 export type AuthResult =
@@ -130,7 +137,8 @@ export class AuthService extends EventEmitter<{ change: [RegistryChange] }> {
         detail: `the username "${c.claimedId.slice(0, 128)}" is not the certificate's CN "${id}"`,
       };
     }
-    return { ok: true, identity: { deviceId: id, by: 'open' } };
+    const fromTopic = c.certificateId === null && !c.claimedId && c.fallbackAssigned === true;
+    return { ok: true, identity: fromTopic ? { deviceId: id, by: 'open', fromTopic } : { deviceId: id, by: 'open' } };
   }
 
   /** The device's registry entry now; null in open mode or once it was removed. */

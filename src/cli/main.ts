@@ -52,7 +52,15 @@ const VERBS: Readonly<Record<string, Verb>> = {
 export async function main(argv: string[]): Promise<void> {
   const first = argv[0];
   const named = first !== undefined && Object.hasOwn(VERBS, first);
-  const name = named ? first : first === '--help' || first === '-h' ? 'help' : first && !first.startsWith('-') ? null : 'run';
+  const name = named
+    ? first
+    : first === '--help' || first === '-h'
+      ? 'help'
+      : first === '--version' || first === '-V'
+        ? 'version'
+        : first && !first.startsWith('-')
+          ? null
+          : 'run';
   if (name === null) fail(`unknown verb "${first}" (E_USAGE)\n\n${USAGE}`);
   const verb = VERBS[name]!;
   try {

@@ -12,6 +12,17 @@ function describeVersion(body: Record<string, unknown>): string {
   return `version ${String(body.version)}: ${String(body.rules)} rule${body.rules === 1 ? '' : 's'} (sha256 ${String(body.sha256).slice(0, 12)})`;
 }
 
+/** What a push replaced: "3 files replaced by 1 (a.rules, b.rules, c.rules)". */
+function describeReplaced(body: Record<string, unknown>): string {
+  const names = (v: unknown): string[] => (Array.isArray(v) ? v.filter((n): n is string => typeof n === 'string') : []);
+  const replaced = names(body.replaced);
+  const now = names(body.files).length;
+  const files = (n: number): string => `${n} file${n === 1 ? '' : 's'}`;
+  if (replaced.length === 0) return `no file replaced, ${files(now)} now`;
+  const listed = replaced.length <= 10 ? replaced.join(', ') : `${replaced.slice(0, 10).join(', ')}, …`;
+  return `${files(replaced.length)} replaced by ${now} (${listed})`;
+}
+
 function failure(a: AdminAnswer, url: string, err: Print): number {
   const text = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
   err(`${url} answered ${a.status}: ${text(a.body.error ?? a.body)}${a.body.code ? ` (${text(a.body.code)})` : ''}\n`);
@@ -35,10 +46,16 @@ async function call(target: AdminTarget, err: Print, request: () => Promise<Admi
 
 /**
  * `edge-proxy rules push FILE...`: replaces the proxy's rules with these files (stored under their
- * base names). Exit 0 when they run, 1 with the errors printed as `rules check` prints them, 2 when
- * the proxy cannot be reached.
+ * base names). Exit 0 when they run, 1 with the errors printed as `rules check` prints them (or a
+ * set without a rule refused, unless `allowEmpty`), 2 when the proxy cannot be reached.
  */
-export async function rulesPush(paths: string[], target: AdminTarget, out: Print, err: Print): Promise<number> {
+export async function rulesPush(
+  paths: string[],
+  target: AdminTarget,
+  out: Print,
+  err: Print,
+  opts: { allowEmpty?: boolean } = {},
+): Promise<number> {
   const byName = new Map<string, string>();
   for (const p of paths) {
     const name = basename(p);
@@ -61,14 +78,14 @@ export async function rulesPush(paths: string[], target: AdminTarget, out: Print
       return 2;
     }
   }
-  const data = JSON.stringify({ files: Object.fromEntries(texts) });
+  const data = JSON.stringify({ files: Object.fromEntries(texts), ...(opts.allowEmpty ? { allowEmpty: true } : {}) });
   const a = await call(target, err, () => adminRequest(target, 'PUT', '/api/v1/rules', { type: 'application/json', data }));
   if (typeof a === 'number') return a;
   if (a.status === 200) {
     out(
       a.body.changed === false
         ? `unchanged: ${describeVersion(a.body)} is already running\n`
-        : `pushed: ${describeVersion(a.body)} running\n`,
+        : `pushed: ${describeVersion(a.body)} running; ${describeReplaced(a.body)}\n`,
     );
     return 0;
   }
@@ -79,6 +96,11 @@ export async function rulesPush(paths: string[], target: AdminTarget, out: Print
     const local = errors.map((e) => ({ ...e, file: byName.get(e.file) ?? e.file }));
     err(formatErrors({ errors: local, sources }) + '\n');
     err(`${errors.length} error${errors.length === 1 ? '' : 's'}: nothing changed, the running rules keep running\n`);
+    return 1;
+  }
+  if (a.body.code === 'E_RULES_EMPTY') {
+    err(`the files define no rule: the push would remove every rule, so it was refused; nothing changed (E_RULES_EMPTY)\n`);
+    err('to run no rules on purpose: edge-proxy rules push --allow-empty FILE...\n');
     return 1;
   }
   return failure(a, target.url, err);

@@ -3,7 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { Config } from '../config/types.js';
-import type { EdgeMessage, Protocol } from '../core/message.js';
+import { EDGE_DEVICE_ID, type EdgeMessage, type Protocol } from '../core/message.js';
+import { deviceIdOfTopic } from '../core/topic.js';
 import { newMessageId } from '../core/ids.js';
 import { PriorityTable } from '../pipeline/priorities.js';
 import { planActions } from '../pipeline/plan.js';
@@ -12,7 +13,7 @@ import { formatRegistryProblem, parseRegistry } from '../auth/registry.js';
 import { msgValue } from '../rules/msg.js';
 import { fromJson, type Value } from '../rules/values.js';
 import { rulesPush, rulesRollback } from './rules-remote.js';
-import { configOrDefaults, fail, targetOf } from './terminal.js';
+import { configOrDefaults, fail, plural, readUserFile, targetOf } from './terminal.js';
 
 export const RULES_HELP = `edge-proxy rules check FILE... [--config FILE]
   Compiles the files as one ruleset and prints every error as file:line:col: CODE: message with the
@@ -20,13 +21,16 @@ export const RULES_HELP = `edge-proxy rules check FILE... [--config FILE]
 
 edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text] [--config FILE]
   Runs the rules over recorded messages (one JSON object a line: topic, payload as JSON, and any
-  other EdgeMessage field; ts defaults to the previous line's + 1000, deviceId to the topic's second
-  level) without sending anything, and prints per message what fired and what would go up.
+  other EdgeMessage field; ts defaults to the previous line's + 1000, deviceId to the <id> of a
+  devices/<id>/... topic, else "test") without sending anything, and prints per message what fired
+  and what would go up. --input - reads the messages from standard input.
   In token mode the rules read device.<attr> from the registry (devicesFile), as the running proxy does.
 
-edge-proxy rules push FILE... [--admin URL] [--token T] [--config FILE]
+edge-proxy rules push FILE... [--allow-empty] [--admin URL] [--token T] [--config FILE]
   Replaces every rules file of a running proxy with FILEs (stored under their base names) and runs
-  them as a new version, or changes nothing and prints every error as rules check does.
+  them as a new version, or changes nothing and prints every error as rules check does. Says which
+  files of the previous set it replaced. FILEs that define no rule are refused (E_RULES_EMPTY): they
+  would remove every rule. --allow-empty pushes them anyway; with no FILE it removes every rule.
   Without --admin and --token: the proxy the configuration describes, with the token it keeps in
   its data directory. Exit 0 when the files run, 1 with errors, 2 when the proxy cannot be reached.
 
@@ -48,12 +52,21 @@ export async function rules(args: string[]): Promise<void> {
       args: rest,
       allowPositionals: sub === 'push',
       strict: true,
-      options: { config: { type: 'string' }, admin: { type: 'string' }, token: { type: 'string' }, help: { type: 'boolean' } },
+      options: {
+        config: { type: 'string' },
+        admin: { type: 'string' },
+        token: { type: 'string' },
+        help: { type: 'boolean' },
+        'allow-empty': { type: 'boolean' },
+      },
     });
     if (values.help) return void process.stdout.write(RULES_HELP);
-    if (sub === 'push' && positionals.length === 0) fail('rules push needs at least one FILE (E_USAGE)');
+    const allowEmpty = values['allow-empty'] === true;
+    if (sub === 'rollback' && allowEmpty) fail('--allow-empty is an option of rules push (E_USAGE)');
+    if (sub === 'push' && positionals.length === 0 && !allowEmpty)
+      fail('rules push needs at least one FILE (E_USAGE); to remove every rule on purpose: rules push --allow-empty');
     const target = targetOf(values);
-    process.exit(sub === 'push' ? await rulesPush(positionals, target, out, err) : await rulesRollback(target, out, err));
+    process.exit(sub === 'push' ? await rulesPush(positionals, target, out, err, { allowEmpty }) : await rulesRollback(target, out, err));
   }
   const { values, positionals } = parseArgs({
     args: rest,
@@ -77,7 +90,7 @@ export async function rules(args: string[]): Promise<void> {
 
 /** Compiles the given files as one ruleset, with the limits of the configuration. */
 function compileFiles(paths: string[], cfg: Config): CompileResult {
-  const files = paths.map((p) => ({ name: p, text: readFileSync(p, 'utf8') }));
+  const files = paths.map((p) => ({ name: p, text: readUserFile(p, 'the rules file') }));
   return compileRuleset(
     files,
     { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules },
@@ -94,10 +107,10 @@ function rulesCheck(paths: string[], cfg: Config, out: (s: string) => void, err:
   const result = compileFiles(paths, cfg);
   if (result.errors.length > 0) {
     err(formatErrors(result) + '\n');
-    err(`${result.errors.length} error${result.errors.length === 1 ? '' : 's'} in ${paths.length} file${paths.length === 1 ? '' : 's'}\n`);
+    err(`${plural(result.errors.length, 'error')} in ${plural(paths.length, 'file')}\n`);
     return 1;
   }
-  out(`${result.rules} rule${result.rules === 1 ? '' : 's'} in ${paths.length} file${paths.length === 1 ? '' : 's'}: OK\n`);
+  out(`${plural(result.rules, 'rule')} in ${plural(paths.length, 'file')}: OK\n`);
   return 0;
 }
 
@@ -115,15 +128,19 @@ interface InputLine {
   parentId?: string;
 }
 
-function toMessage(line: InputLine, previousTs: number | null, where: string): EdgeMessage {
-  if (typeof line.topic !== 'string' || line.topic === '') throw new Error(`${where}: every message needs a "topic"`);
+function toMessage(line: InputLine, previousTs: number | null): EdgeMessage {
+  if (typeof line !== 'object' || line === null || Array.isArray(line))
+    throw new Error('every line must be a JSON object, such as {"topic": "devices/d1/telemetry", "payload": {"temp": 21}}');
+  if (typeof line.topic !== 'string' || line.topic === '') throw new Error('every message needs a "topic"');
   const ts = typeof line.ts === 'number' ? line.ts : previousTs === null ? 0 : previousTs + 1000;
   const payload = line.payload === undefined ? null : line.payload;
   const text = typeof payload === 'string';
   return {
     id: line.id ?? newMessageId(Date.now()),
     ts,
-    deviceId: line.deviceId ?? line.topic.split('/')[1] ?? 'test',
+    // As the proxy does: the cloud's messages are the edge's own; a sender that names no device is
+    // the one its devices/<id>/... topic names (core/topic.ts).
+    deviceId: line.deviceId ?? (line.protocol === 'cloud' ? EDGE_DEVICE_ID : (deviceIdOfTopic(line.topic) ?? 'test')),
     protocol: line.protocol ?? 'mqtt',
     topic: line.topic,
     payload: Buffer.from(text ? payload : JSON.stringify(payload)),
@@ -182,7 +199,7 @@ function rulesTest(
   const priorities = new PriorityTable(cfg.routing.priorities);
   const attrs = deviceAttrs(cfg, err);
   if (!attrs) return 1;
-  const lines = readFileSync(inputPath, 'utf8').split('\n');
+  const lines = readUserFile(inputPath, 'the input').split('\n');
   let previousTs: number | null = null;
   for (let i = 0; i < lines.length; i++) {
     const raw = lines[i]!.trim();
@@ -191,7 +208,7 @@ function rulesTest(
     let line: InputLine;
     try {
       line = JSON.parse(raw) as InputLine;
-      msg = toMessage(line, previousTs, `${inputPath}:${i + 1}`);
+      msg = toMessage(line, previousTs);
     } catch (e) {
       err(`${inputPath}:${i + 1}: ${(e as Error).message}\n`);
       return 1;

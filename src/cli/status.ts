@@ -2,7 +2,7 @@
 
 import { parseArgs } from 'node:util';
 import type { ProxyStatus } from '../admin/status.js';
-import { fail, targetOf } from './terminal.js';
+import { fail, plural, targetOf } from './terminal.js';
 
 export const STATUS_HELP = `edge-proxy status [--config FILE] [--admin URL] [--token T] [--json]
   Asks a running proxy (default: the one the configuration describes, with the token from its data directory)
@@ -48,17 +48,15 @@ export async function status(args: string[]): Promise<void> {
         .map(([protocol, n]) => `${n} ${protocol.toUpperCase()}`)
         .join(', ')} connected; ${body.rates.receivedPerSecond.toFixed(1)} msg/s in`,
       body.auth.mode === 'token'
-        ? `auth:     token mode, ${body.auth.devices ?? 0} registered device${body.auth.devices === 1 ? '' : 's'}`
+        ? `auth:     token mode, ${plural(body.auth.devices ?? 0, 'registered device')}`
         : 'auth:     open mode: any client connects as any device (trial setting)',
       u.url === null
         ? 'uplink:   none (offline mode): what would go up stays in the cache'
         : `uplink:   ${u.url}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
-      `cache:    ${c.messages} messages, ${c.bytes} bytes, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
+      `cache:    ${plural(c.messages, 'message')}, ${plural(c.bytes, 'byte')}, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
       `drain:    ${c.messages === 0 ? 'nothing to drain' : c.timeToDrainSeconds === null ? `not draining now${u.connected ? '' : ' (the uplink is not connected)'}` : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
       ...(body.rules
-        ? [
-            `rules:    version ${body.rules.version}, ${body.rules.rules} rule${body.rules.rules === 1 ? '' : 's'} (sha256 ${body.rules.sha256.slice(0, 12)})`,
-          ]
+        ? [`rules:    version ${body.rules.version}, ${plural(body.rules.rules, 'rule')} (sha256 ${body.rules.sha256.slice(0, 12)})`]
         : []),
       '',
     ].join('\n'),

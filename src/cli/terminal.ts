@@ -1,6 +1,7 @@
 // What every verb shares: writing to the user's terminal, exiting with a status, and the
 // configuration and admin endpoint a verb is pointed at.
 
+import { readFileSync } from 'node:fs';
 import { ConfigError, formatConfigProblem } from '../core/errors.js';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
@@ -12,8 +13,34 @@ export function fail(message: string, code = 2): never {
   process.exit(code);
 }
 
+/**
+ * A file the user named, as text; `-` is standard input. A file that cannot be read ends the command
+ * with one line saying why (exit 2), never a stack trace.
+ */
+export function readUserFile(path: string, what: string): string {
+  try {
+    return readFileSync(path === '-' ? 0 : path, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === 'ENOENT'
+        ? 'no such file (a shell pattern that matched nothing is passed on as it is)'
+        : code === 'EISDIR'
+          ? `it is a directory: name the files in it, such as ${path.replace(/\/$/, '')}/*.rules`
+          : code === 'EACCES'
+            ? 'permission denied'
+            : (e as Error).message;
+    fail(`cannot read ${what} ${path}: ${why} (E_USAGE)`);
+  }
+}
+
+/** `1 rule`, `2 rules`. */
+export function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
 export function printConfigError(err: ConfigError): void {
-  process.stderr.write(`configuration has ${err.problems.length} problem${err.problems.length === 1 ? '' : 's'}:\n`);
+  process.stderr.write(`configuration has ${plural(err.problems.length, 'problem')}:\n`);
   for (const p of err.problems) process.stderr.write(formatConfigProblem(p) + '\n');
 }
 

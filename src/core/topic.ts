@@ -1,4 +1,19 @@
 // Topics and MQTT topic filters, shared by every protocol.
+import { EDGE_DEVICE_ID, isValidDeviceId } from './message.js';
+
+const DEVICES_PREFIX = 'devices/';
+
+/**
+ * The device a topic of the `devices/<id>/...` convention names, or null. This is the one rule for
+ * a message whose sender named no device (an MQTT client in open mode with no username and an id the
+ * broker assigned), and for `edge-proxy rules test` when a recorded message gives no deviceId.
+ */
+export function deviceIdOfTopic(topic: string): string | null {
+  if (!topic.startsWith(DEVICES_PREFIX)) return null;
+  const end = topic.indexOf('/', DEVICES_PREFIX.length);
+  const id = topic.slice(DEVICES_PREFIX.length, end === -1 ? undefined : end);
+  return isValidDeviceId(id) && id !== EDGE_DEVICE_ID ? id : null;
+}
 
 const RESERVED_PREFIX = '$edge/';
 

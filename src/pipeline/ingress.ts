@@ -4,7 +4,7 @@ import type { ContentType, EdgeMessage, Protocol, QoS } from '../core/message.js
 import { EDGE_DEVICE_ID } from '../core/message.js';
 import { newMessageId } from '../core/ids.js';
 import { sniffContentType } from '../core/content-type.js';
-import { checkDeviceTopic, filterTouchesReserved } from '../core/topic.js';
+import { checkDeviceTopic, deviceIdOfTopic, filterTouchesReserved } from '../core/topic.js';
 import type { AuthFailureReason, AuthResult, AuthService, Credentials, Identity } from '../auth/service.js';
 
 export type DeviceProtocol = Extract<Protocol, 'mqtt' | 'coap' | 'ws'>;
@@ -127,7 +127,8 @@ export class IngressGate {
         ),
       );
     }
-    return { kind: 'accept', msg: this.normalize(identity.deviceId, protocol, req) };
+    const deviceId = identity.fromTopic ? (deviceIdOfTopic(req.topic) ?? identity.deviceId) : identity.deviceId;
+    return { kind: 'accept', msg: this.normalize(deviceId, protocol, req) };
   }
 
   private refuse(reason: RefuseReason, error: EdgeError): PublishVerdict {

@@ -57,12 +57,19 @@ function jsonErrorPlace(text: string, err: Error): string {
   return ` at line ${before.length}, column ${before[before.length - 1]!.length + 1}`;
 }
 
+/** What a push body asks for: the files, and whether a set that defines no rule may replace the running one. */
+export interface PushBody {
+  files: RuleFile[];
+  /** `"allowEmpty": true` in a JSON body; a text body never says it (the admin API's ?allowEmpty=1 does) */
+  allowEmpty: boolean;
+}
+
 /**
  * The rules files a push carries: a text is one file stored as pushed.rules; JSON is
- * {"files": {"name.rules": "text", ...}}. `auto` (the cloud topic) reads JSON when the body parses
- * as a JSON object, else text.
+ * {"files": {"name.rules": "text", ...}, "allowEmpty": true|false}. `auto` (the cloud topic) reads
+ * JSON when the body parses as a JSON object, else text.
  */
-export function filesFromBody(body: Buffer, kind: BodyKind): RuleFile[] {
+export function pushFromBody(body: Buffer, kind: BodyKind): PushBody {
   if (body.length > MAX_PUSH_BYTES)
     throw new PushRequestError(`the body is ${body.length} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413);
   if (!isUtf8(body)) throw new PushRequestError('the body is not UTF-8 text');
@@ -72,12 +79,13 @@ export function filesFromBody(body: Buffer, kind: BodyKind): RuleFile[] {
     try {
       parsed = JSON.parse(text);
     } catch {
-      return [{ name: PUSHED_FILE, text }];
+      return { files: [{ name: PUSHED_FILE, text }], allowEmpty: false };
     }
-    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return [{ name: PUSHED_FILE, text }];
-    return filesOfJson(parsed as Record<string, unknown>);
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+      return { files: [{ name: PUSHED_FILE, text }], allowEmpty: false };
+    return pushOfJson(parsed as Record<string, unknown>);
   }
-  if (kind === 'text') return [{ name: PUSHED_FILE, text }];
+  if (kind === 'text') return { files: [{ name: PUSHED_FILE, text }], allowEmpty: false };
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -86,15 +94,17 @@ export function filesFromBody(body: Buffer, kind: BodyKind): RuleFile[] {
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
     throw new PushRequestError('the body must be a JSON object {"files": {"name.rules": "text", ...}}');
-  return filesOfJson(parsed as Record<string, unknown>);
+  return pushOfJson(parsed as Record<string, unknown>);
 }
 
-function filesOfJson(body: Record<string, unknown>): RuleFile[] {
-  const extra = Object.keys(body).filter((k) => k !== 'files');
+function pushOfJson(body: Record<string, unknown>): PushBody {
+  const extra = Object.keys(body).filter((k) => k !== 'files' && k !== 'allowEmpty');
   if (extra.length > 0)
     throw new PushRequestError(
-      `unknown field${extra.length === 1 ? '' : 's'} ${extra.map((k) => JSON.stringify(k)).join(', ')}: the body is {"files": {"name.rules": "text", ...}}`,
+      `unknown field${extra.length === 1 ? '' : 's'} ${extra.map((k) => JSON.stringify(k)).join(', ')}: the body is {"files": {"name.rules": "text", ...}, "allowEmpty": false}`,
     );
+  if (body.allowEmpty !== undefined && typeof body.allowEmpty !== 'boolean')
+    throw new PushRequestError(`"allowEmpty" is ${JSON.stringify(body.allowEmpty)}; it is true or false`);
   const files = body.files;
   if (files === null || typeof files !== 'object' || Array.isArray(files))
     throw new PushRequestError('"files" must be an object of "name.rules": "text"');
@@ -109,5 +119,5 @@ function filesOfJson(body: Record<string, unknown>): RuleFile[] {
       );
     out.push({ name, text });
   }
-  return out;
+  return { files: out, allowEmpty: body.allowEmpty === true };
 }

@@ -15,9 +15,20 @@ export type { RulesVersion } from './history.js';
 /** Where a change of the rules came from, for logs and metrics. */
 type RulesSource = 'api' | 'cloud' | 'file change' | 'rollback';
 
-/** The answer to a push, a validation or a rollback (docs/rules.md, Pushing rules). */
+/**
+ * The answer to a push, a validation or a rollback (docs/rules.md, Pushing rules). `files` are the
+ * names of the set that runs (or would run); `replaced` the names of the previous set's files that
+ * it removes or changes.
+ */
 export type RulesOutcome =
-  { ok: true; version: number; sha256: string; rules: number; changed: boolean } | { ok: false; errors: RuleError[] };
+  | { ok: true; version: number; sha256: string; rules: number; changed: boolean; files: string[]; replaced: string[] }
+  | { ok: false; errors: RuleError[] };
+
+/** How a push is taken. */
+export interface PushOptions {
+  /** a set that defines no rule may replace the running one; without it such a push is refused (E_RULES_EMPTY) */
+  allowEmpty?: boolean;
+}
 
 interface RulesStoreOptions {
   dir: string;
@@ -140,8 +151,39 @@ export class RulesStore {
     return { errors, rules: a.rules, ruleset: () => RuleSet.build(a.checked, this.opts.engine) };
   }
 
-  private answer(v: RulesVersion, changed: boolean): RulesOutcome {
-    return { ok: true, version: v.version, sha256: v.sha256, rules: v.rules, changed };
+  private answer(v: RulesVersion, changed: boolean, replaced: string[]): RulesOutcome {
+    return { ok: true, version: v.version, sha256: v.sha256, rules: v.rules, changed, files: Object.keys(v.files).sort(), replaced };
+  }
+
+  /** The running set's files that `files` would remove or change, by name. */
+  private replacedBy(files: RuleFile[]): string[] {
+    const next = new Map(files.map((f) => [f.name, f.text]));
+    return Object.entries(this.running?.files ?? {})
+      .filter(([name, text]) => next.get(name) !== text)
+      .map(([name]) => name)
+      .sort();
+  }
+
+  /**
+   * A push that defines no rule would remove every rule: an empty body, a cleared retained message,
+   * a script that globbed nothing. It is refused unless asked for (docs/rules.md, Pushing rules).
+   */
+  private refuseEmpty(files: RuleFile[], source: RulesSource | 'validation'): EdgeError {
+    const running = this.running?.version ?? 0;
+    const what = files.length === 0 ? 'carries no rules file' : `has ${files.length} file${files.length === 1 ? '' : 's'} but no rule`;
+    const how =
+      source === 'cloud'
+        ? 'publish {"files": {}, "allowEmpty": true} on rules/set, without the retain flag'
+        : 'push {"files": {}, "allowEmpty": true} (a text body: ?allowEmpty=1), or edge-proxy rules push --allow-empty';
+    const err = new EdgeError(
+      'E_RULES_EMPTY',
+      `the push ${what}: it would remove every rule, so it is refused; nothing changed, version ${running} keeps running. To run no rules on purpose, ${how}`,
+    );
+    if (source !== 'validation') {
+      this.opts.onPush?.(source, 'rejected');
+      this.opts.log.warn({ source, files: files.map((f) => f.name), code: err.code }, err.message);
+    }
+    return err;
   }
 
   private refuse(files: RuleFile[], errors: RuleError[], source: RulesSource): RulesOutcome {
@@ -155,21 +197,33 @@ export class RulesStore {
     return { ok: false, errors };
   }
 
-  /** What a push of `files` would answer, applying nothing. */
-  validate(files: RuleFile[]): Promise<RulesOutcome> {
+  /** What a push of `files` would answer, applying nothing (E_RULES_EMPTY as the push would be refused). */
+  validate(files: RuleFile[], opts: PushOptions = {}): Promise<RulesOutcome> {
     return (async () => {
       const a = await this.analyze(files, true);
       if (a.errors.length > 0) return { ok: false, errors: a.errors };
+      if (a.rules === 0 && !opts.allowEmpty) throw this.refuseEmpty(files, 'validation');
       const sha256 = contentHash(files);
       const same = this.running?.sha256 === sha256;
       const version = same ? this.running!.version : (this.history.latest()?.version ?? 0) + 1;
-      return { ok: true, version, sha256, rules: a.rules, changed: !same };
+      return {
+        ok: true,
+        version,
+        sha256,
+        rules: a.rules,
+        changed: !same,
+        files: files.map((f) => f.name).sort(),
+        replaced: same ? [] : this.replacedBy(files),
+      };
     })();
   }
 
-  /** Replace the directory's rules with `files` and run them; with errors nothing changes. */
-  push(files: RuleFile[], source: RulesSource): Promise<RulesOutcome> {
-    return this.serial(() => this.apply(files, source));
+  /**
+   * Replace the directory's rules with `files` and run them; with errors nothing changes. A set
+   * that defines no rule is refused (E_RULES_EMPTY) unless `allowEmpty`.
+   */
+  push(files: RuleFile[], source: RulesSource, opts: PushOptions = {}): Promise<RulesOutcome> {
+    return this.serial(() => this.apply(files, source, opts));
   }
 
   /** Re-apply the set before the running one as a new version; E_RULES_NO_EARLIER when there is none. */
@@ -179,17 +233,20 @@ export class RulesStore {
       const earlier = this.history.before(running);
       if (!earlier) throw new EdgeError('E_RULES_NO_EARLIER', `there is no rules version before version ${running} in ${this.historyDir}`);
       this.opts.log.info({ from: running, to: earlier.version }, `rolling back to the rules of version ${earlier.version}`);
+      // A rollback names a version that ran: an empty one is what was asked for.
       return this.apply(
         Object.entries(earlier.files).map(([name, text]) => ({ name, text })),
         'rollback',
+        { allowEmpty: true },
       );
     });
   }
 
-  private async apply(files: RuleFile[], source: RulesSource): Promise<RulesOutcome> {
+  private async apply(files: RuleFile[], source: RulesSource, opts: PushOptions): Promise<RulesOutcome> {
     const started = performance.now();
     const a = await this.analyze(files, source !== 'rollback');
     if (a.errors.length > 0) return this.refuse(files, a.errors, source);
+    if (a.rules === 0 && !opts.allowEmpty) throw this.refuseEmpty(files, source);
     if (this.running?.sha256 === contentHash(files)) {
       // The directory may hold an edit that was refused: a push of the running set puts it back.
       if (contentHash(readRulesDir(this.opts.dir)) !== this.running.sha256) {
@@ -204,10 +261,11 @@ export class RulesStore {
         { source, version: this.running.version },
         `the pushed rules are the running version ${this.running.version}; nothing changed`,
       );
-      return this.answer(this.running, false);
+      return this.answer(this.running, false, []);
     }
     // The files are written while the set is compiled: the disk waits on fsync, the compiler on the CPU.
     const previous = Object.entries(this.running?.files ?? {}).map(([name, text]) => ({ name, text }));
+    const replaced = this.replacedBy(files);
     this.writing = true;
     const analyzed = performance.now();
     const timing = { analyzeMs: Math.round(analyzed - started), compileMs: 0, writeMs: 0 };
@@ -235,7 +293,7 @@ export class RulesStore {
     if (!this.stopped) this.watch(); // the push may have made the directory
     const v = this.swap(files, ruleset, a.rules, source, { tookMs: Math.round(performance.now() - started), ...timing });
     this.opts.onPush?.(source, 'applied');
-    return this.answer(v, true);
+    return this.answer(v, true, replaced);
   }
 
   /** Read the directory again; swap to it if it compiles and differs from the running set. */

@@ -149,7 +149,13 @@ export class MqttAdapter implements DeviceAdapter {
     this.servers.push(server);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: Error) =>
-        reject(new EdgeError('E_LISTEN', `${name} cannot listen on ${host}:${port}: ${err.message}`, { cause: err })),
+        reject(
+          new EdgeError(
+            'E_LISTEN',
+            `${name} cannot listen on ${host}:${port}: ${err.message}; the port is ${name === 'mqtt-tls' ? 'mqtt.tls.port (environment EDGE_PROXY_MQTT_TLS_PORT)' : 'mqtt.port (environment EDGE_PROXY_MQTT_PORT)'}, the address mqtt.host (EDGE_PROXY_MQTT_HOST)`,
+            { cause: err },
+          ),
+        ),
       );
       server.listen(port, host, () => resolve());
     });
@@ -269,6 +275,7 @@ export class MqttAdapter implements DeviceAdapter {
         token: password ? password.toString('utf8') : null,
         certificateId: conn.certificate?.cn ?? null,
         fallbackId: sent.clientId === '' ? client.id : sent.clientId,
+        fallbackAssigned: sent.clientId === '',
       },
       conn.remote,
     );
