@@ -1,4 +1,4 @@
-// `edge-proxy rules push` and `rules rollback`: a running proxy's rules, through its admin API.
+// `edge-proxy rules push`, `rules add`, `rules remove` and `rules rollback`: a running proxy's rules, through its admin API.
 
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
@@ -44,18 +44,8 @@ async function call(target: AdminTarget, err: Print, request: () => Promise<Admi
   }
 }
 
-/**
- * `edge-proxy rules push FILE...`: replaces the proxy's rules with these files (stored under their
- * base names). Exit 0 when they run, 1 with the errors printed as `rules check` prints them (or a
- * set without a rule refused, unless `allowEmpty`), 2 when the proxy cannot be reached.
- */
-export async function rulesPush(
-  paths: string[],
-  target: AdminTarget,
-  out: Print,
-  err: Print,
-  opts: { allowEmpty?: boolean } = {},
-): Promise<number> {
+/** The files to send, by the base name they are stored under (and the path given); 2 after printing why not. */
+function readFiles(paths: string[], err: Print): { byName: Map<string, string>; texts: Map<string, string> } | number {
   const byName = new Map<string, string>();
   for (const p of paths) {
     const name = basename(p);
@@ -78,6 +68,35 @@ export async function rulesPush(
       return 2;
     }
   }
+  return { byName, texts };
+}
+
+/** A 422 answer: every error as `rules check` prints it, naming the files as they were given here. */
+function printErrors(a: AdminAnswer, byName: Map<string, string>, texts: Map<string, string>, err: Print): number {
+  const errors = a.body.errors as RuleError[];
+  // The proxy names the files as stored; the listing names them as given here, with code frames.
+  const sources = new Map([...texts].map(([name, text]) => [byName.get(name)!, text]));
+  const local = errors.map((e) => ({ ...e, file: byName.get(e.file) ?? e.file }));
+  err(formatErrors({ errors: local, sources }) + '\n');
+  err(`${errors.length} error${errors.length === 1 ? '' : 's'}: nothing changed, the running rules keep running\n`);
+  return 1;
+}
+
+/**
+ * `edge-proxy rules push FILE...`: replaces the proxy's rules with these files (stored under their
+ * base names). Exit 0 when they run, 1 with the errors printed as `rules check` prints them (or a
+ * set without a rule refused, unless `allowEmpty`), 2 when the proxy cannot be reached.
+ */
+export async function rulesPush(
+  paths: string[],
+  target: AdminTarget,
+  out: Print,
+  err: Print,
+  opts: { allowEmpty?: boolean } = {},
+): Promise<number> {
+  const read = readFiles(paths, err);
+  if (typeof read === 'number') return read;
+  const { byName, texts } = read;
   const data = JSON.stringify({ files: Object.fromEntries(texts), ...(opts.allowEmpty ? { allowEmpty: true } : {}) });
   const a = await call(target, err, () => adminRequest(target, 'PUT', '/api/v1/rules', { type: 'application/json', data }));
   if (typeof a === 'number') return a;
@@ -89,18 +108,78 @@ export async function rulesPush(
     );
     return 0;
   }
-  if (a.status === 422 && Array.isArray(a.body.errors)) {
-    const errors = a.body.errors as RuleError[];
-    // The proxy names the files as stored; the listing names them as given here, with code frames.
-    const sources = new Map([...texts].map(([name, text]) => [byName.get(name)!, text]));
-    const local = errors.map((e) => ({ ...e, file: byName.get(e.file) ?? e.file }));
-    err(formatErrors({ errors: local, sources }) + '\n');
-    err(`${errors.length} error${errors.length === 1 ? '' : 's'}: nothing changed, the running rules keep running\n`);
-    return 1;
-  }
+  if (a.status === 422 && Array.isArray(a.body.errors)) return printErrors(a, byName, texts, err);
   if (a.body.code === 'E_RULES_EMPTY') {
     err(`the files define no rule: the push would remove every rule, so it was refused; nothing changed (E_RULES_EMPTY)\n`);
     err('to run no rules on purpose: edge-proxy rules push --allow-empty FILE...\n');
+    return 1;
+  }
+  return failure(a, target.url, err);
+}
+
+/** What a change of some files did: "added c.rules; replaced a.rules; removed b.rules; 3 files now". */
+function describeChange(body: Record<string, unknown>): string {
+  const names = (v: unknown): string[] => (Array.isArray(v) ? v.filter((n): n is string => typeof n === 'string') : []);
+  const removed = names(body.removed);
+  // `replaced` names, as for a push, every running file removed or changed: here, the changed ones.
+  const replaced = names(body.replaced).filter((n) => !removed.includes(n));
+  const now = names(body.files).length;
+  const parts = [
+    ...(names(body.added).length ? [`added ${names(body.added).join(', ')}`] : []),
+    ...(replaced.length ? [`replaced ${replaced.join(', ')}`] : []),
+    ...(removed.length ? [`removed ${removed.join(', ')}`] : []),
+  ];
+  return [...parts, `${now} file${now === 1 ? '' : 's'} now`].join('; ');
+}
+
+/**
+ * `edge-proxy rules add FILE...` (add these files, or replace the running ones of their base
+ * names) and `edge-proxy rules remove NAME...` (remove these running files): the proxy's other
+ * files keep running, and the whole set that results runs as a new version. Exit statuses as for
+ * `rules push`; a NAME that does not run is refused (1, E_RULES_NO_FILE).
+ */
+export async function rulesChange(
+  verb: 'add' | 'remove',
+  args: string[],
+  target: AdminTarget,
+  out: Print,
+  err: Print,
+  opts: { allowEmpty?: boolean } = {},
+): Promise<number> {
+  let byName = new Map<string, string>();
+  let texts = new Map<string, string>();
+  const remove: string[] = [];
+  if (verb === 'add') {
+    const read = readFiles(args, err);
+    if (typeof read === 'number') return read;
+    ({ byName, texts } = read);
+  } else {
+    for (const name of args) {
+      if (name !== basename(name) || !name.endsWith('.rules')) {
+        err(`${name}: give the name of a running rules file, such as alarms.rules, not a path (E_USAGE)\n`);
+        return 2;
+      }
+      remove.push(name);
+    }
+  }
+  const data = JSON.stringify({
+    ...(verb === 'add' ? { files: Object.fromEntries(texts) } : { remove }),
+    ...(opts.allowEmpty ? { allowEmpty: true } : {}),
+  });
+  const a = await call(target, err, () => adminRequest(target, 'PATCH', '/api/v1/rules', { type: 'application/json', data }));
+  if (typeof a === 'number') return a;
+  if (a.status === 200) {
+    out(
+      a.body.changed === false
+        ? `unchanged: ${describeVersion(a.body)} is already running\n`
+        : `${verb === 'add' ? 'added' : 'removed'}: ${describeVersion(a.body)} running; ${describeChange(a.body)}\n`,
+    );
+    return 0;
+  }
+  if (a.status === 422 && Array.isArray(a.body.errors)) return printErrors(a, byName, texts, err);
+  if (a.body.code === 'E_RULES_EMPTY') {
+    err(`the set this leaves defines no rule: it would remove every rule, so it was refused; nothing changed (E_RULES_EMPTY)\n`);
+    err(`to run no rules on purpose: edge-proxy rules ${verb} --allow-empty ${verb === 'add' ? 'FILE' : 'NAME'}...\n`);
     return 1;
   }
   return failure(a, target.url, err);

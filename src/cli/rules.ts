@@ -1,4 +1,4 @@
-// `edge-proxy rules`: check and test rules files here; push and rollback are in rules-remote.ts.
+// `edge-proxy rules`: check and test rules files here; push, add, remove and rollback are in rules-remote.ts.
 
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -12,7 +12,7 @@ import { compileRuleset, formatErrors, type CompileResult } from '../rules/loade
 import { formatRegistryProblem, parseRegistry } from '../auth/registry.js';
 import { msgValue } from '../rules/msg.js';
 import { fromJson, type Value } from '../rules/values.js';
-import { rulesPush, rulesRollback } from './rules-remote.js';
+import { rulesChange, rulesPush, rulesRollback } from './rules-remote.js';
 import { configOrDefaults, fail, plural, readUserFile, targetOf } from './terminal.js';
 
 export const RULES_HELP = `edge-proxy rules check FILE... [--config FILE]
@@ -34,6 +34,17 @@ edge-proxy rules push FILE... [--allow-empty] [--admin URL] [--token T] [--confi
   Without --admin and --token: the proxy the configuration describes, with the token it keeps in
   its data directory. Exit 0 when the files run, 1 with errors, 2 when the proxy cannot be reached.
 
+edge-proxy rules add FILE... [--allow-empty] [--admin URL] [--token T] [--config FILE]
+  Adds FILEs to the rules of a running proxy (stored under their base names), each replacing the
+  running file of its name if there is one; the other files keep running. The whole set that
+  results is checked and runs as a new version, or nothing changes and every error is printed.
+  Says which files it added and replaced. Exit statuses as for rules push.
+
+edge-proxy rules remove NAME... [--allow-empty] [--admin URL] [--token T] [--config FILE]
+  Removes the running rules files NAMEd (base names, such as alarms.rules); the other files keep
+  running, as a new version. A NAME that does not run changes nothing (exit 1, E_RULES_NO_FILE).
+  Removing the last rules refuses (E_RULES_EMPTY) unless --allow-empty. Exit statuses as for push.
+
 edge-proxy rules rollback [--admin URL] [--token T] [--config FILE]
   Runs the rules of the version before the running one again, as a new version (two rollbacks in a
   row come back to where they started). Exit 0, 1 when there is no earlier version, 2 unreachable.
@@ -41,16 +52,16 @@ edge-proxy rules rollback [--admin URL] [--token T] [--config FILE]
 
 export async function rules(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
-  if (sub !== 'check' && sub !== 'test' && sub !== 'push' && sub !== 'rollback') {
+  if (sub !== 'check' && sub !== 'test' && sub !== 'push' && sub !== 'add' && sub !== 'remove' && sub !== 'rollback') {
     if (sub === '--help' || sub === undefined) return void process.stdout.write(RULES_HELP);
-    fail(`unknown rules command "${sub}": rules check, test, push or rollback (E_USAGE)\n\n${RULES_HELP}`);
+    fail(`unknown rules command "${sub}": rules check, test, push, add, remove or rollback (E_USAGE)\n\n${RULES_HELP}`);
   }
   const out = (s: string): void => void process.stdout.write(s);
   const err = (s: string): void => void process.stderr.write(s);
-  if (sub === 'push' || sub === 'rollback') {
+  if (sub === 'push' || sub === 'add' || sub === 'remove' || sub === 'rollback') {
     const { values, positionals } = parseArgs({
       args: rest,
-      allowPositionals: sub === 'push',
+      allowPositionals: sub !== 'rollback',
       strict: true,
       options: {
         config: { type: 'string' },
@@ -62,11 +73,19 @@ export async function rules(args: string[]): Promise<void> {
     });
     if (values.help) return void process.stdout.write(RULES_HELP);
     const allowEmpty = values['allow-empty'] === true;
-    if (sub === 'rollback' && allowEmpty) fail('--allow-empty is an option of rules push (E_USAGE)');
+    if (sub === 'rollback' && allowEmpty) fail('--allow-empty is an option of rules push, add and remove (E_USAGE)');
     if (sub === 'push' && positionals.length === 0 && !allowEmpty)
       fail('rules push needs at least one FILE (E_USAGE); to remove every rule on purpose: rules push --allow-empty');
+    if ((sub === 'add' || sub === 'remove') && positionals.length === 0)
+      fail(`rules ${sub} needs at least one ${sub === 'add' ? 'FILE' : 'NAME'} (E_USAGE)`);
     const target = targetOf(values);
-    process.exit(sub === 'push' ? await rulesPush(positionals, target, out, err, { allowEmpty }) : await rulesRollback(target, out, err));
+    process.exit(
+      sub === 'push'
+        ? await rulesPush(positionals, target, out, err, { allowEmpty })
+        : sub === 'rollback'
+          ? await rulesRollback(target, out, err)
+          : await rulesChange(sub, positionals, target, out, err, { allowEmpty }),
+    );
   }
   const { values, positionals } = parseArgs({
     args: rest,

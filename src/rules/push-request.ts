@@ -105,7 +105,11 @@ function pushOfJson(body: Record<string, unknown>): PushBody {
     );
   if (body.allowEmpty !== undefined && typeof body.allowEmpty !== 'boolean')
     throw new PushRequestError(`"allowEmpty" is ${JSON.stringify(body.allowEmpty)}; it is true or false`);
-  const files = body.files;
+  return { files: filesOf(body.files), allowEmpty: body.allowEmpty === true };
+}
+
+/** The `files` of a JSON body: an object of "name.rules": "text". */
+function filesOf(files: unknown): RuleFile[] {
   if (files === null || typeof files !== 'object' || Array.isArray(files))
     throw new PushRequestError('"files" must be an object of "name.rules": "text"');
   const entries = Object.entries(files as Record<string, unknown>);
@@ -119,5 +123,52 @@ function pushOfJson(body: Record<string, unknown>): PushBody {
       );
     out.push({ name, text });
   }
-  return { files: out, allowEmpty: body.allowEmpty === true };
+  return out;
+}
+
+/** What a change of some files asks for (PATCH /api/v1/rules): files to add or replace, names to remove. */
+export interface ChangeBody {
+  files: RuleFile[];
+  remove: string[];
+  allowEmpty: boolean;
+}
+
+/**
+ * The body of a change of some files of the running set: JSON whatever its content type,
+ * {"files": {"name.rules": "text", ...}, "remove": ["name.rules", ...], "allowEmpty": false}, each
+ * field optional but one of `files` and `remove` not empty (docs/rules.md, Adding and removing files).
+ */
+export function changeFromBody(body: Buffer): ChangeBody {
+  if (body.length > MAX_PUSH_BYTES)
+    throw new PushRequestError(`the body is ${body.length} bytes; a push may carry at most ${MAX_PUSH_BYTES}`, 413);
+  if (!isUtf8(body)) throw new PushRequestError('the body is not UTF-8 text');
+  const text = body.toString('utf8');
+  const shape = 'the body is {"files": {"name.rules": "text", ...}, "remove": ["name.rules", ...], "allowEmpty": false}';
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new PushRequestError(`the body is not valid JSON${jsonErrorPlace(text, err as Error)}: ${(err as Error).message}; ${shape}`);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+    throw new PushRequestError(`the body must be a JSON object: ${shape}`);
+  const o = parsed as Record<string, unknown>;
+  const extra = Object.keys(o).filter((k) => k !== 'files' && k !== 'remove' && k !== 'allowEmpty');
+  if (extra.length > 0)
+    throw new PushRequestError(`unknown field${extra.length === 1 ? '' : 's'} ${extra.map((k) => JSON.stringify(k)).join(', ')}: ${shape}`);
+  if (o.allowEmpty !== undefined && typeof o.allowEmpty !== 'boolean')
+    throw new PushRequestError(`"allowEmpty" is ${JSON.stringify(o.allowEmpty)}; it is true or false`);
+  const files = o.files === undefined ? [] : filesOf(o.files);
+  if (o.remove !== undefined && (!Array.isArray(o.remove) || o.remove.some((n) => typeof n !== 'string')))
+    throw new PushRequestError('"remove" must be an array of file names, such as ["old.rules"]');
+  const remove = [...new Set((o.remove ?? []) as string[])];
+  if (remove.length > MAX_PUSH_FILES)
+    throw new PushRequestError(`the change removes ${remove.length} files; at most ${MAX_PUSH_FILES} are taken`);
+  if (files.length === 0 && remove.length === 0) throw new PushRequestError(`the change names no file to add, replace or remove: ${shape}`);
+  const both = files.filter((f) => remove.includes(f.name)).map((f) => f.name);
+  if (both.length > 0)
+    throw new PushRequestError(
+      `${both.map((n) => JSON.stringify(n)).join(', ')} ${both.length === 1 ? 'is' : 'are'} both in "files" and in "remove": a change either adds (or replaces) a file or removes it`,
+    );
+  return { files, remove, allowEmpty: o.allowEmpty === true };
 }

@@ -18,11 +18,30 @@ type RulesSource = 'api' | 'cloud' | 'file change' | 'rollback';
 /**
  * The answer to a push, a validation or a rollback (docs/rules.md, Pushing rules). `files` are the
  * names of the set that runs (or would run); `replaced` the names of the previous set's files that
- * it removes or changes.
+ * it removes or changes. A change of some files also says which names it `added` (new to the set)
+ * and `removed`.
  */
 export type RulesOutcome =
-  | { ok: true; version: number; sha256: string; rules: number; changed: boolean; files: string[]; replaced: string[] }
+  | {
+      ok: true;
+      version: number;
+      sha256: string;
+      rules: number;
+      changed: boolean;
+      files: string[];
+      replaced: string[];
+      added?: string[];
+      removed?: string[];
+    }
   | { ok: false; errors: RuleError[] };
+
+/** A change of some files of the running set (docs/rules.md, Adding and removing files). */
+export interface RulesChange {
+  /** files added, or replacing the running file of their name */
+  files: RuleFile[];
+  /** names of running files removed */
+  remove: string[];
+}
 
 /** How a push is taken. */
 export interface PushOptions {
@@ -143,10 +162,10 @@ export class RulesStore {
    */
   private async analyze(
     files: RuleFile[],
-    pushed: boolean,
+    pushed: RuleFile[],
   ): Promise<{ errors: RuleError[]; ruleset: () => Promise<RuleSet>; rules: number }> {
     const a = await analyzeInSlices(files, this.opts.limits);
-    const named = pushed ? badFileNames(files) : [];
+    const named = badFileNames(pushed);
     const errors = named.length === 0 ? a.errors : [...named, ...a.errors].sort(byPlace);
     return { errors, rules: a.rules, ruleset: () => RuleSet.build(a.checked, this.opts.engine) };
   }
@@ -168,16 +187,22 @@ export class RulesStore {
    * A push that defines no rule would remove every rule: an empty body, a cleared retained message,
    * a script that globbed nothing. It is refused unless asked for (docs/rules.md, Pushing rules).
    */
-  private refuseEmpty(files: RuleFile[], source: RulesSource | 'validation'): EdgeError {
+  private refuseEmpty(files: RuleFile[], source: RulesSource | 'validation', change = false): EdgeError {
     const running = this.running?.version ?? 0;
-    const what = files.length === 0 ? 'carries no rules file' : `has ${files.length} file${files.length === 1 ? '' : 's'} but no rule`;
-    const how =
-      source === 'cloud'
+    const count = `${files.length} file${files.length === 1 ? '' : 's'}`;
+    const what = change
+      ? `leaves ${files.length === 0 ? 'no rules file' : `${count} but no rule`}`
+      : files.length === 0
+        ? 'carries no rules file'
+        : `has ${count} but no rule`;
+    const how = change
+      ? 'send the change with "allowEmpty": true (PATCH /api/v1/rules), or edge-proxy rules add|remove --allow-empty'
+      : source === 'cloud'
         ? 'publish {"files": {}, "allowEmpty": true} on rules/set, without the retain flag'
         : 'push {"files": {}, "allowEmpty": true} (a text body: ?allowEmpty=1), or edge-proxy rules push --allow-empty';
     const err = new EdgeError(
       'E_RULES_EMPTY',
-      `the push ${what}: it would remove every rule, so it is refused; nothing changed, version ${running} keeps running. To run no rules on purpose, ${how}`,
+      `the ${change ? 'change' : 'push'} ${what}: it would remove every rule, so it is refused; nothing changed, version ${running} keeps running. To run no rules on purpose, ${how}`,
     );
     if (source !== 'validation') {
       this.opts.onPush?.(source, 'rejected');
@@ -200,7 +225,7 @@ export class RulesStore {
   /** What a push of `files` would answer, applying nothing (E_RULES_EMPTY as the push would be refused). */
   validate(files: RuleFile[], opts: PushOptions = {}): Promise<RulesOutcome> {
     return (async () => {
-      const a = await this.analyze(files, true);
+      const a = await this.analyze(files, files);
       if (a.errors.length > 0) return { ok: false, errors: a.errors };
       if (a.rules === 0 && !opts.allowEmpty) throw this.refuseEmpty(files, 'validation');
       const sha256 = contentHash(files);
@@ -226,6 +251,45 @@ export class RulesStore {
     return this.serial(() => this.apply(files, source, opts));
   }
 
+  /**
+   * Add (or replace) `change.files` and remove `change.remove`, keeping the running set's other
+   * files: the whole set that results is applied as a push of it would be (checked whole, written
+   * through the journal, a new version in the history). A name to remove that the running set does
+   * not have refuses the whole change (E_RULES_NO_FILE); so does a result without a rule
+   * (E_RULES_EMPTY) unless `allowEmpty`.
+   */
+  change(change: RulesChange, source: RulesSource, opts: PushOptions = {}): Promise<RulesOutcome> {
+    return this.serial(async () => {
+      const running = this.running?.files ?? {};
+      const remove = new Set(change.remove);
+      const missing = [...remove].filter((name) => !Object.hasOwn(running, name)).sort();
+      if (missing.length > 0) {
+        const names = Object.keys(running).sort();
+        const err = new EdgeError(
+          'E_RULES_NO_FILE',
+          `the running set (version ${this.running?.version ?? 0}) has no file ${missing.join(', ')} to remove; nothing changed. Its files: ${names.length > 0 ? names.join(', ') : 'none'}`,
+        );
+        this.opts.onPush?.(source, 'rejected');
+        this.opts.log.warn({ source, missing, code: err.code }, err.message);
+        throw err;
+      }
+      const adding = new Set(change.files.map((f) => f.name));
+      const files = [
+        ...Object.entries(running)
+          .filter(([name]) => !adding.has(name) && !remove.has(name))
+          .map(([name, text]) => ({ name, text })),
+        ...change.files,
+      ];
+      const outcome = await this.apply(files, source, opts, change.files);
+      if (!outcome.ok) return outcome;
+      return {
+        ...outcome,
+        added: outcome.changed ? [...adding].filter((name) => !Object.hasOwn(running, name)).sort() : [],
+        removed: outcome.changed ? [...remove].sort() : [],
+      };
+    });
+  }
+
   /** Re-apply the set before the running one as a new version; E_RULES_NO_EARLIER when there is none. */
   rollback(): Promise<RulesOutcome> {
     return this.serial(async () => {
@@ -242,11 +306,15 @@ export class RulesStore {
     });
   }
 
-  private async apply(files: RuleFile[], source: RulesSource, opts: PushOptions): Promise<RulesOutcome> {
+  /**
+   * Apply `files` as the whole new set. `changed` are the files a change of some files brings (the
+   * others are the running ones): only their names are checked, and a refusal speaks of a change.
+   */
+  private async apply(files: RuleFile[], source: RulesSource, opts: PushOptions, changed?: RuleFile[]): Promise<RulesOutcome> {
     const started = performance.now();
-    const a = await this.analyze(files, source !== 'rollback');
+    const a = await this.analyze(files, source === 'rollback' ? [] : (changed ?? files));
     if (a.errors.length > 0) return this.refuse(files, a.errors, source);
-    if (a.rules === 0 && !opts.allowEmpty) throw this.refuseEmpty(files, source);
+    if (a.rules === 0 && !opts.allowEmpty) throw this.refuseEmpty(files, source, changed !== undefined);
     if (this.running?.sha256 === contentHash(files)) {
       // The directory may hold an edit that was refused: a push of the running set puts it back.
       if (contentHash(readRulesDir(this.opts.dir)) !== this.running.sha256) {
@@ -302,7 +370,7 @@ export class RulesStore {
       const files = readRulesDir(this.opts.dir);
       // The directory a push has just written holds the running set: nothing to compile.
       if (this.running?.sha256 === contentHash(files)) return { changed: false, errors: [] };
-      const a = await this.analyze(files, false);
+      const a = await this.analyze(files, []);
       if (a.errors.length > 0) {
         this.refuse(files, a.errors, reason);
         this.opts.log.error({ dir: this.opts.dir }, `fix the rules in ${this.opts.dir} (edge-proxy rules check) and save again`);
