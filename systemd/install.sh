@@ -18,7 +18,9 @@ group=edge-proxy
 
 # What the configuration says, filled by read_config (empty when it cannot be read).
 auth_mode='' devices_file='' mqtt_port='' tls_port='' tls_cert='' tls_key='' tls_ca=''
-uplink_ca='' uplink_cert='' uplink_key='' admin_token_file=''
+uplink_ca='' uplink_cert='' uplink_key='' admin_token_file='' uplink_url=''
+# The broker URL of config/edge-proxy.production.yaml: a fresh install is not started while it is there.
+placeholder_broker=broker.example.com
 
 # Reads the keys this script acts on through the proxy's own loader, so defaults, relative paths
 # (against the service's working directory) and every check are the proxy's. Fails when the
@@ -33,13 +35,13 @@ read_config() {
     if (!loaded) process.exit(3);
     const c = loaded.config;
     const keys = [c.auth.mode, c.devicesFile, c.mqtt.port, c.mqtt.tls.port, c.mqtt.tls.cert, c.mqtt.tls.key,
-      c.mqtt.tls.ca, c.uplink.tls.ca, c.uplink.tls.cert, c.uplink.tls.key, c.admin.tokenFile];
+      c.mqtt.tls.ca, c.uplink.tls.ca, c.uplink.tls.cert, c.uplink.tls.key, c.admin.tokenFile, c.uplink.url];
     // One line each; the last line "." keeps the command substitution from eating the newlines of empty values at the end.
     process.stdout.write(keys.map((v) => String(v ?? "") + "\n").join("") + ".\n");'
   out=$(node --input-type=module -e "$js" "$prefix/dist/src/config/load.js" "$config" "$statedir" 2>/dev/null) || return 1
   { IFS= read -r auth_mode; IFS= read -r devices_file; IFS= read -r mqtt_port; IFS= read -r tls_port
     IFS= read -r tls_cert; IFS= read -r tls_key; IFS= read -r tls_ca; IFS= read -r uplink_ca
-    IFS= read -r uplink_cert; IFS= read -r uplink_key; IFS= read -r admin_token_file; } <<<"$out"
+    IFS= read -r uplink_cert; IFS= read -r uplink_key; IFS= read -r admin_token_file; IFS= read -r uplink_url; } <<<"$out"
 }
 
 # An empty registry, readable by the service (group) and written by root (the CLI under sudo).
@@ -146,6 +148,35 @@ ensure_registry_and_tls() {
   fi
 }
 
+# The shipped placeholder broker URL, still in the configuration.
+placeholder_uplink() {
+  case "$uplink_url" in
+    *"://$placeholder_broker" | *"://$placeholder_broker":* | *"://$placeholder_broker"/* | *"@$placeholder_broker"*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# What the operator fills in before the service is started, and how to go on.
+fill_in() {
+  echo
+  echo "edge-proxy is installed but not (re)started: its configuration is not complete. In $config:"
+  if [ "$1" = 0 ]; then
+    echo "  fix the problems listed above (check-config names each file:line:col and key)"
+  fi
+  if placeholder_uplink; then
+    echo "  uplink.url      $uplink_url is the shipped placeholder: set your cloud broker's URL"
+    echo "                  (or delete uplink.url, and uplink.tls, to run offline: what would go up stays in the cache)"
+    echo "                  and, if the broker asks for them, uplink.username and uplink.password, or uplink.tls.cert and key (mTLS)"
+  fi
+  if [ -n "$uplink_ca" ] && [ ! -e "$uplink_ca" ]; then
+    echo "  uplink.tls.ca   put the CA that signed the broker's certificate at $uplink_ca, readable by the service:"
+    echo "                  sudo chown root:$group $uplink_ca && sudo chmod 0640 $uplink_ca"
+    echo "                  (or delete uplink.tls.ca if the broker's certificate comes from a public CA)"
+  fi
+  echo "Check it:      sudo edge-proxy check-config $config"
+  echo "Then start it: sudo $src/systemd/install.sh   (again: it enables and starts the service once the check passes)"
+}
+
 # How to add the first device and how it connects.
 next_steps() {
   [ "$auth_mode" = token ] || return 0
@@ -235,23 +266,36 @@ main() {
   fi
 
   echo "== checking the configuration"
-  local ok=1
+  # ok: check-config and the files pass; complete: besides, the placeholder broker URL was replaced.
+  local ok=1 complete=1
   node "$prefix/dist/src/cli.js" check-config "$config" || ok=0
   if [ $readable = 1 ] && ! check_files; then ok=0; fi
+  if [ $readable = 1 ] && placeholder_uplink; then
+    echo "   uplink.url: $uplink_url is the placeholder of the shipped configuration"
+    complete=0
+  fi
+  [ $ok = 1 ] || complete=0
 
   echo "== systemd unit"
   install -m 0644 "$src/systemd/edge-proxy.service" "$unit"
   systemctl daemon-reload
-  systemctl enable edge-proxy.service
-  if [ $ok = 1 ]; then
+  if [ $complete = 1 ]; then
+    # Enabled and (re)started only on a configuration that passes: never started on placeholders.
+    systemctl enable edge-proxy.service
     systemctl restart edge-proxy.service || echo "   edge-proxy did not start: journalctl -u edge-proxy -n 50"
+  elif systemctl is-active --quiet edge-proxy.service; then
+    echo "   the running edge-proxy is left as it is, not restarted: it would fail on this configuration"
   else
-    echo "   not (re)started, it would fail: fix the problems above, then: sudo systemctl restart edge-proxy"
+    echo "   not started$(systemctl is-enabled --quiet edge-proxy.service || echo ' nor enabled'): it would fail, or talk to a placeholder broker"
   fi
 
-  echo
-  echo "done: systemctl status edge-proxy; journalctl -u edge-proxy -f; sudo edge-proxy status --config $config"
-  [ $fresh = 1 ] && echo "first: set uplink.url (and uplink.tls) in $config, then: sudo systemctl restart edge-proxy"
+  if [ $complete = 1 ]; then
+    echo
+    echo "done: systemctl status edge-proxy; journalctl -u edge-proxy -f; sudo edge-proxy status --config $config"
+  else
+    fill_in "$ok"
+  fi
+  [ $fresh = 0 ] || echo "($config was written by this install from config/edge-proxy.production.yaml; it is kept from now on)"
   next_steps
 }
 

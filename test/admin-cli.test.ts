@@ -1,10 +1,11 @@
 // The operator's surfaces: start-up lines, ports file, admin routes, the CLI verbs.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { statSync, writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, statSync, writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startProxy, CLI } from './helpers/proxy.js';
 import { connectClient } from './helpers/clients.js';
+import { freePort } from './helpers/ports.js';
 
 function cli(
   args: string[],
@@ -98,6 +99,58 @@ t.test('edge-proxy status says so when no proxy runs', async (t) => {
   const out = cli(['status', '--admin', 'http://127.0.0.1:1', '--token', 'x']);
   t.equal(out.status, 2);
   t.match(out.stderr, /cannot reach the proxy/);
+});
+
+t.test('the CLI that cannot reach a proxy names the ports file and token file it used', async (t) => {
+  const port = await freePort();
+  const dir = t.testdir({ site: { 'edge-proxy.yaml': `dataDir: ./state\nadmin: { port: ${port} }\n` }, elsewhere: {} });
+  const config = join(dir, 'site', 'edge-proxy.yaml');
+  const state = join(dir, 'site', 'state');
+  const none = cli(['rules', 'rollback', '--config', config], { cwd: join(dir, 'elsewhere') });
+  t.equal(none.status, 2, none.stderr);
+  t.ok(
+    none.stderr.includes(
+      `cannot reach the proxy at http://127.0.0.1:${port}: ` +
+        `connect ECONNREFUSED 127.0.0.1:${port} (admin port from admin.port, as there is none in ${state}/ports.json; ` +
+        `no token: cannot read ${state}/admin-token). Is it running?`,
+    ),
+    `the data directory is the config file's ./state, not the current directory's: ${none.stderr}`,
+  );
+
+  const stale = await freePort();
+  const files = t.testdir({
+    'edge-proxy.yaml': 'dataDir: ./data\n',
+    data: { 'ports.json': `{"mqtt":1,"admin":${stale}}`, 'admin-token': 'tok\n' },
+  });
+  const left = cli(['rules', 'rollback', '--config', join(files, 'edge-proxy.yaml')], { cwd: dir });
+  t.equal(left.status, 2);
+  t.match(left.stderr, `at http://127.0.0.1:${stale}: `, 'the port a proxy left in ports.json');
+  t.match(left.stderr, `(admin port from ${files}/data/ports.json; token from ${files}/data/admin-token)`);
+
+  const given = cli(['rules', 'rollback', '--admin', `http://127.0.0.1:${port}`, '--token', 'x']);
+  t.match(given.stderr, `(--admin and --token given). Is it running?`);
+});
+
+t.test('check-config and run refuse a file the configuration names that cannot be read, at its position', async (t) => {
+  const dir = t.testdir({
+    'tls.yaml': 'mqtt:\n  port: 0\n  tls: { port: 0, cert: /nonexistent.pem, key: server.key }\nadmin: { port: 0 }\n',
+    'server.key': 'x',
+  });
+  const checked = cli(['check-config', 'tls.yaml'], { cwd: dir });
+  t.equal(checked.status, 1);
+  const line = 'tls.yaml:3:25: mqtt.tls.cert: E_CONFIG_FILE: cannot read /nonexistent.pem: no such file';
+  t.ok(checked.stderr.includes(`configuration has 1 problem:\n${line}\n`), checked.stderr);
+  const run = cli(['run', '--config', 'tls.yaml', '--ports-file', join(dir, 'ports.json')], { cwd: dir });
+  t.equal(run.status, 1);
+  t.ok(run.stderr.includes(line), `run says the same: ${run.stderr}`);
+  t.equal(run.stdout, '', 'and starts nothing: no log line');
+  t.notOk(existsSync(join(dir, 'data')), 'not even the data directory');
+
+  writeFileSync(join(dir, 'token.yaml'), 'auth: { mode: token }\ndevicesFile: ./none.yaml\n');
+  const warned = cli(['check-config', 'token.yaml'], { cwd: dir });
+  t.equal(warned.status, 0, 'a registry not written yet is an empty one');
+  t.match(warned.stderr, `token.yaml:2:14: devicesFile: warning: ${dir}/none.yaml does not exist`);
+  t.match(warned.stdout, /token\.yaml: OK/);
 });
 
 t.test('check-config lists every problem with file:line:col, key and code', async (t) => {

@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -569,7 +570,7 @@ t.test('edge.id and topic prefixes cannot break MQTT topics', async (t) => {
   t.match(problems(t, 'uplink: { topicPrefix: "up/#" }\n'), [/uplink\.topicPrefix: E_CONFIG_VALUE: .*wildcards/]);
 });
 
-t.test('relative paths are resolved against the current directory', async (t) => {
+t.test("relative paths written in a file are resolved against the file's directory (here the current one)", async (t) => {
   const yaml = 'dataDir: state\nadmin: { tokenFile: secrets/token }\nuplink: { tls: { ca: ca.pem } }\n';
   const cwd = t.testdir({ 'edge-proxy.test.yaml': yaml });
   const { config } = loadConfig({ file: 'edge-proxy.test.yaml', env: {}, cwd });
@@ -577,6 +578,112 @@ t.test('relative paths are resolved against the current directory', async (t) =>
   t.equal(config.cache.path, join(cwd, 'state', 'cache.db'));
   t.equal(config.admin.tokenFile, join(cwd, 'secrets', 'token'));
   t.equal(config.uplink.tls.ca, join(cwd, 'ca.pem'));
+});
+
+t.test("a relative path in a file resolves against the file's directory, wherever the command runs", async (t) => {
+  const dir = t.testdir({
+    site: {
+      'edge-proxy.yaml':
+        'dataDir: ./state\nadmin: { tokenFile: secrets/token }\nrules: { dir: ../shared/rules }\nmqtt: { tls: { cert: s.pem, key: s.key } }\n',
+    },
+    elsewhere: {},
+  });
+  const site = join(dir, 'site');
+  for (const [file, cwd] of [
+    [join(site, 'edge-proxy.yaml'), join(dir, 'elsewhere')],
+    ['site/edge-proxy.yaml', dir],
+    ['../site/edge-proxy.yaml', join(dir, 'elsewhere')],
+  ] as const) {
+    const { config } = loadConfig({ file, env: {}, cwd });
+    t.equal(config.dataDir, join(site, 'state'), `${file} from ${cwd}: dataDir`);
+    t.equal(config.cache.path, join(site, 'state', 'cache.db'), 'the default cache path follows dataDir');
+    t.equal(config.admin.tokenFile, join(site, 'secrets', 'token'));
+    t.equal(config.rules.dir, join(dir, 'shared', 'rules'));
+    t.equal(config.mqtt.tls.cert, join(site, 's.pem'));
+    t.equal(config.devicesFile, join(cwd, 'devices.yaml'), 'a default has no file: it resolves against the current directory');
+  }
+});
+
+t.test('a relative path from an EDGE_PROXY_* variable, or a default, resolves against the current directory', async (t) => {
+  const dir = t.testdir({ site: { 'edge-proxy.yaml': 'dataDir: ./state\ncache: { path: ./cache/edge.db }\n' }, elsewhere: {} });
+  const cwd = join(dir, 'elsewhere');
+  const file = join(dir, 'site', 'edge-proxy.yaml');
+  const env = loadConfig({ file, env: { EDGE_PROXY_DATA_DIR: './state' }, cwd }).config;
+  t.equal(env.dataDir, join(cwd, 'state'), 'a variable has no file: <cwd>/state');
+  t.equal(env.cache.path, join(dir, 'site', 'cache', 'edge.db'), 'a key the file wrote still resolves against the file');
+  const noCache = t.testdir({ 'edge-proxy.yaml': 'log: { level: info }\n', elsewhere: {} });
+  const fromEnv = loadConfig({ file: join(noCache, 'edge-proxy.yaml'), env: { EDGE_PROXY_DATA_DIR: 'state' }, cwd });
+  t.equal(fromEnv.config.cache.path, join(cwd, 'state', 'cache.db'), 'the default cache path follows a dataDir from the environment');
+  const defaults = loadConfig({ file: join(noCache, 'edge-proxy.yaml'), env: {}, cwd }).config;
+  t.equal(defaults.dataDir, join(cwd, 'data'), 'the default dataDir: <cwd>/data, wherever the file is');
+  t.equal(defaults.cache.path, join(cwd, 'data', 'cache.db'));
+  t.equal(loadConfig({ file: null, env: {}, cwd }).config.dataDir, join(cwd, 'data'), 'no file: <cwd>/data');
+});
+
+/** checkConfig with the file check, on `yaml` as edge-proxy.test.yaml in `cwd`. */
+function checkFiles(cwd: string, yaml: string, env: NodeJS.ProcessEnv = {}) {
+  const result = checkConfig({ file: 'edge-proxy.test.yaml', env, cwd: write(cwd, yaml), checkFiles: true });
+  return { ...result, problems: result.problems.map(formatConfigProblem) };
+}
+
+function write(dir: string, yaml: string): string {
+  writeFileSync(join(dir, 'edge-proxy.test.yaml'), yaml);
+  return dir;
+}
+
+t.test('checkFiles: every file run would read must be readable, each problem at its value', async (t) => {
+  const cwd = t.testdir({ 'ca.pem': 'x', 'server.pem': 'x', certs: {} });
+  const yaml = [
+    'uplink:', //                                      1
+    '  url: mqtts://broker.example.com:8883', //       2
+    '  tls: { ca: /nonexistent.pem, cert: c.pem, key: ca.pem }', // 3
+    'mqtt:', //                                        4
+    '  tls:', //                                       5
+    '    cert: server.pem', //                         6
+    '    key: certs', //                               7
+    '    ca: ./nope/ca.pem', //                        8
+    'admin: { tokenFile: token }', //                  9
+    '',
+  ].join('\n');
+  const result = checkFiles(cwd, yaml);
+  t.equal(result.loaded, null);
+  t.same(result.problems, [
+    'edge-proxy.test.yaml:3:14: uplink.tls.ca: E_CONFIG_FILE: cannot read /nonexistent.pem: no such file',
+    `edge-proxy.test.yaml:3:38: uplink.tls.cert: E_CONFIG_FILE: cannot read ${join(cwd, 'c.pem')}: no such file`,
+    `edge-proxy.test.yaml:7:10: mqtt.tls.key: E_CONFIG_FILE: cannot read ${join(cwd, 'certs')}: it is a directory`,
+    `edge-proxy.test.yaml:8:9: mqtt.tls.ca: E_CONFIG_FILE: cannot read ${join(cwd, 'nope', 'ca.pem')}: no such file`,
+    `edge-proxy.test.yaml:9:21: admin.tokenFile: E_CONFIG_FILE: cannot read ${join(cwd, 'token')}: no such file`,
+  ]);
+  t.same(checkConfig({ file: 'edge-proxy.test.yaml', env: {}, cwd }).problems, [], 'without checkFiles the files are not looked at');
+});
+
+t.test('checkFiles: an environment override is blamed on its variable; files nothing reads are not checked', async (t) => {
+  const cwd = t.testdir({ 'ca.pem': 'x', token: '\n' });
+  t.same(checkFiles(cwd, 'uplink: { url: "mqtt://b:1883" }\n', { EDGE_PROXY_UPLINK_TLS_CA: 'gone.pem' }).problems, [
+    `env:EDGE_PROXY_UPLINK_TLS_CA:1:1: uplink.tls.ca: E_CONFIG_FILE: cannot read ${join(cwd, 'gone.pem')}: no such file`,
+  ]);
+  t.same(checkFiles(cwd, 'admin: { tokenFile: token }\n').problems, [
+    `edge-proxy.test.yaml:1:21: admin.tokenFile: E_CONFIG_FILE: ${join(cwd, 'token')} is empty: write the admin token in it`,
+  ]);
+  const unused = checkFiles(cwd, 'uplink: { tls: { ca: gone.pem } }\nadmin: { token: abc }\n');
+  t.ok(unused.loaded, 'no uplink.url: its TLS files are not read, so not checked');
+  writeFileSync(join(cwd, 'token'), 'sekret\n');
+  t.ok(checkFiles(cwd, 'uplink: { url: "mqtt://b:1883", tls: { ca: ca.pem } }\nadmin: { tokenFile: token }\n').loaded);
+});
+
+t.test('checkFiles: a missing devicesFile in token mode is a warning, not a problem', async (t) => {
+  const cwd = t.testdir({ registry: {} });
+  const missing = checkFiles(cwd, 'auth:\n  mode: token\ndevicesFile: ./site/devices.yaml\n');
+  t.ok(missing.loaded, 'an empty registry: the proxy starts');
+  t.same(missing.problems, []);
+  t.same(missing.warnings, [
+    `edge-proxy.test.yaml:3:14: devicesFile: warning: ${join(cwd, 'site', 'devices.yaml')} does not exist: ` +
+      'the registry is empty, so token mode admits no device until `edge-proxy devices add` writes it',
+  ]);
+  t.same(checkFiles(cwd, 'devicesFile: ./site/devices.yaml\n').warnings, [], 'open mode reads no registry');
+  t.same(checkFiles(cwd, 'auth: { mode: token }\ndevicesFile: registry\n').problems, [
+    `edge-proxy.test.yaml:2:14: devicesFile: E_CONFIG_FILE: cannot read ${join(cwd, 'registry')}: it is a directory`,
+  ]);
 });
 
 t.test('settings that contradict each other', async (t) => {
@@ -609,10 +716,9 @@ t.test('the result is deeply frozen', async (t) => {
   }, TypeError);
 });
 
-t.test('config/edge-proxy.example.yaml loads without problems and states the defaults', async (t) => {
-  const cwd = t.testdir({});
-  const example = loadConfig({ file: join(repo, 'config/edge-proxy.example.yaml'), env: {}, cwd });
-  const defaults = loadConfig({ file: null, env: {}, cwd });
+t.test('config/edge-proxy.example.yaml states the defaults (its relative paths resolve against its own directory)', async (t) => {
+  const example = loadConfig({ file: join(repo, 'config/edge-proxy.example.yaml'), env: {}, cwd: t.testdir({}) });
+  const defaults = loadConfig({ file: null, env: {}, cwd: join(repo, 'config') });
   t.same(example.config, defaults.config);
 });
 

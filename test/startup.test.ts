@@ -36,12 +36,20 @@ t.test('token mode with a registry that has problems does not start, and says wh
   t.match(r.out, /stopped; the backlog stays in the cache/, 'what had started (the cache) was stopped');
 });
 
-t.test('a TLS endpoint whose certificate cannot be read does not start, naming the file', async (t) => {
-  const dir = t.testdir();
-  const r = runProxy(dir, { mqtt: { tls: { port: 0, cert: join(dir, 'missing.pem'), key: join(dir, 'missing.key') } } });
-  t.equal(r.status, 1);
-  t.match(r.out, /E_TLS/);
-  t.match(r.out, /mqtt\.tls\.cert .*missing\.pem/);
+t.test('a TLS endpoint whose certificate cannot be read or used does not start, naming the file', async (t) => {
+  const dir = t.testdir({ 'garbage.pem': 'not a certificate\n', 'garbage.key': 'not a key\n' });
+  const missing = runProxy(dir, { mqtt: { tls: { port: 0, cert: join(dir, 'missing.pem'), key: join(dir, 'missing.key') } } });
+  t.equal(missing.status, 1);
+  t.match(
+    missing.out,
+    /mqtt\.tls\.cert: E_CONFIG_FILE: cannot read .*missing\.pem: no such file/,
+    'checked with the configuration, before anything starts',
+  );
+  const garbage = runProxy(dir, { mqtt: { tls: { port: 0, cert: join(dir, 'garbage.pem'), key: join(dir, 'garbage.key') } } });
+  t.equal(garbage.status, 1);
+  t.match(garbage.out, /E_TLS/);
+  t.match(garbage.out, /mqtt\.tls\.cert .*garbage\.pem .* cannot be used/, 'a file that is not a certificate is named');
+  t.notOk(existsSync(join(dir, 'ports.json')), 'it never was ready');
 });
 
 t.test('a port already taken stops the start, and the cache it had opened is closed', async (t) => {

@@ -2,8 +2,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { EdgeError } from '../core/errors.js';
-import { bodyKindOf, MAX_PUSH_BYTES, PushRequestError, pushFromBody } from '../rules/push-request.js';
-import type { PushOptions, RulesOutcome, RulesVersion } from '../rules/store.js';
+import { bodyKindOf, changeFromBody, MAX_PUSH_BYTES, PushRequestError, pushFromBody } from '../rules/push-request.js';
+import type { PushOptions, RulesChange, RulesOutcome, RulesVersion } from '../rules/store.js';
 import type { RuleFile } from '../rules/loader.js';
 import type { Metrics } from './metrics.js';
 import { tokenMatches } from './token.js';
@@ -20,6 +20,7 @@ export interface RulesAdmin {
   readonly version: RulesVersion | null;
   validate(files: RuleFile[], opts?: PushOptions): Promise<RulesOutcome>;
   push(files: RuleFile[], source: 'api', opts?: PushOptions): Promise<RulesOutcome>;
+  change(change: RulesChange, source: 'api', opts?: PushOptions): Promise<RulesOutcome>;
   rollback(): Promise<RulesOutcome>;
 }
 
@@ -50,7 +51,16 @@ export function outcomeBody(o: RulesOutcome): { status: 200 | 422; body: Record<
   return o.ok
     ? {
         status: 200,
-        body: { version: o.version, sha256: o.sha256, rules: o.rules, changed: o.changed, files: o.files, replaced: o.replaced },
+        body: {
+          version: o.version,
+          sha256: o.sha256,
+          rules: o.rules,
+          changed: o.changed,
+          files: o.files,
+          replaced: o.replaced,
+          ...(o.added ? { added: o.added } : {}),
+          ...(o.removed ? { removed: o.removed } : {}),
+        },
       }
     : {
         status: 422,
@@ -147,6 +157,9 @@ export class AdminServer {
       const r = this.sources.readiness();
       return send(res, r.ready ? 200 : 503, JSON.stringify(r.ready ? { status: 'ready' } : { status: 'not ready', reason: r.reason }));
     }
+    // The status page is static and reveals nothing: it is served without a token, and asks for one
+    // itself when its call to /api/v1/status answers 401.
+    if (path === '/' && read) return send(res, 200, STATUS_PAGE, 'text/html; charset=utf-8');
     // Every write needs the token; reads need it beyond loopback, where others could reach them.
     if ((!read || this.readsNeedToken) && !this.authorized(req)) {
       return sendError(
@@ -163,8 +176,6 @@ export class AdminServer {
         return send(res, 200, await this.metrics.registry.metrics(), this.metrics.registry.contentType);
       case '/api/v1/status':
         return send(res, 200, JSON.stringify(this.sources.status()));
-      case '/':
-        return send(res, 200, STATUS_PAGE, 'text/html; charset=utf-8');
       default:
         return send(res, 404, JSON.stringify({ error: `no route ${path}` }));
     }
@@ -196,6 +207,13 @@ export class AdminServer {
           const { status, body } = outcomeBody(outcome);
           return send(res, status, JSON.stringify(body));
         }
+        case 'PATCH /api/v1/rules': {
+          // Some files added, replaced or removed; the others keep running (docs/rules.md, Adding and removing files).
+          const { files, remove, allowEmpty } = changeFromBody(await readBody(req));
+          const outcome = await rules.change({ files, remove }, 'api', { allowEmpty: allowEmptyOf(req.url) || allowEmpty });
+          const { status, body } = outcomeBody(outcome);
+          return send(res, status, JSON.stringify(body));
+        }
         case 'POST /api/v1/rules/rollback': {
           const { status, body } = outcomeBody(await rules.rollback());
           return send(res, status, JSON.stringify(body));
@@ -207,7 +225,7 @@ export class AdminServer {
                 res,
                 405,
                 'E_USAGE',
-                `${req.method} is not allowed on ${path} (GET or PUT /api/v1/rules, POST /api/v1/rules/validate, POST /api/v1/rules/rollback)`,
+                `${req.method} is not allowed on ${path} (GET, PUT or PATCH /api/v1/rules, POST /api/v1/rules/validate, POST /api/v1/rules/rollback)`,
               )
             : sendError(res, 404, 'E_USAGE', `no route ${path}`);
         }

@@ -20,6 +20,7 @@ Usage:
   edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text]
                                                           run rules over recorded messages, sending nothing
   edge-proxy rules push FILE... [--admin URL] [--token T] replace a running proxy's rules with FILEs
+  edge-proxy rules add FILE... | rules remove NAME...     add or replace, or remove, single files of the running set
   edge-proxy rules rollback [--admin URL] [--token T]     run the rules before the running ones again
   edge-proxy devices add ID [--attr K=V]... [--config FILE]
                                                           register a device (token mode) and print its token once

@@ -22,7 +22,8 @@ export async function run(args: string[]): Promise<void> {
   if (values.help) return void process.stdout.write(RUN_HELP);
   let loaded;
   try {
-    loaded = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
+    // The files it names are checked here, as check-config does, so a bad path stops the start before anything runs.
+    loaded = loadConfig({ file: values.config, env: process.env, cwd: process.cwd(), checkFiles: true });
   } catch (err) {
     if (err instanceof ConfigError) {
       printConfigError(err);

@@ -2,6 +2,7 @@
 
 import { parseArgs } from 'node:util';
 import type { ProxyStatus } from '../admin/status.js';
+import { AdminUnreachable } from './admin-client.js';
 import { fail, plural, targetOf } from './terminal.js';
 
 export const STATUS_HELP = `edge-proxy status [--config FILE] [--admin URL] [--token T] [--json]
@@ -29,14 +30,15 @@ export async function status(args: string[]): Promise<void> {
     strict: true,
   });
   if (values.help) return void process.stdout.write(STATUS_HELP);
-  const { url, token } = targetOf(values);
+  const target = targetOf(values);
+  const { url, token } = target;
   let body: ProxyStatus;
   try {
     const res = await fetch(new URL('/api/v1/status', url), { headers: token ? { authorization: `Bearer ${token}` } : {} });
     if (!res.ok) fail(`${url} answered ${res.status}: ${await res.text()}`, res.status === 401 ? 1 : 2);
     body = (await res.json()) as ProxyStatus;
   } catch (err) {
-    fail(`cannot reach the proxy at ${url}: ${(err as Error).message}. Is it running? (systemctl status edge-proxy)`);
+    fail(new AdminUnreachable(url, err as Error, target.from).message);
   }
   if (values.json) return void process.stdout.write(JSON.stringify(body) + '\n');
   const c = body.cache;

@@ -2,9 +2,9 @@
 // Every step collects problems instead of stopping at the first, so an operator fixes a file in one go,
 // and every problem says where it is (file:line:col, or the environment variable).
 
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { ErrorObject } from 'ajv';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import { closestName } from '../core/did-you-mean.js';
@@ -34,8 +34,16 @@ export interface LoadOptions {
   file?: string | null;
   /** where EDGE_PROXY_* overrides come from; process.env when left out */
   env?: NodeJS.ProcessEnv;
-  /** the directory the default file is looked for in and relative paths are resolved against */
+  /**
+   * the directory the default file is looked for in, and relative paths are resolved against when they
+   * come from the defaults or an EDGE_PROXY_* variable (a path written in a file is relative to that file)
+   */
   cwd?: string;
+  /**
+   * also check that the files the configuration names can be read, as `run` would read them: TLS files,
+   * admin.tokenFile, devicesFile in token mode. `check-config` and `run` ask for it, so both refuse the same.
+   */
+  checkFiles?: boolean;
 }
 
 interface CheckResult {
@@ -45,6 +53,8 @@ interface CheckResult {
   problems: readonly ConfigProblem[];
   /** the configuration, when there is no problem */
   loaded: LoadedConfig | null;
+  /** what is worth saying but stops nothing (checkFiles: a registry not written yet), as `file:line:col: key: warning: ...` */
+  warnings: readonly string[];
 }
 
 /** Loads and validates the configuration; throws a ConfigError listing every problem. */
@@ -58,7 +68,7 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
 export function checkConfig(opts: LoadOptions = {}): CheckResult {
   const cwd = opts.cwd ?? process.cwd();
   const input = readInput(opts.file, cwd);
-  const result = checkConfigText(input.text, { source: input.source, file: input.file, env: opts.env, cwd });
+  const result = checkConfigText(input.text, { source: input.source, file: input.file, env: opts.env, cwd, checkFiles: opts.checkFiles });
   if (!input.problem) return result;
   // An unreadable file stops the load, but the environment's own problems are still worth telling.
   return { ...result, problems: [input.problem, ...result.problems], loaded: null };
@@ -71,6 +81,7 @@ interface TextOptions {
   file?: string | null;
   env?: NodeJS.ProcessEnv;
   cwd?: string;
+  checkFiles?: boolean;
 }
 
 /** Checks configuration text that did not come from a file (null: the embedded defaults). */
@@ -81,14 +92,18 @@ function checkConfigText(text: string | null, opts: TextOptions): CheckResult {
   const { tree, where } = parsed;
   const problems = [...parsed.problems, ...applyEnvironment(tree, opts.env ?? process.env, where)];
   const trialDefaults = trialDefaultsLeftAlone(tree);
+  const bases = pathBases(tree, where, text === null || file === null ? null : dirname(file), cwd);
   const reported = new Set<string>();
   problems.push(...convertUnits(tree, where, reported));
   fillDefaults(tree);
   problems.push(...schemaProblems(tree, where, reported), ...crossKeyProblems(tree, where));
   // No problem means the schema accepted the tree; asking again lets the compiler see it is a Config.
   const validate = configValidator();
-  if (problems.length > 0 || !validate(tree)) return { file, problems: sortProblems(problems), loaded: null };
-  return { file, problems: [], loaded: { config: finish(tree, cwd), file, trialDefaults } };
+  if (problems.length > 0 || !validate(tree)) return { file, problems: sortProblems(problems), loaded: null, warnings: [] };
+  const config = finish(tree, bases);
+  const files = opts.checkFiles ? fileChecks(config, where) : { problems: [], warnings: [] };
+  if (files.problems.length > 0) return { file, problems: sortProblems(files.problems), loaded: null, warnings: files.warnings };
+  return { file, problems: [], loaded: { config, file, trialDefaults }, warnings: files.warnings };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,11 +126,25 @@ function readInput(file: string | null | undefined, cwd: string): Input {
   return readFile(file, resolve(cwd, file));
 }
 
+/** Why a file cannot be read, in the words every E_CONFIG_FILE problem uses. */
+function whyUnreadable(err: unknown): string {
+  switch ((err as NodeJS.ErrnoException).code) {
+    case 'ENOENT':
+      return 'no such file';
+    case 'EACCES':
+      return 'permission denied';
+    case 'EISDIR':
+      return 'it is a directory';
+    default:
+      return (err as Error).message;
+  }
+}
+
 function readFile(source: string, absolute: string): Input {
   try {
     return { text: readFileSync(absolute, 'utf8'), source, file: absolute };
   } catch (err) {
-    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
+    const reason = whyUnreadable(err);
     const problem = makeProblem('E_CONFIG_FILE', { source, line: 1, col: 1 }, [], `cannot read ${absolute}: ${reason}`);
     return { text: null, source, file: absolute, problem };
   }
@@ -167,6 +196,11 @@ class Locations {
       if (where) return where;
     }
     return this.fallback;
+  }
+
+  /** Whether an EDGE_PROXY_* variable set this key (or one above it) rather than the file. */
+  isFromEnv(path: KeyPath): boolean {
+    return this.fromEnv(path) !== undefined;
   }
 
   /** A variable that set this key or one above it (a list item inside EDGE_PROXY_ROUTING_PRIORITIES). */
@@ -578,16 +612,89 @@ function crossKeyProblems(tree: Tree, where: Locations): ConfigProblem[] {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Files the configuration names (checkFiles)
+
+/**
+ * Each file `run` would read, checked as it would be read, so a typo in a path is a problem with its
+ * line and column rather than a failed start: the TLS files of the uplink (when it has a url) and of the
+ * device endpoint (when it runs), admin.tokenFile (a configured one must exist: only the token in
+ * <dataDir>/admin-token is made at start), and devicesFile in token mode, where a missing file is an
+ * empty registry: worth a warning, not a problem.
+ */
+function fileChecks(config: Config, where: Locations): { problems: ConfigProblem[]; warnings: string[] } {
+  const problems: ConfigProblem[] = [];
+  const warnings: string[] = [];
+  const problem = (path: KeyPath, message: string) => problems.push(makeProblem('E_CONFIG_FILE', where.ofValue(path), path, message));
+  const check = (path: KeyPath, file: string | null): boolean => {
+    const why = file === null ? null : unreadable(file);
+    if (why !== null) problem(path, `cannot read ${file}: ${why}`);
+    return why === null;
+  };
+  if (config.uplink.url !== null) {
+    for (const key of ['ca', 'cert', 'key'] as const) check(['uplink', 'tls', key], config.uplink.tls[key]);
+  }
+  if (config.mqtt.tls.cert !== null && config.mqtt.tls.key !== null) {
+    for (const key of ['cert', 'key', 'ca'] as const) check(['mqtt', 'tls', key], config.mqtt.tls[key]);
+  }
+  const tokenFile = config.admin.token === null ? config.admin.tokenFile : null;
+  if (tokenFile !== null && check(['admin', 'tokenFile'], tokenFile) && readFileSync(tokenFile, 'utf8').trim() === '') {
+    problem(['admin', 'tokenFile'], `${tokenFile} is empty: write the admin token in it`);
+  }
+  if (config.auth.mode === 'token') {
+    if (unreadable(config.devicesFile) === 'no such file') {
+      const at = where.ofValue(['devicesFile']);
+      warnings.push(
+        `${at.source}:${at.line}:${at.col}: devicesFile: warning: ${config.devicesFile} does not exist: ` +
+          'the registry is empty, so token mode admits no device until `edge-proxy devices add` writes it',
+      );
+    } else check(['devicesFile'], config.devicesFile);
+  }
+  return { problems, warnings };
+}
+
+/** Why a file cannot be opened for reading, or null when it can (opened, not read: a path to something huge costs nothing). */
+function unreadable(file: string): string | null {
+  try {
+    const fd = openSync(file, 'r');
+    try {
+      return fstatSync(fd).isDirectory() ? 'it is a directory' : null;
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    return whyUnreadable(err);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The result
 
+/**
+ * The directory each `resolvePath` key is resolved against, by pathId, read before the defaults fill the
+ * tree in: a path written in the file is relative to the file's directory, so `--config /elsewhere/x.yaml`
+ * means the same wherever it is run from; a default or an EDGE_PROXY_* variable has no file, so it is
+ * relative to the current directory. The default cache path, <dataDir>/cache.db, follows dataDir.
+ */
+function pathBases(tree: Tree, where: Locations, fileDir: string | null, cwd: string): Map<string, string> {
+  const bases = new Map<string, string>();
+  for (const { path, node } of schemaLeaves()) {
+    if (!node.resolvePath) continue;
+    const inFile = fileDir !== null && getAt(tree, path) !== undefined && !where.isFromEnv(path);
+    bases.set(pathId(path), inFile ? fileDir : cwd);
+  }
+  const cachePath = ['cache', 'path'];
+  if (getAt(tree, cachePath) === undefined) bases.set(pathId(cachePath), bases.get(pathId(['dataDir'])) ?? cwd);
+  return bases;
+}
+
 /** A fresh copy in the schema's key order (the start-up log reads better), with templates and paths done. */
-function finish(tree: Config, cwd: string): Config {
+function finish(tree: Config, bases: ReadonlyMap<string, string>): Config {
   const edgeId = tree.edge.id;
   const result: Tree = {};
   for (const { path, node } of schemaLeaves()) {
     let value = getAt(tree, path);
     if (typeof value === 'string' && node.template) value = value.replaceAll('{edgeId}', edgeId);
-    if (typeof value === 'string' && node.resolvePath) value = resolve(cwd, value);
+    if (typeof value === 'string' && node.resolvePath) value = resolve(bases.get(pathId(path)) ?? '.', value);
     const items = node.items;
     if (Array.isArray(value) && items) value = value.map((item) => inKeyOrder(item, items));
     setAt(result, path, value);

@@ -12,7 +12,7 @@ export const ERROR_CODES = {
   E_CONFIG_UNKNOWN_KEY: { text: 'a configuration key that does not exist', status: 400, retryable: false },
   E_CONFIG_TYPE: { text: 'a configuration value of the wrong type', status: 400, retryable: false },
   E_CONFIG_VALUE: { text: 'a configuration value out of range or not allowed', status: 400, retryable: false },
-  E_CONFIG_FILE: { text: 'the configuration file cannot be read', status: 400, retryable: false },
+  E_CONFIG_FILE: { text: 'the configuration file, or a file it names, cannot be read', status: 400, retryable: false },
   E_MALFORMED: { text: 'a packet or message that does not follow its protocol', status: 400, retryable: false },
   E_TOO_LARGE: { text: 'a payload larger than limits.maxPayloadBytes', status: 413, retryable: false },
   E_ACL: {
@@ -40,6 +40,7 @@ export const ERROR_CODES = {
   E_RULES_EMPTY: { text: 'a rules push that defines no rule, without allowEmpty', status: 422, retryable: false },
   E_RULES_WRITE: { text: 'the rules directory cannot be written, so a push cannot be applied', status: 500, retryable: false },
   E_RULES_NO_EARLIER: { text: 'a rollback with no earlier rules version to go back to', status: 409, retryable: false },
+  E_RULES_NO_FILE: { text: 'a rules change that removes a file the running set does not have', status: 404, retryable: false },
   E_STOPPING: { text: 'a change asked of the proxy while it is stopping', status: 503, retryable: true },
   E_INTERNAL: { text: 'a fault of the proxy itself while handling a message', status: 500, retryable: true },
 } as const satisfies Record<string, { text: string; status: number; retryable: boolean }>;

@@ -1,7 +1,7 @@
 // The TLS endpoint's certificate, key and CA files: read at start, and read again when a file is
 // renewed, so that a certificate rotated by the site's tooling is used without a restart.
 import { readFileSync, unwatchFile, watchFile } from 'node:fs';
-import type { SecureContextOptions } from 'node:tls';
+import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import { EdgeError } from '../../core/errors.js';
 
 export interface TlsFiles {
@@ -20,7 +20,17 @@ export function readTlsFiles(files: TlsFiles): SecureContextOptions {
       throw new EdgeError('E_TLS', `cannot read mqtt.tls.${key} ${path}: ${(err as Error).message}`, { cause: err });
     }
   };
-  return { cert: read('cert', files.cert), key: read('key', files.key), ...(files.ca ? { ca: read('ca', files.ca) } : {}) };
+  const options = { cert: read('cert', files.cert), key: read('key', files.key), ...(files.ca ? { ca: read('ca', files.ca) } : {}) };
+  try {
+    createSecureContext(options); // a file that is not PEM, or a key that does not match its certificate
+  } catch (err) {
+    throw new EdgeError(
+      'E_TLS',
+      `mqtt.tls.cert ${files.cert} and mqtt.tls.key ${files.key}${files.ca ? ` (ca ${files.ca})` : ''} cannot be used: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  return options;
 }
 
 // Polled rather than watched: renewal tools replace files by rename, often through symlinks
