@@ -26,6 +26,7 @@ import type { ProxyStatus } from './admin/status.js';
 import type { EdgeError } from './core/errors.js';
 import { redactUrl } from './core/redact.js';
 import { acquireDataDirLock } from './core/data-lock.js';
+import { isLoopback } from './core/host.js';
 
 export interface RunOptions {
   portsFile?: string | null;
@@ -41,10 +42,6 @@ function writePortsFile(file: string, ports: Record<string, number>): void {
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, JSON.stringify(ports) + '\n');
   renameSync(tmp, file);
-}
-
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
 /**

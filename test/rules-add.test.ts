@@ -2,10 +2,9 @@
 // PATCH /api/v1/rules and `edge-proxy rules add|remove` change some files, the others keep
 // running, and the whole set that results is one new version, as a push makes.
 import t, { type Test } from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, startProxy, type ProxyProcess } from './helpers/proxy.js';
+import { runCli, startProxy, type ProxyProcess } from './helpers/proxy.js';
 import { collect, connectClient, type Collected } from './helpers/clients.js';
 import { eventually, freePort } from './helpers/ports.js';
 import { api, type ApiAnswer } from './helpers/admin.js';
@@ -166,28 +165,6 @@ t.test('a rollback after an add goes back to the set before it', async (t) => {
   t.same(readdirSync(join(proxy.dir, 'rules')), ['a.rules']);
 });
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], cwd: string): Promise<Run> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EDGE_PROXY_')));
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd, env });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    child.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
-}
-
 t.test('rules add and rules remove, end to end', async (t) => {
   const dir = t.testdir();
   mkdirSync(join(dir, 'rules'));
@@ -201,51 +178,51 @@ t.test('rules add and rules remove, end to end', async (t) => {
   writeFileSync(join(work, 'a.rules'), mark('a', 'a2'));
   const cfg = ['--config', proxy.configFile];
 
-  const add = await cli(['rules', 'add', 'site/c.rules', 'a.rules', ...cfg], work);
+  const add = await runCli(['rules', 'add', 'site/c.rules', 'a.rules', ...cfg], work);
   t.equal(add.status, 0, add.stderr);
   t.match(add.stdout, /^added: version 2: 3 rules \(sha256 [0-9a-f]{12}\) running; added c\.rules; replaced a\.rules; 3 files now\n$/);
   t.same(readdirSync(join(dir, 'rules')).sort(), ['a.rules', 'b.rules', 'c.rules'], 'stored under their base names, b.rules kept');
 
-  const again = await cli(['rules', 'add', 'site/c.rules', ...cfg], work);
+  const again = await runCli(['rules', 'add', 'site/c.rules', ...cfg], work);
   t.equal(again.status, 0);
   t.match(again.stdout, /^unchanged: version 2: 3 rules/);
 
   writeFileSync(join(work, 'broken.rules'), 'rule broken\nwhen msg.topic matches "devices/#"\nthen uplnk()\nend\n');
-  const bad = await cli(['rules', 'add', 'broken.rules', ...cfg], work);
+  const bad = await runCli(['rules', 'add', 'broken.rules', ...cfg], work);
   t.equal(bad.status, 1);
   t.equal(
     bad.stderr,
     'broken.rules:3:6: E_RULE_UNKNOWN_ACTION: unknown action "uplnk"; did you mean "uplink"?\n  then uplnk()\n       ^\n1 error: nothing changed, the running rules keep running\n',
   );
 
-  const remove = await cli(['rules', 'remove', 'b.rules', ...cfg], work);
+  const remove = await runCli(['rules', 'remove', 'b.rules', ...cfg], work);
   t.equal(remove.status, 0, remove.stderr);
   t.match(remove.stdout, /^removed: version 3: 2 rules \(sha256 [0-9a-f]{12}\) running; removed b\.rules; 2 files now\n$/);
   t.same(readdirSync(join(dir, 'rules')).sort(), ['a.rules', 'c.rules']);
 
-  const missing = await cli(['rules', 'remove', 'b.rules', ...cfg], work);
+  const missing = await runCli(['rules', 'remove', 'b.rules', ...cfg], work);
   t.equal(missing.status, 1, 'a name that does not run');
   t.match(missing.stderr, /answered 404: the running set \(version 3\) has no file b\.rules to remove; .*\(E_RULES_NO_FILE\)/);
 
-  const last = await cli(['rules', 'remove', 'a.rules', 'c.rules', ...cfg], work);
+  const last = await runCli(['rules', 'remove', 'a.rules', 'c.rules', ...cfg], work);
   t.equal(last.status, 1, 'removing the last rules is refused');
   t.match(last.stderr, /\(E_RULES_EMPTY\)\nto run no rules on purpose: edge-proxy rules remove --allow-empty NAME\.\.\.\n$/);
   t.equal((await api(proxy, 'GET', '/api/v1/rules')).body.version, 3, 'nothing changed');
 
-  const path = await cli(['rules', 'remove', 'rules/a.rules', ...cfg], work);
+  const path = await runCli(['rules', 'remove', 'rules/a.rules', ...cfg], work);
   t.equal(path.status, 2, 'a path is not a name');
   t.match(path.stderr, /give the name of a running rules file/);
-  t.equal((await cli(['rules', 'remove', ...cfg], work)).status, 2, 'no NAME is a usage error');
-  t.equal((await cli(['rules', 'add', ...cfg], work)).status, 2, 'no FILE is a usage error');
+  t.equal((await runCli(['rules', 'remove', ...cfg], work)).status, 2, 'no NAME is a usage error');
+  t.equal((await runCli(['rules', 'add', ...cfg], work)).status, 2, 'no FILE is a usage error');
 
   const token = readFileSync(join(dir, 'data', 'admin-token'), 'utf8').trim();
-  const nowhere = await cli(['rules', 'add', 'a.rules', '--admin', `http://127.0.0.1:${await freePort()}`, '--token', token], work);
+  const nowhere = await runCli(['rules', 'add', 'a.rules', '--admin', `http://127.0.0.1:${await freePort()}`, '--token', token], work);
   t.equal(nowhere.status, 2, 'exit 2 when the proxy cannot be reached');
-  const wrong = await cli(['rules', 'remove', 'a.rules', '--admin', `http://127.0.0.1:${proxy.ports.admin}`, '--token', 'wrong'], work);
+  const wrong = await runCli(['rules', 'remove', 'a.rules', '--admin', `http://127.0.0.1:${proxy.ports.admin}`, '--token', 'wrong'], work);
   t.equal(wrong.status, 1);
   t.match(wrong.stderr, /answered 401: .*\(E_ADMIN_AUTH\)/);
 
-  const wipe = await cli(['rules', 'remove', '--allow-empty', 'a.rules', 'c.rules', ...cfg], work);
+  const wipe = await runCli(['rules', 'remove', '--allow-empty', 'a.rules', 'c.rules', ...cfg], work);
   t.equal(wipe.status, 0, wipe.stderr);
   t.match(wipe.stdout, /^removed: version 4: 0 rules .* running; removed a\.rules, c\.rules; 0 files now\n$/);
   t.same(readdirSync(join(dir, 'rules')), []);

@@ -5,32 +5,10 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, startProxy } from './helpers/proxy.js';
+import { runCli, startProxy } from './helpers/proxy.js';
 import { startMosquitto } from './helpers/mosquitto.js';
 import { eventually, freePort } from './helpers/ports.js';
 import { api } from './helpers/admin.js';
-
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], cwd: string): Promise<Run> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EDGE_PROXY_')));
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd, env });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    child.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
-}
 
 /** mosquitto_pub with `args` on edge/test-edge/rules/set; mosquitto_sub's first answer on rules/result, or null within 10 s. */
 async function publishRulesSet(port: number, args: string[]): Promise<Record<string, unknown> | null> {
@@ -61,17 +39,17 @@ t.test('rules push and rollback find the local proxy and its token; exit 0, 1 wi
   writeFileSync(join(work, 'telemetry.rules'), RULE('telemetry'));
   const cfg = ['--config', proxy.configFile];
 
-  const push = await cli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
+  const push = await runCli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
   t.equal(push.status, 0, push.stderr);
   t.match(push.stdout, /^pushed: version 2: 2 rules \(sha256 [0-9a-f]{12}\) running; no file replaced, 2 files now\n$/);
   t.same(readdirSync(join(dir, 'rules')).sort(), ['alarms.rules', 'telemetry.rules'], 'stored under their base names');
 
-  const same = await cli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
+  const same = await runCli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
   t.equal(same.status, 0);
   t.match(same.stdout, /^unchanged: version 2: 2 rules/);
 
   writeFileSync(join(work, 'broken.rules'), 'rule broken\nwhen msg.topic matches "devices/#"\nthen uplnk()\nend\n');
-  const bad = await cli(['rules', 'push', 'alarms.rules', 'broken.rules', ...cfg], work);
+  const bad = await runCli(['rules', 'push', 'alarms.rules', 'broken.rules', ...cfg], work);
   t.equal(bad.status, 1);
   t.equal(
     bad.stderr,
@@ -80,29 +58,32 @@ t.test('rules push and rollback find the local proxy and its token; exit 0, 1 wi
   );
   t.equal((await api(proxy, 'GET', '/api/v1/rules')).body.version, 2, 'and nothing changed');
 
-  const back = await cli(['rules', 'rollback', ...cfg], work);
+  const back = await runCli(['rules', 'rollback', ...cfg], work);
   t.equal(back.status, 0, back.stderr);
   t.match(back.stdout, /^rolled back: version 3: 0 rules/);
   t.same(readdirSync(join(dir, 'rules')), [], 'version 1 had no rules files');
 
   const token = readFileSync(join(dir, 'data', 'admin-token'), 'utf8').trim();
   const admin = `http://127.0.0.1:${proxy.ports.admin}`;
-  const remote = await cli(['rules', 'push', join(work, 'alarms.rules'), '--admin', admin, '--token', token], work);
+  const remote = await runCli(['rules', 'push', join(work, 'alarms.rules'), '--admin', admin, '--token', token], work);
   t.equal(remote.status, 0, 'an explicit --admin and --token work from anywhere');
   t.match(remote.stdout, /version 4: 1 rule /);
 
-  const wrong = await cli(['rules', 'push', 'alarms.rules', '--admin', admin, '--token', 'wrong'], work);
+  const wrong = await runCli(['rules', 'push', 'alarms.rules', '--admin', admin, '--token', 'wrong'], work);
   t.equal(wrong.status, 1);
   t.match(wrong.stderr, /answered 401: .*\(E_ADMIN_AUTH\)/);
 
-  const nowhere = await cli(['rules', 'push', 'alarms.rules', '--admin', `http://127.0.0.1:${await freePort()}`, '--token', token], work);
+  const nowhere = await runCli(
+    ['rules', 'push', 'alarms.rules', '--admin', `http://127.0.0.1:${await freePort()}`, '--token', token],
+    work,
+  );
   t.equal(nowhere.status, 2, 'exit 2 when the proxy cannot be reached');
   t.match(nowhere.stderr, /cannot reach the proxy at http:\/\/127\.0\.0\.1:\d+: .*Is it running\?/);
-  const rollbackNowhere = await cli(['rules', 'rollback', '--admin', `http://127.0.0.1:${await freePort()}`, '--token', token], work);
+  const rollbackNowhere = await runCli(['rules', 'rollback', '--admin', `http://127.0.0.1:${await freePort()}`, '--token', token], work);
   t.equal(rollbackNowhere.status, 2);
 
   writeFileSync(join(work, 'notes.txt'), RULE('x'));
-  const notRules = await cli(['rules', 'push', 'notes.txt', ...cfg], work);
+  const notRules = await runCli(['rules', 'push', 'notes.txt', ...cfg], work);
   t.equal(notRules.status, 2);
   t.match(notRules.stderr, /notes\.txt: a pushed file must end in \.rules/);
 });
@@ -119,14 +100,14 @@ t.test('rules push says what it replaced; files without a rule need --allow-empt
   writeFileSync(join(work, 'later.rules'), '# rules come later\n');
   const cfg = ['--config', proxy.configFile];
 
-  const one = await cli(['rules', 'push', 'one.rules', ...cfg], work);
+  const one = await runCli(['rules', 'push', 'one.rules', ...cfg], work);
   t.equal(one.status, 0, one.stderr);
   t.match(
     one.stdout,
     /^pushed: version 2: 1 rule \(sha256 [0-9a-f]{12}\) running; 3 files replaced by 1 \(a\.rules, b\.rules, c\.rules\)\n$/,
   );
 
-  const empty = await cli(['rules', 'push', 'later.rules', ...cfg], work);
+  const empty = await runCli(['rules', 'push', 'later.rules', ...cfg], work);
   t.equal(empty.status, 1, 'files that define no rule are refused');
   t.match(
     empty.stderr,
@@ -135,15 +116,15 @@ t.test('rules push says what it replaced; files without a rule need --allow-empt
   t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 2, files: { 'one.rules': RULE('one') } }, 'and nothing changed');
   t.same(readdirSync(join(dir, 'rules')), ['one.rules']);
 
-  const allowed = await cli(['rules', 'push', '--allow-empty', 'later.rules', ...cfg], work);
+  const allowed = await runCli(['rules', 'push', '--allow-empty', 'later.rules', ...cfg], work);
   t.equal(allowed.status, 0, allowed.stderr);
   t.match(allowed.stdout, /^pushed: version 3: 0 rules \(sha256 [0-9a-f]{12}\) running; 1 file replaced by 1 \(one\.rules\)\n$/);
   t.same(readdirSync(join(dir, 'rules')), ['later.rules']);
 
-  const none = await cli(['rules', 'push', ...cfg], work);
+  const none = await runCli(['rules', 'push', ...cfg], work);
   t.equal(none.status, 2, 'no FILE is a usage error');
   t.match(none.stderr, /rules push needs at least one FILE \(E_USAGE\); to remove every rule on purpose: rules push --allow-empty/);
-  const wipe = await cli(['rules', 'push', '--allow-empty', ...cfg], work);
+  const wipe = await runCli(['rules', 'push', '--allow-empty', ...cfg], work);
   t.equal(wipe.status, 0, wipe.stderr);
   t.match(
     wipe.stdout,
@@ -158,7 +139,7 @@ t.test('rules rollback with no earlier version exits 1 and says so', async (t) =
   const dir = t.testdir();
   const proxy = await startProxy(dir);
   t.teardown(() => proxy.stop());
-  const r = await cli(['rules', 'rollback', '--config', proxy.configFile], dir);
+  const r = await runCli(['rules', 'rollback', '--config', proxy.configFile], dir);
   t.equal(r.status, 1);
   t.match(r.stderr, /answered 409: there is no rules version before version 1 .*\(E_RULES_NO_EARLIER\)/);
 });

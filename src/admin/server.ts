@@ -9,6 +9,7 @@ import type { Metrics } from './metrics.js';
 import { tokenMatches } from './token.js';
 import { STATUS_PAGE } from './status-page.js';
 import type { ProxyStatus } from './status.js';
+import { isLoopback } from '../core/host.js';
 
 export interface Readiness {
   ready: boolean;
@@ -28,10 +29,6 @@ export interface AdminSources {
   readiness(): Readiness;
   status(): ProxyStatus;
   rules: RulesAdmin;
-}
-
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
 function send(res: ServerResponse, status: number, body: string, type = 'application/json'): void {

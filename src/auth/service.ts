@@ -57,6 +57,11 @@ export function deriveDeviceId(raw: string): string {
 /** A device as rules read it: `device.id` and `device.<attr>`. */
 export type DeviceValue = Readonly<Record<string, string | number | boolean>>;
 
+/** The `device` of a registry entry: its attributes and its id (an attribute cannot be named `id`). */
+export function deviceValueOf(entry: DeviceEntry): DeviceValue {
+  return Object.freeze({ ...entry.attrs, id: entry.id });
+}
+
 /**
  * Who a device is and what it may do: open mode admits anyone under a derived id and allows
  * every topic but the reserved ones (the ingress gate refuses those); token mode admits the
@@ -176,7 +181,7 @@ export class AuthService extends EventEmitter<{ change: [RegistryChange] }> {
     if (!entry) return null;
     let value = this.values.get(entry);
     if (!value) {
-      value = Object.freeze({ ...entry.attrs, id: entry.id });
+      value = deviceValueOf(entry);
       this.values.set(entry, value);
     }
     return value;

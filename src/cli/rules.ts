@@ -10,6 +10,7 @@ import { PriorityTable } from '../pipeline/priorities.js';
 import { planActions } from '../pipeline/plan.js';
 import { compileRuleset, formatErrors, type CompileResult } from '../rules/loader.js';
 import { formatRegistryProblem, parseRegistry } from '../auth/registry.js';
+import { deviceValueOf } from '../auth/service.js';
 import { msgValue } from '../rules/msg.js';
 import { fromJson, type Value } from '../rules/values.js';
 import { rulesChange, rulesPush, rulesRollback } from './rules-remote.js';
@@ -193,7 +194,7 @@ function deviceAttrs(cfg: Config, err: (s: string) => void): ((deviceId: string)
   }
   return (deviceId) => {
     const entry = devices.get(deviceId);
-    return entry ? { ...entry.attrs, id: entry.id } : null;
+    return entry ? deviceValueOf(entry) : null;
   };
 }
 

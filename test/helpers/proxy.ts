@@ -132,3 +132,26 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
   await launch();
   return proc;
 }
+
+export interface CliRun {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** The built CLI in `cwd`, without the caller's EDGE_PROXY_* overrides, while the test goes on (a proxy may answer it). */
+export function runCli(args: string[], cwd: string): Promise<CliRun> {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EDGE_PROXY_')));
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd, env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    child.on('exit', (status) => resolve({ status, stdout, stderr }));
+  });
+}
