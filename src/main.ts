@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { Config, LoadedConfig } from './config/types.js';
 import { Metrics } from './admin/metrics.js';
 import { Rates } from './admin/rates.js';
-import { AdminServer, outcomeBody } from './admin/server.js';
+import { AdminServer } from './admin/server.js';
 import { resolveAdminToken } from './admin/token.js';
 import { RUNTIME_PORTS_FILE } from './admin/local-files.js';
 import type { DeviceAdapter, Endpoint } from './adapters/adapter.js';
@@ -15,7 +15,7 @@ import { IngressGate } from './pipeline/ingress.js';
 import { LocalDelivery } from './pipeline/local.js';
 import { Router } from './pipeline/router.js';
 import { RulesStore } from './rules/store.js';
-import { PushRequestError, pushFromBody } from './rules/push-request.js';
+import { answerCloudRulesRequest } from './rules/cloud-requests.js';
 import { DurableCache } from './uplink/cache.js';
 import { CloudLink } from './uplink/cloud.js';
 import { Forwarder } from './uplink/forwarder.js';
@@ -23,7 +23,6 @@ import { Uplink } from './uplink/uplink.js';
 import { notifySystemd, startWatchdog } from './systemd.js';
 import { VERSION } from './version.js';
 import type { ProxyStatus } from './admin/status.js';
-import type { EdgeError } from './core/errors.js';
 import { redactUrl } from './core/redact.js';
 import { acquireDataDirLock } from './core/data-lock.js';
 import { isLoopback } from './core/host.js';
@@ -205,7 +204,16 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       cloud.on('up', () => metrics.uplinkConnected.set(1));
       cloud.on('down', () => metrics.uplinkConnected.set(0));
       cloud.on('downlink', (topic, payload, retain) => gate.fromCloud(topic, payload, retain));
-      cloud.on('rulesSet', (payload, retained) => applyCloudRulesPush(cloud, rulesStore, cfg, log, payload, retained));
+      cloud.on('rulesRequest', (kind, payload, retained) =>
+        answerCloudRulesRequest(
+          kind,
+          payload,
+          retained,
+          rulesStore,
+          (body) => cloud.publishRulesResult(body),
+          log.child({ stage: 'rules' }),
+        ),
+      );
       await services.start(
         'cloud',
         () => cloud.start(),
@@ -340,54 +348,4 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       return stopping;
     },
   };
-}
-
-/**
- * A ruleset pushed from the cloud, answered on <controlPrefix>rules/result as the admin API answers.
- * A retained message is never applied; an empty one is refused (E_RULES_EMPTY) and so is any set
- * without a rule, unless it says {"allowEmpty": true} (docs/rules.md, Pushing rules).
- */
-function applyCloudRulesPush(cloud: CloudLink, rulesStore: RulesStore, cfg: Config, log: Logger, payload: Buffer, retained: boolean): void {
-  if (retained && payload.length === 0) {
-    // `mosquitto_pub -r -n` clears the retained message: not a push, nothing to answer.
-    log.info(
-      { topic: `${cfg.uplink.controlPrefix}rules/set` },
-      'an empty retained message on rules/set (a retained push cleared) is not a push; ignored',
-    );
-    return;
-  }
-  if (retained) {
-    // Replayed by the broker at each (re)subscription: applying it would undo later pushes made here.
-    log.warn(
-      { topic: `${cfg.uplink.controlPrefix}rules/set` },
-      'a retained rules push is ignored; publish rules/set without the retain flag',
-    );
-    return;
-  }
-  const answer = (status: number, body: Record<string, unknown>): void => {
-    if (!cloud.publishRulesResult(JSON.stringify({ status, ...body }))) {
-      log.warn({ status }, 'the answer to a rules push from the cloud was not sent: the cloud link is down');
-    }
-  };
-  let push;
-  try {
-    // An empty message is a push of no file, which the store refuses unless allowEmpty (it cannot say so).
-    push = payload.length === 0 ? { files: [], allowEmpty: false } : pushFromBody(payload, 'auto');
-  } catch (err) {
-    if (!(err instanceof PushRequestError)) throw err;
-    log.warn({ err: err.message }, 'a rules push from the cloud could not be read; nothing changed');
-    return answer(err.status, { error: err.message, code: err.code });
-  }
-  rulesStore.push(push.files, 'cloud', { allowEmpty: push.allowEmpty }).then(
-    (outcome) => {
-      const { status, body } = outcomeBody(outcome);
-      answer(status, body);
-    },
-    (err: EdgeError) => {
-      // A push refused for having no rule is logged by the store, with how to push one on purpose.
-      if (err.code !== 'E_RULES_EMPTY')
-        log.error({ err: err.message, code: err.code }, 'a rules push from the cloud failed; the running set keeps running');
-      answer(typeof err.status === 'number' ? err.status : 500, { error: err.message, code: err.code ?? 'E_INTERNAL' });
-    },
-  );
 }

@@ -235,7 +235,7 @@ t.test('a push on <controlPrefix>rules/set is applied and answered on rules/resu
   await proxy.restart();
   await eventually('uplink connected again', async () => (await proxy.metric('edge_uplink_connected')) === 1);
   await eventually('the replayed retained push was seen and ignored', () =>
-    proxy.logs.some((l) => String(l.msg).startsWith('a retained rules push is ignored')),
+    proxy.logs.some((l) => String(l.msg).startsWith('a retained message on rules/set is ignored')),
   );
   t.match(
     (await api(proxy, 'GET', '/api/v1/rules')).body,

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { EdgeError } from '../core/errors.js';
-import { bodyKindOf, changeFromBody, MAX_PUSH_BYTES, PushRequestError, pushFromBody } from '../rules/push-request.js';
+import { bodyKindOf, changeFromBody, MAX_PUSH_BYTES, outcomeBody, PushRequestError, pushFromBody } from '../rules/push-request.js';
 import type { PushOptions, RulesChange, RulesOutcome, RulesVersion } from '../rules/store.js';
 import type { RuleFile } from '../rules/loader.js';
 import type { Metrics } from './metrics.js';
@@ -22,6 +22,7 @@ export interface RulesAdmin {
   validate(files: RuleFile[], opts?: PushOptions): Promise<RulesOutcome>;
   push(files: RuleFile[], source: 'api', opts?: PushOptions): Promise<RulesOutcome>;
   change(change: RulesChange, source: 'api', opts?: PushOptions): Promise<RulesOutcome>;
+  validateChange(change: RulesChange, opts?: PushOptions): Promise<RulesOutcome>;
   rollback(): Promise<RulesOutcome>;
 }
 
@@ -38,31 +39,6 @@ function send(res: ServerResponse, status: number, body: string, type = 'applica
 
 function sendError(res: ServerResponse, status: number, code: string, message: string): void {
   send(res, status, JSON.stringify({ error: message, code }));
-}
-
-/**
- * The answer to a push, a validation or a rollback: 200 with the version, the files that run and
- * those of the previous set it replaced; 422 with every error.
- */
-export function outcomeBody(o: RulesOutcome): { status: 200 | 422; body: Record<string, unknown> } {
-  return o.ok
-    ? {
-        status: 200,
-        body: {
-          version: o.version,
-          sha256: o.sha256,
-          rules: o.rules,
-          changed: o.changed,
-          files: o.files,
-          replaced: o.replaced,
-          ...(o.added ? { added: o.added } : {}),
-          ...(o.removed ? { removed: o.removed } : {}),
-        },
-      }
-    : {
-        status: 422,
-        body: { errors: o.errors.map((e) => ({ file: e.file, line: e.line, col: e.col, code: e.code, message: e.message })) },
-      };
 }
 
 /** `?allowEmpty=1` (or `true`; `0`, `false`), for a text body, which cannot say it itself. */
@@ -204,10 +180,15 @@ export class AdminServer {
           const { status, body } = outcomeBody(outcome);
           return send(res, status, JSON.stringify(body));
         }
-        case 'PATCH /api/v1/rules': {
+        case 'PATCH /api/v1/rules':
+        case 'PATCH /api/v1/rules/validate': {
           // Some files added, replaced or removed; the others keep running (docs/rules.md, Adding and removing files).
           const { files, remove, allowEmpty } = changeFromBody(await readBody(req));
-          const outcome = await rules.change({ files, remove }, 'api', { allowEmpty: allowEmptyOf(req.url) || allowEmpty });
+          const opts = { allowEmpty: allowEmptyOf(req.url) || allowEmpty };
+          const outcome =
+            path === '/api/v1/rules'
+              ? await rules.change({ files, remove }, 'api', opts)
+              : await rules.validateChange({ files, remove }, opts);
           const { status, body } = outcomeBody(outcome);
           return send(res, status, JSON.stringify(body));
         }
@@ -222,7 +203,7 @@ export class AdminServer {
                 res,
                 405,
                 'E_USAGE',
-                `${req.method} is not allowed on ${path} (GET, PUT or PATCH /api/v1/rules, POST /api/v1/rules/validate, POST /api/v1/rules/rollback)`,
+                `${req.method} is not allowed on ${path} (GET, PUT or PATCH /api/v1/rules, POST or PATCH /api/v1/rules/validate, POST /api/v1/rules/rollback)`,
               )
             : sendError(res, 404, 'E_USAGE', `no route ${path}`);
         }

@@ -8,6 +8,12 @@ import { adminRequest, AdminUnreachable, type AdminAnswer, type AdminTarget } fr
 
 type Print = (s: string) => void;
 
+/** `--allow-empty`: a set without a rule may run; `--dry-run`: the proxy checks and answers, changing nothing. */
+interface RemoteOptions {
+  allowEmpty?: boolean;
+  dryRun?: boolean;
+}
+
 function describeVersion(body: Record<string, unknown>): string {
   return `version ${String(body.version)}: ${String(body.rules)} rule${body.rules === 1 ? '' : 's'} (sha256 ${String(body.sha256).slice(0, 12)})`;
 }
@@ -87,24 +93,21 @@ function printErrors(a: AdminAnswer, byName: Map<string, string>, texts: Map<str
  * base names). Exit 0 when they run, 1 with the errors printed as `rules check` prints them (or a
  * set without a rule refused, unless `allowEmpty`), 2 when the proxy cannot be reached.
  */
-export async function rulesPush(
-  paths: string[],
-  target: AdminTarget,
-  out: Print,
-  err: Print,
-  opts: { allowEmpty?: boolean } = {},
-): Promise<number> {
+export async function rulesPush(paths: string[], target: AdminTarget, out: Print, err: Print, opts: RemoteOptions = {}): Promise<number> {
   const read = readFiles(paths, err);
   if (typeof read === 'number') return read;
   const { byName, texts } = read;
   const data = JSON.stringify({ files: Object.fromEntries(texts), ...(opts.allowEmpty ? { allowEmpty: true } : {}) });
-  const a = await call(target, err, () => adminRequest(target, 'PUT', '/api/v1/rules', { type: 'application/json', data }));
+  const [method, path] = opts.dryRun ? (['POST', '/api/v1/rules/validate'] as const) : (['PUT', '/api/v1/rules'] as const);
+  const a = await call(target, err, () => adminRequest(target, method, path, { type: 'application/json', data }));
   if (typeof a === 'number') return a;
   if (a.status === 200) {
     out(
       a.body.changed === false
         ? `unchanged: ${describeVersion(a.body)} is already running\n`
-        : `pushed: ${describeVersion(a.body)} running; ${describeReplaced(a.body)}\n`,
+        : opts.dryRun
+          ? `dry run: ${describeVersion(a.body)} would run; ${describeReplaced(a.body)}; nothing changed\n`
+          : `pushed: ${describeVersion(a.body)} running; ${describeReplaced(a.body)}\n`,
     );
     return 0;
   }
@@ -117,7 +120,7 @@ export async function rulesPush(
   return failure(a, target.url, err);
 }
 
-/** What a change of some files did: "added c.rules; replaced a.rules; removed b.rules; 3 files now". */
+/** What a change of some files did (or would do): "added c.rules; replaced a.rules; removed b.rules; 3 files now". */
 function describeChange(body: Record<string, unknown>): string {
   const names = (v: unknown): string[] => (Array.isArray(v) ? v.filter((n): n is string => typeof n === 'string') : []);
   const removed = names(body.removed);
@@ -144,7 +147,7 @@ export async function rulesChange(
   target: AdminTarget,
   out: Print,
   err: Print,
-  opts: { allowEmpty?: boolean } = {},
+  opts: RemoteOptions = {},
 ): Promise<number> {
   let byName = new Map<string, string>();
   let texts = new Map<string, string>();
@@ -166,13 +169,16 @@ export async function rulesChange(
     ...(verb === 'add' ? { files: Object.fromEntries(texts) } : { remove }),
     ...(opts.allowEmpty ? { allowEmpty: true } : {}),
   });
-  const a = await call(target, err, () => adminRequest(target, 'PATCH', '/api/v1/rules', { type: 'application/json', data }));
+  const path = opts.dryRun ? '/api/v1/rules/validate' : '/api/v1/rules';
+  const a = await call(target, err, () => adminRequest(target, 'PATCH', path, { type: 'application/json', data }));
   if (typeof a === 'number') return a;
   if (a.status === 200) {
     out(
       a.body.changed === false
         ? `unchanged: ${describeVersion(a.body)} is already running\n`
-        : `${verb === 'add' ? 'added' : 'removed'}: ${describeVersion(a.body)} running; ${describeChange(a.body)}\n`,
+        : opts.dryRun
+          ? `dry run: ${describeVersion(a.body)} would run; ${describeChange(a.body)}; nothing changed\n`
+          : `${verb === 'add' ? 'added' : 'removed'}: ${describeVersion(a.body)} running; ${describeChange(a.body)}\n`,
     );
     return 0;
   }

@@ -27,24 +27,27 @@ edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text] [--con
   and what would go up. --input - reads the messages from standard input.
   In token mode the rules read device.<attr> from the registry (devicesFile), as the running proxy does.
 
-edge-proxy rules push FILE... [--allow-empty] [--admin URL] [--token T] [--config FILE]
+edge-proxy rules push FILE... [--allow-empty] [--dry-run] [--admin URL] [--token T] [--config FILE]
   Replaces every rules file of a running proxy with FILEs (stored under their base names) and runs
   them as a new version, or changes nothing and prints every error as rules check does. Says which
   files of the previous set it replaced. FILEs that define no rule are refused (E_RULES_EMPTY): they
   would remove every rule. --allow-empty pushes them anyway; with no FILE it removes every rule.
+  --dry-run: the proxy checks the files and says what the push would do, changing nothing.
   Without --admin and --token: the proxy the configuration describes, with the token it keeps in
   its data directory. Exit 0 when the files run, 1 with errors, 2 when the proxy cannot be reached.
 
-edge-proxy rules add FILE... [--allow-empty] [--admin URL] [--token T] [--config FILE]
+edge-proxy rules add FILE... [--allow-empty] [--dry-run] [--admin URL] [--token T] [--config FILE]
   Adds FILEs to the rules of a running proxy (stored under their base names), each replacing the
   running file of its name if there is one; the other files keep running. The whole set that
   results is checked and runs as a new version, or nothing changes and every error is printed.
-  Says which files it added and replaced. Exit statuses as for rules push.
+  Says which files it added and replaced; --dry-run says it without changing anything. Exit
+  statuses as for rules push.
 
-edge-proxy rules remove NAME... [--allow-empty] [--admin URL] [--token T] [--config FILE]
+edge-proxy rules remove NAME... [--allow-empty] [--dry-run] [--admin URL] [--token T] [--config FILE]
   Removes the running rules files NAMEd (base names, such as alarms.rules); the other files keep
   running, as a new version. A NAME that does not run changes nothing (exit 1, E_RULES_NO_FILE).
-  Removing the last rules refuses (E_RULES_EMPTY) unless --allow-empty. Exit statuses as for push.
+  Removing the last rules refuses (E_RULES_EMPTY) unless --allow-empty. --dry-run as for add.
+  Exit statuses as for push.
 
 edge-proxy rules rollback [--admin URL] [--token T] [--config FILE]
   Runs the rules of the version before the running one again, as a new version (two rollbacks in a
@@ -70,11 +73,14 @@ export async function rules(args: string[]): Promise<void> {
         token: { type: 'string' },
         help: { type: 'boolean' },
         'allow-empty': { type: 'boolean' },
+        'dry-run': { type: 'boolean' },
       },
     });
     if (values.help) return void process.stdout.write(RULES_HELP);
     const allowEmpty = values['allow-empty'] === true;
-    if (sub === 'rollback' && allowEmpty) fail('--allow-empty is an option of rules push, add and remove (E_USAGE)');
+    const dryRun = values['dry-run'] === true;
+    if (sub === 'rollback' && (allowEmpty || dryRun))
+      fail(`--${allowEmpty ? 'allow-empty' : 'dry-run'} is an option of rules push, add and remove (E_USAGE)`);
     if (sub === 'push' && positionals.length === 0 && !allowEmpty)
       fail('rules push needs at least one FILE (E_USAGE); to remove every rule on purpose: rules push --allow-empty');
     if ((sub === 'add' || sub === 'remove') && positionals.length === 0)
@@ -82,10 +88,10 @@ export async function rules(args: string[]): Promise<void> {
     const target = targetOf(values);
     process.exit(
       sub === 'push'
-        ? await rulesPush(positionals, target, out, err, { allowEmpty })
+        ? await rulesPush(positionals, target, out, err, { allowEmpty, dryRun })
         : sub === 'rollback'
           ? await rulesRollback(target, out, err)
-          : await rulesChange(sub, positionals, target, out, err, { allowEmpty }),
+          : await rulesChange(sub, positionals, target, out, err, { allowEmpty, dryRun }),
     );
   }
   const { values, positionals } = parseArgs({

@@ -2,6 +2,7 @@ import { isUtf8 } from 'node:buffer';
 import { EdgeError } from '../core/errors.js';
 import type { RuleError } from './dsl/errors.js';
 import type { RuleFile } from './loader.js';
+import type { RulesOutcome } from './store.js';
 
 /** The largest push body read, JSON escaping included: far above any sane ruleset, small for the heap. */
 export const MAX_PUSH_BYTES = 16 * 2 ** 20;
@@ -171,4 +172,29 @@ export function changeFromBody(body: Buffer): ChangeBody {
       `${both.map((n) => JSON.stringify(n)).join(', ')} ${both.length === 1 ? 'is' : 'are'} both in "files" and in "remove": a change either adds (or replaces) a file or removes it`,
     );
   return { files, remove, allowEmpty: o.allowEmpty === true };
+}
+
+/**
+ * The answer to a push, a validation or a rollback: 200 with the version, the files that run and
+ * those of the previous set it replaced; 422 with every error.
+ */
+export function outcomeBody(o: RulesOutcome): { status: 200 | 422; body: Record<string, unknown> } {
+  return o.ok
+    ? {
+        status: 200,
+        body: {
+          version: o.version,
+          sha256: o.sha256,
+          rules: o.rules,
+          changed: o.changed,
+          files: o.files,
+          replaced: o.replaced,
+          ...(o.added ? { added: o.added } : {}),
+          ...(o.removed ? { removed: o.removed } : {}),
+        },
+      }
+    : {
+        status: 422,
+        body: { errors: o.errors.map((e) => ({ file: e.file, line: e.line, col: e.col, code: e.code, message: e.message })) },
+      };
 }

@@ -12,6 +12,13 @@ import { RulesHistory, type RulesVersion } from './history.js';
 
 export type { RulesVersion } from './history.js';
 
+/** The whole set a change of some files makes, and the names it adds and removes. */
+interface ComposedChange {
+  files: RuleFile[];
+  added: string[];
+  removed: string[];
+}
+
 /** Where a change of the rules came from, for logs and metrics. */
 type RulesSource = 'api' | 'cloud' | 'file change' | 'rollback';
 
@@ -222,12 +229,15 @@ export class RulesStore {
     return { ok: false, errors };
   }
 
-  /** What a push of `files` would answer, applying nothing (E_RULES_EMPTY as the push would be refused). */
-  validate(files: RuleFile[], opts: PushOptions = {}): Promise<RulesOutcome> {
+  /**
+   * What a push of `files` would answer, applying nothing (E_RULES_EMPTY as the push would be
+   * refused). `changed` are the files a change of some files brings, as for `apply`.
+   */
+  validate(files: RuleFile[], opts: PushOptions = {}, changed?: RuleFile[]): Promise<RulesOutcome> {
     return (async () => {
-      const a = await this.analyze(files, files);
+      const a = await this.analyze(files, changed ?? files);
       if (a.errors.length > 0) return { ok: false, errors: a.errors };
-      if (a.rules === 0 && !opts.allowEmpty) throw this.refuseEmpty(files, 'validation');
+      if (a.rules === 0 && !opts.allowEmpty) throw this.refuseEmpty(files, 'validation', changed !== undefined);
       const sha256 = contentHash(files);
       const same = this.running?.sha256 === sha256;
       const version = same ? this.running!.version : (this.history.latest()?.version ?? 0) + 1;
@@ -240,6 +250,14 @@ export class RulesStore {
         files: files.map((f) => f.name).sort(),
         replaced: same ? [] : this.replacedBy(files),
       };
+    })();
+  }
+
+  /** What `change` would answer, applying nothing (docs/rules.md, Adding and removing files). */
+  validateChange(change: RulesChange, opts: PushOptions = {}): Promise<RulesOutcome> {
+    return (async () => {
+      const next = this.composeChange(change, 'validation');
+      return this.withChangeLists(await this.validate(next.files, opts, change.files), next);
     })();
   }
 
@@ -260,34 +278,45 @@ export class RulesStore {
    */
   change(change: RulesChange, source: RulesSource, opts: PushOptions = {}): Promise<RulesOutcome> {
     return this.serial(async () => {
-      const running = this.running?.files ?? {};
-      const remove = new Set(change.remove);
-      const missing = [...remove].filter((name) => !Object.hasOwn(running, name)).sort();
-      if (missing.length > 0) {
-        const names = Object.keys(running).sort();
-        const err = new EdgeError(
-          'E_RULES_NO_FILE',
-          `the running set (version ${this.running?.version ?? 0}) has no file ${missing.join(', ')} to remove; nothing changed. Its files: ${names.length > 0 ? names.join(', ') : 'none'}`,
-        );
+      const next = this.composeChange(change, source);
+      return this.withChangeLists(await this.apply(next.files, source, opts, change.files), next);
+    });
+  }
+
+  /**
+   * The whole set a change makes of the running one: its other files, then the change's. A name to
+   * remove that does not run refuses the change (E_RULES_NO_FILE), counted unless a validation.
+   */
+  private composeChange(change: RulesChange, source: RulesSource | 'validation'): ComposedChange {
+    const running = this.running?.files ?? {};
+    const remove = new Set(change.remove);
+    const missing = [...remove].filter((name) => !Object.hasOwn(running, name)).sort();
+    if (missing.length > 0) {
+      const names = Object.keys(running).sort();
+      const err = new EdgeError(
+        'E_RULES_NO_FILE',
+        `the running set (version ${this.running?.version ?? 0}) has no file ${missing.join(', ')} to remove; nothing changed. Its files: ${names.length > 0 ? names.join(', ') : 'none'}`,
+      );
+      if (source !== 'validation') {
         this.opts.onPush?.(source, 'rejected');
         this.opts.log.warn({ source, missing, code: err.code }, err.message);
-        throw err;
       }
-      const adding = new Set(change.files.map((f) => f.name));
-      const files = [
-        ...Object.entries(running)
-          .filter(([name]) => !adding.has(name) && !remove.has(name))
-          .map(([name, text]) => ({ name, text })),
-        ...change.files,
-      ];
-      const outcome = await this.apply(files, source, opts, change.files);
-      if (!outcome.ok) return outcome;
-      return {
-        ...outcome,
-        added: outcome.changed ? [...adding].filter((name) => !Object.hasOwn(running, name)).sort() : [],
-        removed: outcome.changed ? [...remove].sort() : [],
-      };
-    });
+      throw err;
+    }
+    const adding = new Set(change.files.map((f) => f.name));
+    const files = [
+      ...Object.entries(running)
+        .filter(([name]) => !adding.has(name) && !remove.has(name))
+        .map(([name, text]) => ({ name, text })),
+      ...change.files,
+    ];
+    return { files, added: [...adding].filter((name) => !Object.hasOwn(running, name)).sort(), removed: [...remove].sort() };
+  }
+
+  /** A change's answer names what it added and removed (nothing when it changes nothing). */
+  private withChangeLists(outcome: RulesOutcome, next: ComposedChange): RulesOutcome {
+    if (!outcome.ok) return outcome;
+    return { ...outcome, added: outcome.changed ? next.added : [], removed: outcome.changed ? next.removed : [] };
   }
 
   /** Re-apply the set before the running one as a new version; E_RULES_NO_EARLIER when there is none. */

@@ -12,8 +12,8 @@ interface CloudEvents {
   down: [];
   /** a message under <controlPrefix>down/: its local topic, payload and retain flag */
   downlink: [localTopic: string, payload: Buffer, retain: boolean];
-  /** a message on <controlPrefix>rules/set: a ruleset pushed from the cloud */
-  rulesSet: [payload: Buffer, retained: boolean];
+  /** a message on <controlPrefix>rules/set (a whole ruleset) or rules/change (some files of it) */
+  rulesRequest: [kind: 'set' | 'change', payload: Buffer, retained: boolean];
 }
 
 type PublishDone = (err: Error | null) => void;
@@ -49,6 +49,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
   private readonly statusTopic: string;
   private readonly downPrefix: string;
   private readonly rulesSetTopic: string;
+  private readonly rulesChangeTopic: string;
   private readonly rulesResultTopic: string;
   private readonly tlsFiles: Pick<IClientOptions, 'ca' | 'cert' | 'key'>;
   /** the URL as log lines show it: without its password */
@@ -64,6 +65,7 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     this.statusTopic = `${cfg.controlPrefix}status`;
     this.downPrefix = `${cfg.controlPrefix}down/`;
     this.rulesSetTopic = `${cfg.controlPrefix}rules/set`;
+    this.rulesChangeTopic = `${cfg.controlPrefix}rules/change`;
     this.rulesResultTopic = `${cfg.controlPrefix}rules/result`;
     this.tlsFiles = {};
     try {
@@ -108,8 +110,8 @@ export class CloudLink extends EventEmitter<CloudEvents> {
     client.on('message', (topic, payload, packet) => {
       if (topic.startsWith(this.downPrefix) && topic.length > this.downPrefix.length) {
         this.emit('downlink', topic.slice(this.downPrefix.length), payload, packet.retain);
-      } else if (topic === this.rulesSetTopic) {
-        this.emit('rulesSet', payload, packet.retain);
+      } else if (topic === this.rulesSetTopic || topic === this.rulesChangeTopic) {
+        this.emit('rulesRequest', topic === this.rulesSetTopic ? 'set' : 'change', payload, packet.retain);
       }
     });
     client.on('error', (err) => {
@@ -128,11 +130,11 @@ export class CloudLink extends EventEmitter<CloudEvents> {
           'cannot subscribe to the cloud downlink; check the broker ACL for this client',
         );
     });
-    client.subscribe(this.rulesSetTopic, { qos: 1 }, (err) => {
+    client.subscribe([this.rulesSetTopic, this.rulesChangeTopic], { qos: 1 }, (err) => {
       if (err)
         this.log.error(
-          { err: err.message, topic: this.rulesSetTopic },
-          'cannot subscribe to the rules push topic; check the broker ACL for this client',
+          { err: err.message, topics: [this.rulesSetTopic, this.rulesChangeTopic] },
+          'cannot subscribe to the rules push topics; check the broker ACL for this client',
         );
     });
     client.publish(this.statusTopic, 'online', { qos: 1, retain: true });

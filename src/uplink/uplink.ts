@@ -30,11 +30,11 @@ export class Uplink {
     private readonly log: Logger,
   ) {
     const cp = cfg.controlPrefix;
-    this.controlTopics = new Set([`${cp}status`, `${cp}down`, `${cp}rules/set`, `${cp}rules/result`]);
+    this.controlTopics = new Set([`${cp}status`, `${cp}down`, `${cp}rules/set`, `${cp}rules/change`, `${cp}rules/result`]);
     this.downPrefix = `${cp}down/`;
   }
 
-  /** The proxy's own cloud topics: status, down/#, rules/set, rules/result. */
+  /** The proxy's own cloud topics: status, down/#, rules/set, rules/change, rules/result. */
   isControlTopic(localTopic: string): boolean {
     // A device topic holds no wildcards, so plain comparisons decide it.
     const topic = cloudTopic(this.cfg.topicPrefix, localTopic);
