@@ -1,9 +1,10 @@
-// The tests run against real parts: Mosquitto as the cloud broker and its command-line clients.
+// The tests run against real parts: Mosquitto as the cloud broker and its command-line clients, and
+// Debian's Chromium for the status page (driven by playwright-core, which downloads no browser).
 // This checks they are installed, and installs them with apt-get when it can (as root on Debian).
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
-const needed = { mosquitto: 'mosquitto', mosquitto_pub: 'mosquitto-clients', mosquitto_sub: 'mosquitto-clients' };
+const needed = { mosquitto: 'mosquitto', mosquitto_pub: 'mosquitto-clients', mosquitto_sub: 'mosquitto-clients', chromium: 'chromium' };
 const path = `${process.env.PATH ?? ''}:/usr/sbin:/usr/local/sbin`;
 const has = (cmd) => path.split(':').some((dir) => dir && existsSync(`${dir}/${cmd}`));
 const missing = [

@@ -1,10 +1,14 @@
 // The status page: one self-contained document, no build step, nothing fetched from outside.
 // It is static and reveals nothing, so it is served without a token; the data comes from
 // /api/v1/status. When that answers 401 (the admin port bound beyond loopback), the page asks for the
-// admin token, keeps it in sessionStorage for the browser session and sends it as a bearer token.
+// admin token, keeps it in the tab's sessionStorage (until the tab is closed) and sends it as a bearer token.
+// The empty inline icon keeps browsers from asking for /favicon.ico, which is no route (401 beyond
+// loopback, 404 on it): an error in the browser's console at every load otherwise. The status shows
+// once it has data: never as empty tables while the page waits for the proxy or tries a token.
 export const STATUS_PAGE = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>edge-proxy status</title>
+<link rel="icon" href="data:,">
 <style>
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
 h1{font-size:1.3rem;margin:0 0 1rem}
@@ -21,11 +25,11 @@ code{font-size:.95em}
 <h2>Admin token</h2>
 <p>This admin port is reachable beyond the proxy's machine, so its status needs the admin token: the file
 <code>admin-token</code> in the proxy's data directory (<code>sudo cat /var/lib/edge-proxy/admin-token</code> on a board),
-or what <code>admin.token</code> or <code>admin.tokenFile</code> sets. This browser keeps it for this session only.</p>
+or what <code>admin.token</code> or <code>admin.tokenFile</code> sets. This tab keeps it until it is closed.</p>
 <p id="loginmsg" class="bad"></p>
 <input id="token" type="password" autocomplete="off" aria-label="admin token" required><button type="submit">Show the status</button>
 </form>
-<div id="main">
+<div id="main" hidden>
 <section><h2>Proxy</h2><table id="proxy"></table></section>
 <section><h2>Devices and messages</h2><table id="traffic"></table></section>
 <section><h2>Cloud uplink</h2><table id="uplink"></table></section>
@@ -50,7 +54,7 @@ var u=s.uplink;
 rows('uplink',u.url===null?[['state','<span class=neutral>offline (no uplink configured): what would go up stays in the cache</span>']]:
 [['broker',esc(u.url)],['state',u.connected?'<span class=ok>connected</span>':'<span class=bad>not connected</span>'],['in flight',u.inflight]]);
 var c=s.cache;rows('cache',[['backlog',c.messages+' messages'],['bytes',c.bytes],['oldest',dur(c.oldestAgeSeconds)],['writable',c.writable?'<span class=ok>yes</span>':'<span class=bad>no</span>'],['time to drain',c.timeToDrainSeconds==null?'-':dur(c.timeToDrainSeconds)]]);
-el('err').textContent='';}
+el('main').hidden=false;el('err').textContent='';}
 function tick(){if(waiting)return;
 var t=sessionStorage.getItem(KEY);el('forget').hidden=!t;
 fetch('/api/v1/status',{cache:'no-store',headers:t?{'Authorization':'Bearer '+t}:{}}).then(function(res){
@@ -58,7 +62,7 @@ if(res.status===401){if(waiting)return null;if(t){sessionStorage.removeItem(KEY)
 if(!res.ok)throw new Error('HTTP '+res.status);return res.json()}).then(function(s){if(s&&!waiting)render(s)})
 .catch(function(e){el('err').textContent='status unavailable: '+e})}
 el('login').addEventListener('submit',function(e){e.preventDefault();var v=el('token').value.trim();if(!v)return;
-sessionStorage.setItem(KEY,v);el('token').value='';waiting=false;el('login').hidden=true;el('main').hidden=false;tick()});
+sessionStorage.setItem(KEY,v);el('token').value='';waiting=false;el('login').hidden=true;tick()});
 el('forget').addEventListener('click',function(){sessionStorage.removeItem(KEY);location.reload()});
 tick();setInterval(tick,2000);
 </script></body></html>`;
