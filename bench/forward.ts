@@ -68,6 +68,7 @@ export async function benchForward(opts: ForwardOptions, progress: (line: string
           `dataDir: ${join(dir, 'proxy/data')}`,
           `rules: { dir: ${join(dir, 'proxy/rules')} }`,
           'mqtt: { port: 0 }',
+          'http: { port: 0 }',
           'admin: { port: 0 }',
           `auth: { mode: ${auth} }`,
           ...(tokens ? [`devicesFile: ${devicesFile}`] : []),

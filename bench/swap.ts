@@ -84,6 +84,7 @@ export async function benchSwap(opts: SwapOptions, progress: (line: string) => v
       `dataDir: ${join(dir, 'proxy/data')}`,
       `rules: { dir: ${rulesDir} }`,
       'mqtt: { port: 0 }',
+      'http: { port: 0 }',
       'admin: { port: 0 }',
       `uplink: { url: "${cloud.url}", maxInflight: 256 }`,
       'log: { level: info }',

@@ -9,6 +9,7 @@ import { resolveAdminToken } from './admin/token.js';
 import { RUNTIME_PORTS_FILE } from './admin/local-files.js';
 import type { DeviceAdapter, Endpoint } from './adapters/adapter.js';
 import { MqttAdapter } from './adapters/mqtt/adapter.js';
+import { HttpEndpoint } from './adapters/http/endpoint.js';
 import { AuthService } from './auth/service.js';
 import { DeviceRegistry } from './auth/device-registry.js';
 import { IngressGate } from './pipeline/ingress.js';
@@ -225,12 +226,15 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       );
     }
 
-    // Every device protocol: a new one is one more line here.
+    // Every device protocol: a new one is one more line here. WebSocket protocols register their
+    // path on the one HTTP endpoint, which listens once they all have.
+    const http = new HttpEndpoint(cfg.http, cfg.limits.maxConnections, metrics.httpEvents(), log.child({ endpoint: 'http' }));
     const deps = (name: string) => ({
       gate,
       auth,
       retained: local.retained,
       events: metrics.adapterEvents(),
+      http,
       log: log.child({ adapter: name }),
     });
     const adapters: DeviceAdapter[] = [new MqttAdapter({ mqtt: cfg.mqtt, limits: cfg.limits, brokerId: cfg.edge.id }, deps('mqtt'))];
@@ -246,6 +250,14 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
         )),
       );
     }
+    // Stopped before the adapters: no new WebSocket connection while they settle theirs.
+    endpoints.push(
+      ...(await services.start(
+        'http',
+        () => http.start(),
+        () => http.stop(),
+      )),
+    );
 
     const rates = new Rates(metrics);
     timers.push(() => rates.stop());

@@ -8,6 +8,7 @@ import type { AuthService } from '../auth/service.js';
 import type { DeviceProtocol, IngressGate } from '../pipeline/ingress.js';
 import type { LocalSink } from '../pipeline/local.js';
 import type { RetainedStore } from '../pipeline/retained.js';
+import type { UpgradeRegistry } from './http/endpoint.js';
 
 /** A listening endpoint, as the `listening` log line and the ports file name it (`mqtt`, `mqtt-tls`, ...). */
 export interface Endpoint {
@@ -36,6 +37,8 @@ export interface AdapterDeps {
   /** the retained messages of every protocol, read when a subscription starts */
   retained: Pick<RetainedStore, 'matching' | 'get'>;
   events: AdapterEvents;
+  /** the shared HTTP endpoint (http.*), where a WebSocket protocol registers its path */
+  http: UpgradeRegistry;
   log: Logger;
 }
 

@@ -1,6 +1,7 @@
 import client from 'prom-client';
 import type { Protocol } from '../core/message.js';
 import type { AdapterEvents, Transport } from '../adapters/adapter.js';
+import type { HttpEndpointEvents } from '../adapters/http/endpoint.js';
 import type { DeviceProtocol, IngressEvents } from '../pipeline/ingress.js';
 import type { LocalDeliveryEvents } from '../pipeline/local.js';
 import type { RouterEvents } from '../pipeline/router.js';
@@ -34,6 +35,7 @@ export class Metrics {
   private readonly ruleErrors: (rule: string) => client.Counter.Internal;
   private readonly deliveredLocally: (protocol: string) => client.Counter.Internal;
   readonly authFailures: client.Counter<'protocol' | 'reason'>;
+  private readonly upgradesRefused: client.Counter<'reason'>;
   readonly payloadDecodeErrors: client.Counter;
   readonly cacheWriteErrors: client.Counter;
   readonly cacheRefused: client.Counter;
@@ -92,6 +94,11 @@ export class Metrics {
         this.set(drain());
       },
     });
+    this.upgradesRefused = counter(
+      'edge_ws_upgrades_refused_total',
+      'WebSocket upgrades refused before the handshake: not_found, subprotocol, per_address, auth, unavailable',
+      ['reason'],
+    );
     this.connections = new client.Gauge({
       name: 'edge_connections',
       help: 'Connected devices, by protocol and transport (tcp, tls, ws, udp)',
@@ -192,6 +199,10 @@ export class Metrics {
       dropped: (reason) => this.dropped(reason).inc(),
       downlinkReceived: () => this.downlinkReceived.inc(),
     };
+  }
+
+  httpEvents(): HttpEndpointEvents {
+    return { upgradeRefused: (reason) => this.upgradesRefused.labels(reason).inc() };
   }
 
   adapterEvents(): AdapterEvents {

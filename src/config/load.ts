@@ -593,6 +593,7 @@ function crossKeyProblems(tree: Tree, where: Locations): ConfigProblem[] {
   for (const [section, what] of [
     ['uplink', 'a client certificate'],
     ['mqtt', "the TLS endpoint's certificate"],
+    ['http', "the https endpoint's certificate"],
   ] as const) {
     const cert = [section, 'tls', 'cert'];
     const key = [section, 'tls', 'key'];
@@ -635,6 +636,9 @@ function fileChecks(config: Config, where: Locations): { problems: ConfigProblem
   }
   if (config.mqtt.tls.cert !== null && config.mqtt.tls.key !== null) {
     for (const key of ['cert', 'key', 'ca'] as const) check(['mqtt', 'tls', key], config.mqtt.tls[key]);
+  }
+  if (config.http.tls.cert !== null && config.http.tls.key !== null) {
+    for (const key of ['cert', 'key'] as const) check(['http', 'tls', key], config.http.tls[key]);
   }
   const tokenFile = config.admin.token === null ? config.admin.tokenFile : null;
   if (tokenFile !== null && check(['admin', 'tokenFile'], tokenFile) && readFileSync(tokenFile, 'utf8').trim() === '') {

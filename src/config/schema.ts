@@ -155,6 +155,19 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     // Runs only when cert and key are both set (load.ts checks the pair).
     tls: object<Config['mqtt']['tls']>({ port: port(8883), cert: optionalPath, key: optionalPath, ca: optionalPath }),
   }),
+  // Runs /mqtt and /ws; TLS only when cert and key are both set (load.ts checks the pair).
+  http: object<Config['http']>({
+    host: host('127.0.0.1'),
+    port: port(8080),
+    tls: object<Config['http']['tls']>({ cert: optionalPath, key: optionalPath }),
+    perMessageDeflate: { type: 'boolean', default: false },
+    pingIntervalSeconds: { type: 'integer', minimum: 1, maximum: 3600, default: 30, unit: 'duration' },
+    maxConnectionsPerAddress: { type: 'integer', minimum: 1, default: 100 },
+    handshakeTimeoutSeconds: { type: 'integer', minimum: 1, maximum: 300, default: 10, unit: 'duration' },
+    sendBufferBytes: { type: 'integer', minimum: KiB, maximum: 256 * MiB, default: 1 * MiB, unit: 'size' },
+    maxErrors: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 20 },
+    errorWindowSeconds: { type: 'integer', minimum: 1, maximum: 3600, default: 60, unit: 'duration' },
+  }),
   admin: object<Config['admin']>({
     host: host('127.0.0.1'),
     port: port(9180),
@@ -245,7 +258,7 @@ export const configSchemaTree: SchemaNode = configSchema;
  * Keys of features this version does not have yet (docs/configuration.md, Errors).
  * They are refused like any unknown key; the message just says why, so nobody hunts for a typo.
  */
-export const PLANNED_KEYS: ReadonlySet<string> = new Set(['coap', 'http', 'models', 'inference', 'limits.perDeviceRate', 'log.pretty']);
+export const PLANNED_KEYS: ReadonlySet<string> = new Set(['coap', 'models', 'inference', 'limits.perDeviceRate', 'log.pretty']);
 
 export function isUplinkUrl(value: string): boolean {
   let url: URL;

@@ -11,6 +11,26 @@ export interface Config {
     /** MQTT over TLS: only when cert and key are set; with ca, client certificates are required */
     tls: { port: number; cert: string | null; key: string | null; ca: string | null };
   };
+  /** The WebSocket endpoint: GET /mqtt (MQTT over WebSocket) and GET /ws (the JSON protocol) */
+  http: {
+    host: string;
+    port: number;
+    /** https and wss when cert and key are both set */
+    tls: { cert: string | null; key: string | null };
+    /** permessage-deflate: memory per connection, off unless asked for */
+    perMessageDeflate: boolean;
+    /** a WebSocket ping each interval; a connection that misses two pongs is terminated */
+    pingIntervalSeconds: number;
+    /** open WebSocket connections (and upgrades in progress) from one source address */
+    maxConnectionsPerAddress: number;
+    /** time for a client to send its whole upgrade request */
+    handshakeTimeoutSeconds: number;
+    /** /ws: bytes queued for one device past which QoS 0 deliveries are dropped (closed with 1013 after 10 s over) */
+    sendBufferBytes: number;
+    /** /ws: this many refused frames within errorWindowSeconds close the connection (1008) */
+    maxErrors: number;
+    errorWindowSeconds: number;
+  };
   admin: { host: string; port: number; token: string | null; tokenFile: string | null };
   auth: { mode: 'open' | 'token' };
   /** the device registry read in token mode */
