@@ -4,7 +4,14 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
-const needed = { mosquitto: 'mosquitto', mosquitto_pub: 'mosquitto-clients', mosquitto_sub: 'mosquitto-clients', chromium: 'chromium' };
+const needed = {
+  mosquitto: 'mosquitto',
+  mosquitto_pub: 'mosquitto-clients',
+  mosquitto_sub: 'mosquitto-clients',
+  chromium: 'chromium',
+  curl: 'curl',
+  openssl: 'openssl',
+};
 const path = `${process.env.PATH ?? ''}:/usr/sbin:/usr/local/sbin`;
 const has = (cmd) => path.split(':').some((dir) => dir && existsSync(`${dir}/${cmd}`));
 const missing = [
