@@ -27,14 +27,14 @@ t.test('start-up: listening lines, then ready, and the ports file', async (t) =>
   const listening = proxy.logs.filter((l) => l.msg === 'listening');
   t.same(
     listening.map((l) => l.endpoint),
-    ['mqtt', 'admin'],
+    ['mqtt', 'http', 'admin'],
   );
   t.same(
     listening.map((l) => l.port),
-    [proxy.ports.mqtt, proxy.ports.admin],
+    [proxy.ports.mqtt, proxy.ports.http, proxy.ports.admin],
     'the ports file has the real ports',
   );
-  t.ok(proxy.ports.mqtt > 0 && proxy.ports.admin > 0, 'port 0 became a real port');
+  t.ok(proxy.ports.mqtt > 0 && proxy.ports.http > 0 && proxy.ports.admin > 0, 'port 0 became a real port');
   const readyAt = proxy.logs.findIndex((l) => l.msg === 'ready');
   t.ok(readyAt > proxy.logs.lastIndexOf(listening.at(-1)!), 'ready comes after every listening line');
   t.ok(
@@ -101,30 +101,34 @@ t.test('edge-proxy status says so when no proxy runs', async (t) => {
   t.match(out.stderr, /cannot reach the proxy/);
 });
 
-t.test('the CLI that cannot reach a proxy names the ports file and token file it used', async (t) => {
+t.test('the CLI that finds no proxy, or cannot reach one, names the data directory, ports file and token file it used', async (t) => {
   const port = await freePort();
   const dir = t.testdir({ site: { 'edge-proxy.yaml': `dataDir: ./state\nadmin: { port: ${port} }\n` }, elsewhere: {} });
   const config = join(dir, 'site', 'edge-proxy.yaml');
   const state = join(dir, 'site', 'state');
   const none = cli(['rules', 'rollback', '--config', config], { cwd: join(dir, 'elsewhere') });
   t.equal(none.status, 2, none.stderr);
-  t.ok(
-    none.stderr.includes(
-      `cannot reach the proxy at http://127.0.0.1:${port}: ` +
-        `connect ECONNREFUSED 127.0.0.1:${port} (admin port from admin.port, as there is none in ${state}/ports.json; ` +
-        `no token: cannot read ${state}/admin-token). Is it running?`,
-    ),
-    `the data directory is the config file's ./state, not the current directory's: ${none.stderr}`,
+  t.equal(
+    none.stderr,
+    `no proxy is running on data directory ${state} (no ${state}/ports.json): start it, or give --admin URL (configuration ${config})\n`,
+    `the data directory is the config file's ./state, not the current directory's; admin.port is not tried: ${none.stderr}`,
   );
 
+  // A ports file with the lock of a proxy that runs (this test process stands in for it) is used.
   const stale = await freePort();
+  const stat = readFileSync(`/proc/${process.pid}/stat`, 'utf8');
+  const startTime = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
   const files = t.testdir({
     'edge-proxy.yaml': 'dataDir: ./data\n',
-    data: { 'ports.json': `{"mqtt":1,"admin":${stale}}`, 'admin-token': 'tok\n' },
+    data: {
+      'ports.json': `{"mqtt":1,"admin":${stale}}`,
+      'admin-token': 'tok\n',
+      lock: JSON.stringify({ pid: process.pid, startTime, bootId: null, startedAt: 'now' }) + '\n',
+    },
   });
   const left = cli(['rules', 'rollback', '--config', join(files, 'edge-proxy.yaml')], { cwd: dir });
   t.equal(left.status, 2);
-  t.match(left.stderr, `at http://127.0.0.1:${stale}: `, 'the port a proxy left in ports.json');
+  t.match(left.stderr, `at http://127.0.0.1:${stale}: `, 'the port in ports.json');
   t.match(left.stderr, `(admin port from ${files}/data/ports.json; token from ${files}/data/admin-token)`);
 
   const given = cli(['rules', 'rollback', '--admin', `http://127.0.0.1:${port}`, '--token', 'x']);
@@ -139,7 +143,9 @@ t.test('check-config and run refuse a file the configuration names that cannot b
   const checked = cli(['check-config', 'tls.yaml'], { cwd: dir });
   t.equal(checked.status, 1);
   const line = 'tls.yaml:3:25: mqtt.tls.cert: E_CONFIG_FILE: cannot read /nonexistent.pem: no such file';
-  t.ok(checked.stderr.includes(`configuration has 1 problem:\n${line}\n`), checked.stderr);
+  t.ok(checked.stderr.includes(`configuration has 2 problems:\n${line}\n`), checked.stderr);
+  // The key it can read is loaded as the endpoint would load it: `x` is no key (E_TLS).
+  t.match(checked.stderr, /tls\.yaml:3:48: mqtt\.tls\.key: E_TLS: .*server\.key cannot be used: it is not a PEM private key/);
   const run = cli(['run', '--config', 'tls.yaml', '--ports-file', join(dir, 'ports.json')], { cwd: dir });
   t.equal(run.status, 1);
   t.ok(run.stderr.includes(line), `run says the same: ${run.stderr}`);

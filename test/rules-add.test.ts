@@ -9,6 +9,9 @@ import { collect, connectClient, type Collected } from './helpers/clients.js';
 import { eventually, freePort } from './helpers/ports.js';
 import { api, type ApiAnswer } from './helpers/admin.js';
 
+/** A rules directory's entries, less the lock of the proxy running on it (.edge-proxy.lock, docs/operations.md). */
+const rulesListing = (dir: string): string[] => readdirSync(dir).filter((name) => name !== '.edge-proxy.lock');
+
 /** A rule that publishes `tag` on <prefix>/<device> for each reading. */
 const mark = (name: string, tag: string, prefix = name): string => `rule ${name}
 when msg.topic matches "devices/+/telemetry"
@@ -68,7 +71,7 @@ t.test('PATCH adds a file, replaces one, removes one; the others keep running', 
     'the answer says what runs and what was added',
   );
   t.same(await send(), ['a=a1', 'b=b1', 'c=c1'], 'the new file runs, and the others still do');
-  t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['a.rules', 'b.rules', 'c.rules']);
+  t.same(rulesListing(join(proxy.dir, 'rules')).sort(), ['a.rules', 'b.rules', 'c.rules']);
 
   const replaced = await patch(proxy, { files: { 'a.rules': mark('a', 'a2') } });
   t.match(replaced.body, { version: 3, rules: 3, changed: true, files: ['a.rules', 'b.rules', 'c.rules'] });
@@ -83,7 +86,7 @@ t.test('PATCH adds a file, replaces one, removes one; the others keep running', 
   t.match(removed.body, { version: 4, rules: 2, changed: true, files: ['a.rules', 'c.rules'] });
   t.same([removed.body.replaced, removed.body.added, removed.body.removed], [['b.rules'], [], ['b.rules']]);
   t.same(await send(), ['a=a2', 'c=c1'], 'the removed file no longer runs');
-  t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['a.rules', 'c.rules']);
+  t.same(rulesListing(join(proxy.dir, 'rules')).sort(), ['a.rules', 'c.rules']);
 
   const both = await patch(proxy, { files: { 'd.rules': mark('d', 'd1'), 'c.rules': mark('c', 'c2') }, remove: ['a.rules'] });
   t.match(both.body, { version: 5, rules: 2, files: ['c.rules', 'd.rules'] }, 'one change may add, replace and remove');
@@ -144,13 +147,13 @@ t.test('a change with an error, of a name not running, or that leaves no rule ch
   t.equal((await patch(proxy, { remove: ['a.rules'] }, 'wrong')).status, 401);
 
   t.same(await send(), ['a=a1', 'b=b1'], 'none of it changed the running rules');
-  t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['a.rules', 'b.rules'], 'nor the directory');
+  t.same(rulesListing(join(proxy.dir, 'rules')).sort(), ['a.rules', 'b.rules'], 'nor the directory');
   t.equal(await proxy.metric('edge_rules_version'), 1);
   t.equal(await proxy.metric('edge_rules_pushes_total', 'source="api",result="rejected"'), 5, 'refusals of the store are counted');
 
   const emptied = await patch(proxy, { remove: ['a.rules', 'b.rules'], allowEmpty: true });
   t.match(emptied, { status: 200, body: { version: 2, rules: 0, files: [], removed: ['a.rules', 'b.rules'] } }, 'unless asked for');
-  t.same(readdirSync(join(proxy.dir, 'rules')), []);
+  t.same(rulesListing(join(proxy.dir, 'rules')), []);
   t.same(await send(), []);
 });
 
@@ -162,7 +165,7 @@ t.test('a rollback after an add goes back to the set before it', async (t) => {
   const back = await api(proxy, 'POST', '/api/v1/rules/rollback');
   t.match(back, { status: 200, body: { version: 3, sha256: before.body.sha256, files: ['a.rules'], replaced: ['c.rules'] } });
   t.same(await send(), ['a=a1']);
-  t.same(readdirSync(join(proxy.dir, 'rules')), ['a.rules']);
+  t.same(rulesListing(join(proxy.dir, 'rules')), ['a.rules']);
 });
 
 t.test('rules add and rules remove, end to end', async (t) => {
@@ -181,7 +184,7 @@ t.test('rules add and rules remove, end to end', async (t) => {
   const add = await runCli(['rules', 'add', 'site/c.rules', 'a.rules', ...cfg], work);
   t.equal(add.status, 0, add.stderr);
   t.match(add.stdout, /^added: version 2: 3 rules \(sha256 [0-9a-f]{12}\) running; added c\.rules; replaced a\.rules; 3 files now\n$/);
-  t.same(readdirSync(join(dir, 'rules')).sort(), ['a.rules', 'b.rules', 'c.rules'], 'stored under their base names, b.rules kept');
+  t.same(rulesListing(join(dir, 'rules')).sort(), ['a.rules', 'b.rules', 'c.rules'], 'stored under their base names, b.rules kept');
 
   const again = await runCli(['rules', 'add', 'site/c.rules', ...cfg], work);
   t.equal(again.status, 0);
@@ -198,7 +201,7 @@ t.test('rules add and rules remove, end to end', async (t) => {
   const remove = await runCli(['rules', 'remove', 'b.rules', ...cfg], work);
   t.equal(remove.status, 0, remove.stderr);
   t.match(remove.stdout, /^removed: version 3: 2 rules \(sha256 [0-9a-f]{12}\) running; removed b\.rules; 2 files now\n$/);
-  t.same(readdirSync(join(dir, 'rules')).sort(), ['a.rules', 'c.rules']);
+  t.same(rulesListing(join(dir, 'rules')).sort(), ['a.rules', 'c.rules']);
 
   const missing = await runCli(['rules', 'remove', 'b.rules', ...cfg], work);
   t.equal(missing.status, 1, 'a name that does not run');
@@ -225,5 +228,5 @@ t.test('rules add and rules remove, end to end', async (t) => {
   const wipe = await runCli(['rules', 'remove', '--allow-empty', 'a.rules', 'c.rules', ...cfg], work);
   t.equal(wipe.status, 0, wipe.stderr);
   t.match(wipe.stdout, /^removed: version 4: 0 rules .* running; removed a\.rules, c\.rules; 0 files now\n$/);
-  t.same(readdirSync(join(dir, 'rules')), []);
+  t.same(rulesListing(join(dir, 'rules')), []);
 });

@@ -12,6 +12,9 @@ import { eventually } from './helpers/ports.js';
 import { request } from 'node:http';
 import { adminToken, api, pushFiles } from './helpers/admin.js';
 
+/** A rules directory's entries, less the lock of the proxy running on it (.edge-proxy.lock, docs/operations.md). */
+const listing = (dir: string): string[] => readdirSync(dir).filter((name) => name !== '.edge-proxy.lock');
+
 const mark = (tag: string, name = 'mark'): string => `rule ${name}
 when msg.topic matches "devices/+/telemetry"
 then publish("seen/" + msg.deviceId, "${tag}")
@@ -59,7 +62,7 @@ t.test('a good push takes effect at once, answers its version, and replaces the 
     'the answer says what runs and what it replaced',
   );
   t.equal(await send(), 'v2', 'the next message is evaluated by the pushed set');
-  t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['pushed.rules'], 'a text push is stored as pushed.rules; the old files are gone');
+  t.same(listing(join(proxy.dir, 'rules')).sort(), ['pushed.rules'], 'a text push is stored as pushed.rules; the old files are gone');
   t.equal(readFileSync(join(proxy.dir, 'rules', 'pushed.rules'), 'utf8'), mark('v2'));
   const got = await api(proxy, 'GET', '/api/v1/rules');
   t.same(
@@ -71,7 +74,7 @@ t.test('a good push takes effect at once, answers its version, and replaces the 
 
   const json = await pushFiles(proxy, { '10-a.rules': mark('v3'), '20-b.rules': mark('b', 'second').replace('seen/', 'other/') });
   t.match(json.body, { version: 3, rules: 2, files: ['10-a.rules', '20-b.rules'], replaced: ['pushed.rules'] });
-  t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['10-a.rules', '20-b.rules'], 'a JSON push stores each file under its name');
+  t.same(listing(join(proxy.dir, 'rules')).sort(), ['10-a.rules', '20-b.rules'], 'a JSON push stores each file under its name');
   t.equal(await send(), 'v3');
 
   const again = await pushFiles(proxy, { '10-a.rules': mark('v3'), '20-b.rules': mark('b', 'second').replace('seen/', 'other/') });
@@ -121,7 +124,7 @@ t.test('a bad push answers 422 with every error and the old set keeps running', 
   );
   t.match((bad.body.errors as Array<{ message: string }>)[0]!.message, /ends with "\.rules"/);
   t.equal(await send(), 'v1', 'the old set keeps running');
-  t.same(readdirSync(join(proxy.dir, 'rules')), ['a.rules'], 'the directory is untouched');
+  t.same(listing(join(proxy.dir, 'rules')), ['a.rules'], 'the directory is untouched');
   t.equal(await proxy.metric('edge_rules_version'), 1);
   t.equal(await proxy.metric('edge_rules_reload_failures_total'), 1, 'the refused set is counted');
 
@@ -186,7 +189,7 @@ t.test('a push that defines no rule is refused with E_RULES_EMPTY unless allowEm
     'the error says why and how to push an empty set on purpose',
   );
   t.equal(await send(), 'v1', 'the rules still run');
-  t.same(readdirSync(join(proxy.dir, 'rules')).sort(), ['a.rules', 'b.rules'], 'and their files are still there');
+  t.same(listing(join(proxy.dir, 'rules')).sort(), ['a.rules', 'b.rules'], 'and their files are still there');
   t.equal(await proxy.metric('edge_rules_version'), 1);
   t.equal(await proxy.metric('edge_rules_pushes_total', 'source="api",result="rejected"'), 7, 'each refusal is a rejected push');
   t.equal(await proxy.metric('edge_rules_reload_failures_total'), 0, 'not a set with errors');
@@ -212,7 +215,7 @@ t.test('a push that defines no rule is refused with E_RULES_EMPTY unless allowEm
   const emptied = await api(proxy, 'PUT', '/api/v1/rules', { type: 'application/json', body: '{"files": {}, "allowEmpty": true}' });
   t.equal(emptied.status, 200, 'an empty set asked for is applied');
   t.match(emptied.body, { version: 2, rules: 0, changed: true, files: [], replaced: ['a.rules', 'b.rules'] });
-  t.same(readdirSync(join(proxy.dir, 'rules')), [], 'every rules file is gone');
+  t.same(listing(join(proxy.dir, 'rules')), [], 'every rules file is gone');
   t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 2, rules: 0, files: {} });
   const text = await api(proxy, 'PUT', '/api/v1/rules?allowEmpty=1', { type: 'text/plain', body: '# rules come later\n' });
   t.match(text, { status: 200, body: { version: 3, rules: 0, files: ['pushed.rules'], replaced: [] } }, '?allowEmpty=1 for a text body');
@@ -242,7 +245,7 @@ t.test('a write without a valid token is refused; validate applies nothing', asy
   t.match(bad.body, { errors: [{ file: 'pushed.rules', line: 3, col: 1, code: 'E_RULE_SYNTAX' }] });
   t.equal(await send(), 'v1', 'and applies nothing');
   t.equal(await proxy.metric('edge_rules_version'), 1);
-  t.same(readdirSync(join(proxy.dir, 'rules')), ['a.rules']);
+  t.same(listing(join(proxy.dir, 'rules')), ['a.rules']);
   t.equal(await proxy.metric('edge_rules_reload_failures_total'), 0, 'a validation that finds errors is not a failed reload');
 });
 
@@ -259,7 +262,7 @@ t.test('rollback restores the previous version as a new one; with none it answer
   t.equal(back.status, 200);
   t.match(back.body, { version: 3, sha256: v1.body.sha256, rules: 1 }, 'version 3 runs the content of version 1');
   t.equal(await send(), 'v1');
-  t.same(readdirSync(join(proxy.dir, 'rules')), ['a.rules'], 'the directory holds the rolled-back files');
+  t.same(listing(join(proxy.dir, 'rules')), ['a.rules'], 'the directory holds the rolled-back files');
   const forth = await api(proxy, 'POST', '/api/v1/rules/rollback');
   t.match(forth.body, { version: 4 }, 'a second rollback returns to where it started');
   t.equal(await send(), 'v2');
@@ -294,7 +297,7 @@ t.test('a pushed set survives a restart, and an interrupted push is finished at 
   writeFileSync(join(proxy.dir, 'rules', '.y.rules.push-tmp'), 'rule y\nwhen');
   await proxy.restart();
   t.same(
-    readdirSync(join(proxy.dir, 'rules')).sort(),
+    listing(join(proxy.dir, 'rules')).sort(),
     ['x.rules', 'y.rules'],
     'the start finished the push: the whole new set, nothing of the old one, no temporary file',
   );
@@ -306,12 +309,12 @@ t.test('a pushed set survives a restart, and an interrupted push is finished at 
   );
 });
 
-t.test('a push creates a missing rules directory, and the new directory is watched', async (t) => {
+t.test('a missing rules directory is made at start (it holds the lock), and it is watched', async (t) => {
   const dir = t.testdir();
   const proxy = await startProxy(dir);
   t.teardown(() => proxy.stop());
   t.equal((await pushFiles(proxy, { 'a.rules': mark('a') })).body.version, 2);
-  t.same(readdirSync(join(dir, 'rules')), ['a.rules']);
+  t.same(listing(join(dir, 'rules')), ['a.rules']);
   writeFileSync(join(dir, 'rules', 'b.rules'), mark('b', 'b').replace('seen/', 'other/'));
   await eventually('the edit in the new directory reloads', async () => (await proxy.metric('edge_rules_version')) === 3, 10_000);
 });

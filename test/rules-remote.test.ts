@@ -10,6 +10,9 @@ import { startMosquitto } from './helpers/mosquitto.js';
 import { eventually, freePort } from './helpers/ports.js';
 import { api } from './helpers/admin.js';
 
+/** A rules directory's entries, less the lock of the proxy running on it (.edge-proxy.lock, docs/operations.md). */
+const rulesListing = (dir: string): string[] => readdirSync(dir).filter((name) => name !== '.edge-proxy.lock');
+
 /** mosquitto_pub with `args` on edge/test-edge/rules/set; mosquitto_sub's first answer on rules/result, or null within 10 s. */
 async function publishRulesSet(port: number, args: string[]): Promise<Record<string, unknown> | null> {
   const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(port), '-t', 'edge/test-edge/rules/result', '-q', '1', '-C', '1']);
@@ -42,7 +45,7 @@ t.test('rules push and rollback find the local proxy and its token; exit 0, 1 wi
   const push = await runCli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
   t.equal(push.status, 0, push.stderr);
   t.match(push.stdout, /^pushed: version 2: 2 rules \(sha256 [0-9a-f]{12}\) running; no file replaced, 2 files now\n$/);
-  t.same(readdirSync(join(dir, 'rules')).sort(), ['alarms.rules', 'telemetry.rules'], 'stored under their base names');
+  t.same(rulesListing(join(dir, 'rules')).sort(), ['alarms.rules', 'telemetry.rules'], 'stored under their base names');
 
   const same = await runCli(['rules', 'push', 'alarms.rules', 'telemetry.rules', ...cfg], work);
   t.equal(same.status, 0);
@@ -61,7 +64,7 @@ t.test('rules push and rollback find the local proxy and its token; exit 0, 1 wi
   const back = await runCli(['rules', 'rollback', ...cfg], work);
   t.equal(back.status, 0, back.stderr);
   t.match(back.stdout, /^rolled back: version 3: 0 rules/);
-  t.same(readdirSync(join(dir, 'rules')), [], 'version 1 had no rules files');
+  t.same(rulesListing(join(dir, 'rules')), [], 'version 1 had no rules files');
 
   const token = readFileSync(join(dir, 'data', 'admin-token'), 'utf8').trim();
   const admin = `http://127.0.0.1:${proxy.ports.admin}`;
@@ -114,12 +117,12 @@ t.test('rules push says what it replaced; files without a rule need --allow-empt
     /the files define no rule: .*nothing changed \(E_RULES_EMPTY\)\nto run no rules on purpose: edge-proxy rules push --allow-empty FILE\.\.\.\n/,
   );
   t.match((await api(proxy, 'GET', '/api/v1/rules')).body, { version: 2, files: { 'one.rules': RULE('one') } }, 'and nothing changed');
-  t.same(readdirSync(join(dir, 'rules')), ['one.rules']);
+  t.same(rulesListing(join(dir, 'rules')), ['one.rules']);
 
   const allowed = await runCli(['rules', 'push', '--allow-empty', 'later.rules', ...cfg], work);
   t.equal(allowed.status, 0, allowed.stderr);
   t.match(allowed.stdout, /^pushed: version 3: 0 rules \(sha256 [0-9a-f]{12}\) running; 1 file replaced by 1 \(one\.rules\)\n$/);
-  t.same(readdirSync(join(dir, 'rules')), ['later.rules']);
+  t.same(rulesListing(join(dir, 'rules')), ['later.rules']);
 
   const none = await runCli(['rules', 'push', ...cfg], work);
   t.equal(none.status, 2, 'no FILE is a usage error');
@@ -131,7 +134,7 @@ t.test('rules push says what it replaced; files without a rule need --allow-empt
     /^pushed: version 4: 0 rules .* running; 1 file replaced by 0 \(later\.rules\)\n$/,
     'with no FILE it removes every file',
   );
-  t.same(readdirSync(join(dir, 'rules')), []);
+  t.same(rulesListing(join(dir, 'rules')), []);
   t.equal(await proxy.metric('edge_rules_pushes_total', 'source="api",result="rejected"'), 1);
 });
 
@@ -194,11 +197,11 @@ t.test('a push on <controlPrefix>rules/set is applied and answered on rules/resu
 
   const text = await pushFromCloud(RULE('from_cloud'));
   t.match(text, { status: 200, version: 2, rules: 1, changed: true, sha256: /^[0-9a-f]{64}$/ }, 'a text body is one file');
-  t.same(readdirSync(join(dir, 'rules')), ['pushed.rules']);
+  t.same(rulesListing(join(dir, 'rules')), ['pushed.rules']);
 
   const json = await pushFromCloud(JSON.stringify({ files: { 'a.rules': RULE('a'), 'b.rules': RULE('b') } }));
   t.match(json, { status: 200, version: 3, rules: 2 }, 'a JSON body carries files');
-  t.same(readdirSync(join(dir, 'rules')).sort(), ['a.rules', 'b.rules']);
+  t.same(rulesListing(join(dir, 'rules')).sort(), ['a.rules', 'b.rules']);
 
   const bad = await pushFromCloud(JSON.stringify({ files: { 'a.rules': 'rule a\nwhen payload.x >\nthen drop()\nend\n' } }));
   t.match(
@@ -234,9 +237,10 @@ t.test('a push on <controlPrefix>rules/set is applied and answered on rules/resu
   await proxy.stop();
   await proxy.restart();
   await eventually('uplink connected again', async () => (await proxy.metric('edge_uplink_connected')) === 1);
-  await eventually('the replayed retained push was seen and ignored', () =>
-    proxy.logs.some((l) => String(l.msg).startsWith('a retained message on rules/set is ignored')),
+  const ignored = await eventually('the replayed retained push was seen and ignored', () =>
+    proxy.logs.find((l) => String(l.msg).startsWith('a retained message on rules/set is ignored')),
   );
+  t.match(ignored?.msg, "mosquitto_pub -r -n -t '<controlPrefix>rules/set'", 'the warning says how to clear the stored copy');
   t.match(
     (await api(proxy, 'GET', '/api/v1/rules')).body,
     { version: 5, files: { 'pushed.rules': RULE('local') } },
@@ -259,7 +263,7 @@ t.test('an empty message on rules/set changes nothing; {"files": {}, "allowEmpty
       { version: 1, rules: 1, files: { 'a.rules': RULE('a') } },
       `${what}: the rules still run`,
     );
-    t.same(readdirSync(join(dir, 'rules')), ['a.rules'], `${what}: and their file is still there`);
+    t.same(rulesListing(join(dir, 'rules')), ['a.rules'], `${what}: and their file is still there`);
   };
 
   const empty = await publishRulesSet(cloud.port, ['-n']);
@@ -302,7 +306,7 @@ t.test('an empty message on rules/set changes nothing; {"files": {}, "allowEmpty
     { status: 200, version: 2, rules: 0, changed: true, files: [], replaced: ['a.rules'] },
     'an empty set asked for is applied',
   );
-  t.same(readdirSync(join(dir, 'rules')), []);
+  t.same(rulesListing(join(dir, 'rules')), []);
   t.equal(await proxy.metric('edge_rules_pushes_total', 'source="cloud",result="applied"'), 1);
   t.equal(await proxy.metric('edge_rules_pushes_total', 'source="cloud",result="rejected"'), cleared ? 3 : 2, 'each refusal is counted');
 });

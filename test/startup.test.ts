@@ -34,7 +34,9 @@ t.test('token mode with a registry that has problems does not start, and says wh
   t.match(r.out, /devices\.yaml:2:3: /, 'the unknown key, with its line and column');
   t.match(r.out, /devices\.yaml:3:7: /, 'the reserved id, with its line and column');
   t.notOk(existsSync(join(dir, 'ports.json')), 'no ports file: it never was ready');
-  t.match(r.out, /stopped; the backlog stays in the cache/, 'what had started (the cache) was stopped');
+  // The registry is checked with the configuration, as check-config checks it: nothing starts.
+  t.match(r.out, /configuration has 3 problems/);
+  t.notMatch(r.out, /"msg":"cache open"/, 'refused before anything starts');
 });
 
 t.test('a TLS endpoint whose certificate cannot be read or used does not start, naming the file', async (t) => {
@@ -49,7 +51,12 @@ t.test('a TLS endpoint whose certificate cannot be read or used does not start, 
   const garbage = runProxy(dir, { mqtt: { tls: { port: 0, cert: join(dir, 'garbage.pem'), key: join(dir, 'garbage.key') } } });
   t.equal(garbage.status, 1);
   t.match(garbage.out, /E_TLS/);
-  t.match(garbage.out, /mqtt\.tls\.cert .*garbage\.pem .* cannot be used/, 'a file that is not a certificate is named');
+  t.match(
+    garbage.out,
+    /mqtt\.tls\.cert: E_TLS: .*garbage\.pem cannot be used: it is not a PEM certificate/,
+    'a file that is not a certificate is named',
+  );
+  t.match(garbage.out, /mqtt\.tls\.key: E_TLS: .*garbage\.key cannot be used: it is not a PEM private key/, 'and so is the key');
   t.notOk(existsSync(join(dir, 'ports.json')), 'it never was ready');
 });
 

@@ -53,7 +53,7 @@ rows('traffic',[['MQTT devices',s.devices.mqtt],['received /s',s.rates.receivedP
 var u=s.uplink;
 rows('uplink',u.url===null?[['state','<span class=neutral>offline (no uplink configured): what would go up stays in the cache</span>']]:
 [['broker',esc(u.url)],['state',u.connected?'<span class=ok>connected</span>':'<span class=bad>not connected</span>'],['in flight',u.inflight]]);
-var c=s.cache;rows('cache',[['backlog',c.messages+' messages'],['bytes',c.bytes],['oldest',dur(c.oldestAgeSeconds)],['writable',c.writable?'<span class=ok>yes</span>':'<span class=bad>no</span>'],['time to drain',c.timeToDrainSeconds==null?'-':dur(c.timeToDrainSeconds)]]);
+var c=s.cache;rows('cache',[['backlog',c.messages+' message'+(c.messages===1?'':'s')],['bytes',c.bytes],['oldest',dur(c.oldestAgeSeconds)],['writable',c.writable?'<span class=ok>yes</span>':'<span class=bad>no</span>'],['time to drain',c.timeToDrainSeconds==null?'-':dur(c.timeToDrainSeconds)]]);
 el('main').hidden=false;el('err').textContent='';}
 function tick(){if(waiting)return;
 var t=sessionStorage.getItem(KEY);el('forget').hidden=!t;

@@ -1,10 +1,10 @@
 // `edge-proxy rules push`, `rules add`, `rules remove` and `rules rollback`: a running proxy's rules, through its admin API.
 
-import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { formatErrors } from '../rules/loader.js';
 import type { RuleError } from '../rules/dsl/errors.js';
-import { adminRequest, AdminUnreachable, type AdminAnswer, type AdminTarget } from './admin-client.js';
+import { adminRequest, AdminUnreachable, describeRefusal, type AdminAnswer, type AdminTarget } from './admin-client.js';
+import { tryReadUserFile } from './terminal.js';
 
 type Print = (s: string) => void;
 
@@ -29,11 +29,8 @@ function describeReplaced(body: Record<string, unknown>): string {
   return `${files(replaced.length)} replaced by ${now} (${listed})`;
 }
 
-function failure(a: AdminAnswer, url: string, err: Print): number {
-  const text = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
-  err(`${url} answered ${a.status}: ${text(a.body.error ?? a.body)}${a.body.code ? ` (${text(a.body.code)})` : ''}\n`);
-  if (a.status === 401)
-    err("pass the admin token with --token, or run this on the proxy's machine as a user who can read <dataDir>/admin-token\n");
+function failure(a: AdminAnswer, target: AdminTarget, err: Print): number {
+  err(describeRefusal(a, target));
   return 1;
 }
 
@@ -50,12 +47,23 @@ async function call(target: AdminTarget, err: Print, request: () => Promise<Admi
   }
 }
 
-/** The files to send, by the base name they are stored under (and the path given); 2 after printing why not. */
+/**
+ * The files to send, by the base name they are stored under (and the path given); 2 after printing
+ * why not. A file that cannot be read is said as `rules check` says it (a directory, a pattern that
+ * matched nothing), before its name is judged.
+ */
 function readFiles(paths: string[], err: Print): { byName: Map<string, string>; texts: Map<string, string> } | number {
   const byName = new Map<string, string>();
+  const texts = new Map<string, string>();
   for (const p of paths) {
+    // `-` (standard input) has no name to store it under: refused before anything is read.
+    const read = p === '-' ? null : tryReadUserFile(p, 'the rules file', 'rules');
+    if (read && 'error' in read) {
+      err(read.error + '\n');
+      return 2;
+    }
     const name = basename(p);
-    if (!name.endsWith('.rules')) {
+    if (!read || !name.endsWith('.rules')) {
       err(`${p}: a pushed file must end in .rules, as the rules directory loads only those (E_USAGE)\n`);
       return 2;
     }
@@ -64,15 +72,7 @@ function readFiles(paths: string[], err: Print): { byName: Map<string, string>; 
       return 2;
     }
     byName.set(name, p);
-  }
-  const texts = new Map<string, string>();
-  for (const [name, p] of byName) {
-    try {
-      texts.set(name, readFileSync(p, 'utf8'));
-    } catch (e) {
-      err(`cannot read ${p}: ${(e as Error).message}\n`);
-      return 2;
-    }
+    texts.set(name, read.text);
   }
   return { byName, texts };
 }
@@ -93,9 +93,16 @@ function printErrors(a: AdminAnswer, byName: Map<string, string>, texts: Map<str
  * base names). Exit 0 when they run, 1 with the errors printed as `rules check` prints them (or a
  * set without a rule refused, unless `allowEmpty`), 2 when the proxy cannot be reached.
  */
-export async function rulesPush(paths: string[], target: AdminTarget, out: Print, err: Print, opts: RemoteOptions = {}): Promise<number> {
+export async function rulesPush(
+  paths: string[],
+  targetOf: () => AdminTarget,
+  out: Print,
+  err: Print,
+  opts: RemoteOptions = {},
+): Promise<number> {
   const read = readFiles(paths, err);
   if (typeof read === 'number') return read;
+  const target = targetOf();
   const { byName, texts } = read;
   const data = JSON.stringify({ files: Object.fromEntries(texts), ...(opts.allowEmpty ? { allowEmpty: true } : {}) });
   const [method, path] = opts.dryRun ? (['POST', '/api/v1/rules/validate'] as const) : (['PUT', '/api/v1/rules'] as const);
@@ -117,7 +124,7 @@ export async function rulesPush(paths: string[], target: AdminTarget, out: Print
     err('to run no rules on purpose: edge-proxy rules push --allow-empty FILE...\n');
     return 1;
   }
-  return failure(a, target.url, err);
+  return failure(a, target, err);
 }
 
 /** What a change of some files did (or would do): "added c.rules; replaced a.rules; removed b.rules; 3 files now". */
@@ -144,7 +151,7 @@ function describeChange(body: Record<string, unknown>): string {
 export async function rulesChange(
   verb: 'add' | 'remove',
   args: string[],
-  target: AdminTarget,
+  targetOf: () => AdminTarget,
   out: Print,
   err: Print,
   opts: RemoteOptions = {},
@@ -165,6 +172,7 @@ export async function rulesChange(
       remove.push(name);
     }
   }
+  const target = targetOf();
   const data = JSON.stringify({
     ...(verb === 'add' ? { files: Object.fromEntries(texts) } : { remove }),
     ...(opts.allowEmpty ? { allowEmpty: true } : {}),
@@ -188,11 +196,12 @@ export async function rulesChange(
     err(`to run no rules on purpose: edge-proxy rules ${verb} --allow-empty ${verb === 'add' ? 'FILE' : 'NAME'}...\n`);
     return 1;
   }
-  return failure(a, target.url, err);
+  return failure(a, target, err);
 }
 
 /** `edge-proxy rules rollback`: the set before the running one runs again, as a new version. */
-export async function rulesRollback(target: AdminTarget, out: Print, err: Print): Promise<number> {
+export async function rulesRollback(targetOf: () => AdminTarget, out: Print, err: Print): Promise<number> {
+  const target = targetOf();
   const a = await call(target, err, () => adminRequest(target, 'POST', '/api/v1/rules/rollback'));
   if (typeof a === 'number') return a;
   if (a.status === 200) {
@@ -204,5 +213,5 @@ export async function rulesRollback(target: AdminTarget, out: Print, err: Print)
     err(formatErrors({ errors: a.body.errors as RuleError[], sources: new Map() }) + '\n');
     return 1;
   }
-  return failure(a, target.url, err);
+  return failure(a, target, err);
 }

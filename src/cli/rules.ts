@@ -14,6 +14,7 @@ import { deviceValueOf } from '../auth/service.js';
 import { msgValue } from '../rules/msg.js';
 import { fromJson, type Value } from '../rules/values.js';
 import { rulesChange, rulesPush, rulesRollback } from './rules-remote.js';
+import type { AdminTarget } from './admin-client.js';
 import { configOrDefaults, fail, plural, readUserFile, targetOf } from './terminal.js';
 
 export const RULES_HELP = `edge-proxy rules check FILE... [--config FILE]
@@ -33,8 +34,11 @@ edge-proxy rules push FILE... [--allow-empty] [--dry-run] [--admin URL] [--token
   files of the previous set it replaced. FILEs that define no rule are refused (E_RULES_EMPTY): they
   would remove every rule. --allow-empty pushes them anyway; with no FILE it removes every rule.
   --dry-run: the proxy checks the files and says what the push would do, changing nothing.
-  Without --admin and --token: the proxy the configuration describes, with the token it keeps in
-  its data directory. Exit 0 when the files run, 1 with errors, 2 when the proxy cannot be reached.
+  Without --admin: the proxy running on the configuration's data directory, at the admin port in
+  <dataDir>/ports.json (none running there exits 2); without --token, the token in
+  <dataDir>/admin-token (or admin.token, admin.tokenFile). --admin is an http:// or https:// URL.
+  Exit 0 when the files run, 1 with errors or a refused token, 2 when no proxy runs on the data
+  directory or it cannot be reached, and on a usage error (a FILE that cannot be read).
 
 edge-proxy rules add FILE... [--allow-empty] [--dry-run] [--admin URL] [--token T] [--config FILE]
   Adds FILEs to the rules of a running proxy (stored under their base names), each replacing the
@@ -85,7 +89,8 @@ export async function rules(args: string[]): Promise<void> {
       fail('rules push needs at least one FILE (E_USAGE); to remove every rule on purpose: rules push --allow-empty');
     if ((sub === 'add' || sub === 'remove') && positionals.length === 0)
       fail(`rules ${sub} needs at least one ${sub === 'add' ? 'FILE' : 'NAME'} (E_USAGE)`);
-    const target = targetOf(values);
+    // Found once the files are read: a file that cannot be read is said first, whatever runs.
+    const target = (): AdminTarget => targetOf(values);
     process.exit(
       sub === 'push'
         ? await rulesPush(positionals, target, out, err, { allowEmpty, dryRun })
@@ -116,7 +121,7 @@ export async function rules(args: string[]): Promise<void> {
 
 /** Compiles the given files as one ruleset, with the limits of the configuration. */
 function compileFiles(paths: string[], cfg: Config): CompileResult {
-  const files = paths.map((p) => ({ name: p, text: readUserFile(p, 'the rules file') }));
+  const files = paths.map((p) => ({ name: p, text: readUserFile(p, 'the rules file', 'rules') }));
   return compileRuleset(
     files,
     { maxFileBytes: cfg.rules.maxFileBytes, maxRules: cfg.rules.maxRules },
@@ -225,7 +230,7 @@ function rulesTest(
   const priorities = new PriorityTable(cfg.routing.priorities);
   const attrs = deviceAttrs(cfg, err);
   if (!attrs) return 1;
-  const lines = readUserFile(inputPath, 'the input').split('\n');
+  const lines = readUserFile(inputPath, 'the input', 'messages').split('\n');
   let previousTs: number | null = null;
   for (let i = 0; i < lines.length; i++) {
     const raw = lines[i]!.trim();

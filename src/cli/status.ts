@@ -2,19 +2,32 @@
 
 import { parseArgs } from 'node:util';
 import type { ProxyStatus } from '../admin/status.js';
-import { AdminUnreachable } from './admin-client.js';
+import { adminRequest, AdminUnreachable, describeRefusal, type AdminAnswer } from './admin-client.js';
 import { fail, plural, targetOf } from './terminal.js';
 
 export const STATUS_HELP = `edge-proxy status [--config FILE] [--admin URL] [--token T] [--json]
-  Asks a running proxy (default: the one the configuration describes, with the token from its data directory)
-  for its state: connected devices, uplink, cache backlog, and how long the backlog takes to drain.
-  Exits 2 when the proxy cannot be reached.
+  Asks a running proxy for its state: connected devices, uplink, cache backlog, and how long the
+  backlog takes to drain. Without --admin: the proxy running on the configuration's data directory,
+  at the admin port it wrote to <dataDir>/ports.json, with the token in <dataDir>/admin-token (or
+  admin.token, admin.tokenFile). When no proxy runs there, status says so: the configuration's
+  admin.port may be another proxy's.
+  --admin URL   http:// or https://, such as http://127.0.0.1:9180
+  Exit 0; 1 when the proxy refuses the token; 2 when no proxy runs on the data directory or it
+  cannot be reached, and on a usage error.
 `;
 
 function seconds(s: number): string {
   if (s < 60) return `${s.toFixed(0)} s`;
   if (s < 3600) return `${(s / 60).toFixed(1)} min`;
   return `${(s / 3600).toFixed(1)} h`;
+}
+
+/** How the backlog drains: offline mode (no uplink.url) keeps it, rather than failing to drain it. */
+function drain(c: ProxyStatus['cache'], u: ProxyStatus['uplink']): string {
+  if (c.messages === 0) return 'nothing to drain';
+  if (u.url === null) return 'none in offline mode: the backlog stays in the cache until an uplink is configured (uplink.url)';
+  if (c.timeToDrainSeconds === null) return `not draining now${u.connected ? '' : ' (the uplink is not connected)'}`;
+  return `about ${seconds(c.timeToDrainSeconds)} at the current rate`;
 }
 
 export async function status(args: string[]): Promise<void> {
@@ -31,15 +44,15 @@ export async function status(args: string[]): Promise<void> {
   });
   if (values.help) return void process.stdout.write(STATUS_HELP);
   const target = targetOf(values);
-  const { url, token } = target;
-  let body: ProxyStatus;
+  let answer: AdminAnswer;
   try {
-    const res = await fetch(new URL('/api/v1/status', url), { headers: token ? { authorization: `Bearer ${token}` } : {} });
-    if (!res.ok) fail(`${url} answered ${res.status}: ${await res.text()}`, res.status === 401 ? 1 : 2);
-    body = (await res.json()) as ProxyStatus;
+    answer = await adminRequest(target, 'GET', '/api/v1/status');
   } catch (err) {
-    fail(new AdminUnreachable(url, err as Error, target.from).message);
+    if (err instanceof AdminUnreachable) fail(err.message);
+    throw err;
   }
+  if (answer.status !== 200) fail(describeRefusal(answer, target), answer.status === 401 ? 1 : 2);
+  const body = answer.body as unknown as ProxyStatus;
   if (values.json) return void process.stdout.write(JSON.stringify(body) + '\n');
   const c = body.cache;
   const u = body.uplink;
@@ -56,7 +69,7 @@ export async function status(args: string[]): Promise<void> {
         ? 'uplink:   none (offline mode): what would go up stays in the cache'
         : `uplink:   ${u.url}: ${u.connected ? 'connected' : 'NOT connected'}, ${u.inflight} in flight, ${c.drainRate.toFixed(1)} msg/s acknowledged`,
       `cache:    ${plural(c.messages, 'message')}, ${plural(c.bytes, 'byte')}, oldest ${seconds(c.oldestAgeSeconds)}, ${c.writable ? 'writable' : 'NOT writable'}`,
-      `drain:    ${c.messages === 0 ? 'nothing to drain' : c.timeToDrainSeconds === null ? `not draining now${u.connected ? '' : ' (the uplink is not connected)'}` : `about ${seconds(c.timeToDrainSeconds)} at the current rate`}`,
+      `drain:    ${drain(c, u)}`,
       ...(body.rules
         ? [`rules:    version ${body.rules.version}, ${plural(body.rules.rules, 'rule')} (sha256 ${body.rules.sha256.slice(0, 12)})`]
         : []),

@@ -2,7 +2,7 @@
 // Every step collects problems instead of stopping at the first, so an operator fixes a file in one go,
 // and every problem says where it is (file:line:col, or the environment variable).
 
-import { closeSync, existsSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { ErrorObject } from 'ajv';
@@ -21,6 +21,7 @@ import {
   type SchemaLeaf,
   type SchemaNode,
 } from './schema.js';
+import { checkNamedFiles, whyUnreadable } from './files.js';
 import type { Config, LoadedConfig } from './types.js';
 import { DURATION_UNIT_NAMES, formatSize, parseDuration, parseSize, SIZE_UNIT_NAMES } from './units.js';
 
@@ -40,8 +41,9 @@ export interface LoadOptions {
    */
   cwd?: string;
   /**
-   * also check that the files the configuration names can be read, as `run` would read them: TLS files,
-   * admin.tokenFile, devicesFile in token mode. `check-config` and `run` ask for it, so both refuse the same.
+   * also check the files the configuration names as `run` would use them (files.ts): TLS files readable
+   * and usable, admin.tokenFile, devicesFile in token mode parsed as the registry. `check-config` and
+   * `run` both ask for it, through this one function, so both refuse the same with the same lines.
    */
   checkFiles?: boolean;
 }
@@ -97,13 +99,14 @@ function checkConfigText(text: string | null, opts: TextOptions): CheckResult {
   problems.push(...convertUnits(tree, where, reported));
   fillDefaults(tree);
   problems.push(...schemaProblems(tree, where, reported), ...crossKeyProblems(tree, where));
+  // The files named by the keys that are known, also when others have problems: every problem at once.
+  const files = opts.checkFiles ? fileChecks(tree, where, bases, problems) : { problems: [], inFiles: [], warnings: [] };
+  // The configuration's own problems in reading order, then those inside the files it names.
+  const all = [...sortProblems([...problems, ...files.problems]), ...files.inFiles];
   // No problem means the schema accepted the tree; asking again lets the compiler see it is a Config.
   const validate = configValidator();
-  if (problems.length > 0 || !validate(tree)) return { file, problems: sortProblems(problems), loaded: null, warnings: [] };
-  const config = finish(tree, bases);
-  const files = opts.checkFiles ? fileChecks(config, where) : { problems: [], warnings: [] };
-  if (files.problems.length > 0) return { file, problems: sortProblems(files.problems), loaded: null, warnings: files.warnings };
-  return { file, problems: [], loaded: { config, file, trialDefaults }, warnings: files.warnings };
+  if (all.length > 0 || !validate(tree)) return { file, problems: all, loaded: null, warnings: files.warnings };
+  return { file, problems: [], loaded: { config: finish(tree, bases), file, trialDefaults }, warnings: files.warnings };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,20 +127,6 @@ function readInput(file: string | null | undefined, cwd: string): Input {
     return readFile(DEFAULT_CONFIG_FILE, implicit);
   }
   return readFile(file, resolve(cwd, file));
-}
-
-/** Why a file cannot be read, in the words every E_CONFIG_FILE problem uses. */
-function whyUnreadable(err: unknown): string {
-  switch ((err as NodeJS.ErrnoException).code) {
-    case 'ENOENT':
-      return 'no such file';
-    case 'EACCES':
-      return 'permission denied';
-    case 'EISDIR':
-      return 'it is a directory';
-    default:
-      return (err as Error).message;
-  }
 }
 
 function readFile(source: string, absolute: string): Input {
@@ -616,58 +605,42 @@ function crossKeyProblems(tree: Tree, where: Locations): ConfigProblem[] {
 // Files the configuration names (checkFiles)
 
 /**
- * Each file `run` would read, checked as it would be read, so a typo in a path is a problem with its
- * line and column rather than a failed start: the TLS files of the uplink (when it has a url) and of the
- * device endpoint (when it runs), admin.tokenFile (a configured one must exist: only the token in
- * <dataDir>/admin-token is made at start), and devicesFile in token mode, where a missing file is an
- * empty registry: worth a warning, not a problem.
+ * checkNamedFiles (files.ts) on what is known of the configuration: a key with a problem at it or above
+ * it is not known, and its file is not looked at; every other file is, so a file with schema problems
+ * is told its missing TLS CA in the same go. Problems at a key are positioned at its value; problems
+ * inside a named file (the registry) at their own file:line:col.
  */
-function fileChecks(config: Config, where: Locations): { problems: ConfigProblem[]; warnings: string[] } {
+function fileChecks(
+  tree: Tree,
+  where: Locations,
+  bases: ReadonlyMap<string, string>,
+  found: readonly ConfigProblem[],
+): { problems: ConfigProblem[]; inFiles: ConfigProblem[]; warnings: string[] } {
   const problems: ConfigProblem[] = [];
+  const inFiles: ConfigProblem[] = [];
   const warnings: string[] = [];
-  const problem = (path: KeyPath, message: string) => problems.push(makeProblem('E_CONFIG_FILE', where.ofValue(path), path, message));
-  const check = (path: KeyPath, file: string | null): boolean => {
-    const why = file === null ? null : unreadable(file);
-    if (why !== null) problem(path, `cannot read ${file}: ${why}`);
-    return why === null;
-  };
-  if (config.uplink.url !== null) {
-    for (const key of ['ca', 'cert', 'key'] as const) check(['uplink', 'tls', key], config.uplink.tls[key]);
-  }
-  if (config.mqtt.tls.cert !== null && config.mqtt.tls.key !== null) {
-    for (const key of ['cert', 'key', 'ca'] as const) check(['mqtt', 'tls', key], config.mqtt.tls[key]);
-  }
-  if (config.http.tls.cert !== null && config.http.tls.key !== null) {
-    for (const key of ['cert', 'key'] as const) check(['http', 'tls', key], config.http.tls[key]);
-  }
-  const tokenFile = config.admin.token === null ? config.admin.tokenFile : null;
-  if (tokenFile !== null && check(['admin', 'tokenFile'], tokenFile) && readFileSync(tokenFile, 'utf8').trim() === '') {
-    problem(['admin', 'tokenFile'], `${tokenFile} is empty: write the admin token in it`);
-  }
-  if (config.auth.mode === 'token') {
-    if (unreadable(config.devicesFile) === 'no such file') {
-      const at = where.ofValue(['devicesFile']);
-      warnings.push(
-        `${at.source}:${at.line}:${at.col}: devicesFile: warning: ${config.devicesFile} does not exist: ` +
-          'the registry is empty, so token mode admits no device until `edge-proxy devices add` writes it',
-      );
-    } else check(['devicesFile'], config.devicesFile);
-  }
-  return { problems, warnings };
-}
-
-/** Why a file cannot be opened for reading, or null when it can (opened, not read: a path to something huge costs nothing). */
-function unreadable(file: string): string | null {
-  try {
-    const fd = openSync(file, 'r');
-    try {
-      return fstatSync(fd).isDirectory() ? 'it is a directory' : null;
-    } finally {
-      closeSync(fd);
-    }
-  } catch (err) {
-    return whyUnreadable(err);
-  }
+  const faulty = new Set(found.map((p) => p.key).filter((key) => key !== ''));
+  const known = (path: KeyPath) => path.every((_, i) => !faulty.has(keyText(path.slice(0, i + 1))));
+  checkNamedFiles(
+    {
+      raw: (path) => getAt(tree, path),
+      path: (path) => {
+        if (!known(path)) return undefined;
+        const value = getAt(tree, path);
+        if (value === null || value === undefined) return null;
+        return typeof value === 'string' ? resolvedPath(bases, path, value) : undefined;
+      },
+    },
+    {
+      problem: (code, path, message) => problems.push(makeProblem(code, where.ofValue(path), path, message)),
+      inFile: (problem) => inFiles.push(problem),
+      warning: (path, message) => {
+        const at = where.ofValue(path);
+        warnings.push(`${at.source}:${at.line}:${at.col}: ${keyText(path)}: warning: ${message}`);
+      },
+    },
+  );
+  return { problems, inFiles, warnings };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,13 +671,18 @@ function finish(tree: Config, bases: ReadonlyMap<string, string>): Config {
   for (const { path, node } of schemaLeaves()) {
     let value = getAt(tree, path);
     if (typeof value === 'string' && node.template) value = value.replaceAll('{edgeId}', edgeId);
-    if (typeof value === 'string' && node.resolvePath) value = resolve(bases.get(pathId(path)) ?? '.', value);
+    if (typeof value === 'string' && node.resolvePath) value = resolvedPath(bases, path, value);
     const items = node.items;
     if (Array.isArray(value) && items) value = value.map((item) => inKeyOrder(item, items));
     setAt(result, path, value);
   }
   // Same keys as the validated tree, so still a Config.
   return deepFreeze(result as unknown as Config);
+}
+
+/** A path as Config holds it: resolved against the directory pathBases chose for its key. */
+function resolvedPath(bases: ReadonlyMap<string, string>, path: KeyPath, value: string): string {
+  return resolve(bases.get(pathId(path)) ?? '.', value);
 }
 
 /** A fresh copy of a list item, keys in the schema's order. */

@@ -1,13 +1,29 @@
-// One proxy per data directory (docs/operations.md, One proxy per data directory): `<dataDir>/lock`,
-// made with O_EXCL and holding the owner's PID, is held for the life of the process. A lock left by
-// a process that no longer runs (kill -9, a crash, a power cut) is taken over.
+// One proxy per directory (docs/operations.md, One proxy per data directory): a lock file, made with
+// O_EXCL and holding the owner's PID, is held for the life of the process. A lock left by a process
+// that no longer runs (kill -9, a crash, a power cut) is taken over. Two directories are locked this
+// way: the data directory (`<dataDir>/lock`: two proxies cannot share one cache) and the rules
+// directory (`<rules.dir>/.edge-proxy.lock`: a push to one proxy would rewrite the other's rules, and
+// its watcher would load them).
 
-import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { EdgeError } from './errors.js';
+import { EdgeError, type ErrorCode } from './errors.js';
 
 /** The lock file's name in the data directory. */
 export const DATA_DIR_LOCK_FILE = 'lock';
+
+/**
+ * The lock file's name in the rules directory: hidden, and not a `*.rules` file, so neither the rules
+ * loader nor a push (which replaces only `*.rules` files) sees it; .gitignore lists it for the checkout's ./rules.
+ */
+export const RULES_DIR_LOCK_FILE = '.edge-proxy.lock';
+
+const TAKEOVER_SUFFIX = '.takeover';
+
+/** Whether a name in the rules directory is its lock (or the lock's takeover marker), which the rules watcher ignores. */
+export function isRulesDirLockName(name: string): boolean {
+  return name === RULES_DIR_LOCK_FILE || name === `${RULES_DIR_LOCK_FILE}${TAKEOVER_SUFFIX}`;
+}
 
 /** What the lock file holds: who owns the directory. */
 export interface LockOwner {
@@ -25,8 +41,9 @@ interface LockLog {
   warn(obj: object, msg: string): void;
 }
 
-export interface DataDirLock {
-  readonly file: string;
+export interface DirLock {
+  /** the lock file; null when none could be made (a rules directory this process may not write) */
+  readonly file: string | null;
   /** Removes the lock file if it is still this process's; safe to call twice. */
   release(): void;
 }
@@ -91,11 +108,34 @@ function ownerRuns(owner: LockOwner, file: string): boolean {
     // EPERM: it runs, under another user.
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  // A process killed a moment ago may linger as a zombie, which signal 0 still finds.
+  const stat = readProc(`/proc/${owner.pid}/stat`);
+  const state = stat?.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  if (state === 'Z' || state === 'X') return false;
   if (owner.startTime) {
     const now = processStartTime(owner.pid);
     if (now !== null && now !== owner.startTime) return false;
   }
   return true;
+}
+
+/** Who holds a lock file, as another process sees it (the CLI, before it talks to a proxy). */
+export type LockHolder = { state: 'none' } | { state: 'unknown' } | { state: 'runs' | 'gone'; pid: number };
+
+/**
+ * Whether the proxy that wrote `file` still runs, judged as a start judges a lock it finds.
+ * `unknown`: the file cannot be read, or is being written.
+ */
+export function lockHolder(file: string): LockHolder {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    return errno(err) === 'ENOENT' ? { state: 'none' } : { state: 'unknown' };
+  }
+  const owner = parseOwner(text);
+  if (!owner) return { state: 'unknown' };
+  return { state: ownerRuns(owner, file) ? 'runs' : 'gone', pid: owner.pid };
 }
 
 function sleep(ms: number): Promise<void> {
@@ -148,24 +188,74 @@ function ageMs(file: string): number {
   }
 }
 
-function lockedError(dataDir: string, file: string, owner: LockOwner): EdgeError {
-  return new EdgeError(
-    'E_DATA_DIR_LOCKED',
-    `the data directory ${dataDir} is in use by another edge-proxy (PID ${owner.pid}, started ${owner.startedAt}): ` +
-      `two proxies cannot share one cache. Stop that proxy (kill ${owner.pid}, or systemctl stop edge-proxy), ` +
-      `or give this one its own data directory (dataDir in the configuration, or EDGE_PROXY_DATA_DIR=./data2). ` +
-      `The lock is ${file}`,
-  );
+/** What differs between the directories locked: the file's name, the words for logs, the refusal. */
+interface LockKind {
+  fileName: string;
+  /** `data directory`, `rules directory` */
+  what: string;
+  code: ErrorCode;
+  /** why two proxies cannot share the directory, and how to give this one its own */
+  refusal(dir: string, file: string, owner: LockOwner): string;
 }
+
+const DATA_DIR: LockKind = {
+  fileName: DATA_DIR_LOCK_FILE,
+  what: 'data directory',
+  code: 'E_DATA_DIR_LOCKED',
+  refusal: (dir, file, owner) =>
+    `the data directory ${dir} is in use by another edge-proxy (PID ${owner.pid}, started ${owner.startedAt}): ` +
+    `two proxies cannot share one cache. Stop that proxy (kill ${owner.pid}, or systemctl stop edge-proxy), ` +
+    `or give this one its own data directory (dataDir in the configuration, or EDGE_PROXY_DATA_DIR=./data2). ` +
+    `The lock is ${file}`,
+};
+
+const RULES_DIR: LockKind = {
+  fileName: RULES_DIR_LOCK_FILE,
+  what: 'rules directory',
+  code: 'E_RULES_DIR_LOCKED',
+  refusal: (dir, file, owner) =>
+    `the rules directory ${dir} is in use by another edge-proxy (PID ${owner.pid}, started ${owner.startedAt}): ` +
+    `two proxies cannot share it: a push to one rewrites it, and the other reloads it and runs those rules. Stop that proxy (kill ${owner.pid}, ` +
+    `or systemctl stop edge-proxy), or give this one its own rules directory (rules.dir in the configuration, ` +
+    `or EDGE_PROXY_RULES_DIR=./rules2). The lock is ${file}`,
+};
 
 /**
  * Takes the data directory for this process, or refuses with E_DATA_DIR_LOCKED naming the proxy
- * that holds it. A stale lock (its process gone) is removed and taken, logged at info. Two starts
- * that find the same stale lock at once go through a takeover marker, so only one of them wins.
+ * that holds it. A stale lock (its process gone) is removed and taken, logged at info.
  */
-export async function acquireDataDirLock(dataDir: string, log: LockLog): Promise<DataDirLock> {
-  const file = join(dataDir, DATA_DIR_LOCK_FILE);
-  const takeover = `${file}.takeover`;
+export function acquireDataDirLock(dataDir: string, log: LockLog): Promise<DirLock> {
+  return acquireDirLock(dataDir, DATA_DIR, log);
+}
+
+/**
+ * Takes the rules directory for this process (made if missing), or refuses with E_RULES_DIR_LOCKED
+ * naming the proxy that holds it. A directory this process may not write is not locked (logged at
+ * info): a push cannot write it either, so no proxy of this user can replace its rules.
+ */
+export async function acquireRulesDirLock(rulesDir: string, log: LockLog): Promise<DirLock> {
+  try {
+    mkdirSync(rulesDir, { recursive: true });
+    accessSync(rulesDir, constants.W_OK);
+  } catch (err) {
+    if (!['EACCES', 'EPERM', 'EROFS'].includes(errno(err) ?? '')) throw err;
+    log.info(
+      { dir: rulesDir, err: errno(err) },
+      `the rules directory ${rulesDir} cannot be written by this process (${errno(err)}), so it is not locked: ` +
+        'a push cannot replace its files either, only an edit by hand changes the rules',
+    );
+    return { file: null, release: () => {} };
+  }
+  return acquireDirLock(rulesDir, RULES_DIR, log);
+}
+
+/**
+ * Takes `dir` for this process, or refuses with the kind's code naming the proxy that holds it. Two
+ * starts that find the same stale lock at once go through a takeover marker, so only one of them wins.
+ */
+async function acquireDirLock(dir: string, kind: LockKind, log: LockLog): Promise<DirLock> {
+  const file = join(dir, kind.fileName);
+  const takeover = `${file}${TAKEOVER_SUFFIX}`;
   const mine: LockOwner = {
     pid: process.pid,
     startTime: processStartTime(process.pid),
@@ -176,7 +266,7 @@ export async function acquireDataDirLock(dataDir: string, log: LockLog): Promise
   const deadline = Date.now() + 15_000;
   for (;;) {
     if (Date.now() > deadline)
-      throw new EdgeError('E_DATA_DIR_LOCKED', `the lock ${file} could not be taken within 15 s; another start keeps changing it`);
+      throw new EdgeError(kind.code, `the lock ${file} could not be taken within 15 s; another start keeps changing it`);
     if (createExclusive(file, text)) break;
     const found = readText(file);
     if (found === null) continue; // removed meanwhile: try again
@@ -185,7 +275,7 @@ export async function acquireDataDirLock(dataDir: string, log: LockLog): Promise
       await sleep(50); // another start is writing it right now
       continue;
     }
-    if (owner && ownerRuns(owner, file)) throw lockedError(dataDir, file, owner);
+    if (owner && ownerRuns(owner, file)) throw new EdgeError(kind.code, kind.refusal(dir, file, owner));
 
     // Stale: remove it, but only the very file judged stale, and one start at a time.
     if (!createExclusive(takeover, `${process.pid}\n`)) {
@@ -199,8 +289,8 @@ export async function acquireDataDirLock(dataDir: string, log: LockLog): Promise
         log.info(
           { file, stalePid: owner?.pid ?? null, staleStartedAt: owner?.startedAt ?? null },
           owner
-            ? `took over the data directory lock of edge-proxy PID ${owner.pid}, which no longer runs (a crash, kill -9 or power cut)`
-            : 'took over a data directory lock that could not be read (left half-written by a crash or power cut)',
+            ? `took over the ${kind.what} lock of edge-proxy PID ${owner.pid}, which no longer runs (a crash, kill -9 or power cut)`
+            : `took over a ${kind.what} lock that could not be read (left half-written by a crash or power cut)`,
         );
       }
     } finally {
@@ -220,9 +310,9 @@ export async function acquireDataDirLock(dataDir: string, log: LockLog): Promise
     process.removeListener('exit', onExit);
     try {
       if (readText(file) === text) unlinkSync(file);
-      else log.warn({ file }, "the data directory lock was no longer this process's at stop; left as it is");
+      else log.warn({ file }, `the ${kind.what} lock was no longer this process's at stop; left as it is`);
     } catch (err) {
-      log.warn({ file, err: (err as Error).message }, 'the data directory lock could not be removed at stop; the next start takes it over');
+      log.warn({ file, err: (err as Error).message }, `the ${kind.what} lock could not be removed at stop; the next start takes it over`);
     }
   }
   return { file, release };

@@ -34,7 +34,11 @@ export function answerCloudRulesRequest(
     return;
   }
   if (retained) {
-    log.warn({ topic }, `a retained message on ${topic} is ignored; publish ${topic} without the retain flag`);
+    // The broker keeps its copy and sends it again at every reconnection, until it is cleared.
+    log.warn(
+      { topic },
+      `a retained message on ${topic} is ignored; publish ${topic} without the retain flag. The broker sends its stored copy again at every reconnection until it is cleared: mosquitto_pub -r -n -t '<controlPrefix>${topic}' (by default edge/<edge.id>/${topic}) with the broker's connection options. The proxy ignores that empty message: it changes no rule`,
+    );
     return;
   }
   const reply = (status: number, body: Record<string, unknown>): void => {

@@ -191,6 +191,7 @@ export function outcomeBody(o: RulesOutcome): { status: 200 | 422; body: Record<
           replaced: o.replaced,
           ...(o.added ? { added: o.added } : {}),
           ...(o.removed ? { removed: o.removed } : {}),
+          ...(o.discarded ? { discarded: o.discarded } : {}),
         },
       }
     : {

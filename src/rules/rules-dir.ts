@@ -23,6 +23,14 @@ interface Journal {
 }
 
 const TEMP_SUFFIX = '.push-tmp';
+/** Copies of unapplied files a push replaced, kept in <dataDir>/rules-discarded: the newest this many. */
+export const DISCARDED_KEPT = 20;
+
+/** A file of the directory that a replacement removed or overwrote without it ever running, and where its copy is. */
+export interface DiscardedFile {
+  name: string;
+  copy: string;
+}
 
 async function fsyncPath(path: string): Promise<void> {
   const h = await open(path, 'r');
@@ -48,23 +56,34 @@ async function writeDurably(file: string, text: string): Promise<void> {
  * leaves either the old set or the whole new one, never a mix: the new set is first written to a
  * journal in the data directory, then put in place, then the journal is removed. A start that finds
  * a journal finishes the replacement before it reads the directory.
+ *
+ * A file of the directory that never ran (a hand edit the proxy refused, or one it has not loaded yet)
+ * would be lost by the replacement: before the journal is written, a copy goes to `discardDir`
+ * (<dataDir>/rules-discarded/<timestamp>-<name>), so a crash at any point loses no text either.
  */
 export class RulesDirectory {
   constructor(
     readonly dir: string,
     private readonly journalFile: string,
     private readonly log: Logger,
+    private readonly discardDir: string,
   ) {}
 
   /**
    * Put `files` in place of every `*.rules` file of the directory. On failure (E_RULES_WRITE) the
    * directory is put back to `previous`, the set it held; if even that fails, the journal makes
-   * the next start finish one set or the other whole.
+   * the next start finish one set or the other whole. With `running` (the files of the running set),
+   * the directory's files that are not in it and that `files` would remove or overwrite are copied
+   * to the discard directory first; they are returned. A copy that cannot be made refuses the push
+   * (E_RULES_WRITE), nothing changed.
    */
-  async replace(files: RuleFile[], previous: RuleFile[]): Promise<void> {
+  async replace(files: RuleFile[], previous: RuleFile[], running?: Readonly<Record<string, string>>): Promise<DiscardedFile[]> {
+    const discarded = running ? await this.keepUnapplied(files, running) : [];
     try {
       await this.writeJournal(files);
     } catch (err) {
+      // Nothing changed: the copies are not needed.
+      await Promise.all(discarded.map((d) => rm(d.copy, { force: true }).catch(() => {})));
       const e = err as NodeJS.ErrnoException;
       throw new EdgeError(
         'E_RULES_WRITE',
@@ -97,6 +116,81 @@ export class RulesDirectory {
       throw this.writeError(err, this.dir);
     }
     await rm(this.journalFile, { force: true });
+    return discarded;
+  }
+
+  /** The directory's `*.rules` files that are not in `running` and that `files` do not leave as they are. */
+  private async unapplied(files: RuleFile[], running: Readonly<Record<string, string>>): Promise<RuleFile[]> {
+    const next = new Map(files.map((f) => [f.name, f.text]));
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const found: RuleFile[] = [];
+    for (const name of names.sort()) {
+      if (!name.endsWith('.rules')) continue;
+      let text: string;
+      try {
+        if (!(await stat(join(this.dir, name))).isFile()) continue;
+        text = await readFile(join(this.dir, name), 'utf8');
+      } catch {
+        continue; // gone meanwhile, or unreadable: the push cannot lose what it cannot read
+      }
+      if (Object.hasOwn(running, name) && running[name] === text) continue;
+      if (next.get(name) === text) continue;
+      found.push({ name, text });
+    }
+    return found;
+  }
+
+  /** Copies the unapplied files to the discard directory, durably, and keeps only the newest copies there. */
+  private async keepUnapplied(files: RuleFile[], running: Readonly<Record<string, string>>): Promise<DiscardedFile[]> {
+    const kept: DiscardedFile[] = [];
+    try {
+      const unapplied = await this.unapplied(files, running);
+      if (unapplied.length === 0) return [];
+      await mkdir(this.discardDir, { recursive: true });
+      // Sortable, and a valid file name everywhere: 2025-01-31T12-00-00.000Z
+      const stamp = new Date().toISOString().replaceAll(':', '-');
+      for (const f of unapplied) {
+        const copy = join(this.discardDir, `${stamp}-${f.name}`);
+        await writeDurably(copy, f.text);
+        kept.push({ name: f.name, copy });
+      }
+      await fsyncPath(this.discardDir);
+    } catch (err) {
+      await Promise.all(kept.map((d) => rm(d.copy, { force: true }).catch(() => {})));
+      const e = err as NodeJS.ErrnoException;
+      throw new EdgeError(
+        'E_RULES_WRITE',
+        `the rules directory ${this.dir} holds files that never ran, and a copy of them cannot be kept in ${this.discardDir} (${e.code ?? e.message}) before the push replaces them; nothing changed. Check that dataDir has space and is writable`,
+        { cause: err },
+      );
+    }
+    for (const d of kept)
+      this.log.warn(
+        { dir: this.dir, file: d.name, copy: d.copy },
+        `${d.name} in ${this.dir} is not part of the running rules (an edit that was refused, or not loaded yet) and the push replaces it: its text is kept in ${d.copy}`,
+      );
+    await this.pruneDiscarded(new Set(kept.map((d) => d.copy)));
+    return kept;
+  }
+
+  /** Keeps the newest DISCARDED_KEPT copies (and always the ones just made); older ones are removed. */
+  private async pruneDiscarded(justMade: ReadonlySet<string>): Promise<void> {
+    try {
+      const names = (await readdir(this.discardDir)).sort();
+      const excess = names.slice(0, Math.max(0, names.length - Math.max(DISCARDED_KEPT, justMade.size)));
+      for (const name of excess) {
+        const path = join(this.discardDir, name);
+        if (!justMade.has(path)) await rm(path, { force: true });
+      }
+    } catch (err) {
+      this.log.warn({ dir: this.discardDir, err: (err as Error).message }, 'cannot remove old copies of discarded rules files');
+    }
   }
 
   private async writeJournal(files: RuleFile[]): Promise<void> {

@@ -2,12 +2,13 @@ import { createHash } from 'node:crypto';
 import { existsSync, watch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { isRulesDirLockName } from '../core/data-lock.js';
 import { EdgeError, RuleLoadError } from '../core/errors.js';
 import { byPlace, type RuleError } from './dsl/errors.js';
 import { RuleSet, type EngineOptions } from './engine.js';
 import { analyzeInSlices, compileRuleset, formatErrors, readRulesDir, sourcesOf, type RuleFile, type RuleLimits } from './loader.js';
 import { badFileNames } from './push-request.js';
-import { RulesDirectory } from './rules-dir.js';
+import { RulesDirectory, type DiscardedFile } from './rules-dir.js';
 import { RulesHistory, type RulesVersion } from './history.js';
 
 export type { RulesVersion } from './history.js';
@@ -39,6 +40,8 @@ export type RulesOutcome =
       replaced: string[];
       added?: string[];
       removed?: string[];
+      /** files of the directory that never ran and that the push replaced; a copy of each is in <dataDir>/rules-discarded */
+      discarded?: string[];
     }
   | { ok: false; errors: RuleError[] };
 
@@ -73,6 +76,7 @@ const DEBOUNCE_MS = 250;
 const WARM_UP_ROUNDS = 3;
 const HISTORY_DIR = 'rules-history';
 const PUSH_JOURNAL = 'rules-push.json';
+const DISCARD_DIR = 'rules-discarded';
 
 /** SHA-256 over the files' names and texts, in name order: equal content, equal hash. */
 function contentHash(files: RuleFile[]): string {
@@ -111,7 +115,7 @@ export class RulesStore {
   constructor(private readonly opts: RulesStoreOptions) {
     this.historyDir = join(opts.dataDir, HISTORY_DIR);
     this.history = new RulesHistory(this.historyDir, opts.log);
-    this.directory = new RulesDirectory(opts.dir, join(opts.dataDir, PUSH_JOURNAL), opts.log);
+    this.directory = new RulesDirectory(opts.dir, join(opts.dataDir, PUSH_JOURNAL), opts.log, join(opts.dataDir, DISCARD_DIR));
   }
 
   get version(): RulesVersion | null {
@@ -177,8 +181,17 @@ export class RulesStore {
     return { errors, rules: a.rules, ruleset: () => RuleSet.build(a.checked, this.opts.engine) };
   }
 
-  private answer(v: RulesVersion, changed: boolean, replaced: string[]): RulesOutcome {
-    return { ok: true, version: v.version, sha256: v.sha256, rules: v.rules, changed, files: Object.keys(v.files).sort(), replaced };
+  private answer(v: RulesVersion, changed: boolean, replaced: string[], discarded: DiscardedFile[] = []): RulesOutcome {
+    return {
+      ok: true,
+      version: v.version,
+      sha256: v.sha256,
+      rules: v.rules,
+      changed,
+      files: Object.keys(v.files).sort(),
+      replaced,
+      ...(discarded.length > 0 ? { discarded: discarded.map((d) => d.name) } : {}),
+    };
   }
 
   /** The running set's files that `files` would remove or change, by name. */
@@ -224,7 +237,7 @@ export class RulesStore {
     const where = source === 'file change' ? (f: string) => join(this.opts.dir, f) : (f: string) => f;
     this.opts.log.error(
       { source, errors: errors.length, listing: formatErrors({ errors, sources: sourcesOf(files) }, where) },
-      `a ruleset from ${source === 'file change' ? this.opts.dir : source === 'api' ? 'the admin API' : source === 'cloud' ? 'the cloud' : 'the history'} has ${errors.length} error(s); nothing changed, version ${this.running?.version ?? 0} keeps running`,
+      `a ruleset from ${source === 'file change' ? this.opts.dir : source === 'api' ? 'the admin API' : source === 'cloud' ? 'the cloud' : 'the history'} has ${errors.length} error${errors.length === 1 ? '' : 's'}; nothing changed, version ${this.running?.version ?? 0} keeps running`,
     );
     return { ok: false, errors };
   }
@@ -346,8 +359,9 @@ export class RulesStore {
     if (a.rules === 0 && !opts.allowEmpty) throw this.refuseEmpty(files, source, changed !== undefined);
     if (this.running?.sha256 === contentHash(files)) {
       // The directory may hold an edit that was refused: a push of the running set puts it back.
+      let discarded: DiscardedFile[] = [];
       if (contentHash(readRulesDir(this.opts.dir)) !== this.running.sha256) {
-        await this.directory.replace(files, readRulesDir(this.opts.dir));
+        discarded = await this.directory.replace(files, readRulesDir(this.opts.dir), this.running.files);
         this.opts.log.info(
           { dir: this.opts.dir },
           'the rules directory differed from the running set; the push put the running files back',
@@ -358,7 +372,7 @@ export class RulesStore {
         { source, version: this.running.version },
         `the pushed rules are the running version ${this.running.version}; nothing changed`,
       );
-      return this.answer(this.running, false, []);
+      return this.answer(this.running, false, [], discarded);
     }
     // The files are written while the set is compiled: the disk waits on fsync, the compiler on the CPU.
     const previous = Object.entries(this.running?.files ?? {}).map(([name, text]) => ({ name, text }));
@@ -366,7 +380,8 @@ export class RulesStore {
     this.writing = true;
     const analyzed = performance.now();
     const timing = { analyzeMs: Math.round(analyzed - started), compileMs: 0, writeMs: 0 };
-    const written = this.directory.replace(files, previous).finally(() => {
+    // Files of the directory that never ran are copied aside before the push replaces them.
+    const written = this.directory.replace(files, previous, this.running?.files ?? {}).finally(() => {
       this.writing = false;
       timing.writeMs = Math.round(performance.now() - analyzed);
       if (this.changedWhileWriting) this.scheduleReload();
@@ -390,7 +405,7 @@ export class RulesStore {
     if (!this.stopped) this.watch(); // the push may have made the directory
     const v = this.swap(files, ruleset, a.rules, source, { tookMs: Math.round(performance.now() - started), ...timing });
     this.opts.onPush?.(source, 'applied');
-    return this.answer(v, true, replaced);
+    return this.answer(v, true, replaced, write.value);
   }
 
   /** Read the directory again; swap to it if it compiles and differs from the running set. */
@@ -471,7 +486,9 @@ export class RulesStore {
       return;
     }
     try {
-      this.watcher = watch(this.opts.dir, () => {
+      this.watcher = watch(this.opts.dir, (_event, name) => {
+        // The directory's lock (core/data-lock.ts) is not a rules file: taking or releasing it changes no rule.
+        if (name !== null && isRulesDirLockName(name)) return;
         // While a push writes the directory its events are not acted on (it would be read half
         // written); once the push is done, one look tells whether someone else changed it too.
         if (this.writing) {

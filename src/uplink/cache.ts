@@ -535,8 +535,8 @@ export class DurableCache implements CacheStats {
     this.log.warn(
       { priority, reason, count: rows.length, bytes, cacheBytes: this.bytes() },
       reason === 'bytes'
-        ? `evicted ${rows.length} ${priority} message(s) (${bytes} bytes), the oldest first, to make room: the cache is at cache.maxBytes=${this.opts.maxBytes}`
-        : `evicted ${rows.length} ${priority} message(s) older than cache.maxAgeSeconds=${this.opts.maxAgeSeconds}`,
+        ? `evicted ${rows.length} ${priority} message${rows.length === 1 ? '' : 's'} (${bytes} bytes), the oldest first, to make room: the cache is at cache.maxBytes=${this.opts.maxBytes}`
+        : `evicted ${rows.length} ${priority} message${rows.length === 1 ? '' : 's'} older than cache.maxAgeSeconds=${this.opts.maxAgeSeconds}`,
     );
     this.scheduleFlush();
   }
