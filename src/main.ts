@@ -9,6 +9,7 @@ import { resolveAdminToken } from './admin/token.js';
 import { RUNTIME_PORTS_FILE } from './admin/local-files.js';
 import type { DeviceAdapter, Endpoint } from './adapters/adapter.js';
 import { MqttAdapter } from './adapters/mqtt/adapter.js';
+import { WsAdapter } from './adapters/ws/adapter.js';
 import { HttpEndpoint } from './adapters/http/endpoint.js';
 import { AuthService } from './auth/service.js';
 import { DeviceRegistry } from './auth/device-registry.js';
@@ -25,8 +26,9 @@ import { notifySystemd, startWatchdog } from './systemd.js';
 import { VERSION } from './version.js';
 import type { ProxyStatus } from './admin/status.js';
 import { redactUrl } from './core/redact.js';
-import { acquireDataDirLock } from './core/data-lock.js';
+import { acquireDataDirLock, acquireRulesDirLock } from './core/data-lock.js';
 import { isLoopback } from './core/host.js';
+import { EdgeError } from './core/errors.js';
 
 export interface RunOptions {
   portsFile?: string | null;
@@ -37,11 +39,32 @@ export interface RunningProxy {
   stop(): Promise<void>;
 }
 
-/** Written whole and renamed, so a script polling for it never reads half a file. */
-function writePortsFile(file: string, ports: Record<string, number>): void {
+/**
+ * Written whole and renamed, so a script polling for it never reads half a file. A failure names the
+ * file (not its temporary one) and what it is, and leaves no temporary file behind.
+ */
+function writePortsFile(file: string, ports: Record<string, number>, what: 'the data directory' | '--ports-file'): void {
   const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(ports) + '\n');
-  renameSync(tmp, file);
+  try {
+    writeFileSync(tmp, JSON.stringify(ports) + '\n');
+    renameSync(tmp, file);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    const code = (err as NodeJS.ErrnoException).code;
+    const why =
+      code === 'ENOENT'
+        ? 'its directory does not exist'
+        : code === 'EACCES' || code === 'EPERM'
+          ? 'permission denied'
+          : code === 'EISDIR'
+            ? 'it is a directory'
+            : (code ?? (err as Error).message);
+    throw new EdgeError(
+      what === '--ports-file' ? 'E_USAGE' : 'E_CONFIG_FILE',
+      `cannot write ${what === '--ports-file' ? '--ports-file' : "the data directory's ports file"} ${file}: ${why}`,
+      { cause: err },
+    );
+  }
 }
 
 /**
@@ -106,6 +129,13 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
     await services.start(
       'data directory lock',
       () => acquireDataDirLock(cfg.dataDir, log.child({ stage: 'lock' })),
+      (lock) => lock.release(),
+    );
+    // And per rules directory: a push to one proxy rewrites it, and another one's watcher would load it.
+    // Taken before the rules store watches the directory, released after it stopped.
+    await services.start(
+      'rules directory lock',
+      () => acquireRulesDirLock(cfg.rules.dir, log.child({ stage: 'lock' })),
       (lock) => lock.release(),
     );
     const admin = resolveAdminToken(cfg);
@@ -228,7 +258,13 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
 
     // Every device protocol: a new one is one more line here. WebSocket protocols register their
     // path on the one HTTP endpoint, which listens once they all have.
-    const http = new HttpEndpoint(cfg.http, cfg.limits.maxConnections, metrics.httpEvents(), log.child({ endpoint: 'http' }));
+    const http = new HttpEndpoint(
+      cfg.http,
+      cfg.auth.mode,
+      cfg.limits.maxConnections,
+      metrics.httpEvents(),
+      log.child({ endpoint: 'http' }),
+    );
     const deps = (name: string) => ({
       gate,
       auth,
@@ -237,7 +273,10 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       http,
       log: log.child({ adapter: name }),
     });
-    const adapters: DeviceAdapter[] = [new MqttAdapter({ mqtt: cfg.mqtt, limits: cfg.limits, brokerId: cfg.edge.id }, deps('mqtt'))];
+    const adapters: DeviceAdapter[] = [
+      new MqttAdapter({ mqtt: cfg.mqtt, limits: cfg.limits, brokerId: cfg.edge.id }, deps('mqtt')),
+      new WsAdapter({ http: cfg.http, limits: cfg.limits }, deps('ws')),
+    ];
     const endpoints: Endpoint[] = [];
     for (const adapter of adapters) {
       local.register(adapter);
@@ -330,8 +369,14 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
     await services.start(
       'ports file',
       () => {
-        writePortsFile(localPortsFile, ports);
-        if (opts.portsFile) writePortsFile(opts.portsFile, ports);
+        writePortsFile(localPortsFile, ports, 'the data directory');
+        try {
+          if (opts.portsFile) writePortsFile(opts.portsFile, ports, '--ports-file');
+        } catch (err) {
+          // Not started, so not stopped: the CLI must not find the ports of a proxy that is not running.
+          rmSync(localPortsFile, { force: true });
+          throw err;
+        }
       },
       () => rmSync(localPortsFile, { force: true }),
     );

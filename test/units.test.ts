@@ -1,7 +1,7 @@
 // Pure parts, table-driven: frame guard, PUBACK ordering, envelope, content sniffing, topics, backoff.
 import t from 'tap';
 import { FrameGuard } from '../src/adapters/mqtt/frame-guard.js';
-import { OrderedAcks } from '../src/adapters/mqtt/ordered-acks.js';
+import { OrderedAcks } from '../src/adapters/ordered-acks.js';
 import { deriveDeviceId } from '../src/auth/service.js';
 import { encodeEnvelope } from '../src/uplink/envelope.js';
 import { sniffContentType } from '../src/core/content-type.js';

@@ -23,10 +23,14 @@ export type Transport = 'tcp' | 'tls' | 'ws' | 'udp';
 export interface AdapterEvents {
   connectionOpened(protocol: DeviceProtocol, transport: Transport): void;
   connectionClosed(protocol: DeviceProtocol, transport: Transport): void;
-  /** a packet refused from its framing, before the gate saw it (oversized, unparseable) */
-  framingRefused(reason: 'too_large' | 'malformed'): void;
+  /** a packet refused from its framing, before the gate saw it (oversized, unparseable, not part of the protocol) */
+  framingRefused(reason: 'too_large' | 'malformed' | 'unsupported'): void;
   /** a publish accepted by the gate that the pipeline could not take now (cache full, stopping) */
   notAccepted(protocol: DeviceProtocol, qos: 0 | 1 | 2): void;
+  /** a delivery to a local subscriber left out: its send buffer is over its limit (a QoS 0 message) */
+  deliveryDropped(protocol: DeviceProtocol, reason: 'slow_consumer'): void;
+  /** a subscriber closed because it stayed too far behind (WebSocket close 1013) */
+  slowConsumerClosed(protocol: DeviceProtocol): void;
 }
 
 /** Everything an adapter is given besides its own configuration slice. */

@@ -36,6 +36,7 @@ export class Metrics {
   private readonly deliveredLocally: (protocol: string) => client.Counter.Internal;
   readonly authFailures: client.Counter<'protocol' | 'reason'>;
   private readonly upgradesRefused: client.Counter<'reason'>;
+  private readonly slowConsumersClosed: client.Counter<'protocol'>;
   readonly payloadDecodeErrors: client.Counter;
   readonly cacheWriteErrors: client.Counter;
   readonly cacheRefused: client.Counter;
@@ -96,8 +97,13 @@ export class Metrics {
     });
     this.upgradesRefused = counter(
       'edge_ws_upgrades_refused_total',
-      'WebSocket upgrades refused before the handshake: not_found, subprotocol, per_address, auth, unavailable',
+      'WebSocket upgrades refused before the handshake: not_found, subprotocol, per_address, origin, auth, unavailable',
       ['reason'],
+    );
+    this.slowConsumersClosed = counter(
+      'edge_slow_consumers_closed_total',
+      'Subscribers closed because their send buffer stayed over its limit (WebSocket close 1013), by protocol',
+      ['protocol'],
     );
     this.connections = new client.Gauge({
       name: 'edge_connections',
@@ -211,6 +217,8 @@ export class Metrics {
       connectionClosed: (protocol: DeviceProtocol, transport: Transport) => this.connections.labels(protocol, transport).dec(),
       framingRefused: (reason) => this.refused(reason).inc(),
       notAccepted: (_protocol, qos) => (qos === 0 ? this.dropped('qos0_refused') : this.refused('cache')).inc(),
+      deliveryDropped: (_protocol, reason) => this.dropped(reason).inc(),
+      slowConsumerClosed: (protocol) => this.slowConsumersClosed.labels(protocol).inc(),
     };
   }
 

@@ -80,8 +80,14 @@ export interface ObjectSchema<T> extends SchemaNode {
  */
 export interface ArraySchema<E> extends SchemaNode {
   type: 'array';
-  items: ItemSchema<E>;
+  items: [E] extends [string] ? StringItemSchema : ItemSchema<E>;
   default: readonly E[];
+}
+
+/** The item of a list of strings, such as http.allowedOrigins. */
+export interface StringItemSchema extends SchemaNode {
+  type: 'string';
+  minLength: number;
 }
 
 export interface ItemSchema<E> extends SchemaNode {
@@ -116,7 +122,8 @@ function list<E>(properties: { [K in keyof E]-?: ItemLeafSchema<E[K]> }, extra: 
     properties,
     shape: `a mapping with ${named}`,
   };
-  return { shape: `a list of mappings with ${named}`, ...extra, type: 'array', items };
+  // A list of mappings: E is an object type, so this is the ItemSchema branch of the conditional.
+  return { shape: `a list of mappings with ${named}`, ...extra, type: 'array', items: items as ArraySchema<E>['items'] };
 }
 
 // A port of 0 asks the system for any free port (docs/configuration.md, Ports).
@@ -162,6 +169,12 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     tls: object<Config['http']['tls']>({ cert: optionalPath, key: optionalPath }),
     perMessageDeflate: { type: 'boolean', default: false },
     pingIntervalSeconds: { type: 'integer', minimum: 1, maximum: 3600, default: 30, unit: 'duration' },
+    allowedOrigins: {
+      type: 'array',
+      items: { type: 'string', minLength: 1 },
+      default: [],
+      shape: 'a list of origins, such as ["https://dash.example.com"]',
+    },
     maxConnectionsPerAddress: { type: 'integer', minimum: 1, default: 100 },
     handshakeTimeoutSeconds: { type: 'integer', minimum: 1, maximum: 300, default: 10, unit: 'duration' },
     sendBufferBytes: { type: 'integer', minimum: KiB, maximum: 256 * MiB, default: 1 * MiB, unit: 'size' },

@@ -21,6 +21,8 @@ export interface Config {
     perMessageDeflate: boolean;
     /** a WebSocket ping each interval; a connection that misses two pongs is terminated */
     pingIntervalSeconds: number;
+    /** page origins (`https://dash.example.com`) that may connect; "*" any (docs/websocket.md) */
+    allowedOrigins: string[];
     /** open WebSocket connections (and upgrades in progress) from one source address */
     maxConnectionsPerAddress: number;
     /** time for a client to send its whole upgrade request */

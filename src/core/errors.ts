@@ -28,10 +28,16 @@ export const ERROR_CODES = {
   E_REGISTRY: { text: 'the device registry (devicesFile) cannot be read or has errors', status: 500, retryable: false },
   E_TLS: { text: 'a TLS certificate, key or CA file that cannot be read or used', status: 500, retryable: false },
   E_CACHE_FULL: { text: 'the durable cache cannot take the message now', status: 503, retryable: true },
+  E_UNSUPPORTED: {
+    text: 'a request the protocol does not offer: a binary /ws frame, an unknown op, qos 2 on /ws',
+    status: 400,
+    retryable: false,
+  },
   E_CACHE_WRITE: { text: 'the durable cache failed to write', status: 503, retryable: true },
   E_CACHE_OPEN: { text: 'the durable cache cannot be opened', status: 500, retryable: false },
   E_LISTEN: { text: 'an endpoint cannot listen on its address', status: 500, retryable: false },
   E_DATA_DIR_LOCKED: { text: 'the data directory is in use by another running proxy', status: 409, retryable: false },
+  E_RULES_DIR_LOCKED: { text: 'the rules directory is in use by another running proxy', status: 409, retryable: false },
   E_UPLINK_CONFIG: { text: 'the uplink settings cannot be used', status: 500, retryable: false },
   E_ADMIN_AUTH: { text: 'an admin request without a valid token', status: 401, retryable: false },
   E_USAGE: { text: 'a command line that cannot be understood', status: 400, retryable: false },
@@ -64,14 +70,18 @@ export class EdgeError extends Error {
   }
 }
 
-/** One problem found in a configuration, with where it was found. */
+/**
+ * One problem found in a configuration, with where it was found. The files it names are checked too:
+ * a TLS file that cannot be used is an E_TLS at the key naming it, a problem inside the device registry
+ * an E_REGISTRY at the registry's own line, as the running proxy reports it.
+ */
 export interface ConfigProblem {
-  code: 'E_CONFIG_YAML' | 'E_CONFIG_UNKNOWN_KEY' | 'E_CONFIG_TYPE' | 'E_CONFIG_VALUE' | 'E_CONFIG_FILE';
-  /** file name, or `env:NAME` for an environment override */
+  code: 'E_CONFIG_YAML' | 'E_CONFIG_UNKNOWN_KEY' | 'E_CONFIG_TYPE' | 'E_CONFIG_VALUE' | 'E_CONFIG_FILE' | 'E_TLS' | 'E_REGISTRY';
+  /** file name, or `env:NAME` for an environment override; for E_REGISTRY the registry file */
   source: string;
   line: number;
   col: number;
-  /** dotted key path, `` for the document itself */
+  /** dotted key path, `` for the document itself; for E_REGISTRY the place in the registry, `[1].id` */
   key: string;
   message: string;
 }

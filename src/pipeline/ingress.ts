@@ -114,7 +114,7 @@ export class IngressGate {
         `acl:${identity.deviceId}`,
         'warn',
         { code: 'E_ACL', protocol, deviceId: identity.deviceId, topic: req.topic.slice(0, 300) },
-        `${identity.deviceId} may not publish to "${req.topic.slice(0, 300)}": outside its publish filters in the registry; the connection is closed (logged once a minute per device)`,
+        `${identity.deviceId} may not publish to "${req.topic.slice(0, 300)}": outside its publish filters in the registry; refused (MQTT closes the connection, /ws answers E_ACL; logged once a minute per device)`,
       );
       return this.refuse('acl', new EdgeError('E_ACL', `publish to "${req.topic.slice(0, 300)}" is outside the device's publish filters`));
     }

@@ -79,3 +79,37 @@ export function sessionValues(page: Page): Promise<string[]> {
     return values;
   });
 }
+
+/** One WebSocket a page opened, as the browser saw it (text frames as text, binary ones as base64). */
+export interface PageWebSocket {
+  url: string;
+  /** the frames the page sent, in order */
+  sent: string[];
+  /** the frames the page received, in order */
+  received: string[];
+  /** socket errors the browser reported (a refused upgrade among them) */
+  errors: string[];
+  closed: boolean;
+}
+
+/**
+ * Records every WebSocket `page` opens from now on, frame by frame, without touching the page or its
+ * traffic (the browser reports the frames through the DevTools protocol). `onReceived`, when given,
+ * runs as each received frame is reported, before anything else of the test runs.
+ */
+export function recordWebSockets(page: Page, onReceived?: (frame: string, socket: PageWebSocket) => void): PageWebSocket[] {
+  const sockets: PageWebSocket[] = [];
+  const text = (payload: string | Buffer): string => (typeof payload === 'string' ? payload : payload.toString('base64'));
+  page.on('websocket', (ws) => {
+    const socket: PageWebSocket = { url: ws.url(), sent: [], received: [], errors: [], closed: false };
+    sockets.push(socket);
+    ws.on('framesent', ({ payload }) => socket.sent.push(text(payload)));
+    ws.on('framereceived', ({ payload }) => {
+      socket.received.push(text(payload));
+      onReceived?.(text(payload), socket);
+    });
+    ws.on('socketerror', (error) => socket.errors.push(error));
+    ws.on('close', () => (socket.closed = true));
+  });
+  return sockets;
+}

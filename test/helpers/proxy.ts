@@ -15,7 +15,7 @@ process.once('exit', () => {
 export interface ProxyProcess {
   dir: string;
   configFile: string;
-  ports: { mqtt: number; admin: number };
+  ports: { mqtt: number; admin: number; http: number };
   /** every log line so far, parsed */
   logs: Array<Record<string, unknown>>;
   output(): string;
@@ -62,7 +62,7 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
   const proc: ProxyProcess = {
     dir,
     configFile,
-    ports: { mqtt: 0, admin: 0 },
+    ports: { mqtt: 0, admin: 0, http: 0 },
     logs,
     output: () => out,
     exited: Promise.resolve(null),

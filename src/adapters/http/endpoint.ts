@@ -11,15 +11,28 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config/types.js';
 import { EdgeError } from '../../core/errors.js';
 import type { Endpoint } from '../adapter.js';
+import { isLoopback } from '../../core/host.js';
 
 /** What a route decides about an upgrade before the handshake: the context it keeps, or the HTTP refusal. */
 export type Admission<C> = { ok: true; context: C } | { ok: false; status: 400 | 401 | 403 | 503; reason: UpgradeRefusal; message: string };
 
-export type UpgradeRefusal = 'not_found' | 'subprotocol' | 'per_address' | 'auth' | 'unavailable';
+export type UpgradeRefusal = 'not_found' | 'subprotocol' | 'per_address' | 'origin' | 'auth' | 'unavailable';
+
+/**
+ * How a route's connections read frames, where it differs from the endpoint's defaults: the largest
+ * message it takes (the endpoint's hard ceiling otherwise; a larger one closes the connection with
+ * 1009 before it is buffered), and whether ws leaves text frames unchecked for UTF-8 so that the route
+ * answers invalid text itself instead of ws closing the connection with 1007.
+ */
+export interface FrameOptions {
+  readonly maxPayload?: number;
+  readonly skipUTF8Validation?: boolean;
+}
 
 /** One path of the endpoint, registered by the adapter that speaks it. */
 export interface UpgradeRoute<C> {
   readonly path: string;
+  readonly frames?: FrameOptions;
   /** Subprotocols the route speaks; a request must offer one (else 400). Empty: any, none chosen. */
   readonly subprotocols: readonly string[];
   /** Decide from the request alone (its headers and query), before the handshake. */
@@ -51,6 +64,8 @@ const MISSED_PONGS = 2;
 export class HttpEndpoint implements UpgradeRegistry {
   private readonly routes = new Map<string, UpgradeRoute<unknown>>();
   private readonly wss: WebSocketServer;
+  /** the ws servers of routes with frame options of their own: ws applies them per server */
+  private readonly routeServers = new Map<string, WebSocketServer>();
   private server: Server | null = null;
   /** open connections and upgrades in progress, by source address */
   private readonly perAddress = new Map<string, number>();
@@ -59,15 +74,22 @@ export class HttpEndpoint implements UpgradeRegistry {
 
   constructor(
     private readonly cfg: Config['http'],
+    /** open mode: a page's origin must be loopback or listed, since nothing else stops a foreign page */
+    private readonly authMode: Config['auth']['mode'],
     private readonly maxConnections: number,
     private readonly events: HttpEndpointEvents,
     private readonly log: Logger,
   ) {
-    this.wss = new WebSocketServer({
+    this.wss = this.webSocketServer({});
+  }
+
+  private webSocketServer(frames: FrameOptions): WebSocketServer {
+    return new WebSocketServer({
       noServer: true,
-      perMessageDeflate: cfg.perMessageDeflate,
+      perMessageDeflate: this.cfg.perMessageDeflate,
       // Frames are bounded by each route (it knows its encoding); this is the hard ceiling.
-      maxPayload: 512 * 2 ** 20,
+      maxPayload: Math.min(frames.maxPayload ?? Infinity, 512 * 2 ** 20),
+      skipUTF8Validation: frames.skipUTF8Validation ?? false,
       clientTracking: false,
       handleProtocols: (offered: Set<string>, req: IncomingMessage) => {
         const route = this.routes.get(new URL(req.url ?? '/', 'http://device').pathname);
@@ -80,6 +102,7 @@ export class HttpEndpoint implements UpgradeRegistry {
   route<C>(route: UpgradeRoute<C>): void {
     if (this.routes.has(route.path)) throw new Error(`two routes for ${route.path}`);
     this.routes.set(route.path, route);
+    if (route.frames) this.routeServers.set(route.path, this.webSocketServer(route.frames));
   }
 
   /** Listen, once every adapter registered its route (not at all when none did). */
@@ -136,12 +159,11 @@ export class HttpEndpoint implements UpgradeRegistry {
     const server = this.server;
     this.server = null;
     if (!server) return Promise.resolve();
+    // close() stops listening at once, but its callback waits for every socket, upgraded ones
+    // included, which are the adapters' to close after this: nothing here waits for them.
+    server.close();
     server.closeIdleConnections();
-    // Upgraded sockets are the adapters' now: only the listening socket is waited for.
-    return new Promise((resolve) => {
-      server.close(() => resolve());
-      setTimeout(resolve, 1_000).unref();
-    });
+    return Promise.resolve();
   }
 
   private readTls(cert: string, key: string): { cert: Buffer; key: Buffer } {
@@ -169,6 +191,14 @@ export class HttpEndpoint implements UpgradeRegistry {
           'subprotocol',
           `${url.pathname} needs the WebSocket subprotocol ${route.subprotocols.join(' or ')}`,
         );
+    }
+    const origin = req.headers.origin;
+    if (origin !== undefined && !this.originAllowed(origin)) {
+      this.log.warn(
+        { origin, path: url.pathname },
+        'a WebSocket upgrade from a page of another origin refused: list it in http.allowedOrigins if it may connect',
+      );
+      return this.refuse(socket, 403, 'origin', `pages from ${origin} may not connect: http.allowedOrigins does not list it`);
     }
     const address = req.socket.remoteAddress ?? 'unknown';
     const count = this.perAddress.get(address) ?? 0;
@@ -201,7 +231,7 @@ export class HttpEndpoint implements UpgradeRegistry {
       socket.destroy();
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => {
+    (this.routeServers.get(url.pathname) ?? this.wss).handleUpgrade(req, socket, head, (ws) => {
       this.missed.set(ws, 0);
       ws.on('pong', () => this.missed.set(ws, 0));
       ws.once('close', () => {
@@ -210,6 +240,25 @@ export class HttpEndpoint implements UpgradeRegistry {
       });
       route.open(ws, req, admission.context);
     });
+  }
+
+  /**
+   * A browser names the page that opens a WebSocket in Origin, and lets any page open one. Without
+   * this check, in open mode any web site the operator visits could publish as any device through
+   * the browser. Listed origins (or "*") always pass; otherwise, in open mode only pages served from
+   * this machine, and in token mode any page when none is listed, since it must still send a
+   * device's token.
+   */
+  private originAllowed(origin: string): boolean {
+    const allowed = this.cfg.allowedOrigins;
+    if (allowed.includes('*') || allowed.includes(origin)) return true;
+    if (this.authMode === 'token') return allowed.length === 0;
+    try {
+      const url = new URL(origin);
+      return (url.protocol === 'http:' || url.protocol === 'https:') && isLoopback(url.hostname.replace(/^\[|\]$/g, ''));
+    } catch {
+      return false; // "null": a file, a sandboxed frame
+    }
   }
 
   private refuse(socket: Duplex, status: number, reason: UpgradeRefusal, message: string): void {

@@ -1,4 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import type { Logger } from 'pino';
@@ -10,9 +11,11 @@ import type { RegistryChange } from '../../auth/device-registry.js';
 import type { AdapterDeps, DeviceAdapter, Endpoint, Transport } from '../adapter.js';
 import { EdgeBroker } from './broker.js';
 import { FrameGuard } from './frame-guard.js';
-import { OrderedAcks } from './ordered-acks.js';
+import { OrderedAcks } from '../ordered-acks.js';
 import { mqttToPublishRequest } from './normalize.js';
 import { readTlsFiles, watchTlsFiles, type TlsFiles } from './tls.js';
+import { mqttWebSocketRoute, type MqttUpgrade } from './websocket.js';
+import { CLOSE, closeReason, type WebSocketStream } from './ws-stream.js';
 
 /** The slice of the configuration the MQTT adapter reads. */
 export interface MqttAdapterConfig {
@@ -33,6 +36,10 @@ interface Connection {
   /** the client id and CleanSession flag as sent, before aedes replaces an empty id with its own */
   sent: { clientId: string; clean: boolean } | null;
   remote: string;
+  /** a registry token checked at the WebSocket upgrade: the credential at CONNECT, then forgotten */
+  upgradeToken: string | null;
+  /** the WebSocket under a /mqtt connection, told why before the proxy closes it */
+  ws: WebSocketStream | null;
   acks: OrderedAcks;
   /** QoS 2 packet ids accepted and not yet released, to process a DUP resend once */
   qos2: Map<number, Promise<Error | null>>;
@@ -65,10 +72,16 @@ interface ClientState {
 
 const REFUSAL_OF: Record<string, RefusalReason> = { E_ACL: 'acl', E_TOO_LARGE: 'too_large', E_MALFORMED: 'malformed' };
 
+/** The Remaining Length in a PUBLISH header of the largest payload and topic accepted, with room for the rest. */
+function maxPacketBytes(limits: MqttAdapterConfig['limits']): number {
+  return limits.maxPayloadBytes + limits.maxTopicBytes + 16;
+}
+
 /**
- * MQTT 3.1 and 3.1.1 over TCP, and over TLS when mqtt.tls has a certificate, through the embedded
- * aedes broker. A connection's device is decided at CONNECT by the ingress gate; its session is
- * keyed by device and client id, so that no client id reaches another device's session.
+ * MQTT 3.1 and 3.1.1 over TCP, over TLS when mqtt.tls has a certificate, and over WebSocket at
+ * /mqtt on the HTTP endpoint (websocket.ts), through the embedded aedes broker. A connection's
+ * device is decided at CONNECT by the ingress gate; its session is keyed by device and client id,
+ * so that no client id reaches another device's session.
  */
 export class MqttAdapter implements DeviceAdapter {
   readonly protocol = 'mqtt';
@@ -76,7 +89,9 @@ export class MqttAdapter implements DeviceAdapter {
   private readonly servers: Server[] = [];
   private readonly connections = new WeakMap<Client, Connection>();
   private readonly clients = new Set<Client>();
+  /** what stop() ends after the broker closed: TCP and TLS sockets, the WebSockets of /mqtt */
   private readonly sockets = new Set<Socket>();
+  private readonly webSockets = new Set<WebSocketStream>();
   private stopWatchingTls: (() => void) | null = null;
   private readonly onRegistryChange = (change: RegistryChange): void => this.registryChanged(change);
   /** set at shutdown: publishes not yet in hand are not accepted (the device sends them again later) */
@@ -85,7 +100,18 @@ export class MqttAdapter implements DeviceAdapter {
   constructor(
     private readonly cfg: MqttAdapterConfig,
     private readonly deps: AdapterDeps,
-  ) {}
+  ) {
+    // Registered now; the HTTP endpoint listens after every adapter started, and stops before they do.
+    deps.http.route(
+      mqttWebSocketRoute({
+        gate: deps.gate,
+        // Room for one packet of the largest size accepted and the start of the next (a frame may hold several).
+        maxMessageBytes: 2 * (maxPacketBytes(cfg.limits) + 5),
+        accepting: () => this.broker !== undefined && !this.stopping,
+        attach: (stream, upgrade) => this.handleWebSocket(stream, upgrade),
+      }),
+    );
+  }
 
   private get log(): Logger {
     return this.deps.log;
@@ -183,24 +209,38 @@ export class MqttAdapter implements DeviceAdapter {
   private handle(socket: Socket, transport: Transport, certificate: Connection['certificate']): void {
     this.sockets.add(socket);
     socket.setNoDelay(true);
-    const client = this.broker.handle(socket);
-    socket.on('close', () => {
-      this.sockets.delete(socket);
-      this.clients.delete(client);
-    });
-    const conn: Connection = {
+    socket.on('close', () => this.sockets.delete(socket));
+    this.attach(socket, {
       transport,
-      identity: null,
       certificate,
-      sent: null,
       remote: `${socket.remoteAddress}:${socket.remotePort}`,
+      upgradeToken: null,
+      ws: null,
+    });
+  }
+
+  /** A /mqtt WebSocket connection: its stream goes the way of a TCP socket. */
+  private handleWebSocket(stream: WebSocketStream, upgrade: MqttUpgrade): void {
+    this.webSockets.add(stream);
+    stream.on('close', () => this.webSockets.delete(stream));
+    this.attach(stream, { transport: 'ws', certificate: null, remote: upgrade.remote, upgradeToken: upgrade.token, ws: stream });
+  }
+
+  /** Any byte stream of MQTT packets, handed to aedes behind the frame guard. */
+  private attach(stream: Duplex, how: Pick<Connection, 'transport' | 'certificate' | 'remote' | 'upgradeToken' | 'ws'>): void {
+    const client = this.broker.handle(stream);
+    stream.on('close', () => this.clients.delete(client));
+    const conn: Connection = {
+      ...how,
+      identity: null,
+      sent: null,
       acks: new OrderedAcks(),
       qos2: new Map(),
       refusal: null,
       reported: false,
     };
     this.connections.set(client, conn);
-    this.guard(client, conn, new FrameGuard(this.cfg.limits.maxPayloadBytes + this.cfg.limits.maxTopicBytes + 16));
+    this.guard(client, conn, new FrameGuard(maxPacketBytes(this.cfg.limits)));
   }
 
   /** Inspect each chunk before aedes parses it: oversized packets are refused from their header. */
@@ -225,8 +265,14 @@ export class MqttAdapter implements DeviceAdapter {
     const conn = this.connections.get(client);
     if (conn?.reported) return;
     if (conn) conn.reported = true;
-    const who = { clientId: conn?.sent?.clientId ?? null, deviceId: conn?.identity?.deviceId ?? null, remote: conn?.remote };
-    const refusal = conn?.refusal;
+    const who = {
+      clientId: conn?.sent?.clientId ?? null,
+      deviceId: conn?.identity?.deviceId ?? null,
+      remote: conn?.remote,
+      transport: conn?.transport,
+    };
+    // A refusal the transport made from its own framing (a WebSocket message over its cap, a text frame).
+    const refusal = conn?.refusal ?? (conn ? transportRefusal(err) : null);
     if (!refusal) {
       this.log.info({ ...who, err: err.message }, 'MQTT client connection ended with an error');
       return;
@@ -236,7 +282,7 @@ export class MqttAdapter implements DeviceAdapter {
       this.deps.events.framingRefused(refusal.reason);
     if (refusal.reason === 'acl') return; // the gate logged it, once a minute per device
     const hint = refusal.reason === 'too_large' ? ` (limits.maxPayloadBytes=${this.cfg.limits.maxPayloadBytes})` : '';
-    this.log.warn({ ...who, reason: refusal.reason }, `closed MQTT client ${who.deviceId ?? conn.remote}: ${refusal.detail}${hint}`);
+    this.log.warn({ ...who, reason: refusal.reason }, `closed MQTT client ${who.deviceId ?? who.remote}: ${refusal.detail}${hint}`);
   }
 
   private preConnect(client: Client, clientId: string, clean: boolean, done: (err: Error | null, ok: boolean) => void): void {
@@ -268,11 +314,15 @@ export class MqttAdapter implements DeviceAdapter {
       this.deps.gate.tlsRefused('mqtt', conn.remote, 'the client certificate has no single subject CN to name its device');
       return done(connackError(5, 'the client certificate names no device'), false);
     }
+    // A token checked at the WebSocket upgrade stands in for the password (websocket.ts): a username
+    // naming another device is that device with a wrong token. Used once, not kept.
+    const upgradeToken = conn.upgradeToken;
+    conn.upgradeToken = null;
     const result = this.deps.gate.authenticate(
       'mqtt',
       {
         claimedId: username || null,
-        token: password ? password.toString('utf8') : null,
+        token: upgradeToken ?? (password ? password.toString('utf8') : null),
         certificateId: conn.certificate?.cn ?? null,
         fallbackId: sent.clientId === '' ? client.id : sent.clientId,
         fallbackAssigned: sent.clientId === '',
@@ -407,22 +457,27 @@ export class MqttAdapter implements DeviceAdapter {
       if (!identity) continue;
       const id = identity.deviceId;
       let why: string | null = null;
+      let code: number = CLOSE.auth;
       if (gone.has(id)) why = 'it was removed from the registry';
       else if (rotated.has(id) && identity.by === 'token') why = 'its token was replaced';
       else if (filters.has(id)) {
         const lost = Object.keys((client as unknown as ClientState).subscriptions).find(
           (f) => !this.deps.gate.stillMaySubscribe(identity, f),
         );
-        if (lost !== undefined)
+        if (lost !== undefined) {
           why = `its subscription "${lost.slice(0, 300)}" is outside its new subscribe filters; it may subscribe again under them`;
+          code = CLOSE.access;
+        }
       }
-      if (why) this.disconnect(client, why);
+      if (why) this.disconnect(client, why, code);
     }
   }
 
-  private disconnect(client: Client, why: string): void {
+  private disconnect(client: Client, why: string, wsCode: number): void {
     const conn = this.connections.get(client);
     if (conn) conn.reported = true;
+    // A WebSocket says why in its close frame, with the codes of /ws: 4401 no longer admitted, 4403 access narrowed.
+    if (conn?.ws) conn.ws.closing = { code: wsCode, reason: closeReason(why) };
     // The device did not die: its will is not published.
     (client as unknown as ClientState).will = null;
     this.log.info(
@@ -458,10 +513,27 @@ export class MqttAdapter implements DeviceAdapter {
     if (!this.broker) return;
     await new Promise<void>((resolve) => setImmediate(resolve)); // the PUBACKs of the last commit are written
     for (const client of this.clients) (client as unknown as ClientState).will = null;
+    for (const ws of this.webSockets) ws.closing = { code: CLOSE.goingAway, reason: 'the proxy is stopping' };
     await new Promise<void>((resolve) => this.broker.close(() => resolve()));
     for (const socket of this.sockets) socket.destroy();
+    await this.closeWebSockets();
     await Promise.all(closed);
   }
+
+  /** A moment for each /mqtt peer to answer the close frame, then the rest are dropped. */
+  private async closeWebSockets(): Promise<void> {
+    const deadline = Date.now() + 1_000;
+    while ([...this.webSockets].some((ws) => !ws.socketClosed) && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    for (const ws of this.webSockets) ws.terminate();
+  }
+}
+
+/** An error a transport raised from its own framing, before the frame guard or aedes saw the bytes. */
+function transportRefusal(err: Error): Connection['refusal'] {
+  if (!(err instanceof EdgeError)) return null;
+  if (err.code !== 'E_TOO_LARGE' && err.code !== 'E_MALFORMED') return null;
+  return { reason: err.code === 'E_TOO_LARGE' ? 'too_large' : 'malformed', detail: err.message, framing: true };
 }
 
 function connackError(returnCode: 2 | 4 | 5, message: string): AuthenticateError {
