@@ -1,4 +1,5 @@
 import { benchForward, type AuthMode, type ForwardResult } from './forward.js';
+import { median } from './rig.js';
 
 /** The target: token mode costs at most this much more proxy CPU per message than open mode. */
 export const TOKEN_CPU_TARGET = 0.05;
@@ -32,13 +33,6 @@ export interface CompareAuthResult {
   rateRatio: number;
   target: number;
   withinTarget: boolean;
-}
-
-export function median(xs: readonly number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 function figures(results: readonly ForwardResult[]): ModeFigures {

@@ -1,4 +1,4 @@
-// npm run bench [-- --only forward|drain|rules|swap] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
+// npm run bench [-- --only forward|ws|drain|rules|swap] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
 //                                        [--backlog 1000000 --max-inflight 256] [--json]
 // npm run bench -- --compare-auth [--runs 5 --seconds 10 --warmup 2 --devices 50 --inflight 1] [--json]
 import { parseArgs } from 'node:util';
@@ -8,19 +8,22 @@ import { benchForward, type AuthMode, type ForwardResult } from './forward.js';
 import { benchDrain, type DrainResult } from './drain.js';
 import { benchRules, type RulesResult } from './rules.js';
 import { benchSwap, type SwapResult } from './swap.js';
+import { benchWs, type PhaseFigures, type WsResult } from './ws.js';
 
 const { values } = parseArgs({
   options: {
     only: { type: 'string' },
     devices: { type: 'string', default: '50' },
-    inflight: { type: 'string', default: '1' },
+    // Default 1, or 16 for the ws section.
+    inflight: { type: 'string' },
     // Defaults below: 15 and 3, or 10 and 2 for --compare-auth.
     seconds: { type: 'string' },
     warmup: { type: 'string' },
     baseline: { type: 'boolean', default: false },
     auth: { type: 'string', default: 'open' },
     'compare-auth': { type: 'boolean', default: false },
-    runs: { type: 'string', default: '5' },
+    // Default 5 for --compare-auth, 1 for the ws section.
+    runs: { type: 'string' },
     backlog: { type: 'string', default: '1000000' },
     'max-inflight': { type: 'string', default: '256' },
     json: { type: 'boolean', default: false },
@@ -31,12 +34,20 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(`npm run bench -- [options]
-  --only forward|drain|rules|swap  one section (default: all four)
+  --only forward|ws|drain|rules|swap  one section (default: all five)
   forward: durable ingest, devices -> proxy -> loopback Mosquitto
     --devices N (50)  --inflight K QoS 1 publishes in flight per device (1)  --seconds S (15)  --warmup S (3)
     --baseline        also run the same load through a bare aedes broker with an in-memory MQTT.js forwarder
     --auth open|token the proxy's auth.mode (open); token: the devices are registered in a devices.yaml
                       and connect with username = device id, password = token
+  ws: the WebSocket paths beside TCP MQTT on one durable proxy, a phase each (3 x (--warmup + --seconds),
+      about a minute with the defaults):
+      --devices TCP MQTT devices, then as many /mqtt (MQTT over WebSocket) devices, then as many /ws
+      (JSON protocol) devices, each keeping --inflight (16) QoS 1 publishes in flight, --warmup and
+      --seconds each; messages/s and proxy CPU per message, and whether /mqtt stays within 25 % and
+      /ws within 50 % of TCP MQTT's CPU per message
+    --runs N (1)      rounds of the three phases; the figures are each phase's medians
+    --auth open|token as for forward; /ws devices give their token as Authorization: Bearer
   --compare-auth     instead of the sections: the forward bench in open and token mode alternately,
                      --runs N (5) of each, with --devices, --inflight, --seconds (10), --warmup (2);
                      each run's figures, the medians, and whether token mode's CPU per message is
@@ -59,7 +70,7 @@ function count(name: string, value: string, min: number): number {
   if (!/^\d+$/.test(value) || Number(value) < min) usage(`--${name} must be a whole number of at least ${min}, not "${value}"`);
   return Number(value);
 }
-const SECTIONS = ['forward', 'drain', 'rules', 'swap'];
+const SECTIONS = ['forward', 'ws', 'drain', 'rules', 'swap'];
 if (values.only !== undefined && !SECTIONS.includes(values.only))
   usage(`--only must be one of ${SECTIONS.join(', ')}, not "${values.only}"`);
 if (values.auth !== 'open' && values.auth !== 'token') usage(`--auth must be open or token, not "${values.auth}"`);
@@ -70,11 +81,11 @@ if (compare && values.only !== undefined && values.only !== 'forward')
 if (compare && values.baseline) usage('--compare-auth and --baseline are separate runs');
 const shape = {
   devices: count('devices', values.devices, 1),
-  inflight: count('inflight', values.inflight, 1),
+  inflight: count('inflight', values.inflight ?? '1', 1),
   seconds: count('seconds', values.seconds ?? (compare ? '10' : '15'), 1),
   warmupSeconds: count('warmup', values.warmup ?? (compare ? '2' : '3'), 0),
 };
-const runs = count('runs', values.runs, 1);
+const runs = count('runs', values.runs ?? '5', 1);
 
 const log = (line: string): void => {
   process.stderr.write(line + '\n');
@@ -91,6 +102,7 @@ const out: {
   rules?: RulesResult;
   swap?: SwapResult;
   compareAuth?: CompareAuthResult;
+  ws?: WsResult;
 } = {};
 const lines: string[] = [];
 const f = (n: number, digits = 0): string => n.toFixed(digits);
@@ -138,6 +150,35 @@ if (sections.includes('forward')) {
       `  resident memory          ${f(b.rssMiB)} MiB`,
     );
   }
+}
+
+if (sections.includes('ws')) {
+  log(`ws: TCP MQTT, /mqtt and /ws devices in turn -> proxy (SQLite cache, auth.mode ${authMode}) -> loopback Mosquitto`);
+  const r = (out.ws = await benchWs(
+    {
+      ...shape,
+      inflight: count('inflight', values.inflight ?? '16', 1),
+      runs: count('runs', values.runs ?? '1', 1),
+      auth: authMode,
+    },
+    log,
+  ));
+  const pct = (x: number): string => `${x >= 0 ? '+' : ''}${f(x * 100, 1)} %`;
+  const verdict = (ratio: number, target: number): string =>
+    `${f(ratio, 3)} (${pct(ratio - 1)}), target <= ${f(target, 2)}: ${ratio <= target ? 'met' : 'NOT met'}`;
+  const row = (label: string, x: PhaseFigures): string =>
+    `  ${label.padEnd(9)} ${f(x.messagesPerSecond).padStart(10)}  ${f(x.cpuMicrosPerMessage, 1).padStart(14)}  ${f(x.cpuCoresUsed, 2).padStart(11)}`;
+  const failed = r.phases.reduce((a, p) => a + p.failed, 0);
+  lines.push(
+    `ws: ${r.devices} devices a phase x ${r.inflight} QoS 1 publishes in flight, ~120-byte JSON, auth.mode ${r.auth}, ${shape.seconds} s measured a phase, one proxy${r.runs > 1 ? `, medians of ${r.runs} runs` : ''}`,
+    '  phase     messages/s  CPU us/message  proxy cores',
+    row('TCP MQTT', r.tcp),
+    row('/mqtt', r.mqttWs),
+    row('/ws', r.ws),
+    `  /mqtt CPU per message over TCP MQTT's: ${verdict(r.mqttWsCpuRatio, r.targets.mqttWs)}`,
+    `  /ws   CPU per message over TCP MQTT's: ${verdict(r.wsCpuRatio, r.targets.ws)}`,
+    `  messages acknowledged ${r.acked}, at the cloud ${r.atCloud}${failed > 0 ? `, refused ${failed}` : ''}`,
+  );
 }
 
 if (sections.includes('drain')) {

@@ -34,6 +34,13 @@ function portOpen(port: number): Promise<boolean> {
   });
 }
 
+/** The ports a proxy writes to its --ports-file (`http`: its WebSocket endpoint; the baseline has none). */
+export interface Ports {
+  mqtt: number;
+  admin: number;
+  http?: number;
+}
+
 export interface Service {
   child: ChildProcess;
   stop(): Promise<void>;
@@ -71,11 +78,7 @@ export async function startMosquitto(dir: string): Promise<Service & { port: num
 }
 
 /** The built proxy as its own process, on ports it picks itself. */
-export async function startProxy(
-  dir: string,
-  configYaml: string,
-  opts: { logFile?: string } = {},
-): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+export async function startProxy(dir: string, configYaml: string, opts: { logFile?: string } = {}): Promise<Service & { ports: Ports }> {
   mkdirSync(dir, { recursive: true });
   const cfg = join(dir, 'edge-proxy.yaml');
   const portsFile = join(dir, 'ports.json');
@@ -85,19 +88,15 @@ export async function startProxy(
 }
 
 /** The bare aedes + MQTT.js forwarder (bench/baseline.ts) as its own process. */
-export async function startBaseline(dir: string, cloudUrl: string): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+export async function startBaseline(dir: string, cloudUrl: string): Promise<Service & { ports: Ports }> {
   mkdirSync(dir, { recursive: true });
   const portsFile = join(dir, 'baseline-ports.json');
   return startProcess([new URL('./baseline.js', import.meta.url).pathname, cloudUrl, portsFile], portsFile);
 }
 
-async function startProcess(
-  args: string[],
-  portsFile: string,
-  logFile?: string,
-): Promise<Service & { ports: { mqtt: number; admin: number } }> {
+async function startProcess(args: string[], portsFile: string, logFile?: string): Promise<Service & { ports: Ports }> {
   const child = spawn(process.execPath, args, { stdio: ['ignore', logFile ? openSync(logFile, 'a') : 'ignore', 'inherit'] });
   await waitFor('the proxy to be ready', () => existsSync(portsFile) || child.exitCode !== null);
   if (!existsSync(portsFile)) throw new Error('the proxy exited at start');
-  return { child, ports: JSON.parse(readFileSync(portsFile, 'utf8')) as { mqtt: number; admin: number }, stop: () => stopChild(child) };
+  return { child, ports: JSON.parse(readFileSync(portsFile, 'utf8')) as Ports, stop: () => stopChild(child) };
 }

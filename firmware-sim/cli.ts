@@ -8,13 +8,18 @@ import { accessSync, constants as fsConstants, readFileSync, realpathSync, statS
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parseRate } from './device.js';
-import { parseTokenFile, tokenDeviceId } from './credentials.js';
+import { certificateDeviceId, parseTokenFile, tokenDeviceId } from './credentials.js';
+import { PROTOCOLS, isProtocol, type Protocol } from './links.js';
 import {
   DEFAULT_DEVICES,
+  DEFAULT_HTTP_PORT,
   DEFAULT_PREFIX,
   DEFAULT_URL,
   deviceId,
+  fleetEndpoints,
   startFleet,
+  usesTls,
+  type Endpoints,
   type FleetOptions,
   type StopReason,
   type TlsFiles,
@@ -23,14 +28,39 @@ import {
 export const USAGE = `Usage: node dist/firmware-sim/cli.js [options]
        npm run sim -- [options]
 
-Simulated MQTT device fleet. Each device (client id = device id) publishes JSON
-telemetry to devices/<id>/telemetry and obeys downlink commands on
-devices/<id>/cmd/rate ({"rate": 5} or 5), cmd/pause and cmd/resume.
+Simulated device fleet. Each device publishes JSON telemetry to
+devices/<id>/telemetry and obeys downlink commands on devices/<id>/cmd/rate
+({"rate": 5} or 5), cmd/pause and cmd/resume, whatever its protocol:
+  mqtt     MQTT over TCP or TLS (MQTT.js; client id = device id)
+  mqtt-ws  MQTT over WebSocket on the proxy's http endpoint, path /mqtt (MQTT.js)
+  ws       the proxy's JSON protocol on /ws (docs/websocket.md): qos 1 "pub"
+           frames, each acknowledged before it counts, and a "sub" to its
+           devices/<id>/cmd/# for the commands; ?d=<id> names the device
 Against a proxy in token mode each device connects with username = its id and
-password = its token, as printed by \`edge-proxy devices add <id>\`.
+password = its token, as printed by \`edge-proxy devices add <id>\` (a ws
+device: the token at the upgrade, see --upgrade-token); or, on the proxy's MQTT
+TLS port, with a client certificate whose CN is its id (--cert, --key).
 
 Options:
-  --url URL             broker URL (default ${DEFAULT_URL})
+  --protocol P[,P...]   mqtt, mqtt-ws or ws (default mqtt); a list gives the
+                        devices their protocols in turn: --protocol mqtt,ws makes
+                        sim-0001 mqtt, sim-0002 ws, sim-0003 mqtt, ...;
+                        mqtt,mqtt,ws makes two thirds of them mqtt
+  --url URL             where mqtt devices connect (default ${DEFAULT_URL}).
+                        For a fleet of one WebSocket protocol, the endpoint
+                        itself may be given instead: ws(s)://host:8080/mqtt
+                        (the protocol is then mqtt-ws) or ws(s)://host:8080/ws
+                        (ws)
+  --http-url URL        the proxy's http endpoint, ws://host:port or
+                        wss://host:port (http:// and https:// are taken too):
+                        mqtt-ws devices connect to URL/mqtt, ws devices to
+                        URL/ws (default ws://<--url's host>:${DEFAULT_HTTP_PORT}, wss:// when
+                        --url is mqtts://)
+  --upgrade-token header|query
+                        with --token or --token-file, WebSocket devices give
+                        their token at the upgrade, as "Authorization: Bearer"
+                        (header) or ?token= (query). Default: the header on
+                        /ws; on /mqtt the CONNECT password, as over TCP
   --devices N           number of devices (default 5)
   --rate R              messages per second per device (default 1); 0 or "max":
                         publish the next message as soon as the previous one is
@@ -41,7 +71,8 @@ Options:
   --duration S          stop after S seconds (default unlimited)
   --prefix P            device id prefix (default "sim-" -> sim-0001, sim-0002, ...)
   --username-as-id      MQTT username = device id (default on)
-  --no-username-as-id   connect without a username (not with a token)
+  --no-username-as-id   MQTT devices connect without a username (not with a
+                        token)
   --token TOKEN         one device, connecting as the device the token names
                         (<deviceId>.<secret>); --devices, if given, must be 1.
                         Other users can see it in ps: --token-file is safer
@@ -50,10 +81,15 @@ Options:
                         --devices name the devices); a device without one is an
                         error
   --ca FILE             CA certificate (PEM) to trust for an mqtts:// or wss://
-                        URL, e.g. the proxy's TLS port 8883 with a self-signed
-                        certificate (default: the system's CAs)
-  --cert FILE           client certificate (PEM) for a TLS URL; on the proxy's
-                        TLS port its CN is the device id. Needs --key
+                        URL, e.g. the proxy's TLS port 8883 or its http
+                        endpoint with http.tls, with a self-signed certificate
+                        (default: the system's CAs)
+  --cert FILE           client certificate (PEM) for a TLS URL. Needs --key. The
+                        proxy's TLS port takes its CN as the device id, so the
+                        simulator runs that one device, named as the CN: its
+                        client id, username and topics (devices/<CN>/...).
+                        --devices, if given, must be 1; --prefix, --token and
+                        --token-file must name the same device
   --key FILE            the client certificate's private key (PEM)
   --seed S              seed for reproducible sensor readings (default random,
                         printed in the summary)
@@ -63,7 +99,8 @@ Options:
 
 Logs are plain text on stderr. On exit (count reached, duration elapsed,
 SIGINT/SIGTERM) one JSON line is printed on stdout:
-  {"event":"summary","devices":N,"sent":X,"acked":Y,...,"lastSeq":{"sim-0001":123,...}}
+  {"event":"summary","devices":N,"sent":X,"acked":Y,...,"protocols":{"mqtt":N},
+   "lastSeq":{"sim-0001":123,...}}
 Exit status: 0 after all clients ended, 2 on a bad option.
 `;
 
@@ -74,7 +111,10 @@ export class UsageError extends Error {
 export type CliCommand = { help: true } | { help: false; options: FleetOptions };
 
 const OPTIONS = {
+  protocol: { type: 'string' },
   url: { type: 'string' },
+  'http-url': { type: 'string' },
+  'upgrade-token': { type: 'string' },
   devices: { type: 'string' },
   rate: { type: 'string' },
   inflight: { type: 'string' },
@@ -135,6 +175,7 @@ export function parseCliArgs(argv: readonly string[]): CliCommand {
     }
     options.url = values.url;
   }
+  parseEndpoints(values, options);
   if (values.devices !== undefined) options.devices = positiveInt('devices', values.devices);
   if (values.rate !== undefined) {
     const rate = parseRate(values.rate);
@@ -171,9 +212,37 @@ export function parseCliArgs(argv: readonly string[]): CliCommand {
   return { help: false, options };
 }
 
+/** --protocol, --http-url: where each device connects. */
+function parseEndpoints(values: { protocol?: string; 'http-url'?: string }, options: FleetOptions): void {
+  if (values.protocol !== undefined) {
+    const names = values.protocol.split(',').map((p) => p.trim());
+    const wrong = names.filter((p) => !isProtocol(p));
+    if (names.length === 0 || wrong.length > 0) {
+      throw new UsageError(`--protocol takes ${PROTOCOLS.join(', ')} or a comma-separated list of them, got "${values.protocol}"`);
+    }
+    options.protocols = names as Protocol[];
+  }
+  if (values['http-url'] !== undefined) options.httpUrl = values['http-url'];
+  const endpoints = cliEndpoints(options);
+  if (values['http-url'] !== undefined && endpoints.protocols.every((p) => p === 'mqtt')) {
+    throw new UsageError('--http-url is where mqtt-ws and ws devices connect, and this fleet has none: add --protocol');
+  }
+}
+
+/** fleetEndpoints(), its complaints as usage errors naming the options. */
+function cliEndpoints(options: FleetOptions): Endpoints {
+  try {
+    return fleetEndpoints(options, { url: '--url', httpUrl: '--http-url' });
+  } catch (err) {
+    if (err instanceof RangeError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
 interface CredentialValues {
   token?: string;
   'token-file'?: string;
+  'upgrade-token'?: string;
   ca?: string;
   cert?: string;
   key?: string;
@@ -191,10 +260,37 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
       `--no-username-as-id cannot be used with ${token !== undefined ? '--token' : '--token-file'}: the proxy takes the username as the device the token is for`,
     );
   }
+  const upgrade = values['upgrade-token'];
+  if (upgrade !== undefined) {
+    if (upgrade !== 'header' && upgrade !== 'query') throw new UsageError(`--upgrade-token must be header or query, got "${upgrade}"`);
+    if (token === undefined && tokenFile === undefined)
+      throw new UsageError('--upgrade-token is where the token goes: give --token or --token-file');
+    if (cliEndpoints(options).protocols.every((p) => p === 'mqtt')) {
+      throw new UsageError('--upgrade-token is for WebSocket devices (--protocol mqtt-ws or ws); mqtt devices send the token in CONNECT');
+    }
+    options.upgradeToken = upgrade;
+  }
+  const certId = parseTls(values, options);
+  if (certId !== undefined) {
+    // A client certificate is one device's: the proxy's TLS port takes its CN as the device id, and
+    // refuses a username that is not the CN. So the fleet is that one device, named as the CN.
+    if (options.devices !== undefined && options.devices !== 1) {
+      throw new UsageError(`--cert is the certificate of one device (${certId}, its CN), not of --devices ${options.devices}`);
+    }
+    if (options.prefix !== undefined && deviceId(options.prefix, 1, 1) !== certId) {
+      throw new UsageError(
+        `--cert is for device ${certId} (its CN), but --prefix ${options.prefix} names the device ${deviceId(options.prefix, 1, 1)}: leave --prefix out, the device takes the id its certificate names`,
+      );
+    }
+    options.ids = [certId];
+  }
   if (token !== undefined) {
     const id = tokenDeviceId(token.trim());
     if (id === undefined) {
       throw new UsageError('--token is not a token: expected <deviceId>.<secret>, as `edge-proxy devices add <id>` prints it');
+    }
+    if (certId !== undefined && id !== certId) {
+      throw new UsageError(`--token is for device ${id}, but --cert is the certificate of ${certId} (its CN): give the token of ${certId}`);
     }
     if (options.devices !== undefined && options.devices !== 1) {
       throw new UsageError(
@@ -222,7 +318,7 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
       throw new UsageError(`--token-file ${tokenFile}: ${problems.slice(0, 5).join('; ')}${more}`);
     }
     const n = options.devices ?? DEFAULT_DEVICES;
-    const ids = Array.from({ length: n }, (_, i) => deviceId(options.prefix ?? DEFAULT_PREFIX, i + 1, n));
+    const ids = options.ids ?? Array.from({ length: n }, (_, i) => deviceId(options.prefix ?? DEFAULT_PREFIX, i + 1, n));
     const missing = ids.filter((id) => !tokens.has(id));
     if (missing.length > 0) {
       const shown = missing.slice(0, 5).join(', ') + (missing.length > 5 ? ` and ${missing.length - 5} more` : '');
@@ -230,13 +326,15 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
         tokens.size === 0
           ? 'it holds no token'
           : `it has tokens for ${[...tokens.keys()].slice(0, 3).join(', ')}${tokens.size > 3 ? ', ...' : ''}`;
-      throw new UsageError(
-        `--token-file ${tokenFile} has no token for device${missing.length > 1 ? 's' : ''} ${shown} (${has}; --prefix and --devices name the devices)`,
-      );
+      const named = certId !== undefined ? '--cert names the device' : '--prefix and --devices name the devices';
+      throw new UsageError(`--token-file ${tokenFile} has no token for device${missing.length > 1 ? 's' : ''} ${shown} (${has}; ${named})`);
     }
     options.tokens = Object.fromEntries(ids.map((id) => [id, tokens.get(id)!]));
   }
+}
 
+/** --ca, --cert, --key: readable, for a TLS URL; the device id the client certificate names (its CN), if one is given. */
+function parseTls(values: CredentialValues, options: FleetOptions): string | undefined {
   const tls: TlsFiles = {};
   for (const name of ['ca', 'cert', 'key'] as const) {
     const file = values[name];
@@ -252,15 +350,18 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
   if ((tls.cert === undefined) !== (tls.key === undefined)) {
     throw new UsageError('--cert and --key go together: a client certificate needs its private key');
   }
-  if (Object.keys(tls).length > 0) {
-    const url = options.url ?? DEFAULT_URL;
-    if (!['mqtts:', 'ssl:', 'wss:'].includes(new URL(url).protocol)) {
-      throw new UsageError(
-        `--ca, --cert and --key are for a TLS URL (mqtts://host:8883 or wss://...), not ${url}${options.url === undefined ? ' (the default --url)' : ''}`,
-      );
-    }
-    options.tls = tls;
+  if (Object.keys(tls).length === 0) return undefined;
+  const endpoints = cliEndpoints(options);
+  if (!usesTls(endpoints)) {
+    const urls = Object.values(endpoints.urls);
+    const defaulted = options.url === undefined && endpoints.protocols.every((p) => p === 'mqtt') ? ' (the default --url)' : '';
+    throw new UsageError(`--ca, --cert and --key are for a TLS URL (mqtts://host:8883 or wss://...), not ${urls.join(' or ')}${defaulted}`);
   }
+  options.tls = tls;
+  if (tls.cert === undefined) return undefined;
+  const named = certificateDeviceId(readFileSync(tls.cert));
+  if ('problem' in named) throw new UsageError(`--cert ${tls.cert}: ${named.problem}`);
+  return named.id;
 }
 
 function reason(err: unknown): string {

@@ -1,7 +1,9 @@
 /**
  * Device credentials for a proxy in token mode: tokens (`<deviceId>.<secret>`, the secret being
- * 32 random bytes in base64url) and the files that hold them. Pure functions, no I/O.
+ * 32 random bytes in base64url) and the files that hold them; and the device a client certificate
+ * names (its CN). Pure functions, no I/O.
  */
+import { X509Certificate } from 'node:crypto';
 
 /** base64url without padding: what the secret of a token is made of. */
 const SECRET = /^[A-Za-z0-9_-]+$/;
@@ -54,4 +56,34 @@ export function parseTokenFile(text: string): TokenFile {
     lineOf.set(id, n);
   });
   return { tokens, problems };
+}
+
+/**
+ * The device a client certificate (PEM) names: its subject CN, as the proxy's TLS port takes it
+ * (docs/devices.md, Client certificates). A problem instead when it is no certificate, has no CN or
+ * more than one, or a CN that is not a device id (the proxy refuses those).
+ */
+export function certificateDeviceId(pem: Buffer | string): { id: string } | { problem: string } {
+  let subject: string;
+  try {
+    subject = new X509Certificate(pem).subject;
+  } catch (err) {
+    return { problem: `not a PEM certificate (${err instanceof Error ? err.message : String(err)})` };
+  }
+  const cns = subject
+    .split('\n')
+    .filter((part) => part.startsWith('CN='))
+    .map((part) => part.slice(3).replace(/\\(.)/g, '$1'));
+  if (cns.length !== 1) {
+    return {
+      problem: `its subject ${JSON.stringify(subject.replace(/\n/g, ', '))} has ${cns.length === 0 ? 'no CN' : `${cns.length} CNs`}: the proxy takes the one CN of a client certificate as the device id`,
+    };
+  }
+  const id = cns[0]!;
+  if (!DEVICE_ID.test(id) || id === 'edge') {
+    return {
+      problem: `its CN ${JSON.stringify(id)} is not a device id (1 to 128 of A-Z a-z 0-9 _ . : -, not "edge"): the proxy refuses it`,
+    };
+  }
+  return { id };
 }

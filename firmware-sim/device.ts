@@ -1,10 +1,12 @@
 /**
- * One simulated device: an MQTT.js client that publishes telemetry at a paced
- * rate (or as fast as PUBACKs come back) and obeys downlink commands.
+ * One simulated device: an MQTT.js client (over TCP, TLS or WebSocket) or a client of the proxy's
+ * JSON WebSocket protocol, that publishes telemetry at a paced rate (or as fast as acknowledgements
+ * come back) and obeys downlink commands.
  */
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import type { IClientOptions } from 'mqtt';
+import { JsonWsLink, MqttLink, type DeviceLink, type Protocol } from './links.js';
 import { SensorModel, createRng, seedFrom, type Reading } from './sensors.js';
 
 /** Messages per second, or 'max': next publish as soon as the previous one is acknowledged. */
@@ -71,6 +73,9 @@ export interface SentMessage {
   telemetry: Telemetry;
 }
 
+/** Where a WebSocket device gives its token at the upgrade. */
+export type UpgradeTokenIn = 'header' | 'query';
+
 export type CommandAction = 'rate' | 'pause' | 'resume' | 'unknown' | 'invalid';
 
 export interface DeviceCommand {
@@ -103,7 +108,17 @@ export interface DeviceStats {
 
 export interface DeviceOptions {
   id: string;
+  /** Where it connects: mqtt(s)://host:port, ws(s)://host:port/mqtt (MQTT over WebSocket) or ws(s)://host:port/ws. */
   url: string;
+  /** mqtt (default) and mqtt-ws: MQTT.js at `url`; ws: the JSON protocol at `url`. */
+  protocol?: Protocol;
+  /**
+   * A WebSocket device's token at the upgrade: `Authorization: Bearer` or `?token=`. Default: the
+   * header on /ws; on /mqtt none, the token being the CONNECT password as over TCP.
+   */
+  upgradeToken?: UpgradeTokenIn;
+  /** PEM contents for a TLS URL (the CA to trust, a client certificate and its key). */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   rate?: Rate;
   qos?: QoS;
   /** Stop generating after this many messages. */
@@ -116,15 +131,16 @@ export interface DeviceOptions {
   /** MQTT username = device id (default true). */
   usernameAsId?: boolean;
   /**
-   * MQTT password: the device's token for a proxy in token mode (`<deviceId>.<secret>`).
-   * When set, the username is the device id whatever `usernameAsId` says.
+   * The device's token for a proxy in token mode (`<deviceId>.<secret>`): the MQTT password (the
+   * username then being the device id whatever `usernameAsId` says), or given at the upgrade of a
+   * WebSocket device (`upgradeToken`).
    */
   password?: string;
   /** Delay of the first paced publish, to spread a fleet's messages over the interval. */
   initialDelayMs?: number;
   /** Paced mode stops generating while this many publishes are unacknowledged. */
   maxUnacked?: number;
-  /** Extra MQTT.js options (override the defaults). */
+  /** Extra MQTT.js options (override the defaults; not used by a ws device). */
   mqttOptions?: Partial<IClientOptions>;
 }
 
@@ -147,6 +163,7 @@ export interface DeviceEvents {
 export class SimDevice extends EventEmitter<DeviceEvents> {
   readonly id: string;
   readonly url: string;
+  readonly protocol: Protocol;
   readonly qos: QoS;
   readonly count: number | undefined;
   readonly topic: string;
@@ -155,7 +172,7 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
   private readonly sensor: SensorModel;
   private readonly options: DeviceOptions;
 
-  private client: MqttClient | undefined;
+  private client: DeviceLink | undefined;
   private rate: Rate;
   private paused = false;
   private stopping = false;
@@ -186,6 +203,7 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
     this.options = options;
     this.id = options.id;
     this.url = options.url;
+    this.protocol = options.protocol ?? 'mqtt';
     this.qos = options.qos ?? 1;
     this.count = options.count;
     this.rate = rate;
@@ -198,16 +216,7 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
   /** Connect and start publishing once connected. Returns immediately. */
   start(): this {
     if (this.client || this.stopping) return this;
-    const o = this.options;
-    const client = connect(this.url, {
-      clientId: this.id,
-      clean: true,
-      reconnectPeriod: 1000,
-      connectTimeout: 10_000,
-      ...((o.usernameAsId ?? true) || o.password !== undefined ? { username: this.id } : {}),
-      ...(o.password !== undefined ? { password: o.password } : {}),
-      ...o.mqttOptions,
-    });
+    const client = this.connectLink();
     this.client = client;
     client.on('connect', () => this.onConnect());
     client.on('close', () => {
@@ -218,8 +227,35 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
     });
     client.on('reconnect', () => this.emit('reconnect'));
     client.on('error', (err) => this.emit('clientError', err));
-    client.on('message', (topic, payload) => this.onMessage(topic, payload.toString('utf8')));
+    client.on('message', (topic, payload) => this.onMessage(topic, payload));
     return this;
+  }
+
+  private connectLink(): DeviceLink {
+    const o = this.options;
+    const token = o.password;
+    // Over TCP the token is the CONNECT password; a WebSocket device may give it at the upgrade.
+    const via =
+      token === undefined || this.protocol === 'mqtt' ? undefined : (o.upgradeToken ?? (this.protocol === 'ws' ? 'header' : undefined));
+    const headers = via === 'header' ? { authorization: `Bearer ${token}` } : undefined;
+    if (this.protocol === 'ws') {
+      // ?d= names the device: its id in open mode; in token mode it must be the token's own.
+      const query = [`d=${encodeURIComponent(this.id)}`, ...(via === 'query' ? [`token=${encodeURIComponent(token!)}`] : [])];
+      return new JsonWsLink(withQuery(this.url, query), { headers, reconnectPeriod: 1000, connectTimeout: 10_000, ...o.tls });
+    }
+    // A token at the upgrade stands in for the password: CONNECT then carries the username alone.
+    const password = via === undefined ? token : undefined;
+    return new MqttLink(via === 'query' ? withQuery(this.url, [`token=${encodeURIComponent(token!)}`]) : this.url, {
+      clientId: this.id,
+      clean: true,
+      reconnectPeriod: 1000,
+      connectTimeout: 10_000,
+      ...((o.usernameAsId ?? true) || token !== undefined ? { username: this.id } : {}),
+      ...(password !== undefined ? { password } : {}),
+      ...(headers ? { wsOptions: { headers } } : {}),
+      ...o.tls,
+      ...o.mqttOptions,
+    });
   }
 
   stats(): DeviceStats {
@@ -279,7 +315,7 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
       if (this.inflight > 0) await this.waitDrained(graceMs);
       const force = this.inflight > 0 || !client.connected;
       // end() can wait on a stream that never opened; do not let that hang the fleet.
-      await withTimeout(client.endAsync(force), 3000).catch(() => client.end(true));
+      await withTimeout(client.end(force), 3000).catch(() => void client.end(true).catch(() => {}));
       this.connected = false;
       return this.stats();
     })();
@@ -291,8 +327,8 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
     this.everConnected = true;
     this.connected = true;
     if (first) {
-      // MQTT.js re-subscribes by itself after reconnects of a clean session.
-      this.client?.subscribe(commandTopic(this.id, '#'), { qos: 1 }, (err) => {
+      // Subscribed again after a reconnect by the link itself (MQTT.js does so for a clean session).
+      this.client?.subscribe(commandTopic(this.id, '#'), (err) => {
         if (err) this.emit('clientError', err);
       });
     }
@@ -415,9 +451,9 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
     const telemetry: Telemetry = { deviceId: this.id, seq, ts: Date.now(), ...this.sensor.next() };
     const payload = JSON.stringify(telemetry);
     this.inflight++;
-    // MQTT.js owns the packet from here: if the connection drops before the
-    // PUBACK it resends this exact packet (same seq) after reconnecting.
-    client.publish(this.topic, payload, { qos: this.qos }, (err) => this.onSettled(seq, err));
+    // The link owns the publish from here: if the connection drops before it is acknowledged it
+    // sends this exact message (same seq) again after reconnecting.
+    client.publish(this.topic, payload, this.qos, (err) => this.onSettled(seq, err));
     this.emit('sent', {
       deviceId: this.id,
       topic: this.topic,
@@ -457,6 +493,14 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
       });
     });
   }
+}
+
+/** `url` with `params` (already encoded) added to its query. */
+function withQuery(url: string, params: readonly string[]): string {
+  if (params.length === 0) return url;
+  const hash = url.indexOf('#');
+  const base = hash < 0 ? url : url.slice(0, hash);
+  return `${base}${base.includes('?') ? '&' : '?'}${params.join('&')}`;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {

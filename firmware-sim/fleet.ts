@@ -8,11 +8,22 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { IClientOptions } from 'mqtt';
-import { SimDevice, parseRate, type DeviceCommand, type DeviceStats, type QoS, type Rate, type SentMessage } from './device.js';
+import {
+  SimDevice,
+  parseRate,
+  type DeviceCommand,
+  type DeviceStats,
+  type QoS,
+  type Rate,
+  type SentMessage,
+  type UpgradeTokenIn,
+} from './device.js';
 import { tokenDeviceId } from './credentials.js';
+import { LinkError, type Protocol } from './links.js';
 import { parseSeed } from './sensors.js';
 
 export type { QoS, Rate } from './device.js';
+export type { Protocol } from './links.js';
 
 /** Above this total rate, per-message log lines are replaced by periodic stats. */
 export const PER_MESSAGE_LOG_MAX_RATE = 20;
@@ -20,7 +31,30 @@ export const PER_MESSAGE_LOG_MAX_RATE = 20;
 export type StopReason = 'count' | 'duration' | 'SIGINT' | 'SIGTERM' | 'stop';
 
 export interface FleetOptions {
+  /**
+   * The MQTT devices' broker (mqtt:// or mqtts://; default mqtt://127.0.0.1:1883). A ws:// or wss://
+   * URL is the endpoint of a fleet of one WebSocket protocol: ws://host:8080/mqtt (mqtt-ws, the
+   * default protocol then) or ws://host:8080/ws (ws, the default when the path is /ws).
+   */
   url?: string;
+  /**
+   * How the devices connect, given to them in turn (device 1 the first, device 2 the second, ...):
+   * `['mqtt', 'ws']` makes half of them each, `['mqtt', 'mqtt', 'ws']` two thirds MQTT. Default
+   * `['mqtt']` (or the protocol of a ws:// `url`).
+   */
+  protocols?: readonly Protocol[];
+  /**
+   * The proxy's http endpoint, ws://host:port or wss://host:port (http:// and https:// too), where
+   * mqtt-ws devices connect to /mqtt and ws devices to /ws. Default: port 8080 on the host of `url`,
+   * wss:// when `url` is mqtts://.
+   */
+  httpUrl?: string;
+  /**
+   * WebSocket devices in token mode give their token at the upgrade: as `Authorization: Bearer`
+   * (header) or `?token=` (query). Default: header for /ws devices; /mqtt devices send it as the
+   * CONNECT password, as over TCP.
+   */
+  upgradeToken?: UpgradeTokenIn;
   devices?: number;
   rate?: Rate;
   qos?: QoS;
@@ -51,7 +85,7 @@ export interface FleetOptions {
   log?: (line: string) => void;
   /** How long stop() waits for unacknowledged publishes before forcing (default 5000 ms). */
   stopGraceMs?: number;
-  /** Extra MQTT.js options for every device. */
+  /** Extra MQTT.js options for every MQTT device (mqtt and mqtt-ws). */
   mqttOptions?: Partial<IClientOptions>;
 }
 
@@ -77,6 +111,8 @@ export interface FleetSummary {
   qos: QoS;
   seed: number;
   reason: StopReason;
+  /** devices per protocol */
+  protocols: Partial<Record<Protocol, number>>;
   lastSeq: Record<string, number>;
 }
 
@@ -97,6 +133,8 @@ export interface FleetEvents {
 }
 
 export const DEFAULT_URL = 'mqtt://127.0.0.1:1883';
+/** The port of the proxy's http endpoint (`http.port`) unless configured otherwise. */
+export const DEFAULT_HTTP_PORT = 8080;
 export const DEFAULT_DEVICES = 5;
 export const DEFAULT_PREFIX = 'sim-';
 
@@ -104,8 +142,88 @@ export function deviceId(prefix: string, index: number, total: number): string {
   return `${prefix}${String(index).padStart(Math.max(4, String(total).length), '0')}`;
 }
 
+export interface Endpoints {
+  /** each device's protocol is `protocols[(n - 1) % protocols.length]` for device n */
+  protocols: readonly Protocol[];
+  /** where the devices of each protocol of the fleet connect */
+  urls: Partial<Record<Protocol, string>>;
+}
+
+const TLS_SCHEMES = ['mqtts:', 'ssl:', 'wss:'];
+
+/**
+ * Where the devices of a fleet connect, by protocol (see `url`, `protocols` and `httpUrl`). Throws a
+ * RangeError for a combination that does not fit together, such as a ws:// `url` for MQTT devices.
+ */
+export function fleetEndpoints(
+  options: Pick<FleetOptions, 'url' | 'protocols' | 'httpUrl'>,
+  /** how the messages name the options (the CLI's --url, --http-url) */
+  names: { url: string; httpUrl: string } = { url: 'url', httpUrl: 'httpUrl' },
+): Endpoints {
+  const url = options.url ?? DEFAULT_URL;
+  const parsed = parseUrl(names.url, url);
+  const wsUrl = parsed.protocol === 'ws:' || parsed.protocol === 'wss:';
+  const implied: Protocol = !wsUrl ? 'mqtt' : parsed.pathname.replace(/\/+$/, '') === '/ws' ? 'ws' : 'mqtt-ws';
+  const protocols = options.protocols ?? [implied];
+  if (protocols.length === 0) throw new RangeError('protocols must name at least one protocol');
+  const distinct = [...new Set(protocols)];
+  const urls: Partial<Record<Protocol, string>> = {};
+  if (wsUrl) {
+    if (distinct.length > 1 || distinct[0] === 'mqtt') {
+      throw new RangeError(
+        `${names.url} ${url} is a WebSocket URL, where devices of one protocol (mqtt-ws or ws) connect; for ${distinct.join(' and ')} devices give the MQTT broker as ${names.url} (mqtt://host:1883) and the proxy's http endpoint as ${names.httpUrl} (ws://host:8080)`,
+      );
+    }
+    if (options.httpUrl !== undefined) {
+      throw new RangeError(
+        `${names.url} ${url} is already where the ${distinct[0]} devices connect: give ${names.url} or ${names.httpUrl}, not both`,
+      );
+    }
+    urls[distinct[0]!] = url;
+    return { protocols, urls };
+  }
+  if (distinct.includes('mqtt')) urls.mqtt = url;
+  if (distinct.some((p) => p !== 'mqtt')) {
+    const base = httpBase(
+      names.httpUrl,
+      options.httpUrl ?? `${TLS_SCHEMES.includes(parsed.protocol) ? 'wss' : 'ws'}://${parsed.hostname}:${DEFAULT_HTTP_PORT}`,
+    );
+    if (distinct.includes('mqtt-ws')) urls['mqtt-ws'] = `${base}/mqtt`;
+    if (distinct.includes('ws')) urls.ws = `${base}/ws`;
+  }
+  return { protocols, urls };
+}
+
+/** Whether any device of the fleet connects over TLS (mqtts://, wss://). */
+export function usesTls(endpoints: Endpoints): boolean {
+  return Object.values(endpoints.urls).some((u) => TLS_SCHEMES.includes(new URL(u).protocol));
+}
+
+function parseUrl(name: string, url: string): URL {
+  try {
+    return new URL(url);
+  } catch {
+    throw new RangeError(`${name} is not a valid URL: "${url}"`);
+  }
+}
+
+/** ws(s)://host:port[/prefix] without a trailing slash; http(s):// becomes ws(s)://. */
+function httpBase(name: string, httpUrl: string): string {
+  const u = parseUrl(name, httpUrl);
+  const scheme = ({ 'ws:': 'ws:', 'http:': 'ws:', 'wss:': 'wss:', 'https:': 'wss:' } as Record<string, string>)[u.protocol];
+  if (scheme === undefined) throw new RangeError(`${name} must be ws://, wss://, http:// or https://, got "${httpUrl}"`);
+  if (u.search !== '' || u.hash !== '') throw new RangeError(`${name} is the endpoint alone, without a query or fragment: "${httpUrl}"`);
+  const path = u.pathname.replace(/\/+$/, '');
+  if (path === '/mqtt' || path === '/ws') {
+    throw new RangeError(`${name} is the endpoint, ws://host:port; /mqtt and /ws are added for each device: "${httpUrl}"`);
+  }
+  return `${scheme}//${u.host}${path}`;
+}
+
 export class Fleet extends EventEmitter<FleetEvents> {
+  /** where the first protocol's devices connect (the broker URL of an MQTT fleet) */
   readonly url: string;
+  readonly endpoints: Endpoints;
   readonly seed: number;
   readonly qos: QoS;
   readonly targetRate: Rate;
@@ -141,7 +259,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
     const n = options.ids?.length ?? options.devices ?? DEFAULT_DEVICES;
     if (!Number.isInteger(n) || n < 1) throw new RangeError(`devices must be a positive integer, got ${n}`);
     if (options.ids && options.devices !== undefined && options.devices !== n) {
-      throw new RangeError(`devices is ${options.devices} but ${n} id(s) are given`);
+      throw new RangeError(`devices is ${options.devices} but ${plural(n, 'id')} ${n === 1 ? 'is' : 'are'} given`);
     }
     if (options.ids && new Set(options.ids).size !== n) throw new RangeError('device ids must be distinct');
     const rate = parseRate(options.rate ?? 1);
@@ -152,7 +270,8 @@ export class Fleet extends EventEmitter<FleetEvents> {
     if (options.duration !== undefined && !(options.duration > 0)) {
       throw new RangeError(`duration must be > 0 seconds, got ${options.duration}`);
     }
-    this.url = options.url ?? DEFAULT_URL;
+    this.endpoints = fleetEndpoints(options);
+    this.url = this.endpoints.urls[this.endpoints.protocols[0]!]!;
     this.qos = options.qos ?? 1;
     this.targetRate = rate;
     this.seed = options.seed === undefined ? randomInt(0, 2 ** 32) : parseSeed(options.seed);
@@ -169,13 +288,18 @@ export class Fleet extends EventEmitter<FleetEvents> {
       const wrong = ids.filter((id) => tokenDeviceId(tokens[id]!) !== id);
       if (wrong.length > 0) throw new RangeError(`the token given for ${missingList(wrong)} names another device`);
     }
-    const mqttOptions = { ...readTlsFiles(options.tls), ...options.mqttOptions };
+    const tls = readTlsFiles(options.tls);
+    const protocols = this.endpoints.protocols;
     const devices: SimDevice[] = [];
-    for (const id of ids) {
+    for (const [i, id] of ids.entries()) {
+      const protocol = protocols[i % protocols.length]!;
       devices.push(
         new SimDevice({
           id,
-          url: this.url,
+          url: this.endpoints.urls[protocol]!,
+          protocol,
+          upgradeToken: options.upgradeToken,
+          tls,
           rate,
           qos: this.qos,
           count: options.count,
@@ -186,7 +310,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
           // Spread a fleet's publishes over the interval instead of all
           // devices firing in the same millisecond.
           initialDelayMs: rate !== 'max' && n > 1 ? Math.random() * Math.min(1000 / rate, 1000) : 0,
-          mqttOptions,
+          mqttOptions: options.mqttOptions,
         }),
       );
     }
@@ -202,7 +326,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
     const mode = this.targetRate === 'max' ? `max (inflight ${this.opts.inflight ?? 1})` : `${this.targetRate}/s`;
     const credentials = [...(this.opts.tokens ? ['tokens'] : []), ...(this.opts.tls?.cert ? ['client certificate'] : [])];
     this.info(
-      `starting ${this.devices.length} device(s) -> ${this.url}, rate ${mode} per device, qos ${this.qos}` +
+      `starting ${plural(this.devices.length, 'device')} -> ${this.describeEndpoints()}, rate ${mode} per device, qos ${this.qos}` +
         `${credentials.length ? `, ${credentials.join(' and ')}` : ''}` +
         `${this.opts.count ? `, count ${this.opts.count}` : ''}` +
         `${this.opts.duration ? `, duration ${this.opts.duration}s` : ''}, seed ${this.seed}`,
@@ -237,7 +361,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
     clearTimeout(this.durationTimer);
     clearInterval(this.statsTimer);
     const pending = this.stats().inflight;
-    this.info(`stopping (${reason})${pending ? `, waiting for ${pending} unacknowledged message(s)` : ''}`);
+    this.info(`stopping (${reason})${pending ? `, waiting for ${pending} unacknowledged ${pending === 1 ? 'message' : 'messages'}` : ''}`);
     const grace = this.opts.stopGraceMs ?? 5000;
     void Promise.all(this.devices.map((d) => d.stop(grace))).then((perDevice) => {
       const seconds = this.started ? (performance.now() - this.startedAt) / 1000 : 0;
@@ -254,9 +378,10 @@ export class Fleet extends EventEmitter<FleetEvents> {
         qos: this.qos,
         seed: this.seed,
         reason,
+        protocols: this.protocolCounts(),
         lastSeq: Object.fromEntries(perDevice.map((s) => [s.id, s.lastSeq])),
       };
-      if (summary.failed > 0) this.warn(`${summary.failed} message(s) were never acknowledged`);
+      if (summary.failed > 0) this.warn(`${plural(summary.failed, 'message')} ${summary.failed === 1 ? 'was' : 'were'} never acknowledged`);
       this.info(`stopped: sent ${summary.sent}, acked ${summary.acked} in ${summary.seconds}s`);
       this.resolveDone(summary);
     });
@@ -271,7 +396,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
         this.info(`${d.id} reconnected`);
         return;
       }
-      this.info(`${d.id} connected to ${this.url}`);
+      this.info(`${d.id} connected to ${d.url}`);
       this.connectedOnce.add(d.id);
       if (this.connectedOnce.size === this.devices.length) this.resolveReady();
     });
@@ -280,7 +405,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
       // A dead broker produces the same error every second; say it once.
       if (this.lastError.get(d.id) === err.message) return;
       this.lastError.set(d.id, err.message);
-      this.warn(`${d.id} error: ${err.message}${this.errorHint(err)}`);
+      this.warn(`${d.id} error: ${err.message}${this.errorHint(err, d.id)}`);
     });
     d.on('backpressure', (inflight) => this.warn(`${d.id} throttled: ${inflight} messages unacknowledged, rate not reachable`));
     d.on('sent', (msg) => {
@@ -301,6 +426,20 @@ export class Fleet extends EventEmitter<FleetEvents> {
       this.completed.add(d.id);
       if (this.completed.size === this.devices.length) void this.stop('count');
     });
+  }
+
+  private protocolCounts(): Partial<Record<Protocol, number>> {
+    const counts: Partial<Record<Protocol, number>> = {};
+    for (const d of this.devices) counts[d.protocol] = (counts[d.protocol] ?? 0) + 1;
+    return counts;
+  }
+
+  /** "mqtt://127.0.0.1:1883", or for a mix "mqtt://127.0.0.1:1883 (2 mqtt), ws://127.0.0.1:8080/ws (1 ws)". */
+  private describeEndpoints(): string {
+    const counts = this.protocolCounts();
+    const used = Object.keys(counts) as Protocol[];
+    if (used.length === 1) return this.endpoints.urls[used[0]!]!;
+    return used.map((p) => `${this.endpoints.urls[p]!} (${counts[p]} ${p})`).join(', ');
   }
 
   private recomputeTotalRate(): void {
@@ -356,7 +495,8 @@ export class Fleet extends EventEmitter<FleetEvents> {
   }
 
   /** What to do about a refused CONNECT (CONNACK 4: bad token, 5: not in the registry) or TLS error. */
-  private errorHint(err: Error): string {
+  private errorHint(err: Error, id: string): string {
+    if (err instanceof LinkError && err.statusCode !== undefined) return this.upgradeHint(err.statusCode);
     const code = (err as Error & { code?: unknown }).code;
     if (typeof code === 'string') {
       if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return ' (connect to a host name or address the certificate lists)';
@@ -368,10 +508,33 @@ export class Fleet extends EventEmitter<FleetEvents> {
       return '';
     }
     if (code !== 4 && code !== 5) return '';
-    if (!this.opts.tokens) return ' (is the proxy in token mode? give --token or --token-file)';
+    if (this.opts.tls?.cert && code === 5) {
+      return ` (the proxy admits a client certificate as the device its CN names, when the registry has it: is ${id} the CN? \`edge-proxy devices add ${id}\` registers it)`;
+    }
+    if (!this.opts.tokens) {
+      return ' (is the proxy in token mode? give --token or --token-file, or on its TLS port a client certificate with --cert and --key)';
+    }
     return code === 4
       ? ' (the proxy does not accept this token: use the one `edge-proxy devices add` or `devices rotate` printed last)'
-      : ' (the proxy does not know this device: `edge-proxy devices add <id>` registers it)';
+      : ` (the proxy does not know this device: \`edge-proxy devices add ${id}\` registers it)`;
+  }
+
+  /** What to do about a refused WebSocket upgrade (docs/websocket.md). */
+  private upgradeHint(status: number): string {
+    switch (status) {
+      case 401:
+        return this.opts.tokens
+          ? ' (the proxy does not accept this token: use the one `edge-proxy devices add` or `devices rotate` printed last)'
+          : ' (the proxy is in token mode: give --token or --token-file)';
+      case 404:
+        return " (no /mqtt or /ws there: is the URL the proxy's http endpoint, http.port, default 8080?)";
+      case 426:
+        return ' (the proxy wants a WebSocket upgrade there)';
+      case 503:
+        return ' (the proxy is not taking connections, or this address holds http.maxConnectionsPerAddress already)';
+      default:
+        return '';
+    }
   }
 
   private info(line: string): void {
@@ -397,8 +560,8 @@ function missingList(ids: readonly string[]): string {
 }
 
 /** The PEM files as MQTT.js wants them; an unreadable file throws (its message names it). */
-export function readTlsFiles(files: TlsFiles | undefined): Pick<IClientOptions, 'ca' | 'cert' | 'key'> {
-  const out: Pick<IClientOptions, 'ca' | 'cert' | 'key'> = {};
+export function readTlsFiles(files: TlsFiles | undefined): { ca?: Buffer; cert?: Buffer; key?: Buffer } {
+  const out: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
   if (files?.ca !== undefined) out.ca = readFileSync(files.ca);
   if (files?.cert !== undefined) out.cert = readFileSync(files.cert);
   if (files?.key !== undefined) out.key = readFileSync(files.key);
@@ -408,4 +571,9 @@ export function readTlsFiles(files: TlsFiles | undefined): Pick<IClientOptions, 
 function round(x: number, digits: number): number {
   const f = 10 ** digits;
   return Math.round(x * f) / f;
+}
+
+/** "1 device", "2 devices". */
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
 }

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connectAsync, type MqttClient } from 'mqtt';
 import { parseCliArgs } from '../firmware-sim/cli.js';
+import { makeCa, makeCert } from './helpers/certs.js';
 import { parseRate, parseRatePayload, type DeviceCommand } from '../firmware-sim/device.js';
 import { parseTokenFile, tokenDeviceId } from '../firmware-sim/credentials.js';
 import { Fleet, startFleet } from '../firmware-sim/fleet.js';
@@ -359,17 +360,34 @@ t.test('CLI: --token-file', async (t) => {
 });
 
 t.test('CLI: --ca, --cert, --key', async (t) => {
-  const dir = t.testdir({ 'ca.pem': 'ca', 'dev.pem': 'cert', 'dev.key': 'key' });
-  const [ca, cert, key] = ['ca.pem', 'dev.pem', 'dev.key'].map((f) => path.join(dir, f)) as [string, string, string];
+  const dir = t.testdir({ 'ca.pem': 'ca', 'not-a-cert.pem': 'cert' });
+  // A client certificate is read for its CN, the device id: a real one.
+  const pki = makeCa(path.join(dir, 'pki'), 'sim-ca');
+  const dev = makeCert(pki, { cn: 'pump-7' });
+  const ca = path.join(dir, 'ca.pem');
+  const { cert, key } = dev;
   t.same(parseCliArgs(['--url', 'mqtts://pi:8883', '--ca', ca]), {
     help: false,
     options: { url: 'mqtts://pi:8883', usernameAsId: true, tls: { ca } },
   });
-  t.match(parseCliArgs(['--url', 'wss://pi:8443/mqtt', '--ca', ca, '--cert', cert, '--key', key]), { options: { tls: { ca, cert, key } } });
+  t.match(parseCliArgs(['--url', 'wss://pi:8443/mqtt', '--ca', ca, '--cert', cert, '--key', key]), {
+    options: { tls: { ca, cert, key }, ids: ['pump-7'] },
+  });
   t.match(
     parseCliArgs(['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key]),
-    { options: { tls: { cert, key } } },
-    'a client certificate without --ca',
+    { options: { tls: { cert, key }, ids: ['pump-7'] } },
+    'a client certificate without --ca: one device, named as its CN',
+  );
+  t.match(
+    parseCliArgs(['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key, '--devices', '1']),
+    { options: { ids: ['pump-7'] } },
+    '--devices 1 is the one device',
+  );
+  const pumpToken = `pump-7.${randomBytes(32).toString('base64url')}`;
+  t.match(
+    parseCliArgs(['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key, '--token', pumpToken]),
+    { options: { ids: ['pump-7'], tokens: { 'pump-7': pumpToken } } },
+    "a certificate and the same device's token",
   );
   const token = `sim-0001.${randomBytes(32).toString('base64url')}`;
   t.match(
@@ -385,6 +403,22 @@ t.test('CLI: --ca, --cert, --key', async (t) => {
     [['--url', 'mqtts://pi:8883', '--key', key], /--cert and --key go together/],
     [['--url', 'mqtts://pi:8883', '--ca', path.join(dir, 'nope.pem')], /cannot read --ca .*nope\.pem: no such file/],
     [['--url', 'mqtts://pi:8883', '--ca', dir], /cannot read --ca .*: is a directory/],
+    [
+      ['--url', 'mqtts://pi:8883', '--cert', path.join(dir, 'not-a-cert.pem'), '--key', key],
+      /--cert .*not-a-cert\.pem: not a PEM certificate/,
+    ],
+    [
+      ['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key, '--devices', '2'],
+      /--cert is the certificate of one device \(pump-7, its CN\), not of --devices 2/,
+    ],
+    [
+      ['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key, '--prefix', 'sim-'],
+      /--cert is for device pump-7 \(its CN\), but --prefix sim- names the device sim-0001/,
+    ],
+    [
+      ['--url', 'mqtts://pi:8883', '--cert', cert, '--key', key, '--token', token],
+      /--token is for device sim-0001, but --cert is the certificate of pump-7/,
+    ],
   ];
   for (const [args, message] of bad) {
     t.throws(() => parseCliArgs(args), { name: 'UsageError', message }, args.join(' ').replace(dir, '<dir>'));
