@@ -112,6 +112,10 @@ t.test('topics: matching, device topic checks, the reserved tree', async (t) => 
   for (const [f, topic, want] of matches) t.equal(topicMatches(f, topic), want, `${f} ~ ${topic}`);
   t.equal(checkDeviceTopic('devices/a', 256), null);
   t.equal(checkDeviceTopic('$edge/rules', 256), 'reserved');
+  // Mosquitto closes the connection of whoever forwards such a topic: one would block the uplink.
+  for (const bad of ['fz/\u0001', 'a/\u007f', 'a/\u0085', 'a/\ufdd0', 'a/\uffff', 'a/\u{10ffff}'])
+    t.equal(checkDeviceTopic(bad, 256), 'control', JSON.stringify(bad));
+  t.equal(checkDeviceTopic('devices/é/€/😀', 256), null, 'other Unicode is a topic as any');
   t.equal(checkDeviceTopic('$edge', 256), 'reserved');
   t.equal(checkDeviceTopic('$SYS/broker/x', 256), 'reserved', 'every $ topic is reserved');
   t.equal(checkDeviceTopic('a/$b', 256), null, 'only a leading $');

@@ -17,13 +17,21 @@ export function deviceIdOfTopic(topic: string): string | null {
 
 const RESERVED_PREFIX = '$edge/';
 
-type TopicProblem = 'empty' | 'too_long' | 'nul' | 'wildcard' | 'reserved';
+type TopicProblem = 'empty' | 'too_long' | 'nul' | 'control' | 'wildcard' | 'reserved';
+
+/**
+ * Code points MQTT 3.1.1 §1.5.3 says a topic SHOULD NOT hold and a receiver MAY close the connection
+ * for (Mosquitto does): control characters and the Unicode non-characters. Let through, one such
+ * message would close the uplink each time it is sent, and hold up every message queued behind it.
+ */
+const UNSAFE_CODE_POINT = /[\p{Cc}\p{Noncharacter_Code_Point}]/u;
 
 /** Why a topic may not be published by a device, or null when it may. */
 export function checkDeviceTopic(topic: string, maxTopicBytes: number): TopicProblem | null {
   if (topic.length === 0) return 'empty';
   if (Buffer.byteLength(topic, 'utf8') > maxTopicBytes) return 'too_long';
   if (topic.includes('\u0000')) return 'nul';
+  if (UNSAFE_CODE_POINT.test(topic)) return 'control';
   if (topic.includes('+') || topic.includes('#')) return 'wildcard';
   // `$SYS/`, `$edge/` and any `$` name a broker or the proxy may use: never a device's [MQTT-4.7.2].
   if (topic.startsWith('$')) return 'reserved';
