@@ -2,7 +2,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startLoad } from './load.js';
-import { measure, startRig, type AuthMode } from './rig.js';
+import { measure, startRig, type AuthMode, type Measurement } from './rig.js';
 
 export type { AuthMode } from './rig.js';
 
@@ -21,19 +21,11 @@ export interface ForwardOptions {
   dataDir?: string;
 }
 
-export interface ForwardResult {
+export interface ForwardResult extends Measurement {
   /** the proxy's auth.mode; the baseline has no authentication and says open */
   auth: AuthMode;
   devices: number;
   inflight: number;
-  acked: number;
-  seconds: number;
-  messagesPerSecond: number;
-  cpuMicrosPerMessage: number;
-  cpuCoresUsed: number;
-  rssMiB: number;
-  peakRssMiB: number;
-  diskBytesPerMessage: number;
   atCloud: number;
 }
 

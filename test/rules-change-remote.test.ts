@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runCli, startProxy, type ProxyProcess } from './helpers/proxy.js';
-import { startMosquitto } from './helpers/mosquitto.js';
+import { cloudRulesRequest, startMosquitto } from './helpers/mosquitto.js';
 import { eventually } from './helpers/ports.js';
 import { api } from './helpers/admin.js';
 import { connectClient, collect } from './helpers/clients.js';
@@ -109,21 +109,7 @@ t.test('rules push, add and remove --dry-run say what they would do and change n
   t.same(await running(proxy), { version: 1, files: ['a.rules', 'b.rules'] }, 'the running set is as it was');
 });
 
-/** mosquitto_pub `args` on edge/test-edge/rules/change; the first answer on rules/result, or null within 10 s. */
-async function publishChange(port: number, args: string[]): Promise<Record<string, unknown> | null> {
-  const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(port), '-t', 'edge/test-edge/rules/result', '-q', '1', '-C', '1']);
-  let out = '';
-  sub.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  const done = new Promise((resolve) => sub.on('exit', resolve));
-  await new Promise((r) => setTimeout(r, 300)); // subscribed before the change goes out
-  const pub = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(port), '-q', '1', '-t', 'edge/test-edge/rules/change', ...args]);
-  await new Promise((r) => pub.on('exit', r));
-  await Promise.race([done, new Promise((r) => setTimeout(r, 10_000))]);
-  sub.kill();
-  return out ? (JSON.parse(out) as Record<string, unknown>) : null;
-}
+const publishChange = (port: number, args: string[]): Promise<Record<string, unknown> | null> => cloudRulesRequest(port, 'change', args);
 
 t.test('a change on <controlPrefix>rules/change is applied and answered on rules/result', async (t) => {
   const dir = t.testdir();

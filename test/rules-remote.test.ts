@@ -6,28 +6,14 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runCli, startProxy } from './helpers/proxy.js';
-import { startMosquitto } from './helpers/mosquitto.js';
+import { cloudRulesRequest, startMosquitto } from './helpers/mosquitto.js';
 import { eventually, freePort } from './helpers/ports.js';
 import { api } from './helpers/admin.js';
 
 /** A rules directory's entries, less the lock of the proxy running on it (.edge-proxy.lock, docs/operations.md). */
 const rulesListing = (dir: string): string[] => readdirSync(dir).filter((name) => name !== '.edge-proxy.lock');
 
-/** mosquitto_pub with `args` on edge/test-edge/rules/set; mosquitto_sub's first answer on rules/result, or null within 10 s. */
-async function publishRulesSet(port: number, args: string[]): Promise<Record<string, unknown> | null> {
-  const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(port), '-t', 'edge/test-edge/rules/result', '-q', '1', '-C', '1']);
-  let out = '';
-  sub.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  const done = new Promise((resolve) => sub.on('exit', resolve));
-  await new Promise((r) => setTimeout(r, 300)); // subscribed before the push goes out
-  const pub = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(port), '-q', '1', '-t', 'edge/test-edge/rules/set', ...args]);
-  await new Promise((r) => pub.on('exit', r));
-  await Promise.race([done, new Promise((r) => setTimeout(r, 10_000))]);
-  sub.kill();
-  return out ? (JSON.parse(out) as Record<string, unknown>) : null;
-}
+const publishRulesSet = (port: number, args: string[]): Promise<Record<string, unknown> | null> => cloudRulesRequest(port, 'set', args);
 
 const RULE = (name: string, level = 'info'): string =>
   `rule ${name}\nwhen msg.topic matches "devices/#"\nthen log("${level}", "${name}")\nend\n`;

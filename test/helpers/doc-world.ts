@@ -7,7 +7,7 @@ import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
-import { CLI } from './proxy.js';
+import { CLI, logLines } from './proxy.js';
 import { startMosquitto, type Mosquitto } from './mosquitto.js';
 import { connectClient, type Received } from './clients.js';
 import { makeCa, makeCert } from './certs.js';
@@ -141,19 +141,10 @@ export async function startWorld(setup: Setup): Promise<DocWorld> {
     });
     let output = '';
     const logs: Array<Record<string, unknown>> = [];
-    let partial = '';
+    const parse = logLines(logs);
     child.stdout.on('data', (d: Buffer) => {
       output += d.toString();
-      partial += d.toString();
-      const lines = partial.split('\n');
-      partial = lines.pop()!;
-      for (const line of lines) {
-        try {
-          logs.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          logs.push({ msg: line });
-        }
-      }
+      parse(d);
     });
     child.stderr.on('data', (d: Buffer) => {
       output += d.toString();

@@ -107,3 +107,22 @@ export async function cloudFor(t: { teardown(fn: () => unknown): void }, dir: st
   t.teardown(() => checker.endAsync());
   return { url: cloud.url, up: await collect(checker, 'edge/+/up/#') };
 }
+
+/**
+ * A rules request from the cloud side, as an operator sends it: mosquitto_pub with `args` on
+ * edge/test-edge/rules/<kind>, and mosquitto_sub's first answer on rules/result, or null within 10 s.
+ */
+export async function cloudRulesRequest(port: number, kind: 'set' | 'change', args: string[]): Promise<Record<string, unknown> | null> {
+  const sub = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(port), '-t', 'edge/test-edge/rules/result', '-q', '1', '-C', '1']);
+  let out = '';
+  sub.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  const done = new Promise((resolve) => sub.on('exit', resolve));
+  await new Promise((r) => setTimeout(r, 300)); // subscribed before the request goes out
+  const pub = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(port), '-q', '1', '-t', `edge/test-edge/rules/${kind}`, ...args]);
+  await new Promise((r) => pub.on('exit', r));
+  await Promise.race([done, new Promise((r) => setTimeout(r, 10_000))]);
+  sub.kill();
+  return out ? (JSON.parse(out) as Record<string, unknown>) : null;
+}

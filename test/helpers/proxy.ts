@@ -105,19 +105,10 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
         resolve(code);
       }),
     );
-    let partial = '';
+    const parse = logLines(logs);
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      partial += d.toString();
-      const lines = partial.split('\n');
-      partial = lines.pop()!;
-      for (const line of lines) {
-        try {
-          logs.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          logs.push({ msg: line });
-        }
-      }
+      parse(d);
     });
     child.stderr!.on('data', (d: Buffer) => {
       out += d.toString();
@@ -155,4 +146,24 @@ export function runCli(args: string[], cwd: string): Promise<CliRun> {
     });
     child.on('exit', (status) => resolve({ status, stdout, stderr }));
   });
+}
+
+/**
+ * Collects a proxy's JSON log lines into `logs` as its stdout arrives in chunks; a line that is
+ * not JSON is kept as `{msg: line}`. Returns the function to feed each chunk to.
+ */
+export function logLines(logs: Array<Record<string, unknown>>): (chunk: Buffer) => void {
+  let partial = '';
+  return (chunk) => {
+    partial += chunk.toString();
+    const lines = partial.split('\n');
+    partial = lines.pop()!;
+    for (const line of lines) {
+      try {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        logs.push({ msg: line });
+      }
+    }
+  };
 }
