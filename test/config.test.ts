@@ -44,6 +44,7 @@ t.test('no file: the embedded defaults', async (t) => {
       tls: { cert: null, key: null },
       perMessageDeflate: false,
       pingIntervalSeconds: 30,
+      allowedOrigins: [],
       maxConnectionsPerAddress: 100,
       handshakeTimeoutSeconds: 10,
       sendBufferBytes: 1048576,
