@@ -108,6 +108,7 @@ export async function benchDrain(opts: DrainOptions, progress: (line: string) =>
         `dataDir: ${dataDir}`,
         `rules: { dir: ${join(dir, 'rules')} }`,
         'mqtt: { port: 0 }',
+        'coap: { port: 0 }',
         'http: { port: 0 }',
         'admin: { port: 0 }',
         `uplink: { url: "${cloud.url}", maxInflight: ${opts.maxInflight} }`,

@@ -67,6 +67,7 @@ export async function startRig(opts: RigOptions): Promise<Rig> {
             `dataDir: ${join(dir, 'proxy/data')}`,
             `rules: { dir: ${join(dir, 'proxy/rules')} }`,
             'mqtt: { port: 0 }',
+            'coap: { port: 0 }',
             // Every load device may come from 127.0.0.1 over WebSocket at once.
             `http: { port: 0, maxConnectionsPerAddress: ${Math.max(100, opts.devices + 10)} }`,
             'admin: { port: 0 }',

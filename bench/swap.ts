@@ -58,7 +58,7 @@ function bigRuleset(n: number, variant: number): string {
   return text;
 }
 
-function figures(samples: number[]): LatencyFigures {
+export function figures(samples: number[]): LatencyFigures {
   const s = [...samples].sort((a, b) => a - b);
   const at = (q: number): number => (s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))]! : 0);
   return { samples: s.length, p50: at(0.5), p99: at(0.99), max: s.length ? s[s.length - 1]! : 0 };
@@ -84,6 +84,7 @@ export async function benchSwap(opts: SwapOptions, progress: (line: string) => v
       `dataDir: ${join(dir, 'proxy/data')}`,
       `rules: { dir: ${rulesDir} }`,
       'mqtt: { port: 0 }',
+      'coap: { port: 0 }',
       'http: { port: 0 }',
       'admin: { port: 0 }',
       `uplink: { url: "${cloud.url}", maxInflight: 256 }`,

@@ -10,6 +10,7 @@ import { RUNTIME_PORTS_FILE } from './admin/local-files.js';
 import type { DeviceAdapter, Endpoint } from './adapters/adapter.js';
 import { MqttAdapter } from './adapters/mqtt/adapter.js';
 import { WsAdapter } from './adapters/ws/adapter.js';
+import { CoapAdapter } from './adapters/coap/adapter.js';
 import { HttpEndpoint } from './adapters/http/endpoint.js';
 import { AuthService } from './auth/service.js';
 import { DeviceRegistry } from './auth/device-registry.js';
@@ -275,6 +276,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
     });
     const adapters: DeviceAdapter[] = [
       new MqttAdapter({ mqtt: cfg.mqtt, limits: cfg.limits, brokerId: cfg.edge.id }, deps('mqtt')),
+      new CoapAdapter({ coap: cfg.coap, limits: cfg.limits }, deps('coap')),
       new WsAdapter({ http: cfg.http, limits: cfg.limits }, deps('ws')),
     ];
     const endpoints: Endpoint[] = [];

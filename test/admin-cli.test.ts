@@ -27,11 +27,12 @@ t.test('start-up: listening lines, then ready, and the ports file', async (t) =>
   const listening = proxy.logs.filter((l) => l.msg === 'listening');
   t.same(
     listening.map((l) => l.endpoint),
-    ['mqtt', 'http', 'admin'],
+    ['mqtt', 'coap', 'coap6', 'http', 'admin'],
   );
+  const ports = proxy.ports as Record<string, number>;
   t.same(
     listening.map((l) => l.port),
-    [proxy.ports.mqtt, proxy.ports.http, proxy.ports.admin],
+    [ports.mqtt, ports.coap, ports.coap6, ports.http, ports.admin],
     'the ports file has the real ports',
   );
   t.ok(proxy.ports.mqtt > 0 && proxy.ports.http > 0 && proxy.ports.admin > 0, 'port 0 became a real port');

@@ -211,7 +211,7 @@ t.test('4. a refused token: the CLI names the token it sent, or the token file i
 
 t.test('5. run --ports-file in a directory that does not exist: refused before anything starts, nothing left behind', async (t) => {
   const dir = t.testdir({
-    'edge-proxy.yaml': 'mqtt: { port: 0 }\nhttp: { port: 0 }\nadmin: { port: 0 }\nrules: { dir: ./rules }\n',
+    'edge-proxy.yaml': 'mqtt: { port: 0 }\ncoap: { port: 0 }\nhttp: { port: 0 }\nadmin: { port: 0 }\nrules: { dir: ./rules }\n',
     rules: {},
   });
   const r = await cli(['run', '--ports-file', '/nonexist/dir/p.json'], dir);
@@ -236,7 +236,8 @@ t.test('5. run --ports-file in a directory that does not exist: refused before a
 
 t.test('5. a ports file that fails once the proxy listens: a clear error, and no ports.json left in the data directory', async (t) => {
   const dir = t.testdir({
-    'edge-proxy.yaml': 'mqtt: { port: 0 }\nhttp: { port: 0 }\nadmin: { port: 0 }\nrules: { dir: ./rules }\ndataDir: ./data\n',
+    'edge-proxy.yaml':
+      'mqtt: { port: 0 }\ncoap: { port: 0 }\nhttp: { port: 0 }\nadmin: { port: 0 }\nrules: { dir: ./rules }\ndataDir: ./data\n',
     rules: {},
   });
   const loaded = loadConfig({ file: join(dir, 'edge-proxy.yaml'), env: {}, cwd: dir });

@@ -21,6 +21,7 @@ function runProxy(dir: string, config: Record<string, unknown>, env: NodeJS.Proc
     dataDir: join(dir, 'data'),
     rules: { dir: join(dir, 'rules') },
     mqtt: { port: 0 },
+    coap: { port: 0 },
     http: { port: 0 },
     admin: { port: 0 },
   };

@@ -22,7 +22,14 @@ end
 function runProxy(dir: string, config: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): { status: number | null; out: string } {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'edge-proxy.yaml');
-  const base = { edge: { id: 'rules-lock' }, dataDir: join(dir, 'data'), mqtt: { port: 0 }, http: { port: 0 }, admin: { port: 0 } };
+  const base = {
+    edge: { id: 'rules-lock' },
+    dataDir: join(dir, 'data'),
+    mqtt: { port: 0 },
+    coap: { port: 0 },
+    http: { port: 0 },
+    admin: { port: 0 },
+  };
   writeFileSync(file, stringify({ ...base, ...config }));
   const r = spawnSync(process.execPath, [CLI, 'run', '--config', file, '--ports-file', join(dir, 'ports.json')], {
     encoding: 'utf8',

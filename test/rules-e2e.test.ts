@@ -119,7 +119,7 @@ t.test('a ruleset with errors stops the start, every error listed with file:line
   );
   writeFileSync(
     join(dir, 'edge-proxy.yaml'),
-    `dataDir: ${join(dir, 'data')}\nrules: { dir: ${join(dir, 'rules')} }\nmqtt: { port: 0 }\nhttp: { port: 0 }\nadmin: { port: 0 }\n`,
+    `dataDir: ${join(dir, 'data')}\nrules: { dir: ${join(dir, 'rules')} }\nmqtt: { port: 0 }\ncoap: { port: 0 }\nhttp: { port: 0 }\nadmin: { port: 0 }\n`,
   );
   const r = spawnSync(process.execPath, [CLI, 'run', '--config', join(dir, 'edge-proxy.yaml')], { encoding: 'utf8', timeout: 20_000 });
   t.equal(r.status, 1, 'the proxy does not start');

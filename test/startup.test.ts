@@ -15,6 +15,7 @@ function runProxy(dir: string, config: Record<string, unknown>): { status: numbe
     dataDir: join(dir, 'data'),
     rules: { dir: join(dir, 'rules') },
     mqtt: { port: 0 },
+    coap: { port: 0 },
     http: { port: 0 },
     admin: { port: 0 },
   };

@@ -31,6 +31,12 @@ export interface AdapterEvents {
   deliveryDropped(protocol: DeviceProtocol, reason: 'slow_consumer'): void;
   /** a subscriber closed because it stayed too far behind (WebSocket close 1013) */
   slowConsumerClosed(protocol: DeviceProtocol): void;
+  /**
+   * CoAP exchanges: a retransmission answered from the deduplication memory, an answered exchange
+   * forgotten early to keep that memory under its cap, a separate response (an empty ACK first),
+   * a separate response never acknowledged.
+   */
+  coapExchange(event: 'duplicate' | 'evicted' | 'separate_response' | 'separate_unacknowledged'): void;
 }
 
 /** Everything an adapter is given besides its own configuration slice. */

@@ -37,6 +37,7 @@ export class Metrics {
   readonly authFailures: client.Counter<'protocol' | 'reason'>;
   private readonly upgradesRefused: client.Counter<'reason'>;
   private readonly slowConsumersClosed: client.Counter<'protocol'>;
+  private readonly coapExchanges: client.Counter<'event'>;
   readonly payloadDecodeErrors: client.Counter;
   readonly cacheWriteErrors: client.Counter;
   readonly cacheRefused: client.Counter;
@@ -104,6 +105,11 @@ export class Metrics {
       'edge_slow_consumers_closed_total',
       'Subscribers closed because their send buffer stayed over its limit (WebSocket close 1013), by protocol',
       ['protocol'],
+    );
+    this.coapExchanges = counter(
+      'edge_coap_exchanges_total',
+      'CoAP exchanges by event: duplicate (a retransmission answered again, not processed), evicted (forgotten early to keep deduplication memory under its cap), separate_response, separate_unacknowledged',
+      ['event'],
     );
     this.connections = new client.Gauge({
       name: 'edge_connections',
@@ -219,6 +225,7 @@ export class Metrics {
       notAccepted: (_protocol, qos) => (qos === 0 ? this.dropped('qos0_refused') : this.refused('cache')).inc(),
       deliveryDropped: (_protocol, reason) => this.dropped(reason).inc(),
       slowConsumerClosed: (protocol) => this.slowConsumersClosed.labels(protocol).inc(),
+      coapExchange: (event) => this.coapExchanges.labels(event).inc(),
     };
   }
 

@@ -181,6 +181,12 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     maxErrors: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 20 },
     errorWindowSeconds: { type: 'integer', minimum: 1, maximum: 3600, default: 60, unit: 'duration' },
   }),
+  // Two sockets on one port: IPv4 on host, and IPv6 (its own IPv6-only socket) on host6 unless null.
+  coap: object<Config['coap']>({
+    host: host('127.0.0.1'),
+    host6: { type: 'string', nullable: true, minLength: 1, default: '::1' },
+    port: port(5683),
+  }),
   admin: object<Config['admin']>({
     host: host('127.0.0.1'),
     port: port(9180),
@@ -271,7 +277,7 @@ export const configSchemaTree: SchemaNode = configSchema;
  * Keys of features this version does not have yet (docs/configuration.md, Errors).
  * They are refused like any unknown key; the message just says why, so nobody hunts for a typo.
  */
-export const PLANNED_KEYS: ReadonlySet<string> = new Set(['coap', 'models', 'inference', 'limits.perDeviceRate', 'log.pretty']);
+export const PLANNED_KEYS: ReadonlySet<string> = new Set(['models', 'inference', 'limits.perDeviceRate', 'log.pretty']);
 
 export function isUplinkUrl(value: string): boolean {
   let url: URL;

@@ -33,6 +33,8 @@ export interface Config {
     maxErrors: number;
     errorWindowSeconds: number;
   };
+  /** CoAP over UDP (docs/coap.md): an IPv4 socket on host and, unless host6 is null, an IPv6-only one on host6 */
+  coap: { host: string; host6: string | null; port: number };
   admin: { host: string; port: number; token: string | null; tokenFile: string | null };
   auth: { mode: 'open' | 'token' };
   /** the device registry read in token mode */

@@ -117,6 +117,7 @@ export async function startWorld(setup: Setup): Promise<DocWorld> {
       EDGE_PROXY_MQTT_PORT: '0',
       EDGE_PROXY_ADMIN_PORT: '0',
       EDGE_PROXY_HTTP_PORT: '0',
+      EDGE_PROXY_COAP_PORT: '0',
       EDGE_PROXY_UPLINK_URL: cloud.url,
       EDGE_PROXY_EDGE_ID: EDGE_ID,
     };

@@ -51,6 +51,7 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
     dataDir: join(dir, 'data'),
     rules: { dir: join(dir, 'rules') },
     mqtt: { port: 0 },
+    coap: { port: 0 },
     http: { port: 0 },
     admin: { port: 0 },
     log: { level: 'debug' },
