@@ -28,6 +28,11 @@ export interface LoadOptions {
    * device sending on its own clock (at most `inflight` unacknowledged).
    */
   rate?: number;
+  /**
+   * Which publishes go at QoS 0 (default none: all QoS 1). Only with `rate`: a QoS 0 publish is
+   * not acknowledged, so it is sent on the clock and never counts as in flight.
+   */
+  qos0?: (device: number, seq: number) => boolean;
   /** each acknowledgement: when the publish was sent (performance.now() ms) and how long the acknowledgement took */
   onAck?: (sentAt: number, latencyMs: number) => void;
   /**
@@ -39,6 +44,8 @@ export interface LoadOptions {
 
 export interface Load {
   acked(): number;
+  /** QoS 0 publishes sent (never acknowledged) */
+  sentQos0(): number;
   /** publishes the proxy refused (an `error` frame on /ws); MQTT has no refusal short of closing */
   failed(): number;
   /** publishes the clock could not send because `inflight` were still unacknowledged */
@@ -79,7 +86,8 @@ interface Heard {
 interface Codec {
   /** sent once the connection is open: CONNECT for MQTT; nothing on /ws, ready once open */
   hello: Buffer | undefined;
-  publish(messageId: number, payload: string): Buffer | string;
+  /** a QoS 1 publish with `messageId`, or a QoS 0 one without an id when it is undefined */
+  publish(messageId: number | undefined, payload: string): Buffer | string;
   read(data: Buffer, heard: Heard): void;
 }
 
@@ -97,7 +105,12 @@ function mqttCodec(id: string, topic: string, token: string | undefined): Codec 
       keepalive: 60,
       ...credentials,
     }),
-    publish: (messageId, payload) => mqttPacket.generate({ cmd: 'publish', topic, payload, qos: 1, messageId, retain: false, dup: false }),
+    publish: (messageId, payload) =>
+      mqttPacket.generate(
+        messageId === undefined
+          ? { cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }
+          : { cmd: 'publish', topic, payload, qos: 1, messageId, retain: false, dup: false },
+      ),
     read(chunk, heard) {
       pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
       let i = 0;
@@ -125,9 +138,10 @@ const ACK_HEAD = Buffer.from('{"op":"ack","id":');
 /** The JSON protocol of /ws: a payload that is JSON text goes as the JSON value it is. */
 function jsonCodec(topic: string): Codec {
   const head = `{"op":"pub","topic":${JSON.stringify(topic)},"qos":1,"payload":`;
+  const head0 = `{"op":"pub","topic":${JSON.stringify(topic)},"qos":0,"payload":`;
   return {
     hello: undefined,
-    publish: (messageId, payload) => `${head}${payload},"id":${messageId}}`,
+    publish: (messageId, payload) => (messageId === undefined ? `${head0}${payload}}` : `${head}${payload},"id":${messageId}}`),
     read(data, heard) {
       // The frame the proxy sends most, read without JSON.parse: the client's CPU is not what is measured.
       if (data.length < 40 && data.subarray(0, ACK_HEAD.length).equals(ACK_HEAD) && data[data.length - 1] === 0x7d) {
@@ -198,7 +212,9 @@ export function startLoad(opts: LoadOptions): Load {
   let acked = 0;
   let failed = 0;
   let behind = 0;
+  let sentQos0 = 0;
   let stopping = false;
+  if (opts.qos0 && opts.rate === undefined) throw new Error('QoS 0 publishes need a steady rate (the rate option)');
   const timers: NodeJS.Timeout[] = [];
   const wires: Wire[] = [];
   const readies: Promise<void>[] = [];
@@ -215,6 +231,10 @@ export function startLoad(opts: LoadOptions): Load {
     let outstanding = 0;
     const sentAt = new Map<number, number>();
     const publish = (): Buffer | string => {
+      if (opts.qos0?.(d, seq + 1)) {
+        sentQos0++;
+        return codec.publish(undefined, build(d, ++seq));
+      }
       messageId = (messageId % 65535) + 1;
       outstanding++;
       if (opts.onAck) sentAt.set(messageId, performance.now());
@@ -303,6 +323,7 @@ export function startLoad(opts: LoadOptions): Load {
   }
   return {
     acked: () => acked,
+    sentQos0: () => sentQos0,
     failed: () => failed,
     behind: () => behind,
     ready: Promise.all(readies).then(() => undefined),

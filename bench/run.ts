@@ -1,4 +1,4 @@
-// npm run bench [-- --only forward|ws|drain|rules|swap] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
+// npm run bench [-- --only forward|ws|drain|rules|swap|slow] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
 //                                        [--backlog 1000000 --max-inflight 256] [--json]
 // npm run bench -- --compare-auth [--runs 5 --seconds 10 --warmup 2 --devices 50 --inflight 1] [--json]
 import { parseArgs } from 'node:util';
@@ -7,6 +7,7 @@ import { compareAuth, type CompareAuthResult } from './compare-auth.js';
 import { benchForward, type AuthMode, type ForwardResult } from './forward.js';
 import { benchDrain, type DrainResult } from './drain.js';
 import { benchRules, type RulesResult } from './rules.js';
+import { benchSlow, type SlowResult, type SubscriberFigures } from './slow.js';
 import { benchSwap, type SwapResult } from './swap.js';
 import { benchWs, type PhaseFigures, type WsResult } from './ws.js';
 
@@ -29,12 +30,13 @@ const { values } = parseArgs({
     json: { type: 'boolean', default: false },
     rate: { type: 'string', default: '2000' },
     swaps: { type: 'string', default: '20' },
+    'slow-consumers': { type: 'string', default: '2' },
     help: { type: 'boolean', default: false },
   },
 });
 if (values.help) {
   process.stdout.write(`npm run bench -- [options]
-  --only forward|ws|drain|rules|swap  one section (default: all five)
+  --only forward|ws|drain|rules|swap|slow  one section (default: all six)
   forward: durable ingest, devices -> proxy -> loopback Mosquitto
     --devices N (50)  --inflight K QoS 1 publishes in flight per device (1)  --seconds S (15)  --warmup S (3)
     --baseline        also run the same load through a bare aedes broker with an in-memory MQTT.js forwarder
@@ -57,6 +59,16 @@ if (values.help) {
   rules: the rule engine alone, in this process
   swap: pushing a 1,000-rule set (PUT /api/v1/rules) to a proxy under a steady load
     --rate N (2000) messages/s over 20 devices   --swaps K (20), one a second
+  slow: /ws subscribers that stop reading, on one durable proxy under a steady load (about a minute
+      with the defaults: --warmup, then --seconds of phase A, ~10 s for the first slow consumer to
+      fall behind, --seconds of phase B):
+      20 TCP MQTT devices publish --rate N (2000) messages/s, half QoS 0, half QoS 1; a TCP MQTT and
+      a /ws subscriber to devices/+/telemetry time each message, publish -> delivery. Phase A as
+      is; phase B with --slow-consumers K (2) /ws subscribers to devices/# that stop reading, each
+      replaced once the proxy closes it (1013). The healthy subscribers' p99 in B against A's
+      (target: within 20 % or 2 ms), the proxy's memory in both, the close codes and counters
+    --seconds S (20, at least 12)  --runs N (1) rounds of A and B, the messages of all rounds pooled
+    (open mode only: --auth does not apply)
   --json             one JSON line with every figure
 `);
   process.exit(0);
@@ -70,7 +82,7 @@ function count(name: string, value: string, min: number): number {
   if (!/^\d+$/.test(value) || Number(value) < min) usage(`--${name} must be a whole number of at least ${min}, not "${value}"`);
   return Number(value);
 }
-const SECTIONS = ['forward', 'ws', 'drain', 'rules', 'swap'];
+const SECTIONS = ['forward', 'ws', 'drain', 'rules', 'swap', 'slow'];
 if (values.only !== undefined && !SECTIONS.includes(values.only))
   usage(`--only must be one of ${SECTIONS.join(', ')}, not "${values.only}"`);
 if (values.auth !== 'open' && values.auth !== 'token') usage(`--auth must be open or token, not "${values.auth}"`);
@@ -103,6 +115,7 @@ const out: {
   swap?: SwapResult;
   compareAuth?: CompareAuthResult;
   ws?: WsResult;
+  slow?: SlowResult;
 } = {};
 const lines: string[] = [];
 const f = (n: number, digits = 0): string => n.toFixed(digits);
@@ -234,6 +247,54 @@ if (sections.includes('swap')) {
     `  PUBACK latency, during a swap (+100 ms)        p50 ${ms(r.swapping.p50)}, p99 ${ms(r.swapping.p99)}, max ${ms(r.swapping.max)} (${r.swapping.samples} messages)`,
     `  messages acknowledged ${r.acked}, at the cloud ${r.atCloud}, lost ${r.lost}`,
     `  each push (ms) / worst latency meanwhile (ms): ${r.perSwap.map((x) => `${f(x.ms)}/${f(x.worstLatencyMs)}`).join(' ')}`,
+  );
+}
+
+if (sections.includes('slow')) {
+  log('slow: /ws subscribers that stop reading, beside healthy subscribers, under a steady load -> proxy -> loopback Mosquitto');
+  const r = (out.slow = await benchSlow(
+    {
+      devices: 20,
+      rate: count('rate', values.rate, 1),
+      warmupSeconds: shape.warmupSeconds,
+      seconds: count('seconds', values.seconds ?? '20', 12),
+      slowConsumers: count('slow-consumers', values['slow-consumers'], 1),
+      runs: count('runs', values.runs ?? '1', 1),
+    },
+    log,
+  ));
+  const ms = (x: number): string => f(x, 2).padStart(7);
+  const row = (label: string, x: SubscriberFigures): string =>
+    `  ${label.padEnd(11)} ${ms(x.all.p50)} ${ms(x.all.p99)} ${ms(x.all.max)}   ${ms(x.qos0.p99)} ${ms(x.qos1.p99)}  ${String(x.all.samples).padStart(8)}${x.missing ? `  (${x.missing} of ${x.all.samples + x.missing} missing)` : ''}`;
+  const verdict = (label: string, v: SlowResult['verdict']['tcp']): string =>
+    `  ${label} p99 ${f(v.p99A, 2)} ms without, ${f(v.p99B, 2)} ms with (allowed ${f(v.allowedMs, 2)}): ${v.within ? 'within the target' : 'NOT within the target'}`;
+  const read = r.consumers.filter((c) => !c.cutAtEnd);
+  const codes = new Map<string, number>();
+  for (const c of read) codes.set(String(c.code), (codes.get(String(c.code)) ?? 0) + 1);
+  const closedAfter = read.flatMap((c) => (c.closedAfter === null ? [] : [c.closedAfter]));
+  lines.push(
+    `slow: ${r.devices} TCP MQTT devices, ${r.rate} msg/s (half QoS 0, half QoS 1), ${f(r.a.seconds / r.runs, 1)} s measured a phase${r.runs > 1 ? `, ${r.runs} rounds of A and B, messages pooled` : ''}; healthy subscribers to devices/+/telemetry`,
+    '  latency publish -> delivery (ms)',
+    '  phase           p50     p99     max   p99 q0  p99 q1  messages',
+    row('A  TCP MQTT', r.a.tcp),
+    row('A  /ws', r.a.ws),
+    row('B  TCP MQTT', r.b.tcp),
+    row('B  /ws', r.b.ws),
+    ...(r.runs > 1
+      ? [
+          `  p99 each round, TCP MQTT / ws (ms): ${r.a.rounds.map((x, i) => `A ${f(x.tcpP99, 1)}/${f(x.wsP99, 1)}, B ${f(r.b.rounds[i]?.tcpP99 ?? NaN, 1)}/${f(r.b.rounds[i]?.wsP99 ?? NaN, 1)}`).join('; ')}`,
+        ]
+      : []),
+    verdict('TCP MQTT', r.verdict.tcp),
+    verdict('/ws     ', r.verdict.ws),
+    `  target (p99 with slow consumers <= max(1.2 x, +2 ms) of without): ${r.withinTarget ? 'met' : 'NOT met'}`,
+    `  proxy RSS MiB             A: ${f(r.a.rssMiB.start)} -> ${f(r.a.rssMiB.end)} (peak ${f(r.a.rssMiB.peak)})   B: ${f(r.b.rssMiB.start)} -> ${f(r.b.rssMiB.end)} (peak ${f(r.b.rssMiB.peak)})`,
+    `  proxy heap used MiB       A: peak ${f(r.a.heapUsedMiB.peak)}, end ${f(r.a.heapUsedMiB.end)}   B: peak ${f(r.b.heapUsedMiB.peak)}, end ${f(r.b.heapUsedMiB.end)}`,
+    `  proxy Buffers (external)  A: peak ${f(r.a.externalMiB.peak)}, end ${f(r.a.externalMiB.end)}   B: peak ${f(r.b.externalMiB.peak)}, end ${f(r.b.externalMiB.end)}`,
+    `  proxy cores               A: ${f(r.a.cpuCoresUsed, 2)}   B: ${f(r.b.cpuCoresUsed, 2)}`,
+    `  slow consumers: over their limit ${r.firstLagAfter.map((x) => f(x, 1)).join(', ')} s after joining; in B the proxy dropped for one in ${r.b.laggingSeconds} of ${f(r.b.seconds)} s`,
+    `  dropped (slow_consumer)  A: ${r.a.dropped}  B: ${r.b.dropped};  closed (edge_slow_consumers_closed_total)  A: ${r.a.closed}  B: ${r.b.closed}`,
+    `  close codes read: ${[...codes].map(([code, n]) => `${code} x ${n}`).join(', ') || 'none'}${closedAfter.length ? `, counted closed ${f(Math.min(...closedAfter), 1)}-${f(Math.max(...closedAfter), 1)} s after joining` : ''}${r.consumers.length > read.length ? `; ${r.consumers.length - read.length} still lagging when B ended (cut)` : ''}`,
   );
 }
 
