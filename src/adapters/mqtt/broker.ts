@@ -39,9 +39,22 @@ export class EdgeBroker extends Aedes {
 
   static async open(opts: AedesOptions, retained: Pick<RetainedStore, 'matching'>): Promise<EdgeBroker> {
     const broker = new EdgeBroker({ ...opts, persistence: sharedRetained(retained) });
+    broker.on('client', (client) => deliverEveryMessage(client, broker.id));
     await broker.listen();
     return broker;
   }
+}
+
+/**
+ * aedes drops a delivery whose broker counter is not above the last one the client got from that
+ * broker: it guards brokers of a cluster against each other's copies. Here there is one broker, and
+ * a QoS 1 message reaches its subscribers through aedes's session store, after QoS 0 messages
+ * published later (with higher counters) went straight out: they were dropped as copies. The
+ * pipeline already delivers each message once, so the client's record of counters keeps nothing.
+ */
+function deliverEveryMessage(client: Client, brokerId: string): void {
+  const duplicates = (client as unknown as { duplicates: Record<string, number> }).duplicates;
+  Object.defineProperty(duplicates, brokerId, { get: () => 0, set: () => undefined, enumerable: true });
 }
 
 /**
