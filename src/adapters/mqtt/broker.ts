@@ -34,27 +34,20 @@ export class EdgeBroker extends Aedes {
 
   /** Deliver a message of the pipeline to this broker's subscribers, persistent sessions included. */
   publishLocal(msg: EdgeMessage, done: PublishDone): void {
-    aedesPublish.call(this, edgeMessageToMqtt(msg) as PublishPacket, null, done);
+    const packet = edgeMessageToMqtt(msg) as PublishPacket & { brokerId?: string };
+    // aedes drops a delivery whose broker counter is not above the last one the client got under the
+    // same broker id (how it gives overlapping subscriptions one copy). QoS 1 and 2 messages pass its
+    // session store on their way out and leave after QoS 0 messages published later: under one id the
+    // later QoS 0 counters made them look like copies. Each class keeps its order, so one id each.
+    if (packet.qos > 0) packet.brokerId = `${this.id}/qos`;
+    aedesPublish.call(this, packet, null, done);
   }
 
   static async open(opts: AedesOptions, retained: Pick<RetainedStore, 'matching'>): Promise<EdgeBroker> {
     const broker = new EdgeBroker({ ...opts, persistence: sharedRetained(retained) });
-    broker.on('client', (client) => deliverEveryMessage(client, broker.id));
     await broker.listen();
     return broker;
   }
-}
-
-/**
- * aedes drops a delivery whose broker counter is not above the last one the client got from that
- * broker: it guards brokers of a cluster against each other's copies. Here there is one broker, and
- * a QoS 1 message reaches its subscribers through aedes's session store, after QoS 0 messages
- * published later (with higher counters) went straight out: they were dropped as copies. The
- * pipeline already delivers each message once, so the client's record of counters keeps nothing.
- */
-function deliverEveryMessage(client: Client, brokerId: string): void {
-  const duplicates = (client as unknown as { duplicates: Record<string, number> }).duplicates;
-  Object.defineProperty(duplicates, brokerId, { get: () => 0, set: () => undefined, enumerable: true });
 }
 
 /**
