@@ -65,8 +65,9 @@ if (values.help) {
       20 TCP MQTT devices publish --rate N (2000) messages/s, half QoS 0, half QoS 1; a TCP MQTT and
       a /ws subscriber to devices/+/telemetry time each message, publish -> delivery. Phase A as
       is; phase B with --slow-consumers K (2) /ws subscribers to devices/# that stop reading, each
-      replaced once the proxy closes it (1013). The healthy subscribers' p99 in B against A's
-      (target: within 20 % or 2 ms), the proxy's memory in both, the close codes and counters
+      replaced once the proxy closes it (1013); every other one reads again once closed, the others
+      never do. The healthy subscribers' p99 in B against A's (target: within 20 % or 2 ms), the
+      proxy's memory in both, the close codes and the counters of /metrics
     --seconds S (20, at least 12)  --runs N (1) rounds of A and B, the messages of all rounds pooled
     (open mode only: --auth does not apply)
   --json             one JSON line with every figure
@@ -269,8 +270,11 @@ if (sections.includes('slow')) {
   const verdict = (label: string, v: SlowResult['verdict']['tcp']): string =>
     `  ${label} p99 ${f(v.p99A, 2)} ms without, ${f(v.p99B, 2)} ms with (allowed ${f(v.allowedMs, 2)}): ${v.within ? 'within the target' : 'NOT within the target'}`;
   const read = r.consumers.filter((c) => !c.cutAtEnd);
-  const codes = new Map<string, number>();
-  for (const c of read) codes.set(String(c.code), (codes.get(String(c.code)) ?? 0) + 1);
+  const codes = (readsAgain: boolean): string => {
+    const n = new Map<string, number>();
+    for (const c of read) if (c.readsAgain === readsAgain) n.set(String(c.code), (n.get(String(c.code)) ?? 0) + 1);
+    return [...n].map(([code, k]) => `${code} x ${k}`).join(', ') || 'none';
+  };
   const closedAfter = read.flatMap((c) => (c.closedAfter === null ? [] : [c.closedAfter]));
   lines.push(
     `slow: ${r.devices} TCP MQTT devices, ${r.rate} msg/s (half QoS 0, half QoS 1), ${f(r.a.seconds / r.runs, 1)} s measured a phase${r.runs > 1 ? `, ${r.runs} rounds of A and B, messages pooled` : ''}; healthy subscribers to devices/+/telemetry`,
@@ -294,7 +298,7 @@ if (sections.includes('slow')) {
     `  proxy cores               A: ${f(r.a.cpuCoresUsed, 2)}   B: ${f(r.b.cpuCoresUsed, 2)}`,
     `  slow consumers: over their limit ${r.firstLagAfter.map((x) => f(x, 1)).join(', ')} s after joining; in B the proxy dropped for one in ${r.b.laggingSeconds} of ${f(r.b.seconds)} s`,
     `  dropped (slow_consumer)  A: ${r.a.dropped}  B: ${r.b.dropped};  closed (edge_slow_consumers_closed_total)  A: ${r.a.closed}  B: ${r.b.closed}`,
-    `  close codes read: ${[...codes].map(([code, n]) => `${code} x ${n}`).join(', ') || 'none'}${closedAfter.length ? `, counted closed ${f(Math.min(...closedAfter), 1)}-${f(Math.max(...closedAfter), 1)} s after joining` : ''}${r.consumers.length > read.length ? `; ${r.consumers.length - read.length} still lagging when B ended (cut)` : ''}`,
+    `  closed by the proxy ${closedAfter.length ? `${f(Math.min(...closedAfter), 1)}-${f(Math.max(...closedAfter), 1)} s after joining` : '(none)'}; close codes read by those that read again at once: ${codes(true)}; by those that read only after B: ${codes(false)}${r.consumers.length > read.length ? `; ${r.consumers.length - read.length} still lagging when B ended (cut by the bench)` : ''}`,
   );
 }
 

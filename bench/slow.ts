@@ -62,6 +62,11 @@ export interface SlowPhase {
 
 export interface SlowConsumerRecord {
   round: number;
+  /**
+   * Reads again as soon as the proxy closed it (a device that wakes up: it drains its backlog and
+   * finds the close frame); the others never read again (a dead device) until phase B is over.
+   */
+  readsAgain: boolean;
   /** seconds after the round's first slow consumer joined */
   joinedAt: number;
   /** seconds from its join until the proxy counted it closed (edge_slow_consumers_closed_total, read once a second) */
@@ -172,9 +177,10 @@ async function wsSubscriber(port: number, samples: Sample[]): Promise<Healthy> {
 /**
  * A slow consumer is a /ws subscriber to devices/# that stops reading once subscribed (its socket
  * paused), so that what the proxy sends it piles up in the kernel's buffers, then in the proxy's.
- * Once the proxy counted it closed it reads again, to find the close frame behind its backlog. The
- * consumers live in a worker thread: megabytes of backlog read at once would otherwise stall this
- * thread's event loop, and with it the healthy subscribers' clocks.
+ * Once the proxy counted it closed, every other one reads again at once, to find the close frame
+ * behind its backlog; the others read only when phase B is over, and find what the proxy did to a
+ * peer that never answered. The consumers live in a worker thread: megabytes of backlog read at
+ * once would otherwise stall this thread's event loop, and with it the healthy subscribers' clocks.
  */
 const SLOW_WORKER = 'bench-slow-consumers';
 
@@ -241,7 +247,9 @@ class SlowConsumers {
 
   async join(round: number, since: number): Promise<SlowConsumer> {
     const id = `bench-slow-consumer-${++this.joined}`;
-    const record: SlowConsumerRecord = { round, joinedAt: 0, closedAfter: null, code: null, reason: '', cutAtEnd: false };
+    // Every other one reads again once closed (a device that wakes up), the others never (a dead one).
+    const readsAgain = this.joined % 2 === 1;
+    const record: SlowConsumerRecord = { round, readsAgain, joinedAt: 0, closedAfter: null, code: null, reason: '', cutAtEnd: false };
     const closed = new Promise<void>((resolve) =>
       this.closing.set(id, (m) => {
         record.code = m.code;
@@ -273,13 +281,6 @@ class SlowConsumers {
     await this.worker.terminate();
   }
 }
-
-/**
- * A closed consumer reads again at the latest this long after the proxy closed it: the proxy's
- * `ws` cuts a connection whose peer has not answered the close frame within 30 s, and the close
- * frame would be lost with it. Phases B over ~25 s see some consumers read their backlog in them.
- */
-const RESUME_AFTER_CLOSE_MS = Number(process.env.SLOW_RESUME_MS ?? 20_000);
 
 // ---- the proxy, seen from outside
 
@@ -370,8 +371,7 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
           next.record.closedAfter = (at - next.joinedAt) / 1000;
           replace();
         }
-        for (const c of consumers.all)
-          if (c.closedAt !== null && !c.resumed && at - c.closedAt >= RESUME_AFTER_CLOSE_MS) consumers.resume(c);
+        for (const c of consumers.all) if (c.closedAt !== null && !c.resumed && c.record.readsAgain) consumers.resume(c);
       } catch (err) {
         progress(`  reading /metrics failed: ${(err as Error).message}`);
       }
@@ -517,21 +517,6 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
       laggingSeconds: lagging,
     };
   };
-  if (process.env.SLOW_DEBUG) {
-    const { writeFileSync } = await import('node:fs');
-    writeFileSync(
-      process.env.SLOW_DEBUG,
-      JSON.stringify({
-        windows,
-        tcpSamples,
-        wsSamples,
-        readings,
-        consumers: consumers.all,
-        hr: Number(process.hrtime.bigint() / 1000n),
-        pn: performance.now(),
-      }),
-    );
-  }
   const a = phaseFigures('A');
   const b = phaseFigures('B');
   const verdict = (p99A: number, p99B: number): Verdict => {

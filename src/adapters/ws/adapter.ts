@@ -33,6 +33,12 @@ const CLOSE = { goingAway: 1001, policy: 1008, tryAgainLater: 1013, auth: 4401, 
 
 /** A subscriber over http.sendBufferBytes for this long is closed with 1013 (the contract's 10 s). */
 const SLOW_CLOSE_MS = 10_000;
+/**
+ * A subscriber closed with 1013 has this long to read its backlog and answer the close frame; then
+ * its socket is destroyed with an error. ws's own close timeout (30 s) destroys it without one, and
+ * Node then makes an Error for each write still queued: ~100 ms of the event loop for a few MiB.
+ */
+const SLOW_CUT_MS = 10_000;
 /** How often lagging subscribers are looked at. */
 const SWEEP_MS = 500;
 /**
@@ -53,6 +59,8 @@ type FramingReason = 'malformed' | 'too_large' | 'unsupported';
 export class WsAdapter implements DeviceAdapter {
   readonly protocol = 'ws';
   private readonly connections = new Set<WsConnection>();
+  /** each connection's socket, to cut a slow consumer (closeSlow) */
+  private readonly sockets = new WeakMap<WsConnection, IncomingMessage['socket']>();
   private readonly onRegistryChange = (change: RegistryChange): void => this.registryChanged(change);
   private sweeper: NodeJS.Timeout | null = null;
   private stopping = false;
@@ -112,6 +120,7 @@ export class WsAdapter implements DeviceAdapter {
       new ErrorWindow(this.cfg.http.maxErrors, this.cfg.http.errorWindowSeconds * 1000),
     );
     this.connections.add(conn);
+    this.sockets.set(conn, req.socket);
     this.deps.events.connectionOpened('ws', 'ws');
     this.log.debug({ deviceId: identity.deviceId, remote: conn.remote }, 'ws device connected');
     ws.on('message', (data: RawData, isBinary: boolean) => this.onFrame(conn, toBuffer(data), isBinary));
@@ -328,6 +337,12 @@ export class WsAdapter implements DeviceAdapter {
   private closeSlow(conn: WsConnection, why: string): void {
     this.deps.events.slowConsumerClosed('ws');
     this.close(conn, CLOSE.tryAgainLater, 'slow consumer', `closed ws device ${conn.identity.deviceId} (1013): ${why}`);
+    // Its backlog waits behind the close frame; destroyed with an error, the queued writes go at once.
+    const socket = this.sockets.get(conn);
+    if (!socket) return;
+    const cut = setTimeout(() => socket.destroy(new Error('a slow consumer did not finish the close handshake')), SLOW_CUT_MS);
+    cut.unref();
+    conn.ws.once('close', () => clearTimeout(cut));
   }
 
   // ---- registry changes
