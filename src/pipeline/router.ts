@@ -6,7 +6,8 @@ import { newMessageId } from '../core/ids.js';
 import { checkDeviceTopic } from '../core/topic.js';
 import { asBuffer } from '../core/bytes.js';
 import type { RuleSet, Evaluation } from '../rules/engine.js';
-import { fromJson, type Value } from '../rules/values.js';
+import { decodePayload } from '../rules/payload.js';
+import type { Value } from '../rules/values.js';
 import { msgValue } from '../rules/msg.js';
 import type { LocalDelivery } from './local.js';
 import type { Priority } from '../core/priority.js';
@@ -131,14 +132,10 @@ export class Router {
 
   /** The decoded payload, parsed once per message and only when a rule reads it. */
   private decode(msg: EdgeMessage): Value {
-    if (msg.contentType === 'text') return asBuffer(msg.payload).toString('utf8');
-    if (msg.contentType !== 'json') return null; // binary; CBOR is not decoded yet
-    try {
-      return fromJson(JSON.parse(asBuffer(msg.payload).toString('utf8')));
-    } catch {
-      this.events.payloadUndecodable();
-      return null;
-    }
+    const decoded = decodePayload(msg.contentType, asBuffer(msg.payload));
+    if (decoded.ok) return decoded.value;
+    this.events.payloadUndecodable();
+    return null;
   }
 
   private fault(rule: string, message: string, msg: EdgeMessage): void {
