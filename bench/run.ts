@@ -59,16 +59,17 @@ if (values.help) {
   rules: the rule engine alone, in this process
   swap: pushing a 1,000-rule set (PUT /api/v1/rules) to a proxy under a steady load
     --rate N (2000) messages/s over 20 devices   --swaps K (20), one a second
-  slow: /ws subscribers that stop reading, on one durable proxy under a steady load (about a minute
-      with the defaults: --warmup, then --seconds of phase A, ~10 s for the first slow consumer to
-      fall behind, --seconds of phase B):
+  slow: /ws subscribers that stop reading, on one durable proxy under a steady load (about a
+      minute and a half with the defaults: --warmup, then --seconds of phase A, ~10 s for the
+      first slow consumer to fall behind, --seconds of phase B, --seconds of phase C):
       20 TCP MQTT devices publish --rate N (2000) messages/s, half QoS 0, half QoS 1; a TCP MQTT and
       a /ws subscriber to devices/+/telemetry time each message, publish -> delivery. Phase A as
       is; phase B with --slow-consumers K (2) /ws subscribers to devices/# that stop reading, each
       replaced once the proxy closes it (1013); every other one reads again once closed, the others
-      never do. The healthy subscribers' p99 in B against A's (target: within 20 % or 2 ms), the
-      proxy's memory in both, the close codes and the counters of /metrics
-    --seconds S (20, at least 12)  --runs N (1) rounds of A and B, the messages of all rounds pooled
+      never do; phase C with as many /ws subscribers to devices/# that keep reading. The healthy
+      subscribers' p99 in B against A's (target: within 20 % or 2 ms) and against C's (the cost
+      of the slowness alone), the proxy's memory, the close codes and the counters of /metrics
+    --seconds S (20, at least 12)  --runs N (1) rounds of A, B and C, the messages of all rounds pooled
     (open mode only: --auth does not apply)
   --json             one JSON line with every figure
 `);
@@ -277,13 +278,15 @@ if (sections.includes('slow')) {
   };
   const closedAfter = read.flatMap((c) => (c.closedAfter === null ? [] : [c.closedAfter]));
   lines.push(
-    `slow: ${r.devices} TCP MQTT devices, ${r.rate} msg/s (half QoS 0, half QoS 1), ${f(r.a.seconds / r.runs, 1)} s measured a phase${r.runs > 1 ? `, ${r.runs} rounds of A and B, messages pooled` : ''}; healthy subscribers to devices/+/telemetry`,
+    `slow: ${r.devices} TCP MQTT devices, ${r.rate} msg/s (half QoS 0, half QoS 1), ${f(r.a.seconds / r.runs, 1)} s measured a phase${r.runs > 1 ? `, ${r.runs} rounds of A, B and C, messages pooled` : ''}; healthy subscribers to devices/+/telemetry`,
     '  latency publish -> delivery (ms)',
     '  phase           p50     p99     max   p99 q0  p99 q1  messages',
     row('A  TCP MQTT', r.a.tcp),
     row('A  /ws', r.a.ws),
     row('B  TCP MQTT', r.b.tcp),
     row('B  /ws', r.b.ws),
+    row('C  TCP MQTT', r.c.tcp),
+    row('C  /ws', r.c.ws),
     ...(r.runs > 1
       ? [
           `  p99 each round, TCP MQTT / ws (ms): ${r.a.rounds.map((x, i) => `A ${f(x.tcpP99, 1)}/${f(x.wsP99, 1)}, B ${f(r.b.rounds[i]?.tcpP99 ?? NaN, 1)}/${f(r.b.rounds[i]?.wsP99 ?? NaN, 1)}`).join('; ')}`,
@@ -292,10 +295,13 @@ if (sections.includes('slow')) {
     verdict('TCP MQTT', r.verdict.tcp),
     verdict('/ws     ', r.verdict.ws),
     `  target (p99 with slow consumers <= max(1.2 x, +2 ms) of without): ${r.withinTarget ? 'met' : 'NOT met'}`,
-    `  proxy RSS MiB             A: ${f(r.a.rssMiB.start)} -> ${f(r.a.rssMiB.end)} (peak ${f(r.a.rssMiB.peak)})   B: ${f(r.b.rssMiB.start)} -> ${f(r.b.rssMiB.end)} (peak ${f(r.b.rssMiB.peak)})`,
-    `  proxy heap used MiB       A: peak ${f(r.a.heapUsedMiB.peak)}, end ${f(r.a.heapUsedMiB.end)}   B: peak ${f(r.b.heapUsedMiB.peak)}, end ${f(r.b.heapUsedMiB.end)}`,
-    `  proxy Buffers (external)  A: peak ${f(r.a.externalMiB.peak)}, end ${f(r.a.externalMiB.end)}   B: peak ${f(r.b.externalMiB.peak)}, end ${f(r.b.externalMiB.end)}`,
-    `  proxy cores               A: ${f(r.a.cpuCoresUsed, 2)}   B: ${f(r.b.cpuCoresUsed, 2)}`,
+    '  B against C (the same subscribers reading): the cost of their slowness alone',
+    verdict('TCP MQTT', r.againstReaders.tcp).replace('without', 'reading').replace('with (', 'lagging ('),
+    verdict('/ws     ', r.againstReaders.ws).replace('without', 'reading').replace('with (', 'lagging ('),
+    `  proxy RSS MiB             A: ${f(r.a.rssMiB.start)} -> ${f(r.a.rssMiB.end)} (peak ${f(r.a.rssMiB.peak)})   B: ${f(r.b.rssMiB.start)} -> ${f(r.b.rssMiB.end)} (peak ${f(r.b.rssMiB.peak)})   C: ${f(r.c.rssMiB.start)} -> ${f(r.c.rssMiB.end)} (peak ${f(r.c.rssMiB.peak)})`,
+    `  proxy heap used MiB       A: peak ${f(r.a.heapUsedMiB.peak)}, end ${f(r.a.heapUsedMiB.end)}   B: peak ${f(r.b.heapUsedMiB.peak)}, end ${f(r.b.heapUsedMiB.end)}   C: peak ${f(r.c.heapUsedMiB.peak)}, end ${f(r.c.heapUsedMiB.end)}`,
+    `  proxy Buffers (external)  A: peak ${f(r.a.externalMiB.peak)}, end ${f(r.a.externalMiB.end)}   B: peak ${f(r.b.externalMiB.peak)}, end ${f(r.b.externalMiB.end)}   C: peak ${f(r.c.externalMiB.peak)}, end ${f(r.c.externalMiB.end)}`,
+    `  proxy cores               A: ${f(r.a.cpuCoresUsed, 2)}   B: ${f(r.b.cpuCoresUsed, 2)}   C: ${f(r.c.cpuCoresUsed, 2)}`,
     `  slow consumers: over their limit ${r.firstLagAfter.map((x) => f(x, 1)).join(', ')} s after joining; in B the proxy dropped for one in ${r.b.laggingSeconds} of ${f(r.b.seconds)} s`,
     `  dropped (slow_consumer)  A: ${r.a.dropped}  B: ${r.b.dropped};  closed (edge_slow_consumers_closed_total)  A: ${r.a.closed}  B: ${r.b.closed}`,
     `  closed by the proxy ${closedAfter.length ? `${f(Math.min(...closedAfter), 1)}-${f(Math.max(...closedAfter), 1)} s after joining` : '(none)'}; close codes read by those that read again at once: ${codes(true)}; by those that read only after B: ${codes(false)}${r.consumers.length > read.length ? `; ${r.consumers.length - read.length} still lagging when B ended (cut by the bench)` : ''}`,

@@ -35,7 +35,7 @@ export interface SubscriberFigures {
 }
 
 export interface SlowPhase {
-  label: 'A' | 'B';
+  label: PhaseLabel;
   /** measured seconds, over every round */
   seconds: number;
   /** publishes sent in the phase (QoS 0 and 1) */
@@ -93,12 +93,22 @@ export interface SlowResult {
   firstLagAfter: number[];
   a: SlowPhase;
   b: SlowPhase;
+  c: SlowPhase;
   consumers: SlowConsumerRecord[];
   /** each healthy subscriber: B's p99 within max(A's x 1.2, A's + 2 ms) */
   verdict: { tcp: Verdict; ws: Verdict };
+  /** each healthy subscriber: B's p99 held against C's as the target holds it against A's */
+  againstReaders: { tcp: Verdict; ws: Verdict };
   withinTarget: boolean;
   target: typeof SLOW_TARGET;
 }
+
+/**
+ * A: no slow consumer. B: slow consumers. C: as many /ws subscribers to devices/# as B has slow
+ * consumers, reading as fast as they are sent to: what B costs for its subscribers alone, whatever
+ * their pace, so that B against C is the cost of their slowness.
+ */
+export type PhaseLabel = 'A' | 'B' | 'C';
 
 /** One latency sample: when it was published (performance.now()), how long it took to arrive, its QoS. */
 type Sample = [sentAt: number, ms: number, qos: 0 | 1];
@@ -184,7 +194,7 @@ async function wsSubscriber(port: number, samples: Sample[]): Promise<Healthy> {
  */
 const SLOW_WORKER = 'bench-slow-consumers';
 
-type ToWorker = { op: 'join'; id: string; port: number } | { op: 'resume'; id: string } | { op: 'cut'; id: string };
+type ToWorker = { op: 'join'; id: string; port: number; reads: boolean } | { op: 'resume'; id: string } | { op: 'cut'; id: string };
 type FromWorker =
   { op: 'joined'; id: string } | { op: 'failed'; id: string; message: string } | { op: 'closed'; id: string; code: number; reason: string };
 
@@ -195,7 +205,7 @@ function consumerWorker(port: MessagePort): void {
     if (m.op === 'join')
       wsSubscribe(m.port, m.id, 'devices/#').then(
         (ws) => {
-          ws.pause();
+          if (!m.reads) ws.pause();
           sockets.set(m.id, ws);
           ws.once('close', (code: number, reason: Buffer) => {
             sockets.delete(m.id);
@@ -257,15 +267,31 @@ class SlowConsumers {
         resolve();
       }),
     );
-    await new Promise<void>((resolve, reject) => {
-      this.joining.set(id, { resolve, reject });
-      this.worker.postMessage({ op: 'join', id, port: this.port } satisfies ToWorker);
-    });
+    await this.open(id, false);
     const joinedAt = performance.now();
     record.joinedAt = (joinedAt - since) / 1000;
     const c: SlowConsumer = { id, record, joinedAt, closedAt: null, resumed: false, closed };
     this.all.push(c);
     return c;
+  }
+
+  /** A /ws subscriber to devices/# in the worker, reading (`reads`) or paused from the start. */
+  private open(id: string, reads: boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.joining.set(id, { resolve, reject });
+      this.worker.postMessage({ op: 'join', id, port: this.port, reads } satisfies ToWorker);
+    });
+  }
+
+  /** Phase C's subscribers: they read all along; `cut` ends them. */
+  async joinReaders(count: number): Promise<string[]> {
+    const ids = Array.from({ length: count }, (_, k) => `bench-reader-${++this.joined}-${k}`);
+    await Promise.all(ids.map((id) => this.open(id, true)));
+    return ids;
+  }
+
+  cutReaders(ids: string[]): void {
+    for (const id of ids) this.worker.postMessage({ op: 'cut', id } satisfies ToWorker);
   }
 
   resume(c: SlowConsumer): void {
@@ -313,7 +339,7 @@ interface Reading extends Metrics {
 
 /** One measured window of a phase. */
 interface Window {
-  label: 'A' | 'B';
+  label: PhaseLabel;
   t0: number;
   t1: number;
   cpu: number;
@@ -403,7 +429,7 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
     );
     await sleep(opts.warmupSeconds * 1000);
     const handled = (): number => load.acked() + load.sentQos0();
-    const phase = async (label: 'A' | 'B'): Promise<void> => {
+    const phase = async (label: PhaseLabel): Promise<void> => {
       const rss0 = sampleProc(pid).rssBytes;
       const t0 = performance.now();
       const m = await measure(pid, handled, { warmupSeconds: 0, seconds: opts.seconds }, progress);
@@ -451,7 +477,14 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
           consumers.cut(c);
         }
       await Promise.race([Promise.all(ofRound.map((c) => c.closed)), sleep(2000)]);
-      if (round < opts.runs) await sleep(3000); // the proxy lets go of their backlogs before the next A
+      await sleep(3000); // the proxy lets go of their backlogs before C
+
+      const readers = await consumers.joinReaders(opts.slowConsumers);
+      progress(`  phase C${of}: ${opts.slowConsumers} /ws subscriber(s) to devices/# that keep reading, ${opts.seconds} s`);
+      await sleep(1000);
+      await phase('C');
+      consumers.cutReaders(readers);
+      if (round < opts.runs) await sleep(2000);
     }
     await load.stop();
     stops.pop();
@@ -464,7 +497,7 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
     await rig.stop();
   }
 
-  const phaseFigures = (label: 'A' | 'B'): SlowPhase => {
+  const phaseFigures = (label: PhaseLabel): SlowPhase => {
     const wins = windows.filter((w) => w.label === label);
     const inWindow = (w: Window) => (t: number) => t >= w.t0 && t < w.t1;
     const inPhase = (t: number): boolean => wins.some((w) => inWindow(w)(t));
@@ -519,11 +552,13 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
   };
   const a = phaseFigures('A');
   const b = phaseFigures('B');
+  const c = phaseFigures('C');
   const verdict = (p99A: number, p99B: number): Verdict => {
     const allowedMs = Math.max(p99A * SLOW_TARGET.ratio, p99A + SLOW_TARGET.slackMs);
     return { p99A, p99B, allowedMs, within: p99B <= allowedMs };
   };
   const v = { tcp: verdict(a.tcp.all.p99, b.tcp.all.p99), ws: verdict(a.ws.all.p99, b.ws.all.p99) };
+  const againstReaders = { tcp: verdict(c.tcp.all.p99, b.tcp.all.p99), ws: verdict(c.ws.all.p99, b.ws.all.p99) };
   return {
     devices: opts.devices,
     rate: opts.rate,
@@ -531,8 +566,10 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
     firstLagAfter,
     a,
     b,
+    c,
     consumers: consumers.all.map((c) => c.record),
     verdict: v,
+    againstReaders,
     withinTarget: v.tcp.within && v.ws.within,
     target: SLOW_TARGET,
   };
