@@ -205,6 +205,30 @@ t.test('open mode, with a cloud', async (t) => {
     t.match(await raw.answer(raw.request({ code: 'POST', path: 'ps/bad/+/x', payload: 'x' })), { code: '4.00' });
   });
 
+  await t.test('a payload that is not what its Content-Format says is 4.00, and goes nowhere', async (t) => {
+    const sub = await connectClient(proxy.ports.mqtt);
+    t.teardown(() => sub.endAsync());
+    const seen = await collect(sub, 'declared/#');
+    for (const [payload, format] of [
+      ['{"temp":', 50],
+      ['', 50],
+      [Buffer.from([0xff, 0xfe]), 50],
+      [Buffer.from([0xc3, 0x28]), 0],
+    ] as const) {
+      const res = await raw.answer(raw.request({ code: 'POST', path: 'ps/declared/bad', payload, format }));
+      t.match(res, { code: '4.00' }, `Content-Format ${format} with ${JSON.stringify(payload.toString())}`);
+      t.match(res.payload.toString(), /declared (JSON|text)/);
+    }
+    t.match(await raw.answer(raw.request({ code: 'POST', path: 'ps/declared/good', payload: ' [1, 2] ', format: 50 })), { code: '2.04' });
+    await eventually('the good one delivered', () => seen.messages.length > 0);
+    t.same(
+      seen.messages.map((m) => m.topic),
+      ['declared/good'],
+      'only the valid one reached a subscriber',
+    );
+    t.match(await atCloud('declared/good'), { contentType: 'json', payload: [1, 2] });
+  });
+
   await t.test('a retransmission is processed once and answered the same, also while the first is in hand', async (t) => {
     const sub = await connectClient(proxy.ports.mqtt);
     t.teardown(() => sub.endAsync());

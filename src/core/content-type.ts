@@ -40,3 +40,22 @@ function firstNonSpace(s: string): string {
   }
   return '';
 }
+
+/**
+ * A payload whose content type the device declared (a CoAP Content-Format): null when the bytes
+ * are what it says, else what is wrong. Text must be UTF-8 and JSON a JSON text, as every
+ * consumer downstream (the cloud envelope, `/ws` frames, the rules) takes them to be; CBOR and
+ * binary are carried as bytes, so nothing is checked for them.
+ */
+export function declaredContentProblem(type: ContentType, bytes: Uint8Array): string | null {
+  if (type !== 'json' && type !== 'text') return null;
+  const text = decodeUtf8(bytes);
+  if (text === undefined) return `the payload is declared ${type === 'json' ? 'JSON' : 'text'} but is not UTF-8`;
+  if (type === 'text') return null;
+  try {
+    JSON.parse(text);
+    return null;
+  } catch {
+    return text.trim() === '' ? 'the payload is declared JSON but is empty' : 'the payload is declared JSON but does not parse as JSON';
+  }
+}

@@ -3,7 +3,7 @@ import { EdgeError } from '../core/errors.js';
 import type { ContentType, EdgeMessage, Protocol, QoS } from '../core/message.js';
 import { EDGE_DEVICE_ID } from '../core/message.js';
 import { newMessageId } from '../core/ids.js';
-import { sniffContentType } from '../core/content-type.js';
+import { declaredContentProblem, sniffContentType } from '../core/content-type.js';
 import { checkDeviceTopic, deviceIdOfTopic, filterTouchesReserved } from '../core/topic.js';
 import type { AuthFailureReason, AuthResult, AuthService, Credentials, Identity } from '../auth/service.js';
 
@@ -21,7 +21,7 @@ export interface PublishRequest {
   payload: Uint8Array;
   qos: QoS;
   retain: boolean;
-  /** from the protocol (a CoAP Content-Format); sniffed when absent */
+  /** from the protocol (a CoAP Content-Format), checked against the bytes; sniffed when absent */
   contentType?: ContentType;
   props?: Readonly<Record<string, string>>;
 }
@@ -126,6 +126,11 @@ export class IngressGate {
           `PUBLISH payload of ${req.payload.byteLength} bytes exceeds the limit of ${this.limits.maxPayloadBytes}`,
         ),
       );
+    }
+    if (req.contentType !== undefined) {
+      // Downstream (the cloud envelope, /ws frames, the rules) takes a json payload for JSON text.
+      const problem = declaredContentProblem(req.contentType, req.payload);
+      if (problem) return this.refuse('malformed', new EdgeError('E_MALFORMED', problem));
     }
     const deviceId = identity.fromTopic ? (deviceIdOfTopic(req.topic) ?? identity.deviceId) : identity.deviceId;
     return { kind: 'accept', msg: this.normalize(deviceId, protocol, req) };

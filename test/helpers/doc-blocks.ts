@@ -187,6 +187,8 @@ export interface World {
   mqtt: number;
   admin: number;
   tls: number | null;
+  coap: number;
+  http: number;
   /** the cloud Mosquitto's port */
   cloud: number;
 }
@@ -214,6 +216,9 @@ export function substitutions(w: World): Array<[RegExp, string | ((...m: string[
       /\b(mosquitto_(?:pub|sub)\b[^\n]*?-h (?:127\.0\.0\.1|localhost))(?=\s)(?![^\n]*\s-p \d)/g,
       (_all: string, head: string) => `${head} -p ${w.mqtt}`,
     ],
+    // the CoAP and WebSocket ports
+    [/\b(127\.0\.0\.1|localhost):5683\b/g, `127.0.0.1:${w.coap}`],
+    [/\b(ws:\/\/)(127\.0\.0\.1|localhost):8080\b/g, `$1127.0.0.1:${w.http}`],
     // the admin port
     [/\b(127\.0\.0\.1|localhost):9180\b/g, `127.0.0.1:${w.admin}`],
     // a board's state directory: the proxy's data directory

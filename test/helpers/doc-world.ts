@@ -183,6 +183,8 @@ export async function startWorld(setup: Setup): Promise<DocWorld> {
       mqtt: ports.mqtt!,
       admin: ports.admin!,
       tls: ports['mqtt-tls'] ?? null,
+      coap: ports.coap!,
+      http: ports.http!,
       cloud: cloud.port,
       cloudUrl: cloud.url,
       shell,

@@ -85,7 +85,7 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
       let sum = 0;
       for (const line of text.split('\n')) {
         if (!line.startsWith(name)) continue;
-        const m = /^([a-z_]+)(\{[^}]*\})? ([-0-9.e+]+|NaN)$/.exec(line);
+        const m = /^([a-z_][a-z0-9_]*)(\{[^}]*\})? ([-0-9.e+]+|NaN)$/.exec(line);
         if (!m || m[1] !== name) continue;
         if (labels && !(m[2] ?? '').includes(labels)) continue;
         sum += Number(m[3]);
