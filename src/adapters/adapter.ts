@@ -37,6 +37,25 @@ export interface AdapterEvents {
    * a separate response never acknowledged.
    */
   coapExchange(event: 'duplicate' | 'evicted' | 'separate_response' | 'separate_unacknowledged'): void;
+  /** bytes an adapter holds for its peers in one of its bounded structures, as they are now (each bound is in the adapter's docs) */
+  memoryHeld(protocol: DeviceProtocol, structure: string, bytes: number): void;
+  /**
+   * CoAP block-wise uploads (Block1): reassembled whole, forgotten after their idle time, dropped
+   * to stay under the memory cap, refused as over limits.maxPayloadBytes, a block out of order (4.08).
+   */
+  coapBlock1(event: 'completed' | 'expired' | 'evicted' | 'too_large' | 'incomplete'): void;
+  /**
+   * CoAP observations (RFC 7641): registered, replaced (the same endpoint and token again),
+   * refused (over a bound: answered without Observe), deregistered (Observe 1), reset (a RST to a
+   * notification), unacknowledged (a confirmable notification never acknowledged), revoked (ended
+   * 4.01 or 4.03 by a registry change).
+   */
+  coapObserve(event: 'registered' | 'replaced' | 'refused' | 'deregistered' | 'reset' | 'unacknowledged' | 'revoked'): void;
+  /**
+   * CoAP block-wise responses (Block2): a representation held for its following blocks, one
+   * dropped early to stay under the memory cap, a block asked of one no longer held.
+   */
+  coapBlock2(event: 'stored' | 'evicted' | 'missing'): void;
 }
 
 /** Everything an adapter is given besides its own configuration slice. */

@@ -38,6 +38,10 @@ export class Metrics {
   private readonly upgradesRefused: client.Counter<'reason'>;
   private readonly slowConsumersClosed: client.Counter<'protocol'>;
   private readonly coapExchanges: client.Counter<'event'>;
+  private readonly adapterMemory: client.Gauge<'protocol' | 'structure'>;
+  private readonly coapBlock1: client.Counter<'event'>;
+  private readonly coapObserve: client.Counter<'event'>;
+  private readonly coapBlock2: client.Counter<'event'>;
   readonly payloadDecodeErrors: client.Counter;
   readonly cacheWriteErrors: client.Counter;
   readonly cacheRefused: client.Counter;
@@ -109,6 +113,27 @@ export class Metrics {
     this.coapExchanges = counter(
       'edge_coap_exchanges_total',
       'CoAP exchanges by event: duplicate (a retransmission answered again, not processed), evicted (forgotten early to keep deduplication memory under its cap), separate_response, separate_unacknowledged',
+      ['event'],
+    );
+    this.adapterMemory = new client.Gauge({
+      name: 'edge_adapter_memory_bytes',
+      help: 'Bytes a device adapter holds for its peers, by protocol and structure (each bounded: docs/coap.md names the bounds)',
+      labelNames: ['protocol', 'structure'],
+      registers,
+    });
+    this.coapBlock1 = counter(
+      'edge_coap_block_uploads_total',
+      'CoAP block-wise uploads (Block1) by event: completed (reassembled), expired (idle too long), evicted (dropped to stay under the memory cap), too_large (4.13), incomplete (a block out of order, 4.08)',
+      ['event'],
+    );
+    this.coapObserve = counter(
+      'edge_coap_observations_total',
+      'CoAP observations by event: registered, replaced, refused (over a bound, answered without Observe), deregistered, reset, unacknowledged (a confirmable notification never acknowledged), revoked (ended 4.01 or 4.03 by a registry change)',
+      ['event'],
+    );
+    this.coapBlock2 = counter(
+      'edge_coap_block_responses_total',
+      'CoAP block-wise responses (Block2) by event: stored (a representation held for its following blocks), evicted (dropped early to stay under the memory cap), missing (a block asked of a representation no longer held)',
       ['event'],
     );
     this.connections = new client.Gauge({
@@ -226,6 +251,10 @@ export class Metrics {
       deliveryDropped: (_protocol, reason) => this.dropped(reason).inc(),
       slowConsumerClosed: (protocol) => this.slowConsumersClosed.labels(protocol).inc(),
       coapExchange: (event) => this.coapExchanges.labels(event).inc(),
+      coapBlock1: (event) => this.coapBlock1.labels(event).inc(),
+      coapObserve: (event) => this.coapObserve.labels(event).inc(),
+      coapBlock2: (event) => this.coapBlock2.labels(event).inc(),
+      memoryHeld: (protocol, structure, bytes) => this.adapterMemory.labels(protocol, structure).set(bytes),
     };
   }
 

@@ -10,18 +10,21 @@ import {
   contentTypeOf,
   emptyMessage,
   encodeResponse,
-  formatOf,
   readDatagram,
   requestOf,
   type CoapRequest,
   type Response,
 } from './codec.js';
 import { Exchanges, type Exchange } from './exchanges.js';
+import { Uploads } from './block1.js';
+import type { Peer } from './observers.js';
+import { Reads } from './reads.js';
+import type { RegistryChange } from '../../auth/device-registry.js';
 
 /** The slice of the configuration the CoAP adapter reads. */
 export interface CoapAdapterConfig {
   coap: Config['coap'];
-  limits: Pick<Config['limits'], 'maxPayloadBytes'>;
+  limits: Pick<Config['limits'], 'maxPayloadBytes' | 'maxTopicBytes'>;
 }
 
 /**
@@ -30,26 +33,23 @@ export interface CoapAdapterConfig {
  * client does not retransmit; long enough that a commit of the usual few ms is piggybacked.
  */
 const SEPARATE_AFTER_MS = 500;
-/** RFC 7252 §4.8 transmission parameters, for separate responses. */
+/** RFC 7252 §4.8 transmission parameters, for separate responses and notifications. */
 const ACK_TIMEOUT_MS = 2_000;
+const ACK_RANDOM_FACTOR = 1.5;
 const MAX_RETRANSMIT = 4;
 /** How often pending exchanges and separate responses are looked at: one timer, not one per request. */
 const TICK_MS = 100;
 /** Memory for deduplication, across all endpoints. */
 const DEDUP_MAX_BYTES = 16 * 1024 * 1024;
+/** The same for non-confirmable requests, remembered for NON_LIFETIME (RFC 7252 §4.8.2). */
+const NON_DEDUP_MAX_BYTES = 4 * 1024 * 1024;
+const NON_LIFETIME_MS = 145_000;
+/** What a non-confirmable request's exchange holds as its answer: nothing to send again. */
+const SILENCE = Buffer.alloc(0);
 /** Publishes in the pipeline at once; past this a confirmable one is answered 5.03. */
 const MAX_PENDING = 10_000;
 /** Max-Age of a 5.03: when a device may try again. */
 const RETRY_AFTER_S = 10;
-/** Largest response payload sent in one datagram until Block2 exists. */
-const MAX_RESPONSE_PAYLOAD = 60_000;
-
-interface Peer {
-  socket: Socket;
-  address: string;
-  port: number;
-}
-
 /** A request whose answer waits for the pipeline. */
 interface Pending {
   peer: Peer;
@@ -72,15 +72,16 @@ interface Outgoing {
 const CODE = {
   changed: '2.04',
   content: '2.05',
+  continue: '2.31',
   badRequest: '4.00',
   unauthorized: '4.01',
   badOption: '4.02',
   forbidden: '4.03',
   notFound: '4.04',
   methodNotAllowed: '4.05',
+  incomplete: '4.08',
   tooLarge: '4.13',
   unsupportedFormat: '4.15',
-  internal: '5.00',
   unavailable: '5.03',
 } as const;
 
@@ -89,23 +90,42 @@ const CODE = {
  * coap-packet: node-coap's server makes a stream and a timer per request, acknowledges after 50 ms
  * whatever the commit, and deduplicates only once a response is sent. Here one timer serves every
  * exchange, a confirmable publish is answered 2.04 only once it is committed, and a retransmission
- * is recognized from the moment the original arrives. Observe and block-wise come later.
+ * is recognized from the moment the original arrives. GETs, observations and their notifications
+ * are reads.ts's.
  */
 export class CoapAdapter implements DeviceAdapter {
   readonly protocol = 'coap';
   private readonly sockets: Socket[] = [];
   private readonly exchanges: Exchanges;
+  private readonly nonExchanges: Exchanges;
+  private readonly uploads: Uploads;
   private readonly pending = new Set<Pending>();
   private readonly outgoing = new Map<string, Outgoing>();
   private nextMid = Math.floor(Math.random() * 0x10000);
   private ticker: NodeJS.Timeout | null = null;
   private stopping = false;
+  /** datagrams handed to a socket and not sent yet; `flushed` runs when none is left */
+  private sending = 0;
+  private flushed: (() => void) | null = null;
+  private readonly reads: Reads;
+  private readonly onRegistryChange = (change: RegistryChange): void => this.reads.registryChanged(change);
 
   constructor(
     private readonly cfg: CoapAdapterConfig,
     private readonly deps: AdapterDeps,
   ) {
     this.exchanges = new Exchanges(DEDUP_MAX_BYTES, { evicted: () => deps.events.coapExchange('evicted') });
+    this.nonExchanges = new Exchanges(NON_DEDUP_MAX_BYTES, { evicted: () => deps.events.coapExchange('evicted') }, NON_LIFETIME_MS);
+    this.uploads = new Uploads(
+      { maxPayloadBytes: cfg.limits.maxPayloadBytes },
+      { evicted: () => deps.events.coapBlock1('evicted'), expired: () => deps.events.coapBlock1('expired') },
+    );
+    this.reads = new Reads(
+      { maxTopicBytes: cfg.limits.maxTopicBytes, retryAfterS: RETRY_AFTER_S },
+      deps,
+      { send: (peer, data) => this.send(peer, data), mid: () => this.mid() },
+      { ackTimeoutMs: ACK_TIMEOUT_MS, randomFactor: ACK_RANDOM_FACTOR, maxRetransmit: MAX_RETRANSMIT },
+    );
   }
 
   private get log(): Logger {
@@ -130,6 +150,7 @@ export class CoapAdapter implements DeviceAdapter {
     }
     this.ticker = setInterval(() => this.tick(), TICK_MS);
     this.ticker.unref();
+    this.deps.auth.on('change', this.onRegistryChange);
     return endpoints;
   }
 
@@ -174,6 +195,9 @@ export class CoapAdapter implements DeviceAdapter {
     if (type === 'ack' || type === 'rst') {
       // The end of a separate response's retransmissions (a reset also says the client forgot the request).
       this.outgoing.delete(`${peer.address}|${peer.port}|${packet.messageId}`);
+      // Or of a notification's; a reset to a notification deregisters (RFC 7641 §3.6).
+      if (type === 'ack') this.reads.acknowledged(peer, packet.messageId);
+      else this.reads.reset(peer, packet.messageId);
       return;
     }
     if (packet.code === '0.00') {
@@ -198,6 +222,14 @@ export class CoapAdapter implements DeviceAdapter {
         return;
       }
       ex = this.exchanges.begin(key, Date.now());
+    } else {
+      // RFC 7252 §4.5: a non-confirmable message that comes again (the same id from the same endpoint) is processed once.
+      const key = Exchanges.key(peer.address, peer.port, req.mid);
+      if (this.nonExchanges.get(key)) {
+        this.deps.events.coapExchange('duplicate');
+        return;
+      }
+      this.nonExchanges.answered(this.nonExchanges.begin(key, Date.now()), SILENCE);
     }
     this.request(peer, req, ex);
   }
@@ -224,9 +256,9 @@ export class CoapAdapter implements DeviceAdapter {
       case '0.03':
         return this.publish(peer, req, ex, identity.identity, topic);
       case '0.01':
-        return answer(this.read(identity.identity, topic));
+        return answer(this.reads.get(peer, req, identity.identity, topic));
       default:
-        return answer(diag(CODE.methodNotAllowed, 'use POST or PUT to publish, GET to read the retained message'));
+        return answer(diag(CODE.methodNotAllowed, 'use POST or PUT to publish, GET to read the retained message or observe'));
     }
   }
 
@@ -251,10 +283,45 @@ export class CoapAdapter implements DeviceAdapter {
   private publish(peer: Peer, req: CoapRequest, ex: Exchange | null, identity: Identity, topic: string): void {
     const answer = (res: Response): void => this.respond({ peer, req, ex, since: 0, separate: false }, res);
     const max = this.cfg.limits.maxPayloadBytes;
+    if (req.badBlock1 !== null) return answer(diag(CODE.badRequest, `Block1: ${req.badBlock1}`));
     if (req.block1) {
-      // Block-wise uploads come in a later slice; a too large one is refused as early as its Size1 tells.
-      if (req.size1 !== null && req.size1 > max) return answer({ ...tooLarge(req.size1, max) });
-      return answer(diag(CODE.badOption, 'block-wise uploads (Block1) are not supported yet'));
+      // One block of an upload (block1.ts); each block was identified on its own in request().
+      const block1 = req.block1;
+      if (block1.num === 0 && block1.more) {
+        // What the last block would be refused for whatever it holds is said before the upload is kept.
+        const early = this.refusedUpload(identity, topic, req);
+        if (early) return answer(early);
+      }
+      const step = this.uploads.block(
+        {
+          endpoint: `${peer.address}|${peer.port}`,
+          key: uploadKey(peer, req),
+          block: block1,
+          payload: req.payload,
+          size1: req.size1,
+          contentFormat: req.contentFormat,
+        },
+        Date.now(),
+      );
+      switch (step.kind) {
+        case 'continue':
+          // RFC 7959 §2.3: 2.31 with the block's Block1, and the next block may come.
+          return answer({ code: CODE.continue, block1 });
+        case 'incomplete':
+          this.deps.events.coapBlock1('incomplete');
+          return answer(diag(CODE.incomplete, step.detail));
+        case 'too_large':
+          this.deps.events.coapBlock1('too_large');
+          this.deps.events.framingRefused('too_large');
+          return answer(tooLarge(step.size, max));
+        case 'bad':
+          return answer(diag(CODE.badRequest, step.detail));
+        case 'complete':
+          // The whole upload goes on below as one publish; respond() puts this Block1 on its answer.
+          this.deps.events.coapBlock1('completed');
+          req.payload = step.payload;
+          req.contentFormat = step.contentFormat;
+      }
     }
     let contentType;
     if (req.contentFormat !== null) {
@@ -289,6 +356,14 @@ export class CoapAdapter implements DeviceAdapter {
     });
   }
 
+  /** An upload's first block: its Content-Format and its topic (syntax, access) checked as its publish will be. */
+  private refusedUpload(identity: Identity, topic: string, req: CoapRequest): Response | null {
+    if (req.contentFormat !== null && contentTypeOf(req.contentFormat) === undefined)
+      return diag(CODE.unsupportedFormat, `Content-Format ${req.contentFormat}: use 0 text, 42 octet-stream, 50 json or 60 cbor`);
+    const verdict = this.deps.gate.checkPublish(identity, 'coap', { topic, payload: SILENCE, qos: 0, retain: false });
+    return verdict.kind === 'refuse' ? this.refusal(verdict.error) : null;
+  }
+
   private refusal(err: Error): Response {
     const max = this.cfg.limits.maxPayloadBytes;
     if (!(err instanceof EdgeError)) return { ...diag(CODE.unavailable, 'not accepted now, send it again later'), maxAge: RETRY_AFTER_S };
@@ -308,23 +383,6 @@ export class CoapAdapter implements DeviceAdapter {
     }
   }
 
-  // ---- read
-
-  /** GET without Observe: the retained message. An Observe option is elective: ignored until Observe exists (RFC 7641 §2). */
-  private read(identity: Identity, topic: string): Response {
-    if (topic.includes('+') || topic.includes('#')) return diag(CODE.badRequest, 'a GET without Observe reads one topic, not a filter');
-    const denied = this.deps.gate.checkSubscribe(identity, 'coap', topic);
-    if (denied) return diag(CODE.forbidden, denied.message);
-    const msg = this.deps.retained.get(topic);
-    if (!msg) return diag(CODE.notFound, `no retained message on ${topic.slice(0, 200)}`);
-    if (msg.payload.byteLength > MAX_RESPONSE_PAYLOAD)
-      return diag(
-        CODE.internal,
-        `the retained message has ${msg.payload.byteLength} bytes: larger than one datagram, and Block2 is not supported yet`,
-      );
-    return { code: CODE.content, contentFormat: formatOf(msg.contentType), payload: Buffer.from(msg.payload) };
-  }
-
   // ---- answers
 
   /**
@@ -333,6 +391,8 @@ export class CoapAdapter implements DeviceAdapter {
    */
   private respond(p: Pending, res: Response): void {
     const { peer, req, ex } = p;
+    // RFC 7959 §2.3: the answer to an upload's last block carries that block's Block1.
+    if (req.block1 && res.block1 === undefined && res.code.startsWith('2.')) res = { ...res, block1: req.block1 };
     if (req.type === 'non') {
       this.send(peer, encodeResponse(res, 'non', this.mid(), req.token));
       return;
@@ -379,6 +439,14 @@ export class CoapAdapter implements DeviceAdapter {
       this.send(o.peer, o.data);
     }
     this.exchanges.expire(now);
+    this.nonExchanges.expire(now);
+    this.reads.tick(now);
+    this.uploads.expire(now);
+    const held = this.reads.heldBytes;
+    this.deps.events.memoryHeld('coap', 'dedup', this.exchanges.bytes + this.nonExchanges.bytes);
+    this.deps.events.memoryHeld('coap', 'uploads', this.uploads.bytes);
+    this.deps.events.memoryHeld('coap', 'blocks', held.blocks);
+    this.deps.events.memoryHeld('coap', 'observe_queues', held.observeQueues);
   }
 
   private mid(): number {
@@ -387,29 +455,45 @@ export class CoapAdapter implements DeviceAdapter {
   }
 
   private send(peer: Peer, data: Buffer): void {
+    this.sending++;
     peer.socket.send(data, peer.port, peer.address, (err) => {
+      if (--this.sending === 0) this.flushed?.();
       if (err) this.log.debug({ remote: `${peer.address}:${peer.port}`, err: err.message }, 'coap send failed');
     });
   }
 
-  /** Local delivery's sink: nothing to deliver to until Observe exists (a later slice). */
-  deliver(_msg: EdgeMessage): void {}
+  /** Local delivery's sink: a notification to each observation that matches (reads.ts). */
+  deliver(msg: EdgeMessage): void {
+    this.reads.deliver(msg);
+  }
 
-  /** UDP has no connections; devices observing will be counted with Observe. */
+  /** UDP has no connections: the endpoints (address and port) observing anything. */
   connectedCount(): number {
-    return 0;
+    return this.reads.connectedCount();
   }
 
   /**
    * Stop taking publishes (answered 5.03 from now on), let `settle` commit what is in hand so its
-   * 2.04s go out, then close the sockets.
+   * 2.04s go out (and the notifications of what it delivers), end every observation with a 5.03,
+   * then close the sockets.
    */
   async stop(settle: () => Promise<void>): Promise<void> {
     this.stopping = true;
+    this.deps.auth.off('change', this.onRegistryChange);
     await settle();
     await new Promise<void>((resolve) => setImmediate(resolve)); // the answers of the last commit are sent
+    this.reads.stop();
     if (this.ticker) clearInterval(this.ticker);
     this.ticker = null;
+    // A socket closed with sends still queued drops them: the 5.03s that end observations go first.
+    if (this.sending > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        this.flushed = resolve;
+        timer = setTimeout(resolve, 1_000);
+      });
+      clearTimeout(timer);
+    }
     await Promise.all(this.sockets.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     this.sockets.length = 0;
   }
@@ -418,6 +502,11 @@ export class CoapAdapter implements DeviceAdapter {
 function diag(code: string, text: string): Response {
   // A diagnostic payload is short (RFC 7252 §5.5.2): a client shows it, a log keeps it.
   return { code, payload: Buffer.from(text.slice(0, 200)) };
+}
+
+/** What makes blocks one upload: the endpoint, the method, the path and the query (with the device's d and k), not the token. */
+function uploadKey(peer: Peer, req: CoapRequest): string {
+  return JSON.stringify([peer.address, peer.port, req.code, req.path, [...req.query]]);
 }
 
 function tooLarge(size: number | null, max: number): Response {

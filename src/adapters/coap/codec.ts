@@ -11,6 +11,7 @@ const TYPES: readonly MessageType[] = ['con', 'non', 'ack', 'rst'];
 /** Option numbers (RFC 7252 §12.2, RFC 7641, RFC 7959). */
 export const OPT = {
   uriHost: 3,
+  etag: 4,
   observe: 6,
   uriPort: 7,
   uriPath: 11,
@@ -25,19 +26,27 @@ export const OPT = {
   noResponse: 258,
 } as const;
 
-/** Options this adapter reads or may ignore; any other critical (odd) option is answered 4.02 (RFC 7252 §5.4.1). */
-const UNDERSTOOD: ReadonlySet<number> = new Set([
-  OPT.uriHost,
-  OPT.observe,
-  OPT.uriPort,
-  OPT.uriPath,
-  OPT.contentFormat,
-  OPT.uriQuery,
-  OPT.accept,
-  OPT.block2,
-  OPT.size1,
-  OPT.size2,
-  OPT.noResponse,
+/**
+ * The options this adapter reads or may ignore, with their value lengths and whether they may
+ * repeat (RFC 7252 §5.10, RFC 7641 §2, RFC 7959 §2.1 and §4, RFC 7967 §2). An option out of its
+ * range, or a repeat of one that may not repeat, is an unrecognized option (§5.4.3, §5.4.5): a
+ * critical (odd) one makes the request 4.02, an elective one is ignored. Any other critical
+ * option is 4.02 too (§5.4.1).
+ */
+const FORMATS: ReadonlyMap<number, { min: number; max: number; repeats: boolean }> = new Map([
+  [OPT.uriHost, { min: 1, max: 255, repeats: false }],
+  [OPT.etag, { min: 1, max: 8, repeats: true }],
+  [OPT.observe, { min: 0, max: 3, repeats: false }],
+  [OPT.uriPort, { min: 0, max: 2, repeats: false }],
+  [OPT.uriPath, { min: 0, max: 255, repeats: true }],
+  [OPT.contentFormat, { min: 0, max: 2, repeats: false }],
+  [OPT.uriQuery, { min: 0, max: 255, repeats: true }],
+  [OPT.accept, { min: 0, max: 2, repeats: false }],
+  [OPT.block2, { min: 0, max: 3, repeats: false }],
+  [OPT.block1, { min: 0, max: 3, repeats: false }],
+  [OPT.size2, { min: 0, max: 4, repeats: false }],
+  [OPT.size1, { min: 0, max: 4, repeats: false }],
+  [OPT.noResponse, { min: 0, max: 1, repeats: false }],
 ]);
 
 /** Content-Formats (RFC 7252 §12.3, RFC 8949) and the proxy's content types. */
@@ -137,7 +146,14 @@ export interface CoapRequest {
   query: Map<string, string>;
   contentFormat: number | null;
   observe: number | null;
-  block1: boolean;
+  /** Block1 (RFC 7959 §2.2): this request carries one block of an upload */
+  block1: BlockOption | null;
+  /** why the Block1 option cannot be read (answered 4.00, RFC 7959 §2.2), else null */
+  badBlock1: string | null;
+  /** Block2 (RFC 7959 §2.2): which block of the response the client asks for, and its size */
+  block2: BlockOption | null;
+  /** why the Block2 option cannot be read (answered 4.00), else null */
+  badBlock2: string | null;
   size1: number | null;
   /** the number of a critical option this adapter does not understand */
   badOption: number | null;
@@ -154,13 +170,25 @@ export function requestOf(packet: ParsedPacket, type: 'con' | 'non'): CoapReques
     query: new Map(),
     contentFormat: null,
     observe: null,
-    block1: false,
+    block1: null,
+    badBlock1: null,
+    block2: null,
+    badBlock2: null,
     size1: null,
     badOption: null,
     payload: packet.payload,
   };
+  const seen = new Set<number>();
   for (const o of packet.options) {
     const n = typeof o.name === 'number' ? o.name : optionNumber(o.name);
+    const format = FORMATS.get(n);
+    const usable = format !== undefined && o.value.length >= format.min && o.value.length <= format.max && (format.repeats || !seen.has(n));
+    seen.add(n);
+    if (!usable) {
+      // Unrecognized (§5.4.1, §5.4.3, §5.4.5): critical ones refuse the request, elective ones are skipped.
+      if (n % 2 === 1 && req.badOption === null) req.badOption = n;
+      continue;
+    }
     switch (n) {
       case OPT.uriPath:
         req.path.push(o.value.toString('utf8'));
@@ -179,14 +207,21 @@ export function requestOf(packet: ParsedPacket, type: 'con' | 'non'): CoapReques
       case OPT.observe:
         req.observe = uint(o.value);
         break;
-      case OPT.block1:
-        req.block1 = true;
+      case OPT.block1: {
+        const block = parseBlock(o.value);
+        if (typeof block === 'string') req.badBlock1 = block;
+        else req.block1 = block;
         break;
+      }
+      case OPT.block2: {
+        const block = parseBlock(o.value);
+        if (typeof block === 'string') req.badBlock2 = block;
+        else req.block2 = block;
+        break;
+      }
       case OPT.size1:
         req.size1 = uint(o.value);
         break;
-      default:
-        if (n % 2 === 1 && !UNDERSTOOD.has(n) && req.badOption === null) req.badOption = n;
     }
   }
   return req;
@@ -217,12 +252,22 @@ const NAMED: Readonly<Record<string, number>> = {
   'Proxy-Scheme': 39,
   Size1: 60,
   'No-Response': 258,
+  'OCF-Accept-Content-Format-Version': 2049,
+  'OCF-Content-Format-Version': 2053,
 };
 
-/** coap-packet names the options it knows and gives the others as decimal strings. */
+/**
+ * coap-packet names the options it knows and gives the others as decimal strings. A name not
+ * known here (a newer coap-packet) is taken for an unrecognized critical option: refused, not
+ * silently skipped.
+ */
 function optionNumber(name: string): number {
-  return NAMED[name] ?? Number.parseInt(name, 10);
+  const n = NAMED[name] ?? Number.parseInt(name, 10);
+  return Number.isInteger(n) ? n : UNKNOWN_CRITICAL;
 }
+
+/** Stands for an option whose number cannot be read: odd, so critical, and in no table. */
+const UNKNOWN_CRITICAL = 65_535;
 
 export function uint(value: Buffer): number {
   let n = 0;
@@ -237,6 +282,29 @@ function uintBytes(n: number): Buffer {
   return Buffer.from(bytes);
 }
 
+/** A Block1 or Block2 option (RFC 7959 §2.2): the block number, whether more follow, SZX and the block size it stands for. */
+export interface BlockOption {
+  num: number;
+  more: boolean;
+  szx: number;
+  /** 2 ** (szx + 4): 16 to 1024 bytes */
+  size: number;
+}
+
+/** A block option's value, or why it cannot be read: longer than 3 bytes, or the reserved SZX 7. */
+export function parseBlock(value: Buffer): BlockOption | string {
+  if (value.length > 3) return `a block option of ${value.length} bytes (at most 3)`;
+  const v = uint(value);
+  const szx = v & 7;
+  if (szx === 7) return 'block size exponent (SZX) 7 is reserved';
+  return { num: v >>> 4, more: (v & 8) !== 0, szx, size: 1 << (szx + 4) };
+}
+
+/** The shortest value that carries a block option (0 to 3 bytes). */
+export function encodeBlock(b: Pick<BlockOption, 'num' | 'more' | 'szx'>): Buffer {
+  return uintBytes(b.num * 16 + (b.more ? 8 : 0) + b.szx);
+}
+
 /** A response before it has a message type and id. */
 export interface Response {
   code: string;
@@ -244,6 +312,16 @@ export interface Response {
   contentFormat?: number;
   maxAge?: number;
   size1?: number;
+  /** RFC 7641: the sequence number of a notification (24 bits); present only while the observation stays */
+  observe?: number;
+  /** RFC 7252 §5.10.6: tells one representation from another across the blocks of a transfer */
+  etag?: Buffer;
+  /** RFC 7959 §2.2: which block of the representation this response carries */
+  block2?: Pick<BlockOption, 'num' | 'more' | 'szx'>;
+  /** RFC 7959 §4: the size of the whole representation */
+  size2?: number;
+  /** RFC 7959 §2.3: a block of an upload acknowledged (2.31) or the upload's last block answered */
+  block1?: BlockOption;
 }
 
 export function encodeResponse(res: Response, type: MessageType, mid: number, token: Buffer): Buffer {
@@ -252,6 +330,11 @@ export function encodeResponse(res: Response, type: MessageType, mid: number, to
   if (res.contentFormat !== undefined) options.push({ name: OPT.contentFormat, value: uintBytes(res.contentFormat) });
   if (res.maxAge !== undefined) options.push({ name: OPT.maxAge, value: uintBytes(res.maxAge) });
   if (res.size1 !== undefined) options.push({ name: OPT.size1, value: uintBytes(res.size1) });
+  if (res.observe !== undefined) options.push({ name: OPT.observe, value: uintBytes(res.observe & 0xffffff) });
+  if (res.etag !== undefined) options.push({ name: OPT.etag, value: res.etag });
+  if (res.block2 !== undefined) options.push({ name: OPT.block2, value: encodeBlock(res.block2) });
+  if (res.size2 !== undefined) options.push({ name: OPT.size2, value: uintBytes(res.size2) });
+  if (res.block1 !== undefined) options.push({ name: OPT.block1, value: encodeBlock(res.block1) });
   return generate(
     {
       code: res.code,

@@ -4,7 +4,7 @@
 import { isUtf8 } from 'node:buffer';
 import type { ErrorCode } from '../../core/errors.js';
 import type { ContentType, EdgeMessage, QoS } from '../../core/message.js';
-import { asBuffer } from '../../core/bytes.js';
+import { messageJson } from '../message-json.js';
 import { topicFilterProblem } from '../../config/schema.js';
 
 /**
@@ -148,20 +148,9 @@ export function errorFrame(r: FrameRefusal & { topic?: string }): string {
 
 /**
  * `{"op":"msg","topic","payload","contentType","ts","msgId"}`, made once per message and shared by
- * every connection it goes to. A `json` payload is JSON text checked when the message arrived, so it
- * is spliced in as it is (as the cloud envelope does); `text` is a string; `binary` and `cbor` are
- * base64 with `"encoding":"base64"`. `retained`: handed over when a `sub` starts, `"retain":true`.
+ * every connection it goes to (message-json.ts: a CoAP notification of a filter is the same JSON).
+ * `retained`: handed over when a `sub` starts, `"retain":true`.
  */
 export function msgFrame(m: EdgeMessage, retained: boolean): Buffer {
-  const base64 = m.contentType === 'binary' || m.contentType === 'cbor';
-  const head = `{"op":"msg","topic":${JSON.stringify(m.topic)},"payload":`;
-  const tail = `,"contentType":"${m.contentType}","ts":${m.ts},"msgId":"${m.id}"${base64 ? ',"encoding":"base64"' : ''}${retained ? ',"retain":true' : ''}}`;
-  const bytes = asBuffer(m.payload);
-  if (m.contentType === 'json' && bytes.byteLength > 0) {
-    // A UTF-8 byte order mark may precede a JSON text but not stand inside a JSON document.
-    const json = bytes.byteLength >= 3 && bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? bytes.subarray(3) : bytes;
-    return Buffer.concat([Buffer.from(head), json, Buffer.from(tail)]);
-  }
-  const payload = base64 ? `"${bytes.toString('base64')}"` : JSON.stringify(bytes.toString('utf8'));
-  return Buffer.from(head + payload + tail);
+  return messageJson(m, retained, 'msg');
 }
