@@ -1,4 +1,4 @@
-// npm run bench [-- --only forward|ws|drain|rules|swap|slow] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
+// npm run bench [-- --only forward|ws|coap|drain|rules|swap|slow] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
 //                                        [--backlog 1000000 --max-inflight 256] [--json]
 // npm run bench -- --compare-auth [--runs 5 --seconds 10 --warmup 2 --devices 50 --inflight 1] [--json]
 import { parseArgs } from 'node:util';
@@ -10,6 +10,7 @@ import { benchRules, type RulesResult } from './rules.js';
 import { benchSlow, type SlowResult, type SubscriberFigures } from './slow.js';
 import { benchSwap, type SwapResult } from './swap.js';
 import { benchWs, type PhaseFigures, type WsResult } from './ws.js';
+import { benchCoap, type CoapResult } from './coap.js';
 
 const { values } = parseArgs({
   options: {
@@ -36,7 +37,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(`npm run bench -- [options]
-  --only forward|ws|drain|rules|swap|slow  one section (default: all six)
+  --only forward|ws|coap|drain|rules|swap|slow  one section (default: all seven)
   forward: durable ingest, devices -> proxy -> loopback Mosquitto
     --devices N (50)  --inflight K QoS 1 publishes in flight per device (1)  --seconds S (15)  --warmup S (3)
     --baseline        also run the same load through a bare aedes broker with an in-memory MQTT.js forwarder
@@ -54,6 +55,14 @@ if (values.help) {
                      --runs N (5) of each, with --devices, --inflight, --seconds (10), --warmup (2);
                      each run's figures, the medians, and whether token mode's CPU per message is
                      within 5 % of open mode's
+  coap: CoAP beside TCP MQTT on one durable proxy, a phase each (2 x (--warmup + --seconds)):
+      --devices TCP MQTT devices with QoS 1 publishes, then as many CoAP devices with confirmable
+      publishes (POST /ps/<topic>, each answered 2.04 once committed), each keeping --inflight (1,
+      RFC 7252's NSTART; 16 to compare with the ws section) in flight; messages/s and proxy CPU per
+      message, and whether CoAP stays within 50 % of TCP MQTT's CPU per message. The CoAP devices
+      are raw UDP sockets (bench/load-coap.ts) that retransmit as RFC 7252 says
+    --runs N (1)      rounds of the two phases; the figures are each phase's medians
+    --auth open|token as for forward; CoAP devices send ?d=<id>&k=<token> on every request
   drain: a backlog in the cache, drained to a loopback Mosquitto
     --backlog N (1000000)  --max-inflight K uplink.maxInflight (256)
   rules: the rule engine alone, in this process
@@ -84,7 +93,7 @@ function count(name: string, value: string, min: number): number {
   if (!/^\d+$/.test(value) || Number(value) < min) usage(`--${name} must be a whole number of at least ${min}, not "${value}"`);
   return Number(value);
 }
-const SECTIONS = ['forward', 'ws', 'drain', 'rules', 'swap', 'slow'];
+const SECTIONS = ['forward', 'ws', 'coap', 'drain', 'rules', 'swap', 'slow'];
 if (values.only !== undefined && !SECTIONS.includes(values.only))
   usage(`--only must be one of ${SECTIONS.join(', ')}, not "${values.only}"`);
 if (values.auth !== 'open' && values.auth !== 'token') usage(`--auth must be open or token, not "${values.auth}"`);
@@ -117,6 +126,7 @@ const out: {
   swap?: SwapResult;
   compareAuth?: CompareAuthResult;
   ws?: WsResult;
+  coap?: CoapResult;
   slow?: SlowResult;
 } = {};
 const lines: string[] = [];
@@ -193,6 +203,25 @@ if (sections.includes('ws')) {
     `  /mqtt CPU per message over TCP MQTT's: ${verdict(r.mqttWsCpuRatio, r.targets.mqttWs)}`,
     `  /ws   CPU per message over TCP MQTT's: ${verdict(r.wsCpuRatio, r.targets.ws)}`,
     `  messages acknowledged ${r.acked}, at the cloud ${r.atCloud}${failed > 0 ? `, refused ${failed}` : ''}`,
+  );
+}
+
+if (sections.includes('coap')) {
+  log(`coap: TCP MQTT and CoAP devices in turn -> proxy (SQLite cache, auth.mode ${authMode}) -> loopback Mosquitto`);
+  const r = (out.coap = await benchCoap({ ...shape, runs: count('runs', values.runs ?? '1', 1), auth: authMode }, log));
+  const pct = (x: number): string => `${x >= 0 ? '+' : ''}${f(x * 100, 1)} %`;
+  const row = (label: string, x: PhaseFigures): string =>
+    `  ${label.padEnd(9)} ${f(x.messagesPerSecond).padStart(10)}  ${f(x.cpuMicrosPerMessage, 1).padStart(14)}  ${f(x.cpuCoresUsed, 2).padStart(11)}`;
+  const coapPhases = r.phases.filter((p) => p.transport === 'coap');
+  const sum = (k: 'failed' | 'retransmitted' | 'separate'): number => coapPhases.reduce((a, p) => a + p[k], 0);
+  lines.push(
+    `coap: ${r.devices} devices a phase x ${r.inflight} publish(es) in flight (MQTT QoS 1, CoAP confirmable), ~120-byte JSON, auth.mode ${r.auth}, ${shape.seconds} s measured a phase, one proxy${r.runs > 1 ? `, medians of ${r.runs} runs` : ''}`,
+    '  phase     messages/s  CPU us/message  proxy cores',
+    row('TCP MQTT', r.tcp),
+    row('CoAP', r.coap),
+    `  CoAP CPU per message over TCP MQTT's: ${f(r.coapCpuRatio, 3)} (${pct(r.coapCpuRatio - 1)}), target <= ${f(r.target, 2)}: ${r.withinTarget ? 'met' : 'NOT met'}`,
+    `  CoAP requests retransmitted ${sum('retransmitted')}, answered by a separate response ${sum('separate')}, refused ${sum('failed')}`,
+    `  messages acknowledged ${r.acked}, at the cloud ${r.atCloud}${r.atCloud < r.acked ? ` (${r.acked - r.atCloud} MISSING)` : ''}`,
   );
 }
 

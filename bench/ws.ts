@@ -130,7 +130,7 @@ export async function benchWs(opts: WsOptions, progress: (line: string) => void)
 }
 
 /** Wait (up to 60 s) until the cloud has what was acknowledged, so the next phase starts without a backlog. */
-async function caughtUp(atCloud: () => number, acked: number, progress: (line: string) => void): Promise<void> {
+export async function caughtUp(atCloud: () => number, acked: number, progress: (line: string) => void): Promise<void> {
   const deadline = Date.now() + 60_000;
   while (atCloud() < acked) {
     if (Date.now() > deadline) {

@@ -9,8 +9,9 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parseRate } from './device.js';
 import { certificateDeviceId, parseTokenFile, tokenDeviceId } from './credentials.js';
-import { PROTOCOLS, isProtocol, type Protocol } from './links.js';
+import { PROTOCOLS, WEBSOCKET_PROTOCOLS, isProtocol, type Protocol } from './links.js';
 import {
+  DEFAULT_COAP_PORT,
   DEFAULT_DEVICES,
   DEFAULT_HTTP_PORT,
   DEFAULT_PREFIX,
@@ -36,16 +37,22 @@ devices/<id>/telemetry and obeys downlink commands on devices/<id>/cmd/rate
   ws       the proxy's JSON protocol on /ws (docs/websocket.md): qos 1 "pub"
            frames, each acknowledged before it counts, and a "sub" to its
            devices/<id>/cmd/# for the commands; ?d=<id> names the device
+  coap     CoAP over UDP (docs/coap.md): POST /ps/devices/<id>/telemetry,
+           confirmable for --qos 1 (retransmitted as RFC 7252 says, counted
+           once answered 2.04), non-confirmable for --qos 0; a GET with
+           Observe on /ps/devices/<id>/cmd/# for the commands; ?d=<id> names
+           the device; a payload over 1024 bytes goes block-wise (Block1)
 Against a proxy in token mode each device connects with username = its id and
 password = its token, as printed by \`edge-proxy devices add <id>\` (a ws
-device: the token at the upgrade, see --upgrade-token); or, on the proxy's MQTT
-TLS port, with a client certificate whose CN is its id (--cert, --key).
+device: the token at the upgrade, see --upgrade-token; a coap device: &k=<token>
+on every request); or, on the proxy's MQTT TLS port, with a client certificate
+whose CN is its id (--cert, --key).
 
 Options:
-  --protocol P[,P...]   mqtt, mqtt-ws or ws (default mqtt); a list gives the
-                        devices their protocols in turn: --protocol mqtt,ws makes
-                        sim-0001 mqtt, sim-0002 ws, sim-0003 mqtt, ...;
-                        mqtt,mqtt,ws makes two thirds of them mqtt
+  --protocol P[,P...]   mqtt, mqtt-ws, ws or coap (default mqtt); a list gives
+                        the devices their protocols in turn: --protocol mqtt,ws
+                        makes sim-0001 mqtt, sim-0002 ws, sim-0003 mqtt, ...;
+                        mqtt,mqtt,coap makes two thirds of them mqtt
   --url URL             where mqtt devices connect (default ${DEFAULT_URL}).
                         For a fleet of one WebSocket protocol, the endpoint
                         itself may be given instead: ws(s)://host:8080/mqtt
@@ -56,6 +63,9 @@ Options:
                         mqtt-ws devices connect to URL/mqtt, ws devices to
                         URL/ws (default ws://<--url's host>:${DEFAULT_HTTP_PORT}, wss:// when
                         --url is mqtts://)
+  --coap-url URL        the proxy's CoAP endpoint, coap://host:port, where coap
+                        devices send their requests (default
+                        coap://<--url's host>:${DEFAULT_COAP_PORT})
   --upgrade-token header|query
                         with --token or --token-file, WebSocket devices give
                         their token at the upgrade, as "Authorization: Bearer"
@@ -66,7 +76,11 @@ Options:
                         publish the next message as soon as the previous one is
                         acknowledged
   --inflight K          messages in flight per device in max mode (default 1)
-  --qos 0|1             publish QoS (default 1)
+  --qos 0|1             publish QoS (default 1); coap devices: confirmable (1) or
+                        non-confirmable (0) requests
+  --payload-bytes N     pad each telemetry message to N bytes with a "pad"
+                        field (default: no padding, about 110 bytes); over
+                        1024, coap devices send it block-wise
   --count M             stop each device after M messages (default unlimited)
   --duration S          stop after S seconds (default unlimited)
   --prefix P            device id prefix (default "sim-" -> sim-0001, sim-0002, ...)
@@ -114,11 +128,13 @@ const OPTIONS = {
   protocol: { type: 'string' },
   url: { type: 'string' },
   'http-url': { type: 'string' },
+  'coap-url': { type: 'string' },
   'upgrade-token': { type: 'string' },
   devices: { type: 'string' },
   rate: { type: 'string' },
   inflight: { type: 'string' },
   qos: { type: 'string' },
+  'payload-bytes': { type: 'string' },
   count: { type: 'string' },
   duration: { type: 'string' },
   prefix: { type: 'string' },
@@ -171,7 +187,8 @@ export function parseCliArgs(argv: readonly string[]): CliCommand {
       throw new UsageError(`--url is not a valid URL: "${values.url}"`);
     }
     if (!['mqtt:', 'mqtts:', 'tcp:', 'ssl:', 'ws:', 'wss:'].includes(url.protocol)) {
-      throw new UsageError(`--url must use mqtt://, mqtts://, ws:// or wss://, got "${values.url}"`);
+      const coap = url.protocol === 'coap:' ? ' (the CoAP endpoint is --coap-url, with --protocol coap)' : '';
+      throw new UsageError(`--url must use mqtt://, mqtts://, ws:// or wss://, got "${values.url}"${coap}`);
     }
     options.url = values.url;
   }
@@ -189,6 +206,7 @@ export function parseCliArgs(argv: readonly string[]): CliCommand {
     if (values.qos !== '0' && values.qos !== '1') throw new UsageError(`--qos must be 0 or 1, got "${values.qos}"`);
     options.qos = values.qos === '0' ? 0 : 1;
   }
+  if (values['payload-bytes'] !== undefined) options.payloadBytes = positiveInt('payload-bytes', values['payload-bytes']);
   if (values.count !== undefined) options.count = positiveInt('count', values.count);
   if (values.duration !== undefined) options.duration = positiveNumber('duration', values.duration);
   if (values.prefix !== undefined) {
@@ -212,8 +230,8 @@ export function parseCliArgs(argv: readonly string[]): CliCommand {
   return { help: false, options };
 }
 
-/** --protocol, --http-url: where each device connects. */
-function parseEndpoints(values: { protocol?: string; 'http-url'?: string }, options: FleetOptions): void {
+/** --protocol, --http-url, --coap-url: where each device connects. */
+function parseEndpoints(values: { protocol?: string; 'http-url'?: string; 'coap-url'?: string }, options: FleetOptions): void {
   if (values.protocol !== undefined) {
     const names = values.protocol.split(',').map((p) => p.trim());
     const wrong = names.filter((p) => !isProtocol(p));
@@ -223,16 +241,24 @@ function parseEndpoints(values: { protocol?: string; 'http-url'?: string }, opti
     options.protocols = names as Protocol[];
   }
   if (values['http-url'] !== undefined) options.httpUrl = values['http-url'];
+  if (values['coap-url'] !== undefined) options.coapUrl = values['coap-url'];
   const endpoints = cliEndpoints(options);
-  if (values['http-url'] !== undefined && endpoints.protocols.every((p) => p === 'mqtt')) {
+  if (values['http-url'] !== undefined && !hasWebSocketDevices(endpoints)) {
     throw new UsageError('--http-url is where mqtt-ws and ws devices connect, and this fleet has none: add --protocol');
   }
+  if (values['coap-url'] !== undefined && !endpoints.protocols.includes('coap')) {
+    throw new UsageError('--coap-url is where coap devices send their requests, and this fleet has none: add --protocol coap');
+  }
+}
+
+function hasWebSocketDevices(endpoints: Endpoints): boolean {
+  return endpoints.protocols.some((p) => WEBSOCKET_PROTOCOLS.includes(p));
 }
 
 /** fleetEndpoints(), its complaints as usage errors naming the options. */
 function cliEndpoints(options: FleetOptions): Endpoints {
   try {
-    return fleetEndpoints(options, { url: '--url', httpUrl: '--http-url' });
+    return fleetEndpoints(options, { url: '--url', httpUrl: '--http-url', coapUrl: '--coap-url' });
   } catch (err) {
     if (err instanceof RangeError) throw new UsageError(err.message);
     throw err;
@@ -265,8 +291,10 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
     if (upgrade !== 'header' && upgrade !== 'query') throw new UsageError(`--upgrade-token must be header or query, got "${upgrade}"`);
     if (token === undefined && tokenFile === undefined)
       throw new UsageError('--upgrade-token is where the token goes: give --token or --token-file');
-    if (cliEndpoints(options).protocols.every((p) => p === 'mqtt')) {
-      throw new UsageError('--upgrade-token is for WebSocket devices (--protocol mqtt-ws or ws); mqtt devices send the token in CONNECT');
+    if (!hasWebSocketDevices(cliEndpoints(options))) {
+      throw new UsageError(
+        '--upgrade-token is for WebSocket devices (--protocol mqtt-ws or ws); mqtt devices send the token in CONNECT, coap devices in every request',
+      );
     }
     options.upgradeToken = upgrade;
   }
@@ -281,6 +309,9 @@ function parseCredentials(values: CredentialValues, options: FleetOptions): void
       throw new UsageError(
         `--cert is for device ${certId} (its CN), but --prefix ${options.prefix} names the device ${deviceId(options.prefix, 1, 1)}: leave --prefix out, the device takes the id its certificate names`,
       );
+    }
+    if (cliEndpoints(options).protocols[0] === 'coap') {
+      throw new UsageError(`--cert is for a TLS URL, and the device ${certId} is a coap device: CoAP here has no DTLS; give it --token`);
     }
     options.ids = [certId];
   }

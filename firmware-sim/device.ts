@@ -1,11 +1,12 @@
 /**
- * One simulated device: an MQTT.js client (over TCP, TLS or WebSocket) or a client of the proxy's
- * JSON WebSocket protocol, that publishes telemetry at a paced rate (or as fast as acknowledgements
- * come back) and obeys downlink commands.
+ * One simulated device: an MQTT.js client (over TCP, TLS or WebSocket), a client of the proxy's
+ * JSON WebSocket protocol or a CoAP client, that publishes telemetry at a paced rate (or as fast as
+ * acknowledgements come back) and obeys downlink commands.
  */
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type { IClientOptions } from 'mqtt';
+import { CoapLink } from './coap-link.js';
 import { JsonWsLink, MqttLink, type DeviceLink, type Protocol } from './links.js';
 import { SensorModel, createRng, seedFrom, type Reading } from './sensors.js';
 
@@ -62,6 +63,8 @@ export interface Telemetry extends Reading {
   deviceId: string;
   seq: number;
   ts: number;
+  /** filler up to --payload-bytes */
+  pad?: string;
 }
 
 export interface SentMessage {
@@ -108,9 +111,12 @@ export interface DeviceStats {
 
 export interface DeviceOptions {
   id: string;
-  /** Where it connects: mqtt(s)://host:port, ws(s)://host:port/mqtt (MQTT over WebSocket) or ws(s)://host:port/ws. */
+  /**
+   * Where it connects: mqtt(s)://host:port, ws(s)://host:port/mqtt (MQTT over WebSocket),
+   * ws(s)://host:port/ws or coap://host:port.
+   */
   url: string;
-  /** mqtt (default) and mqtt-ws: MQTT.js at `url`; ws: the JSON protocol at `url`. */
+  /** mqtt (default) and mqtt-ws: MQTT.js at `url`; ws: the JSON protocol at `url`; coap: CoAP at `url`. */
   protocol?: Protocol;
   /**
    * A WebSocket device's token at the upgrade: `Authorization: Bearer` or `?token=`. Default: the
@@ -121,6 +127,8 @@ export interface DeviceOptions {
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   rate?: Rate;
   qos?: QoS;
+  /** Telemetry padded to this many bytes with a "pad" field (never cut when it is longer). */
+  payloadBytes?: number;
   /** Stop generating after this many messages. */
   count?: number;
   /** Messages in flight in 'max' mode (default 1). */
@@ -132,8 +140,8 @@ export interface DeviceOptions {
   usernameAsId?: boolean;
   /**
    * The device's token for a proxy in token mode (`<deviceId>.<secret>`): the MQTT password (the
-   * username then being the device id whatever `usernameAsId` says), or given at the upgrade of a
-   * WebSocket device (`upgradeToken`).
+   * username then being the device id whatever `usernameAsId` says), given at the upgrade of a
+   * WebSocket device (`upgradeToken`), or `k=` of every CoAP request.
    */
   password?: string;
   /** Delay of the first paced publish, to spread a fleet's messages over the interval. */
@@ -234,6 +242,8 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
   private connectLink(): DeviceLink {
     const o = this.options;
     const token = o.password;
+    // ?d= names the device on every request: its id in open mode; in token mode the token's own.
+    if (this.protocol === 'coap') return new CoapLink(this.url, { deviceId: this.id, ...(token !== undefined ? { token } : {}) });
     // Over TCP the token is the CONNECT password; a WebSocket device may give it at the upgrade.
     const via =
       token === undefined || this.protocol === 'mqtt' ? undefined : (o.upgradeToken ?? (this.protocol === 'ws' ? 'header' : undefined));
@@ -449,7 +459,12 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
     if (!client) return;
     const seq = ++this.lastSeq;
     const telemetry: Telemetry = { deviceId: this.id, seq, ts: Date.now(), ...this.sensor.next() };
-    const payload = JSON.stringify(telemetry);
+    let payload = JSON.stringify(telemetry);
+    const short = (this.options.payloadBytes ?? 0) - Buffer.byteLength(payload) - ',"pad":""'.length;
+    if (short > 0) {
+      telemetry.pad = 'x'.repeat(short);
+      payload = JSON.stringify(telemetry);
+    }
     this.inflight++;
     // The link owns the publish from here: if the connection drops before it is acknowledged it
     // sends this exact message (same seq) again after reconnecting.

@@ -19,7 +19,7 @@ import {
   type UpgradeTokenIn,
 } from './device.js';
 import { tokenDeviceId } from './credentials.js';
-import { LinkError, type Protocol } from './links.js';
+import { LinkError, WEBSOCKET_PROTOCOLS, type Protocol } from './links.js';
 import { parseSeed } from './sensors.js';
 
 export type { QoS, Rate } from './device.js';
@@ -50,6 +50,11 @@ export interface FleetOptions {
    */
   httpUrl?: string;
   /**
+   * The proxy's CoAP endpoint, coap://host:port, where coap devices send their requests. Default:
+   * port 5683 on the host of `url`.
+   */
+  coapUrl?: string;
+  /**
    * WebSocket devices in token mode give their token at the upgrade: as `Authorization: Bearer`
    * (header) or `?token=` (query). Default: header for /ws devices; /mqtt devices send it as the
    * CONNECT password, as over TCP.
@@ -58,6 +63,8 @@ export interface FleetOptions {
   devices?: number;
   rate?: Rate;
   qos?: QoS;
+  /** Telemetry padded to this many bytes (a "pad" field); over 1024 a coap device sends it block-wise. */
+  payloadBytes?: number;
   /** Messages per device; the fleet stops once every device sent and settled them. */
   count?: number;
   /** Seconds until the fleet stops by itself. */
@@ -135,6 +142,8 @@ export interface FleetEvents {
 export const DEFAULT_URL = 'mqtt://127.0.0.1:1883';
 /** The port of the proxy's http endpoint (`http.port`) unless configured otherwise. */
 export const DEFAULT_HTTP_PORT = 8080;
+/** The port of the proxy's CoAP endpoint (`coap.port`) unless configured otherwise. */
+export const DEFAULT_COAP_PORT = 5683;
 export const DEFAULT_DEVICES = 5;
 export const DEFAULT_PREFIX = 'sim-';
 
@@ -156,9 +165,9 @@ const TLS_SCHEMES = ['mqtts:', 'ssl:', 'wss:'];
  * RangeError for a combination that does not fit together, such as a ws:// `url` for MQTT devices.
  */
 export function fleetEndpoints(
-  options: Pick<FleetOptions, 'url' | 'protocols' | 'httpUrl'>,
-  /** how the messages name the options (the CLI's --url, --http-url) */
-  names: { url: string; httpUrl: string } = { url: 'url', httpUrl: 'httpUrl' },
+  options: Pick<FleetOptions, 'url' | 'protocols' | 'httpUrl' | 'coapUrl'>,
+  /** how the messages name the options (the CLI's --url, --http-url, --coap-url) */
+  names: { url: string; httpUrl: string; coapUrl: string } = { url: 'url', httpUrl: 'httpUrl', coapUrl: 'coapUrl' },
 ): Endpoints {
   const url = options.url ?? DEFAULT_URL;
   const parsed = parseUrl(names.url, url);
@@ -169,7 +178,7 @@ export function fleetEndpoints(
   const distinct = [...new Set(protocols)];
   const urls: Partial<Record<Protocol, string>> = {};
   if (wsUrl) {
-    if (distinct.length > 1 || distinct[0] === 'mqtt') {
+    if (distinct.length > 1 || !WEBSOCKET_PROTOCOLS.includes(distinct[0]!)) {
       throw new RangeError(
         `${names.url} ${url} is a WebSocket URL, where devices of one protocol (mqtt-ws or ws) connect; for ${distinct.join(' and ')} devices give the MQTT broker as ${names.url} (mqtt://host:1883) and the proxy's http endpoint as ${names.httpUrl} (ws://host:8080)`,
       );
@@ -183,7 +192,8 @@ export function fleetEndpoints(
     return { protocols, urls };
   }
   if (distinct.includes('mqtt')) urls.mqtt = url;
-  if (distinct.some((p) => p !== 'mqtt')) {
+  if (distinct.includes('coap')) urls.coap = coapBase(names.coapUrl, options.coapUrl ?? `coap://${parsed.hostname}:${DEFAULT_COAP_PORT}`);
+  if (distinct.some((p) => WEBSOCKET_PROTOCOLS.includes(p))) {
     const base = httpBase(
       names.httpUrl,
       options.httpUrl ?? `${TLS_SCHEMES.includes(parsed.protocol) ? 'wss' : 'ws'}://${parsed.hostname}:${DEFAULT_HTTP_PORT}`,
@@ -205,6 +215,21 @@ function parseUrl(name: string, url: string): URL {
   } catch {
     throw new RangeError(`${name} is not a valid URL: "${url}"`);
   }
+}
+
+/** coap://host:port, the endpoint alone (the devices add /ps/<topic> and their query). */
+function coapBase(name: string, coapUrl: string): string {
+  const u = parseUrl(name, coapUrl);
+  if (u.protocol === 'coaps:')
+    throw new RangeError(`${name}: coaps:// (DTLS) is not supported by the proxy; use coap://, got "${coapUrl}"`);
+  if (u.protocol !== 'coap:') throw new RangeError(`${name} must be coap://host:port, got "${coapUrl}"`);
+  if (u.hostname === '') throw new RangeError(`${name} names no host: "${coapUrl}"`);
+  if ((u.pathname !== '' && u.pathname !== '/') || u.search !== '' || u.hash !== '') {
+    throw new RangeError(
+      `${name} is the endpoint alone, coap://host:port; /ps/<topic> and ?d=&k= are added for each request: "${coapUrl}"`,
+    );
+  }
+  return `coap://${u.host}${u.port === '' ? `:${DEFAULT_COAP_PORT}` : ''}`;
 }
 
 /** ws(s)://host:port[/prefix] without a trailing slash; http(s):// becomes ws(s)://. */
@@ -302,6 +327,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
           tls,
           rate,
           qos: this.qos,
+          ...(options.payloadBytes !== undefined ? { payloadBytes: options.payloadBytes } : {}),
           count: options.count,
           inflight: options.inflight,
           seed: this.seed,
@@ -497,6 +523,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
   /** What to do about a refused CONNECT (CONNACK 4: bad token, 5: not in the registry) or TLS error. */
   private errorHint(err: Error, id: string): string {
     if (err instanceof LinkError && err.statusCode !== undefined) return this.upgradeHint(err.statusCode);
+    if (err instanceof LinkError && err.code.startsWith('COAP_')) return this.coapHint(err.code, id);
     const code = (err as Error & { code?: unknown }).code;
     if (typeof code === 'string') {
       if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return ' (connect to a host name or address the certificate lists)';
@@ -517,6 +544,24 @@ export class Fleet extends EventEmitter<FleetEvents> {
     return code === 4
       ? ' (the proxy does not accept this token: use the one `edge-proxy devices add` or `devices rotate` printed last)'
       : ` (the proxy does not know this device: \`edge-proxy devices add ${id}\` registers it)`;
+  }
+
+  /** What to do about a CoAP refusal or silence (docs/coap.md). */
+  private coapHint(code: string, id: string): string {
+    switch (code) {
+      case 'COAP_4.01':
+        return this.opts.tokens
+          ? ' (the proxy does not accept this token: use the one `edge-proxy devices add` or `devices rotate` printed last)'
+          : ' (the proxy is in token mode: give --token or --token-file)';
+      case 'COAP_4.03':
+        return ` (the registry's publish or subscribe filters of ${id} do not allow the topic)`;
+      case 'COAP_4.13':
+        return ' (give a smaller --payload-bytes)';
+      case 'COAP_TIMEOUT':
+        return ' (is the proxy running, and is --coap-url its CoAP endpoint? coap.port, default 5683)';
+      default:
+        return '';
+    }
   }
 
   /** What to do about a refused WebSocket upgrade (docs/websocket.md). */

@@ -1,16 +1,23 @@
 /**
- * How a simulated device talks to the proxy: MQTT (MQTT.js over TCP, TLS or WebSocket) or the
- * proxy's JSON WebSocket protocol on /ws (docs/websocket.md) with the `ws` package. A device sees
- * one interface for all of them: connect, publish with a callback once the publish is settled
- * (PUBACK, or the `ack` frame of a qos 1 `pub`), subscribe, messages in, reconnects.
+ * How a simulated device talks to the proxy: MQTT (MQTT.js over TCP, TLS or WebSocket), the
+ * proxy's JSON WebSocket protocol on /ws (docs/websocket.md) with the `ws` package, or CoAP
+ * (coap-link.ts). A device sees one interface for all of them: connect, publish with a callback
+ * once the publish is settled (PUBACK, the `ack` frame of a qos 1 `pub`, a CoAP 2.04), subscribe,
+ * messages in, reconnects.
  */
 import { EventEmitter } from 'node:events';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import WebSocket from 'ws';
 
-/** How a device reaches the proxy: MQTT over TCP (or TLS), MQTT over WebSocket (/mqtt), the JSON protocol (/ws). */
-export type Protocol = 'mqtt' | 'mqtt-ws' | 'ws';
-export const PROTOCOLS: readonly Protocol[] = ['mqtt', 'mqtt-ws', 'ws'];
+/**
+ * How a device reaches the proxy: MQTT over TCP (or TLS), MQTT over WebSocket (/mqtt), the JSON
+ * protocol (/ws), CoAP over UDP (coap-link.ts).
+ */
+export type Protocol = 'mqtt' | 'mqtt-ws' | 'ws' | 'coap';
+export const PROTOCOLS: readonly Protocol[] = ['mqtt', 'mqtt-ws', 'ws', 'coap'];
+
+/** The protocols that connect to the proxy's http endpoint. */
+export const WEBSOCKET_PROTOCOLS: readonly Protocol[] = ['mqtt-ws', 'ws'];
 
 export function isProtocol(s: string): s is Protocol {
   return (PROTOCOLS as readonly string[]).includes(s);
@@ -70,7 +77,7 @@ export class MqttLink extends DeviceLink {
   }
 }
 
-/** An `error` frame of /ws, or a refused upgrade: `code` is E_… or HTTP_<status>. */
+/** An `error` frame of /ws, a refused upgrade, a CoAP error: `code` is E_…, HTTP_<status> or COAP_<code> (COAP_4.01). */
 export class LinkError extends Error {
   override name = 'LinkError';
   constructor(

@@ -71,7 +71,7 @@ t.test('options: --protocol, --http-url, --upgrade-token', async (t) => {
   );
 
   const bad: Array<[string[], RegExp]> = [
-    [['--protocol', 'coap'], /--protocol takes mqtt, mqtt-ws, ws or a comma-separated list of them, got "coap"/],
+    [['--protocol', 'amqp'], /--protocol takes mqtt, mqtt-ws, ws, coap or a comma-separated list of them, got "amqp"/],
     [['--protocol', 'mqtt,,ws'], /--protocol takes/],
     [['--url', 'ws://pi:8080/mqtt', '--protocol', 'mqtt,ws'], /--url ws:\/\/pi:8080\/mqtt is a WebSocket URL.*--http-url/],
     [['--url', 'ws://pi:8080/ws', '--http-url', 'ws://pi:8080'], /give --url or --http-url, not both/],
