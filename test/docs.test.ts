@@ -160,6 +160,16 @@ const checks: Record<string, Check> = {
     t.same(env.payload, { temp: 41.5 });
   },
 
+  /** README: a CoAP device's confirmable publish (libcoap) reaches the cloud under its `?d=` id. */
+  async 'pump-9-up'(t, c) {
+    const env = await upFrom(c, 'pump-9');
+    t.match(
+      env,
+      { deviceId: 'pump-9', topic: 'devices/pump-9/telemetry', contentType: 'json', payload: { temp: 41.5 } },
+      "pump-9's reading reached the cloud",
+    );
+  },
+
   /** README: `npm run sim -- --devices 5` is five devices whose telemetry goes up. */
   async 'sim-up'(t, c) {
     const devices = await waitFor(() => {
