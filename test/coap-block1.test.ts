@@ -314,6 +314,18 @@ t.test('token mode, with a cloud', async (t) => {
     t.equal(await metric('completed'), completed0 + 1, 'counted as completed');
   });
 
+  await t.test('libcoap without options goes block-wise by itself for 3,000 bytes: whole at the cloud', async (t) => {
+    const body = pattern(3000, 'N');
+    const file = join(dir, 'upload-plain.txt');
+    writeFileSync(file, body);
+    const completed0 = await metric('completed');
+    const r = await runTool(COAP_CLIENT, ['-m', 'post', '-f', file, url('b1', 'devices/b1/plain')]);
+    t.equal(r.code, 0, r.stderr);
+    const [env] = await atCloud('devices/b1/plain');
+    t.equal(env!.payload, body);
+    t.equal(await metric('completed'), completed0 + 1, 'it went in blocks');
+  });
+
   await t.test('a 300 KB upload is refused 4.13 with Size1, on the first block when Size1 is sent', async (t) => {
     const file = join(dir, 'upload-300k.txt');
     writeFileSync(file, pattern(300_000, 'B'));
