@@ -147,7 +147,7 @@ t.test('observations on their own, with explicit times', async (t) => {
     let mid = 0;
     const blocks = new Block2Store({ stored: () => {}, evicted: () => {}, missing: () => {} });
     const obs = new Observations(
-      { perDevice: 32, total: 2_000, queueCount: 16, queueBytes: 64 * 1024, totalQueueBytes: 16 * 1024 * 1024, ...limits },
+      { perDevice: 32, total: 2_000, perEndpoint: 32, queueCount: 16, queueBytes: 64 * 1024, totalQueueBytes: 16 * 1024 * 1024, ...limits },
       { ackTimeoutMs: 2_000, randomFactor: 1.5, maxRetransmit: 4 },
       { send: (_p, data) => sent.push(parse(data)), mid: () => ++mid },
       blocks,
@@ -207,6 +207,30 @@ t.test('observations on their own, with explicit times', async (t) => {
     t.equal(b.queue.length, 1, 'within the total again: queued');
     obs.deregister(a);
     t.equal(obs.queuedBytes, 564, 'what a held is released with it');
+  });
+
+  await t.test('a registration replaced with another filter or device lets go of what its queue held', async (t) => {
+    const { obs } = setup();
+    const token = randomBytes(4);
+    const at = (filter: string, deviceId: string) =>
+      obs.register({ peer: peer(9), token, filter, exact: false, identity: { deviceId, by: 'token' }, szx: 6 }, 0)!;
+    const o = at('x/a/#', 'd');
+    obs.notify(o, { rep: rep(10), con: true }, 0); // in flight
+    obs.notify(o, { rep: rep(1_000), con: true }, 0);
+    t.equal(obs.queuedBytes, 1_064);
+    t.equal(at('x/b/#', 'd'), o, 'the same observation, replaced');
+    t.equal(obs.queuedBytes, 0, 'another filter: its queue is gone, and so are its bytes');
+    obs.notify(o, { rep: rep(500), con: true }, 0);
+    at('x/b/#', 'e');
+    t.equal(obs.queuedBytes, 0, 'another device: the same');
+    t.equal(o.queue.length, 0);
+  });
+
+  await t.test('observations per address and port: a bound of their own, whatever devices they claim', async (t) => {
+    const { obs } = setup({ perEndpoint: 2 });
+    t.ok(reg(obs, 7, 'a') && reg(obs, 7, 'b'), 'two from one endpoint');
+    t.equal(reg(obs, 7, 'c'), null, 'not a third, even for another device');
+    t.ok(reg(obs, 8, 'c'), 'another port: its own two');
   });
 
   await t.test('observations per device and in all: inside and just outside the bounds', async (t) => {

@@ -16,6 +16,7 @@ import {
   type Response,
 } from './codec.js';
 import { Exchanges, type Exchange } from './exchanges.js';
+import { MessageIds } from './message-ids.js';
 import { Uploads } from './block1.js';
 import type { Peer } from './observers.js';
 import { Reads } from './reads.js';
@@ -82,6 +83,7 @@ const CODE = {
   incomplete: '4.08',
   tooLarge: '4.13',
   unsupportedFormat: '4.15',
+  internal: '5.00',
   unavailable: '5.03',
 } as const;
 
@@ -101,7 +103,7 @@ export class CoapAdapter implements DeviceAdapter {
   private readonly uploads: Uploads;
   private readonly pending = new Set<Pending>();
   private readonly outgoing = new Map<string, Outgoing>();
-  private nextMid = Math.floor(Math.random() * 0x10000);
+  private readonly messageIds = new MessageIds();
   private ticker: NodeJS.Timeout | null = null;
   private stopping = false;
   /** datagrams handed to a socket and not sent yet; `flushed` runs when none is left */
@@ -123,7 +125,7 @@ export class CoapAdapter implements DeviceAdapter {
     this.reads = new Reads(
       { maxTopicBytes: cfg.limits.maxTopicBytes, retryAfterS: RETRY_AFTER_S },
       deps,
-      { send: (peer, data) => this.send(peer, data), mid: () => this.mid() },
+      { send: (peer, data) => this.send(peer, data), mid: (peer) => this.mid(peer) },
       { ackTimeoutMs: ACK_TIMEOUT_MS, randomFactor: ACK_RANDOM_FACTOR, maxRetransmit: MAX_RETRANSMIT },
     );
   }
@@ -141,14 +143,25 @@ export class CoapAdapter implements DeviceAdapter {
       // The same port as IPv4 when the configuration says port 0, so a device needs one number.
       let v6: number;
       try {
-        v6 = await this.bind('udp6', host6, v4);
+        v6 = await this.bind('udp6', host6, v4).catch((err: unknown) => {
+          if (port !== 0) throw err;
+          return this.bind('udp6', host6, 0);
+        });
       } catch (err) {
-        if (port !== 0) throw err;
-        v6 = await this.bind('udp6', host6, 0);
+        // A start that fails leaves nothing bound.
+        await this.closeSockets();
+        throw err;
       }
       endpoints.push({ name: 'coap6', host: host6, port: v6 });
     }
-    this.ticker = setInterval(() => this.tick(), TICK_MS);
+    this.ticker = setInterval(() => {
+      try {
+        this.tick();
+      } catch (err) {
+        // A fault in the sweep must not stop the proxy; the next tick tries again.
+        this.log.error({ err: (err as Error).message }, 'coap sweep failed');
+      }
+    }, TICK_MS);
     this.ticker.unref();
     this.deps.auth.on('change', this.onRegistryChange);
     return endpoints;
@@ -217,7 +230,8 @@ export class CoapAdapter implements DeviceAdapter {
       const seen = this.exchanges.get(key);
       if (seen) {
         this.deps.events.coapExchange('duplicate');
-        if (seen.answer) this.send(peer, seen.answer);
+        const answer = Exchanges.answerOf(seen);
+        if (answer) this.send(peer, answer);
         else seen.waiting++;
         return;
       }
@@ -231,7 +245,14 @@ export class CoapAdapter implements DeviceAdapter {
       }
       this.nonExchanges.answered(this.nonExchanges.begin(key, Date.now()), SILENCE);
     }
-    this.request(peer, req, ex);
+    try {
+      this.request(peer, req, ex);
+    } catch (err) {
+      // Answered, so that the exchange does not wait for an answer for ever and its retransmissions get one.
+      if (ex && ex.answer === null && req.type === 'con')
+        this.ackWith(peer, ex, encodeResponse(diag(CODE.internal, 'the proxy failed on this request'), 'ack', req.mid, req.token));
+      throw err;
+    }
   }
 
   private request(peer: Peer, req: CoapRequest, ex: Exchange | null): void {
@@ -339,7 +360,7 @@ export class CoapAdapter implements DeviceAdapter {
     }
     const verdict = this.deps.gate.checkPublish(identity, 'coap', {
       topic,
-      payload: req.payload,
+      payload: ownBytes(req.payload),
       qos,
       retain: req.query.get('r') === '1',
       ...(contentType ? { contentType } : {}),
@@ -394,11 +415,11 @@ export class CoapAdapter implements DeviceAdapter {
     // RFC 7959 §2.3: the answer to an upload's last block carries that block's Block1.
     if (req.block1 && res.block1 === undefined && res.code.startsWith('2.')) res = { ...res, block1: req.block1 };
     if (req.type === 'non') {
-      this.send(peer, encodeResponse(res, 'non', this.mid(), req.token));
+      this.send(peer, encodeResponse(res, 'non', this.mid(peer), req.token));
       return;
     }
     if (p.separate) {
-      const data = encodeResponse(res, 'con', this.mid(), req.token);
+      const data = encodeResponse(res, 'con', this.mid(peer), req.token);
       const mid = data.readUInt16BE(2);
       const timeoutMs = ACK_TIMEOUT_MS * (1 + Math.random() * 0.5);
       this.outgoing.set(`${peer.address}|${peer.port}|${mid}`, { peer, data, attempts: 0, timeoutMs, dueAt: Date.now() + timeoutMs });
@@ -440,6 +461,7 @@ export class CoapAdapter implements DeviceAdapter {
     }
     this.exchanges.expire(now);
     this.nonExchanges.expire(now);
+    this.messageIds.expire(now);
     this.reads.tick(now);
     this.uploads.expire(now);
     const held = this.reads.heldBytes;
@@ -449,12 +471,13 @@ export class CoapAdapter implements DeviceAdapter {
     this.deps.events.memoryHeld('coap', 'observe_queues', held.observeQueues);
   }
 
-  private mid(): number {
-    this.nextMid = (this.nextMid + 1) & 0xffff;
-    return this.nextMid;
+  private mid(peer: Peer): number {
+    return this.messageIds.next(`${peer.address}|${peer.port}`, Date.now());
   }
 
   private send(peer: Peer, data: Buffer): void {
+    // A commit's answer may come after stop() closed the sockets: nobody is there to send it.
+    if (this.sockets.length === 0) return;
     this.sending++;
     peer.socket.send(data, peer.port, peer.address, (err) => {
       if (--this.sending === 0) this.flushed?.();
@@ -494,9 +517,24 @@ export class CoapAdapter implements DeviceAdapter {
       });
       clearTimeout(timer);
     }
-    await Promise.all(this.sockets.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-    this.sockets.length = 0;
+    await this.closeSockets();
   }
+
+  private async closeSockets(): Promise<void> {
+    const sockets = this.sockets.splice(0);
+    await Promise.all(sockets.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  }
+}
+
+/**
+ * A payload that owns its memory: a slice of a datagram keeps the whole datagram alive in whatever
+ * holds the message (the retained store, queues), and a datagram padded with options may be 64 KiB.
+ */
+function ownBytes(payload: Buffer): Buffer {
+  if (payload.buffer.byteLength <= payload.length + 64) return payload;
+  const own = Buffer.allocUnsafeSlow(payload.length);
+  payload.copy(own);
+  return own;
 }
 
 function diag(code: string, text: string): Response {

@@ -158,8 +158,9 @@ export class Uploads {
       this.remove(mine.values().next().value!);
       this.events.evicted();
     }
-    // Size1 (already checked against the limit) sizes the buffer once; without it, it grows.
-    const capacity = b.size1 !== null && b.size1 > 0 ? b.size1 : 4 * b.block.size;
+    // Four blocks to start with, grown by doubling: Size1 is only a promise, and a tiny first block
+    // claiming the limit would otherwise take a quarter megabyte of the shared cap at once.
+    const capacity = Math.min(b.size1 !== null && b.size1 > 0 ? b.size1 : Infinity, 4 * b.block.size);
     const up: Upload = {
       key: b.key,
       endpoint: b.endpoint,

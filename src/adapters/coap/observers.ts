@@ -9,6 +9,7 @@
 // its blocks (block2.ts), so that the representation it is fetching is not replaced under it.
 import type { Socket } from 'node:dgram';
 import type { Identity } from '../../auth/service.js';
+import { FilterIndex } from '../../core/filter-index.js';
 import type { AdapterEvents } from '../adapter.js';
 import { blockKey, type Block2Store, type Representation } from './block2.js';
 import { encodeResponse, type Response } from './codec.js';
@@ -24,6 +25,8 @@ export interface ObserveLimits {
   perDevice: number;
   /** observations in all */
   total: number;
+  /** observations from one address and port (in open mode every `?d=` is a device of its own) */
+  perEndpoint: number;
   /** notifications waiting behind the one in flight, per observation */
   queueCount: number;
   /** their payload bytes; the newest always stays, whatever its size, while the total allows */
@@ -35,6 +38,7 @@ export interface ObserveLimits {
 export const OBSERVE_LIMITS: Readonly<ObserveLimits> = Object.freeze({
   perDevice: 32,
   total: 2_000,
+  perEndpoint: 32,
   queueCount: 16,
   queueBytes: 64 * 1024,
   totalQueueBytes: 16 * 1024 * 1024,
@@ -120,6 +124,8 @@ export interface Registration {
 
 export class Observations {
   private readonly byKey = new Map<string, Observation>();
+  /** the same, under their filters: a message costs what its matching observations cost, not all of them */
+  private readonly byFilter = new FilterIndex<Observation>();
   /** address|port|mid of recent notifications */
   private readonly byMid = new Map<string, Observation>();
   private readonly perEndpoint = new Map<string, number>();
@@ -130,7 +136,7 @@ export class Observations {
   constructor(
     private readonly limits: ObserveLimits,
     private readonly tx: Transmission,
-    private readonly wire: { send(peer: Peer, data: Buffer): void; mid(): number },
+    private readonly wire: { send(peer: Peer, data: Buffer): void; mid(peer: Peer): number },
     private readonly blocks: Block2Store,
     private readonly events: ObserverEvents,
   ) {}
@@ -146,27 +152,33 @@ export class Observations {
   register(r: Registration, now: number): Observation | null {
     const key = Observations.key(r.peer.address, r.peer.port, r.token);
     const old = this.byKey.get(key);
-    if (old && old.ending === null) {
-      if (old.filter !== r.filter) {
-        old.queue = [];
-        old.queueBytes = 0;
-      }
+    const sameDevice = old?.identity.deviceId === r.identity.deviceId;
+    if (old && old.ending === null && (sameDevice || (this.perDevice.get(r.identity.deviceId) ?? 0) < this.limits.perDevice)) {
+      // What was queued was chosen for the old filter and checked for the old device.
+      if (old.filter !== r.filter || !sameDevice) this.clearQueue(old);
       this.countDevice(old.identity.deviceId, -1);
       this.countDevice(r.identity.deviceId, 1);
+      if (old.filter !== r.filter) this.refile(old, r.filter);
       Object.assign(old, { filter: r.filter, exact: r.exact, identity: r.identity, szx: r.szx, replay: null });
       this.events.observe('replaced');
       return old;
     }
     if (old) this.remove(old);
-    if (this.byKey.size >= this.limits.total || (this.perDevice.get(r.identity.deviceId) ?? 0) >= this.limits.perDevice) {
+    const endpoint = `${r.peer.address}|${r.peer.port}`;
+    if (
+      this.byKey.size >= this.limits.total ||
+      (this.perDevice.get(r.identity.deviceId) ?? 0) >= this.limits.perDevice ||
+      (this.perEndpoint.get(endpoint) ?? 0) >= this.limits.perEndpoint
+    ) {
       this.events.observe('refused');
       return null;
     }
     const obs: Observation = {
       key,
-      endpoint: `${r.peer.address}|${r.peer.port}`,
+      endpoint,
       peer: r.peer,
-      token: r.token,
+      // A copy: the request's token is a slice of its datagram, which would stay in memory with it.
+      token: Buffer.from(r.token),
       filter: r.filter,
       exact: r.exact,
       identity: r.identity,
@@ -182,6 +194,7 @@ export class Observations {
       gone: false,
     };
     this.byKey.set(key, obs);
+    this.byFilter.add(obs.filter, obs);
     this.countDevice(obs.identity.deviceId, 1);
     const n = this.perEndpoint.get(obs.endpoint) ?? 0;
     this.perEndpoint.set(obs.endpoint, n + 1);
@@ -288,13 +301,25 @@ export class Observations {
    */
   stop(final: Response): void {
     for (const obs of [...this.byKey.values()]) {
-      if (!obs.ending || obs.inflight?.final !== true) this.wire.send(obs.peer, encodeResponse(final, 'non', this.wire.mid(), obs.token));
+      if (!obs.ending || obs.inflight?.final !== true)
+        this.wire.send(obs.peer, encodeResponse(final, 'non', this.wire.mid(obs.peer), obs.token));
       this.remove(obs);
     }
   }
 
   all(): IterableIterator<Observation> {
     return this.byKey.values();
+  }
+
+  /** The observations whose filter matches `topic` (MQTT matching), each once; ending ones included. */
+  matching(topic: string): readonly Observation[] {
+    return this.byFilter.match(topic);
+  }
+
+  /** An observation's filter changed on a new registration with its token: it is found under the new one. */
+  private refile(obs: Observation, filter: string): void {
+    this.byFilter.remove(obs.filter, obs);
+    this.byFilter.add(filter, obs);
   }
 
   get size(): number {
@@ -331,7 +356,7 @@ export class Observations {
   }
 
   private transmit(obs: Observation, res: Response, con: boolean, now: number): void {
-    const mid = this.wire.mid();
+    const mid = this.wire.mid(obs.peer);
     const data = encodeResponse(res, con ? 'con' : 'non', mid, obs.token);
     this.remember(obs, mid);
     if (con) {
@@ -360,6 +385,7 @@ export class Observations {
     this.clearQueue(obs);
     obs.replay = null;
     if (this.byKey.get(obs.key) === obs) this.byKey.delete(obs.key);
+    this.byFilter.remove(obs.filter, obs);
     for (const mid of obs.recentMids) this.forget(obs, mid);
     this.countDevice(obs.identity.deviceId, -1);
     const n = (this.perEndpoint.get(obs.endpoint) ?? 1) - 1;

@@ -4,7 +4,6 @@
 // that the registry no longer allows. Observation state is observers.ts's, blocks block2.ts's.
 import type { Logger } from 'pino';
 import type { EdgeMessage } from '../../core/message.js';
-import { topicMatches } from '../../core/topic.js';
 import type { Identity } from '../../auth/service.js';
 import type { RegistryChange } from '../../auth/device-registry.js';
 import { topicFilterProblem } from '../../config/schema.js';
@@ -38,7 +37,7 @@ export class Reads {
   constructor(
     private readonly cfg: ReadsConfig,
     private readonly deps: Pick<AdapterDeps, 'gate' | 'retained' | 'events'> & { log: Logger },
-    wire: { send(peer: Peer, data: Buffer): void; mid(): number },
+    wire: { send(peer: Peer, data: Buffer): void; mid(peer: Peer): number },
     tx: Transmission,
   ) {
     const events = deps.events;
@@ -117,7 +116,7 @@ export class Reads {
       if (!this.stopped)
         this.deps.log.warn(
           { deviceId: identity.deviceId, filter: topic.slice(0, 300) },
-          `coap observation of "${topic.slice(0, 300)}" answered without Observe: over ${OBSERVE_LIMITS.perDevice} observations for the device or ${OBSERVE_LIMITS.total} in all`,
+          `coap observation of "${topic.slice(0, 300)}" answered without Observe: over ${OBSERVE_LIMITS.perDevice} observations for the device or its address and port, or ${OBSERVE_LIMITS.total} in all`,
         );
       return exact ? this.read(peer, topic, szx, now) : { code: CODE.content };
     }
@@ -146,8 +145,8 @@ export class Reads {
     const now = Date.now();
     let asPayload: Representation | null = null;
     let asJson: Representation | null = null;
-    for (const obs of this.observations.all()) {
-      if (obs.ending || !(obs.exact ? obs.filter === msg.topic : topicMatches(obs.filter, msg.topic))) continue;
+    for (const obs of this.observations.matching(msg.topic)) {
+      if (obs.ending) continue;
       // Asked at every delivery: the registry may have narrowed since the registration.
       if (!this.deps.gate.mayReceive(obs.identity, msg.topic)) continue;
       const rep = obs.exact ? (asPayload ??= representationOf(msg, true, false)) : (asJson ??= representationOf(msg, false, false));

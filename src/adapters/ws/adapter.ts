@@ -3,6 +3,7 @@ import type { RawData, WebSocket } from 'ws';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/types.js';
 import { EdgeError } from '../../core/errors.js';
+import { FilterIndex } from '../../core/filter-index.js';
 import type { EdgeMessage } from '../../core/message.js';
 import type { Identity } from '../../auth/service.js';
 import type { RegistryChange } from '../../auth/device-registry.js';
@@ -46,7 +47,7 @@ const SWEEP_MS = 500;
  * of them are answered, so that a device that does not wait for its acks cannot fill the heap.
  */
 const MAX_INFLIGHT = 256;
-/** Subscriptions one connection may hold: each is matched against every local message. */
+/** Subscriptions one connection may hold: each is a place in the adapter's filter index and a retained replay. */
 const MAX_SUBSCRIPTIONS = 1_000;
 
 type FramingReason = 'malformed' | 'too_large' | 'unsupported';
@@ -59,6 +60,8 @@ type FramingReason = 'malformed' | 'too_large' | 'unsupported';
 export class WsAdapter implements DeviceAdapter {
   readonly protocol = 'ws';
   private readonly connections = new Set<WsConnection>();
+  /** connections under the filters they subscribe to, until their close: a message costs what its subscribers cost */
+  private readonly subscribers = new FilterIndex<WsConnection>();
   /** each connection's socket, to cut a slow consumer (closeSlow) */
   private readonly sockets = new WeakMap<WsConnection, IncomingMessage['socket']>();
   private readonly onRegistryChange = (change: RegistryChange): void => this.registryChanged(change);
@@ -118,6 +121,7 @@ export class WsAdapter implements DeviceAdapter {
       identity,
       `${address}:${port}`,
       new ErrorWindow(this.cfg.http.maxErrors, this.cfg.http.errorWindowSeconds * 1000),
+      this.subscribers,
     );
     this.connections.add(conn);
     this.sockets.set(conn, req.socket);
@@ -134,6 +138,7 @@ export class WsAdapter implements DeviceAdapter {
     ws.once('close', (code: number) => {
       conn.closing = true;
       this.connections.delete(conn);
+      conn.unsubscribeAll();
       this.deps.events.connectionClosed('ws', 'ws');
       this.log.debug({ deviceId: identity.deviceId, remote: conn.remote, code }, 'ws device disconnected');
     });
@@ -154,7 +159,7 @@ export class WsAdapter implements DeviceAdapter {
       case 'sub':
         return this.subscribe(conn, frame.topic, frame.id);
       case 'unsub':
-        conn.subscriptions.delete(frame.topic);
+        conn.unsubscribe(frame.topic);
         this.send(conn, ackFrame(frame.id), false);
         return;
       case 'ping':
@@ -259,7 +264,7 @@ export class WsAdapter implements DeviceAdapter {
     }
     // Subscribing again to the same filter replaces it and hands its retained messages over again, as in MQTT.
     const sub: Subscription = { id };
-    conn.subscriptions.set(filter, sub);
+    conn.subscribe(filter, sub);
     this.send(conn, ackFrame(id), false);
     this.replayRetained(conn, filter, sub);
   }
@@ -287,11 +292,11 @@ export class WsAdapter implements DeviceAdapter {
 
   /** Local delivery's sink: the message to every connection subscribed to its topic, once each. */
   deliver(msg: EdgeMessage): void {
-    if (this.connections.size === 0) return;
+    if (this.subscribers.size === 0) return;
     let frame: Buffer | null = null;
-    for (const conn of this.connections) {
+    for (const conn of this.subscribers.match(msg.topic)) {
       // Access is asked at every delivery: the registry may have narrowed since the subscription.
-      if (!conn.open || !conn.wants(msg.topic) || !this.deps.gate.mayReceive(conn.identity, msg.topic)) continue;
+      if (!conn.open || !this.deps.gate.mayReceive(conn.identity, msg.topic)) continue;
       frame ??= msgFrame(msg, false);
       if (!this.send(conn, frame, msg.qos === 0)) this.deps.events.deliveryDropped('ws', 'slow_consumer');
     }
@@ -374,7 +379,7 @@ export class WsAdapter implements DeviceAdapter {
     let dropped = 0;
     for (const [filter, sub] of conn.subscriptions) {
       if (this.deps.gate.stillMaySubscribe(conn.identity, filter)) continue;
-      conn.subscriptions.delete(filter);
+      conn.unsubscribe(filter);
       dropped++;
       this.send(
         conn,

@@ -2,7 +2,7 @@
 // frames it sent lately, and how far behind it reads. The adapter decides; this keeps the state.
 import type { WebSocket } from 'ws';
 import type { Identity } from '../../auth/service.js';
-import { topicMatches } from '../../core/topic.js';
+import type { FilterIndex } from '../../core/filter-index.js';
 import { OrderedAcks } from '../ordered-acks.js';
 import type { FrameId } from './frames.js';
 
@@ -36,7 +36,7 @@ export class ErrorWindow {
 }
 
 export class WsConnection {
-  readonly subscriptions = new Map<string, Subscription>();
+  private readonly subs = new Map<string, Subscription>();
   /** `ack` and `error` answers to qos 1 publishes leave in the order the publishes arrived */
   readonly answers = new OrderedAcks();
   /** qos 1 publishes handed to the pipeline and not answered yet */
@@ -53,12 +53,31 @@ export class WsConnection {
     readonly identity: Identity,
     readonly remote: string,
     readonly errors: ErrorWindow,
+    /** the adapter's connections under their filters: kept here in step with `subscriptions` */
+    private readonly index: FilterIndex<WsConnection>,
   ) {}
 
-  /** Some subscription of this connection matches `topic`. */
-  wants(topic: string): boolean {
-    for (const filter of this.subscriptions.keys()) if (topicMatches(filter, topic)) return true;
-    return false;
+  get subscriptions(): ReadonlyMap<string, Subscription> {
+    return this.subs;
+  }
+
+  /** Subscribe, or replace the subscription to the same filter. */
+  subscribe(filter: string, sub: Subscription): void {
+    if (!this.subs.has(filter)) this.index.add(filter, this);
+    this.subs.set(filter, sub);
+  }
+
+  /** False when it held no subscription to `filter`. */
+  unsubscribe(filter: string): boolean {
+    if (!this.subs.delete(filter)) return false;
+    this.index.remove(filter, this);
+    return true;
+  }
+
+  /** At its close: the adapter's index keeps nothing of it. */
+  unsubscribeAll(): void {
+    for (const filter of this.subs.keys()) this.index.remove(filter, this);
+    this.subs.clear();
   }
 
   /** Bytes queued for it and not yet handed to the kernel. */
