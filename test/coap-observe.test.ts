@@ -175,6 +175,24 @@ t.test('observations on their own, with explicit times', async (t) => {
     t.equal(sent[3]!.confirmable, false, 'then non-confirmable again');
   });
 
+  await t.test('an observation with nothing to notify is probed once a day, and dropped when nobody answers', async (t) => {
+    const { obs, sent, events } = setup();
+    const o = reg(obs, 1, 'd', 0)!;
+    const day = 24 * 3600 * 1000;
+    obs.tick(day - 1);
+    t.equal(sent.length, 0, 'nothing within the day');
+    obs.tick(day);
+    t.equal(sent.length, 1, 'a day after the registration: a probe');
+    t.match(sent[0], { confirmable: true, code: '2.05' });
+    t.equal(sent[0]!.payload.length, 0, 'of what the resource is now (nothing retained here)');
+    // RFC 7252 §4.2: 4 retransmissions, each after a timeout twice the one before, then given up.
+    let now = day;
+    for (let i = 0; i < 6; i++) obs.tick((now += 100_000));
+    t.equal(sent.length, 5, 'the probe and its 4 retransmissions');
+    t.ok(o.gone && events.includes('unacknowledged'), 'then the observation is gone, counted');
+    t.equal(obs.size, 0, 'its place freed');
+  });
+
   await t.test('the queue: at most queueCount and queueBytes, the oldest dropped, the newest always kept', async (t) => {
     const { obs, sent, events } = setup({ queueCount: 3, queueBytes: 10_000 });
     const o = reg(obs, 1, 'd')!;

@@ -49,6 +49,10 @@ const NON_LIFETIME_MS = 145_000;
 const SILENCE = Buffer.alloc(0);
 /** Publishes in the pipeline at once; past this a confirmable one is answered 5.03. */
 const MAX_PENDING = 10_000;
+/** Their payloads' bytes at once (a slow disk with uploads of 256 KiB in hand); past this, 5.03 too. */
+const MAX_PENDING_BYTES = 32 * 1024 * 1024;
+/** Bookkeeping per publish in hand besides its payload: the request, the message, the closures. */
+const PENDING_OVERHEAD = 600;
 /** Max-Age of a 5.03: when a device may try again. */
 const RETRY_AFTER_S = 10;
 /** A request whose answer waits for the pipeline. */
@@ -59,6 +63,8 @@ interface Pending {
   since: number;
   /** an empty ACK went out: the answer is a separate response */
   separate: boolean;
+  /** what it counts against MAX_PENDING_BYTES */
+  bytes: number;
 }
 
 /** A separate (confirmable) response waiting for its ACK. */
@@ -102,6 +108,7 @@ export class CoapAdapter implements DeviceAdapter {
   private readonly nonExchanges: Exchanges;
   private readonly uploads: Uploads;
   private readonly pending = new Set<Pending>();
+  private pendingBytes = 0;
   private readonly outgoing = new Map<string, Outgoing>();
   private readonly messageIds = new MessageIds();
   private ticker: NodeJS.Timeout | null = null;
@@ -256,7 +263,7 @@ export class CoapAdapter implements DeviceAdapter {
   }
 
   private request(peer: Peer, req: CoapRequest, ex: Exchange | null): void {
-    const answer = (res: Response): void => this.respond({ peer, req, ex, since: 0, separate: false }, res);
+    const answer = (res: Response): void => this.respond({ peer, req, ex, since: 0, separate: false, bytes: 0 }, res);
     if (req.badOption !== null) {
       // RFC 7252 §5.4.1: a critical option not understood; a non-confirmable one is ignored in silence.
       if (req.type === 'con') answer(diag(CODE.badOption, `option ${req.badOption} is not supported`));
@@ -302,7 +309,7 @@ export class CoapAdapter implements DeviceAdapter {
   // ---- publish
 
   private publish(peer: Peer, req: CoapRequest, ex: Exchange | null, identity: Identity, topic: string): void {
-    const answer = (res: Response): void => this.respond({ peer, req, ex, since: 0, separate: false }, res);
+    const answer = (res: Response): void => this.respond({ peer, req, ex, since: 0, separate: false, bytes: 0 }, res);
     const max = this.cfg.limits.maxPayloadBytes;
     if (req.badBlock1 !== null) return answer(diag(CODE.badRequest, `Block1: ${req.badBlock1}`));
     if (req.block1) {
@@ -351,7 +358,8 @@ export class CoapAdapter implements DeviceAdapter {
         return answer(diag(CODE.unsupportedFormat, `Content-Format ${req.contentFormat}: use 0 text, 42 octet-stream, 50 json or 60 cbor`));
     }
     const qos = req.type === 'con' ? 1 : 0;
-    if (this.stopping || this.pending.size >= MAX_PENDING) {
+    const bytes = PENDING_OVERHEAD + req.payload.length;
+    if (this.stopping || this.pending.size >= MAX_PENDING || this.pendingBytes + bytes > MAX_PENDING_BYTES) {
       if (qos === 0) this.deps.events.notAccepted('coap', 0);
       return answer({
         ...diag(CODE.unavailable, this.stopping ? 'the proxy is stopping' : 'too many publishes in hand'),
@@ -367,11 +375,14 @@ export class CoapAdapter implements DeviceAdapter {
     });
     if (verdict.kind === 'drop') return answer({ code: CODE.changed });
     if (verdict.kind === 'refuse') return answer(this.refusal(verdict.error));
-    const p: Pending = { peer, req, ex, since: Date.now(), separate: false };
+    const p: Pending = { peer, req, ex, since: Date.now(), separate: false, bytes };
     this.pending.add(p);
+    this.pendingBytes += bytes;
+    req.payload = SILENCE; // the message holds it now; the request waits only for its answer
     // The 2.04 goes out once the router says the message is safe (committed where it goes up).
     this.deps.gate.accept(verdict.msg, (err) => {
       this.pending.delete(p);
+      this.pendingBytes -= p.bytes;
       if (err) this.deps.events.notAccepted('coap', qos);
       this.respond(p, err ? this.refusal(err) : { code: CODE.changed });
     });

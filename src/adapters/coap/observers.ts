@@ -139,6 +139,8 @@ export class Observations {
     private readonly wire: { send(peer: Peer, data: Buffer): void; mid(peer: Peer): number },
     private readonly blocks: Block2Store,
     private readonly events: ObserverEvents,
+    /** what an observation's resource is now, for a probe: a topic's retained message, else nothing */
+    private readonly current: (obs: Observation) => Representation | null = () => null,
   ) {}
 
   static key(address: string, port: number, token: Buffer): string {
@@ -292,6 +294,7 @@ export class Observations {
         f.dueAt = now + f.timeoutMs;
         this.wire.send(obs.peer, f.data);
       } else if (obs.queue.length > 0 || obs.replay || obs.ending) this.pump(obs, now);
+      else if (now - obs.lastConAt >= CON_AT_LEAST_EVERY_MS) this.probe(obs, now);
     }
   }
 
@@ -353,6 +356,16 @@ export class Observations {
       const con = notice.con || now - obs.lastConAt >= CON_AT_LEAST_EVERY_MS;
       this.transmit(obs, { ...base, observe: this.nextSeq(obs) }, con, now);
     }
+  }
+
+  /**
+   * An observation without a confirmable exchange for a day gets one, of what its resource is now
+   * (RFC 7641 §4.5): a device that went away without deregistering is found out and its place freed
+   * once the retransmissions go unanswered, even on a topic where nothing is published.
+   */
+  private probe(obs: Observation, now: number): void {
+    const base = this.blocks.first(blockKey(obs.endpoint, obs.filter), this.current(obs), obs.szx, now);
+    this.transmit(obs, { ...base, observe: this.nextSeq(obs) }, true, now);
   }
 
   private transmit(obs: Observation, res: Response, con: boolean, now: number): void {

@@ -46,11 +46,18 @@ export class Reads {
       evicted: () => events.coapBlock2('evicted'),
       missing: () => events.coapBlock2('missing'),
     });
-    this.observations = new Observations(OBSERVE_LIMITS, tx, wire, this.blocks, {
-      observe: (event) => events.coapObserve(event),
-      dropped: () => events.deliveryDropped('coap', 'slow_consumer'),
-      endpoints: (delta) => (delta > 0 ? events.connectionOpened('coap', 'udp') : events.connectionClosed('coap', 'udp')),
-    });
+    this.observations = new Observations(
+      OBSERVE_LIMITS,
+      tx,
+      wire,
+      this.blocks,
+      {
+        observe: (event) => events.coapObserve(event),
+        dropped: () => events.deliveryDropped('coap', 'slow_consumer'),
+        endpoints: (delta) => (delta > 0 ? events.connectionOpened('coap', 'udp') : events.connectionClosed('coap', 'udp')),
+      },
+      (obs) => (obs.exact && this.deps.gate.mayReceive(obs.identity, obs.filter) ? this.retained(obs.filter) : null),
+    );
   }
 
   /** The answer to a GET on /ps/<topic> from an identified device. */
