@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util';
 import { availableParallelism, cpus, totalmem } from 'node:os';
 import { compareAuth, type CompareAuthResult } from './compare-auth.js';
+import { pinCores } from './services.js';
 import { benchForward, type AuthMode, type ForwardResult } from './forward.js';
 import { benchDrain, type DrainResult } from './drain.js';
 import { benchRules, type RulesResult } from './rules.js';
@@ -32,6 +33,7 @@ const { values } = parseArgs({
     rate: { type: 'string', default: '2000' },
     swaps: { type: 'string', default: '20' },
     'slow-consumers': { type: 'string', default: '2' },
+    pin: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -80,6 +82,8 @@ if (values.help) {
       of the slowness alone), the proxy's memory, the close codes and the counters of /metrics
     --seconds S (20, at least 12)  --runs N (1) rounds of A, B and C, the messages of all rounds pooled
     (open mode only: --auth does not apply)
+  --pin              the proxy (or the bare broker) alone on CPU 0, this process, the load and
+                     Mosquitto on the others (taskset): steadier figures on a machine with few cores
   --json             one JSON line with every figure
 `);
   process.exit(0);
@@ -113,9 +117,11 @@ const runs = count('runs', values.runs ?? '5', 1);
 const log = (line: string): void => {
   process.stderr.write(line + '\n');
 };
+const cores = availableParallelism();
+if (values.pin && !pinCores()) usage('--pin needs at least 2 CPUs and taskset (util-linux)');
 const sections = compare ? [] : values.only ? [values.only] : SECTIONS;
 log(
-  `edge-proxy benchmark on ${availableParallelism()} cores (${cpus()[0]?.model ?? 'unknown cpu'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
+  `edge-proxy benchmark on ${cores} cores (${cpus()[0]?.model ?? 'unknown cpu'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}${values.pin ? '; the measured process alone on CPU 0' : ''}`,
 );
 
 const out: {

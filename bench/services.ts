@@ -1,7 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
-import { userInfo } from 'node:os';
+import { availableParallelism, userInfo } from 'node:os';
 import { join } from 'node:path';
 
 export async function freePort(): Promise<number> {
@@ -54,6 +54,31 @@ async function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
+/**
+ * With `--pin`: the measured process (the proxy, or the bare broker it is compared with) alone on
+ * CPU 0, and everything else (this process and its workers, the load, Mosquitto) on the others, so
+ * that a figure does not depend on how the kernel happened to share the cores between them.
+ */
+let others: string | null = null;
+
+/** Pin from now on; false when there are not at least 2 CPUs or `taskset` is missing. */
+export function pinCores(): boolean {
+  const cores = availableParallelism();
+  if (cores < 2) return false;
+  // Taken before this process is pinned: from then on availableParallelism() counts its own CPUs only.
+  const rest = `1-${cores - 1}`;
+  const r = spawnSync('taskset', ['-a', '-p', '-c', rest, String(process.pid)], { stdio: 'ignore' });
+  if (r.status !== 0) return false;
+  others = rest;
+  return true;
+}
+
+/** `command args` as spawn takes them, on CPU 0 when pinned and `measured`, else on the others. */
+function placed(measured: boolean, command: string, args: string[]): [string, string[]] {
+  if (others === null) return [command, args];
+  return ['taskset', ['-c', measured ? '0' : others, command, ...args]];
+}
+
 /** A loopback Mosquitto as the cloud broker, set not to drop QoS 1 messages for slow subscribers. */
 export async function startMosquitto(dir: string): Promise<Service & { port: number; url: string }> {
   mkdirSync(dir, { recursive: true });
@@ -72,7 +97,7 @@ export async function startMosquitto(dir: string): Promise<Service & { port: num
     ].join('\n'),
   );
   const bin = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto';
-  const child = spawn(bin, ['-c', conf], { stdio: 'ignore' });
+  const child = spawn(...placed(false, bin, ['-c', conf]), { stdio: 'ignore' });
   await waitFor('mosquitto', () => portOpen(port));
   return { child, port, url: `mqtt://127.0.0.1:${port}`, stop: () => stopChild(child) };
 }
@@ -95,7 +120,10 @@ export async function startBaseline(dir: string, cloudUrl: string): Promise<Serv
 }
 
 async function startProcess(args: string[], portsFile: string, logFile?: string): Promise<Service & { ports: Ports }> {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', logFile ? openSync(logFile, 'a') : 'ignore', 'inherit'] });
+  // taskset runs the command in its own process (exec), so the child's pid is the proxy's for /proc.
+  const child = spawn(...placed(true, process.execPath, args), {
+    stdio: ['ignore', logFile ? openSync(logFile, 'a') : 'ignore', 'inherit'],
+  });
   await waitFor('the proxy to be ready', () => existsSync(portsFile) || child.exitCode !== null);
   if (!existsSync(portsFile)) throw new Error('the proxy exited at start');
   return { child, ports: JSON.parse(readFileSync(portsFile, 'utf8')) as Ports, stop: () => stopChild(child) };
