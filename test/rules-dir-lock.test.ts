@@ -102,6 +102,37 @@ t.test('the lock is not a rules file: pushes and the watcher leave it alone', as
   t.equal(await proxy.stop(), 0);
 });
 
+t.test(
+  "the README's second proxy: rules and data copied with cp -r from a running one start, the copied locks holding nothing",
+  async (t) => {
+    const dir = t.testdir({ rules: { 'a.rules': rule('first') } });
+    const first = await startProxy(dir, {}, { EDGE_PROXY_DATA_DIR: join(dir, 'data') });
+    t.teardown(() => first.stop());
+    t.ok(existsSync(join(dir, 'rules', LOCK)) && existsSync(join(dir, 'data', 'lock')), 'the first proxy holds both locks');
+    // cp -r copies the lock files too, naming a proxy that runs.
+    t.equal(spawnSync('cp', ['-r', join(dir, 'rules'), join(dir, 'rules2')]).status, 0);
+    t.equal(spawnSync('cp', ['-r', join(dir, 'data'), join(dir, 'data2')]).status, 0);
+    t.ok(existsSync(join(dir, 'rules2', LOCK)), 'the copy has the lock file');
+    mkdirSync(join(dir, 'second'));
+    const second = await startProxy(
+      join(dir, 'second'),
+      {},
+      { EDGE_PROXY_RULES_DIR: join(dir, 'rules2'), EDGE_PROXY_DATA_DIR: join(dir, 'data2') },
+    );
+    t.teardown(() => second.stop());
+    t.equal(
+      (JSON.parse(readFileSync(join(dir, 'rules2', LOCK), 'utf8')) as { pid: number }).pid,
+      pidOf(second),
+      'the second holds the copy',
+    );
+    const line = second.logs.find((l) => typeof l.msg === 'string' && l.msg.includes('copied from another directory'));
+    t.equal(line?.level, 'info', 'saying the copied lock held nothing here');
+    t.equal((JSON.parse(readFileSync(join(dir, 'rules', LOCK), 'utf8')) as { pid: number }).pid, pidOf(first), 'the first keeps its own');
+    t.equal(await second.stop(), 0);
+    t.equal(await first.stop(), 0);
+  },
+);
+
 t.test('a stale rules directory lock (its proxy gone) is taken over with an info line', async (t) => {
   const dir = t.testdir({ rules: { 'a.rules': rule('v1') } });
   const lock = join(dir, 'rules', LOCK);

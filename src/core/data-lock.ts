@@ -6,7 +6,7 @@
 // its watcher would load them).
 
 import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { EdgeError, type ErrorCode } from './errors.js';
 
 /** The lock file's name in the data directory. */
@@ -33,6 +33,11 @@ export interface LockOwner {
   /** /proc/sys/kernel/random/boot_id: a PID of an earlier boot says nothing about this one */
   bootId: string | null;
   startedAt: string;
+  /**
+   * The directory's device and inode when the lock was made: a lock copied along with the directory
+   * (`cp -r rules rules2`) names another directory, and holds nothing here.
+   */
+  dirId: string | null;
 }
 
 /** The few logger methods the lock uses (a pino Logger has them). */
@@ -86,6 +91,7 @@ function parseOwner(text: string): LockOwner | null {
       startTime: typeof o.startTime === 'string' ? o.startTime : null,
       bootId: typeof o.bootId === 'string' ? o.bootId : null,
       startedAt: typeof o.startedAt === 'string' ? o.startedAt : '?',
+      dirId: typeof o.dirId === 'string' ? o.dirId : null,
     };
   } catch {
     return null;
@@ -99,6 +105,7 @@ function parseOwner(text: string): LockOwner | null {
  * until that process ends or the file is removed by hand.
  */
 function ownerRuns(owner: LockOwner, file: string): boolean {
+  if (copiedFromElsewhere(owner, file)) return false;
   if (owner.pid === process.pid) return held.has(file);
   const boot = bootId();
   if (owner.bootId && boot && owner.bootId !== boot) return false;
@@ -117,6 +124,23 @@ function ownerRuns(owner: LockOwner, file: string): boolean {
     if (now !== null && now !== owner.startTime) return false;
   }
   return true;
+}
+
+/** The directory's identity (device and inode), null when it cannot be read. */
+function dirIdOf(dir: string): string | null {
+  try {
+    const st = statSync(dir, { bigint: true });
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return null;
+  }
+}
+
+/** A lock that was made in another directory and copied here with its files. */
+function copiedFromElsewhere(owner: LockOwner, file: string): boolean {
+  if (owner.dirId === null) return false;
+  const here = dirIdOf(dirname(file));
+  return here !== null && here !== owner.dirId;
 }
 
 /** Who holds a lock file, as another process sees it (the CLI, before it talks to a proxy). */
@@ -261,6 +285,7 @@ async function acquireDirLock(dir: string, kind: LockKind, log: LockLog): Promis
     startTime: processStartTime(process.pid),
     bootId: bootId(),
     startedAt: new Date().toISOString(),
+    dirId: dirIdOf(dir),
   };
   const text = JSON.stringify(mine) + '\n';
   const deadline = Date.now() + 15_000;
@@ -288,9 +313,11 @@ async function acquireDirLock(dir: string, kind: LockKind, log: LockLog): Promis
         unlinkSync(file);
         log.info(
           { file, stalePid: owner?.pid ?? null, staleStartedAt: owner?.startedAt ?? null },
-          owner
-            ? `took over the ${kind.what} lock of edge-proxy PID ${owner.pid}, which no longer runs (a crash, kill -9 or power cut)`
-            : `took over a ${kind.what} lock that could not be read (left half-written by a crash or power cut)`,
+          owner === null
+            ? `took over a ${kind.what} lock that could not be read (left half-written by a crash or power cut)`
+            : copiedFromElsewhere(owner, file)
+              ? `took over a ${kind.what} lock copied from another directory with its files (it held nothing here)`
+              : `took over the ${kind.what} lock of edge-proxy PID ${owner.pid}, which no longer runs (a crash, kill -9 or power cut)`,
         );
       }
     } finally {
