@@ -17,6 +17,7 @@ import { DeviceRegistry } from './auth/device-registry.js';
 import { IngressGate } from './pipeline/ingress.js';
 import { LocalDelivery } from './pipeline/local.js';
 import { Router } from './pipeline/router.js';
+import { InferenceService } from './inference/service.js';
 import { RulesStore } from './rules/store.js';
 import { answerCloudRulesRequest } from './rules/cloud-requests.js';
 import { DurableCache } from './uplink/cache.js';
@@ -214,6 +215,15 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
     const forwarder = cloud
       ? new Forwarder(cache, cloud, cfg.uplink, cfg.edge.id, metrics.forwarderEvents(), log.child({ stage: 'forwarder' }))
       : null;
+    // Results come back as derived messages through the router, which is made below.
+    const inference = new InferenceService(cfg, metrics.inferenceEvents(), log.child({ stage: 'inference' }), (r) =>
+      router.acceptInference(r),
+    );
+    await services.start(
+      'inference',
+      () => inference.start(),
+      () => inference.stop(),
+    );
     const local = new LocalDelivery(metrics.localEvents(), log.child({ stage: 'local' }));
     metrics.watchRetained(local.retained);
     const router = new Router(
@@ -226,6 +236,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
       },
       uplink,
       local,
+      inference,
       rules,
       metrics.routerEvents(),
       log.child({ stage: 'router' }),
@@ -329,7 +340,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
             rules: rulesStore.version
               ? { version: rulesStore.version.version, sha256: rulesStore.version.sha256, rules: rulesStore.version.rules }
               : null,
-            models: [],
+            models: inference.status(),
             cache: {
               path: cfg.cache.path,
               messages: backlog,

@@ -265,6 +265,17 @@ main() {
     echo "   kept the existing rules"
   fi
 
+  echo "== models in $statedir/models"
+  # The shipped models are replaced by this version's; models of the site's own, dropped beside them, are kept.
+  mkdir -p "$statedir/models"
+  if [ -d "$src/models" ]; then
+    for f in "$src"/models/*.onnx "$src"/models/*.yaml; do
+      [ -e "$f" ] && cp "$f" "$statedir/models/.$(basename "$f").new" && mv "$statedir/models/.$(basename "$f").new" "$statedir/models/$(basename "$f")"
+    done
+  fi
+  chown -R "$user:$user" "$statedir/models"
+  echo "   $(ls "$statedir"/models/*.onnx 2>/dev/null | wc -l) model(s); the proxy reloads a model when its files change"
+
   echo "== checking the configuration"
   # ok: check-config and the files pass; complete: besides, the placeholder broker URL was replaced.
   local ok=1 complete=1

@@ -8,6 +8,8 @@ import type { RouterEvents } from '../pipeline/router.js';
 import type { CacheEvents, CacheStats } from '../uplink/cache.js';
 import type { ForwarderEvents } from '../uplink/forwarder.js';
 import type { UplinkEvents } from '../uplink/uplink.js';
+import type { InferenceEvents } from '../inference/runner.js';
+import type { ModelRegistryEvents } from '../inference/registry.js';
 
 // Every edge_* metric of the contract that exists so far, in one registry. Stages do not know it:
 // each declares the events it reports, and the observers below turn them into counts. Label
@@ -58,6 +60,14 @@ export class Metrics {
   readonly rulesPushes: client.Counter<'source' | 'result'>;
   readonly registryDevices: client.Gauge;
   readonly registryReloadFailures: client.Counter;
+  private readonly inferenceSeconds: client.Histogram<'model' | 'stage'>;
+  private readonly inferenceTotal: client.Counter<'model' | 'label'>;
+  private readonly inferenceBatchSize: client.Histogram<'model'>;
+  private readonly inferenceErrors: client.Counter<'model' | 'reason'>;
+  private readonly inferenceShed: client.Counter<'model'>;
+  private readonly inferenceWindowsEvicted: client.Counter<'model'>;
+  private readonly inferenceWindowBytes: client.Gauge;
+  private readonly modelsLoaded: client.Counter<'model'>;
   private cacheSource: CacheStats | null = null;
   private retainedSource: { readonly size: number; readonly bytes: number } | null = null;
   private drainSource: (() => number) | null = null;
@@ -148,6 +158,38 @@ export class Metrics {
     this.ruleWindowTruncated = counter('edge_rule_window_truncated_total', 'Window values dropped at rules.maxWindowValues, by rule', [
       'rule',
     ]);
+    this.inferenceSeconds = new client.Histogram({
+      name: 'edge_inference_seconds',
+      help: 'Inference time by model and stage: batch (one model run), input (message arrival to result)',
+      labelNames: ['model', 'stage'],
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    this.inferenceTotal = counter('edge_inference_total', 'Inference results, by model and label', ['model', 'label']);
+    this.inferenceBatchSize = new client.Histogram({
+      name: 'edge_inference_batch_size',
+      help: 'Inputs run together in one model run, by model',
+      labelNames: ['model'],
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+      registers,
+    });
+    this.inferenceErrors = counter(
+      'edge_inference_errors_total',
+      'Inputs dropped and model loads refused, by model and reason (unknown_model, input, run, output, load, unloaded, stopping)',
+      ['model', 'reason'],
+    );
+    this.inferenceShed = counter('edge_inference_shed_total', 'Oldest queued inputs shed at inference.queueSize, by model', ['model']);
+    this.inferenceWindowsEvicted = counter(
+      'edge_inference_windows_evicted_total',
+      'Per-device input windows dropped at inference.windowBytes (least recently fed first), by model',
+      ['model'],
+    );
+    this.inferenceWindowBytes = new client.Gauge({
+      name: 'edge_inference_window_bytes',
+      help: 'Bytes held by per-device input windows',
+      registers,
+    });
+    this.modelsLoaded = counter('edge_models_loaded_total', 'Model versions loaded (at start and on each change), by model', ['model']);
     this.rulesLoaded = new client.Gauge({ name: 'edge_rules_loaded', help: 'Rules in the running ruleset', registers });
     this.rulesVersion = new client.Gauge({ name: 'edge_rules_version', help: 'Version number of the running ruleset', registers });
     this.rulesReloadFailures = counter(
@@ -269,6 +311,25 @@ export class Metrics {
       ruleFailed: (rule) => this.ruleErrors(rule).inc(),
       dropped: (reason) => this.dropped(reason).inc(),
       payloadUndecodable: () => this.payloadDecodeErrors.inc(),
+    };
+  }
+
+  inferenceEvents(): InferenceEvents & ModelRegistryEvents {
+    return {
+      result: (model, label, seconds) => {
+        this.inferenceTotal.labels(model, label).inc();
+        this.inferenceSeconds.labels(model, 'input').observe(seconds);
+      },
+      batch: (model, size, seconds) => {
+        this.inferenceBatchSize.labels(model).observe(size);
+        this.inferenceSeconds.labels(model, 'batch').observe(seconds);
+      },
+      error: (model, reason) => this.inferenceErrors.labels(model, reason).inc(),
+      shed: (model) => this.inferenceShed.labels(model).inc(),
+      windowEvicted: (model) => this.inferenceWindowsEvicted.labels(model).inc(),
+      windowBytes: (bytes) => this.inferenceWindowBytes.set(bytes),
+      loaded: (model) => this.modelsLoaded.labels(model).inc(),
+      loadFailed: (model) => this.inferenceErrors.labels(model, 'load').inc(),
     };
   }
 

@@ -1,3 +1,5 @@
+import type { ModelView } from '../inference/service.js';
+
 /** The body of GET /api/v1/status, read by the status page and `edge-proxy status`. */
 export interface ProxyStatus {
   version: string;
@@ -9,7 +11,8 @@ export interface ProxyStatus {
   devices: Record<string, number>;
   rates: { receivedPerSecond: number; ackedPerSecond: number };
   rules: { version: number; sha256: string; rules: number } | null;
-  models: string[];
+  /** every model of the models directory: loaded, or why not */
+  models: ModelView[];
   cache: {
     path: string;
     messages: number;

@@ -229,6 +229,14 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     maxFileBytes: { type: 'integer', minimum: 1, maximum: 64 * MiB, default: 1 * MiB, unit: 'size' },
     maxRules: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 10_000 },
   }),
+  models: object<Config['models']>({
+    dir: { type: 'string', minLength: 1, default: './models', resolvePath: true },
+  }),
+  inference: object<Config['inference']>({
+    threads: { type: 'integer', minimum: 1, maximum: 64, default: 2 },
+    queueSize: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 1024 },
+    windowBytes: { type: 'integer', minimum: 1024, maximum: 1024 * MiB, default: 16 * MiB, unit: 'size' },
+  }),
   uplink: object<Uplink>({
     // No real default: without a url the proxy runs offline and keeps everything in the cache.
     url: {
@@ -277,7 +285,7 @@ export const configSchemaTree: SchemaNode = configSchema;
  * Keys of features this version does not have yet (docs/configuration.md, Errors).
  * They are refused like any unknown key; the message just says why, so nobody hunts for a typo.
  */
-export const PLANNED_KEYS: ReadonlySet<string> = new Set(['models', 'inference', 'limits.perDeviceRate', 'log.pretty']);
+export const PLANNED_KEYS: ReadonlySet<string> = new Set(['limits.perDeviceRate', 'log.pretty']);
 
 export function isUplinkUrl(value: string): boolean {
   let url: URL;

@@ -46,6 +46,16 @@ export interface Config {
   };
   cache: { path: string; maxBytes: number; maxAgeSeconds: number };
   rules: { dir: string; maxWindowValues: number; stateTtlSeconds: number; maxFileBytes: number; maxRules: number };
+  /** `<name>.onnx` + `<name>.yaml` pairs, loaded at start and whenever they change (docs/inference.md) */
+  models: { dir: string };
+  inference: {
+    /** ONNX Runtime threads for one model run */
+    threads: number;
+    /** inputs waiting per model; past it the oldest is shed */
+    queueSize: number;
+    /** all per-device windows of window-fed models together; past it the least recently fed goes */
+    windowBytes: number;
+  };
   uplink: {
     url: string | null;
     clientId: string;

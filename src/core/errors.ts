@@ -48,6 +48,11 @@ export const ERROR_CODES = {
   E_RULES_NO_EARLIER: { text: 'a rollback with no earlier rules version to go back to', status: 409, retryable: false },
   E_RULES_NO_FILE: { text: 'a rules change that removes a file the running set does not have', status: 404, retryable: false },
   E_STOPPING: { text: 'a change asked of the proxy while it is stopping', status: 503, retryable: true },
+  E_MODEL: {
+    text: 'a model that cannot be loaded or run: its ONNX file, its yaml, or the two not matching',
+    status: 422,
+    retryable: false,
+  },
   E_INTERNAL: { text: 'a fault of the proxy itself while handling a message', status: 500, retryable: true },
 } as const satisfies Record<string, { text: string; status: number; retryable: boolean }>;
 

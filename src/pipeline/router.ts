@@ -13,10 +13,16 @@ import type { LocalDelivery } from './local.js';
 import type { Priority } from '../core/priority.js';
 import { PriorityTable } from './priorities.js';
 import { encodePayload, planActions, type Plan } from './plan.js';
+import type { InferRequest, InferenceResult } from '../inference/runner.js';
 
 /** What the router needs of the uplink stage. */
 export interface UplinkStage {
   submit(msg: EdgeMessage, priority: Priority, done: (err: EdgeError | null) => void): void;
+}
+
+/** What the router needs of local inference: null when queued, else why the input was refused. */
+export interface InferenceStage {
+  submit(req: InferRequest): string | null;
 }
 
 /** What the router reports; metrics hang on these. */
@@ -43,7 +49,6 @@ export interface RouterOptions {
 }
 
 const EMPTY: Evaluation = { fired: [], actions: [], dropped: false, routed: false, errors: [] };
-const NO_INFERENCE = 'no inference yet: infer() is checked but this version runs no models';
 const MAX_DERIVED_PER_MESSAGE = 64;
 
 /**
@@ -57,11 +62,13 @@ export class Router {
   private readonly faultLogged = new Map<string, number>();
   /** the messages rules may still make, shared by a root message and everything made from it */
   private readonly budgets = new WeakMap<EdgeMessage, { left: number }>();
+  private lastDecoded: { msg: EdgeMessage; value: Value } | null = null;
 
   constructor(
     private readonly opts: RouterOptions,
     private readonly uplink: UplinkStage,
     private readonly local: LocalDelivery,
+    private readonly inference: InferenceStage,
     private readonly rules: RulesHolder,
     private readonly events: RouterEvents,
     private readonly log: Logger,
@@ -103,6 +110,15 @@ export class Router {
     this.carryOut(msg, this.evaluate(msg), () => {});
   }
 
+  /**
+   * A model's result (infer()): a derived message of the input, with the input's device and budget
+   * and one more hop, delivered locally and evaluated like any message a rule makes.
+   */
+  acceptInference(r: InferenceResult): void {
+    const derived = this.tryDerive(r.rule, r.parent, r.topic, r.payload);
+    if (derived) this.acceptInternal(derived);
+  }
+
   /** A message made by a rule (publish, emit): delivered locally, then evaluated in turn. */
   private acceptInternal(msg: EdgeMessage): void {
     this.events.received('internal');
@@ -118,9 +134,8 @@ export class Router {
   evaluate(msg: EdgeMessage): Evaluation {
     const rules = this.rules.current;
     if (!rules) return EMPTY;
-    let decoded: Value | undefined;
     const ev = rules.evaluate(msg, {
-      payload: () => (decoded ??= this.decode(msg)),
+      payload: () => this.payloadOf(msg),
       msgValue: () => msgValue(msg),
       device: this.opts.deviceAttrs(msg.deviceId),
       edge: { id: this.opts.edge.id, uplinkConnected: this.opts.edge.uplinkConnected() },
@@ -130,7 +145,16 @@ export class Router {
     return ev;
   }
 
-  /** The decoded payload, parsed once per message and only when a rule reads it. */
+  /**
+   * The decoded payload, parsed once per message and only when a rule or a model reads it. Kept for
+   * the last message only: evaluation and the actions that follow it run in one go.
+   */
+  private payloadOf(msg: EdgeMessage): Value {
+    if (this.lastDecoded?.msg !== msg) this.lastDecoded = { msg, value: this.decode(msg) };
+    return this.lastDecoded.value;
+  }
+
+  /** The payload as rules read it. */
   private decode(msg: EdgeMessage): Value {
     const decoded = decodePayload(msg.contentType, asBuffer(msg.payload));
     if (decoded.ok) return decoded.value;
@@ -187,7 +211,13 @@ export class Router {
       this.uplink.submit(derived, 'high', settle);
       setImmediate(() => this.acceptInternal(derived));
     }
-    for (const i of plan.infers) this.fault(i.rule, NO_INFERENCE, msg);
+    if (plan.infers.length > 0) {
+      const payload = (): Value => this.payloadOf(msg);
+      for (const i of plan.infers) {
+        const refused = this.inference.submit({ rule: i.rule, model: i.model, to: i.to, msg, payload });
+        if (refused) this.fault(i.rule, `infer("${i.model}"): ${refused}`, msg);
+      }
+    }
     for (const f of plan.faults) this.fault(f.rule, f.message, msg);
     for (const l of plan.logs) {
       try {
