@@ -96,7 +96,7 @@ class Services {
 }
 
 /**
- * The composition root: config → cache → device registry → rules → pipeline → cloud → device
+ * The composition root: config → cache → device registry → rules → inference → pipeline → cloud → device
  * adapters → admin, each started in turn and stopped in the reverse order.
  */
 export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOptions = {}): Promise<RunningProxy> {
