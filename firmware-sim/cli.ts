@@ -7,7 +7,7 @@
 import { accessSync, constants as fsConstants, readFileSync, realpathSync, statSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { parseRate } from './device.js';
+import { SENSOR_KINDS, isBearingCondition, isSensorKind, parseRate, type SensorKind } from './device.js';
 import { certificateDeviceId, parseTokenFile, tokenDeviceId } from './credentials.js';
 import { PROTOCOLS, WEBSOCKET_PROTOCOLS, isProtocol, type Protocol } from './links.js';
 import {
@@ -30,8 +30,9 @@ export const USAGE = `Usage: node dist/firmware-sim/cli.js [options]
        npm run sim -- [options]
 
 Simulated device fleet. Each device publishes JSON telemetry to
-devices/<id>/telemetry and obeys downlink commands on devices/<id>/cmd/rate
-({"rate": 5} or 5), cmd/pause and cmd/resume, whatever its protocol:
+devices/<id>/telemetry, or is a vibration sensor on a bearing (--sensor), and
+obeys downlink commands on devices/<id>/cmd/rate ({"rate": 5} or 5), cmd/pause,
+cmd/resume and, a vibration sensor, cmd/bearing, whatever its protocol:
   mqtt     MQTT over TCP or TLS (MQTT.js; client id = device id)
   mqtt-ws  MQTT over WebSocket on the proxy's http endpoint, path /mqtt (MQTT.js)
   ws       the proxy's JSON protocol on /ws (docs/websocket.md): qos 1 "pub"
@@ -42,6 +43,17 @@ devices/<id>/telemetry and obeys downlink commands on devices/<id>/cmd/rate
            once answered 2.04), non-confirmable for --qos 0; a GET with
            Observe on /ps/devices/<id>/cmd/# for the commands; ?d=<id> names
            the device; a payload over 1024 bytes goes block-wise (Block1)
+A vibration sensor publishes at each report (--rate) one window of 1024
+acceleration samples in g taken at 25,600 Hz (40 ms), about 8 KB of JSON:
+  devices/<id>/vibration  {"deviceId","seq","ts","sampleRateHz":25600,
+                           "shaftHz":<shaft speed>,"samples":[1024 numbers]}
+Its bearing is healthy or has a fault on its outer race, whose impacts, at BPFO
+(3.58x the shaft speed), ring the housing's resonance. A fault starts early (severity 0.5:
+impact peaks half the healthy vibration's RMS, invisible in the overall level)
+and grows by 0.002 a window, up to 6. devices/<id>/cmd/bearing switches it:
+{"condition":"fault"}, with "severity": S (0 < S <= 6) to set where it stands,
+or {"condition":"healthy"} (a replaced bearing); a payload that is neither is
+refused, logged, and changes nothing.
 Against a proxy in token mode each device connects with username = its id and
 password = its token, as printed by \`edge-proxy devices add <id>\` (a ws
 device: the token at the upgrade, see --upgrade-token; a coap device: &k=<token>
@@ -72,6 +84,15 @@ Options:
                         (header) or ?token= (query). Default: the header on
                         /ws; on /mqtt the CONNECT password, as over TCP
   --devices N           number of devices (default 5)
+  --sensor K[,K...]     telemetry or vibration (default telemetry); a list gives
+                        the devices their kinds in turn, as --protocol does:
+                        --sensor telemetry,vibration makes sim-0001 telemetry,
+                        sim-0002 a vibration sensor, sim-0003 telemetry, ...
+  --bearing healthy|fault
+                        the bearing of every vibration sensor at the start
+                        (default healthy)
+  --faulty N            the first N vibration sensors start with a developing
+                        bearing fault, the others healthy (not with --bearing)
   --rate R              messages per second per device (default 1); 0 or "max":
                         publish the next message as soon as the previous one is
                         acknowledged
@@ -80,7 +101,8 @@ Options:
                         non-confirmable (0) requests
   --payload-bytes N     pad each telemetry message to N bytes with a "pad"
                         field (default: no padding, about 110 bytes); over
-                        1024, coap devices send it block-wise
+                        1024, coap devices send it block-wise, as they do every
+                        vibration window
   --count M             stop each device after M messages (default unlimited)
   --duration S          stop after S seconds (default unlimited)
   --prefix P            device id prefix (default "sim-" -> sim-0001, sim-0002, ...)
@@ -105,8 +127,8 @@ Options:
                         --devices, if given, must be 1; --prefix, --token and
                         --token-file must name the same device
   --key FILE            the client certificate's private key (PEM)
-  --seed S              seed for reproducible sensor readings (default random,
-                        printed in the summary)
+  --seed S              seed for reproducible sensor readings and vibration
+                        windows (default random, printed in the summary)
   --stats-interval S    seconds between stats lines (default 5)
   --quiet               log only warnings, errors and commands
   -h, --help            show this help
@@ -114,7 +136,9 @@ Options:
 Logs are plain text on stderr. On exit (count reached, duration elapsed,
 SIGINT/SIGTERM) one JSON line is printed on stdout:
   {"event":"summary","devices":N,"sent":X,"acked":Y,...,"protocols":{"mqtt":N},
+   "sensors":{"telemetry":N,"vibration":M},"faulty":["sim-0002",...],
    "lastSeq":{"sim-0001":123,...}}
+("faulty": the vibration sensors whose bearing had a fault at the end.)
 Exit status: 0 after all clients ended, 2 on a bad option.
 `;
 
@@ -131,6 +155,9 @@ const OPTIONS = {
   'coap-url': { type: 'string' },
   'upgrade-token': { type: 'string' },
   devices: { type: 'string' },
+  sensor: { type: 'string' },
+  bearing: { type: 'string' },
+  faulty: { type: 'string' },
   rate: { type: 'string' },
   inflight: { type: 'string' },
   qos: { type: 'string' },
@@ -219,6 +246,7 @@ export function parseCliArgs(argv: readonly string[]): CliCommand {
   }
   options.usernameAsId = !values['no-username-as-id'];
   parseCredentials(values, options);
+  parseSensors(values, options);
   if (values.seed !== undefined) {
     if (values.seed.trim() === '') throw new UsageError('--seed must not be empty');
     options.seed = values.seed;
@@ -248,6 +276,42 @@ function parseEndpoints(values: { protocol?: string; 'http-url'?: string; 'coap-
   }
   if (values['coap-url'] !== undefined && !endpoints.protocols.includes('coap')) {
     throw new UsageError('--coap-url is where coap devices send their requests, and this fleet has none: add --protocol coap');
+  }
+}
+
+/** --sensor, --bearing, --faulty (after the credentials, which may name the devices). */
+function parseSensors(values: { sensor?: string; bearing?: string; faulty?: string }, options: FleetOptions): void {
+  if (values.sensor !== undefined) {
+    const names = values.sensor.split(',').map((k) => k.trim());
+    if (names.some((k) => !isSensorKind(k))) {
+      throw new UsageError(`--sensor takes ${SENSOR_KINDS.join(' or ')}, or a comma-separated list of them, got "${values.sensor}"`);
+    }
+    options.sensors = names as SensorKind[];
+  }
+  const kinds = options.sensors ?? ['telemetry'];
+  const n = options.ids?.length ?? options.devices ?? DEFAULT_DEVICES;
+  let vibration = 0;
+  for (let i = 0; i < n; i++) if (kinds[i % kinds.length] === 'vibration') vibration++;
+  const none = 'and this fleet has no vibration sensor: add --sensor vibration';
+  if (values.bearing !== undefined) {
+    if (!isBearingCondition(values.bearing)) throw new UsageError(`--bearing must be healthy or fault, got "${values.bearing}"`);
+    if (vibration === 0) throw new UsageError(`--bearing is the bearing of the vibration sensors, ${none}`);
+    options.bearing = values.bearing;
+  }
+  if (values.faulty !== undefined) {
+    if (values.bearing !== undefined) {
+      throw new UsageError('--bearing (every vibration sensor) and --faulty (the first N) are mutually exclusive');
+    }
+    if (!/^\d+$/.test(values.faulty.trim())) throw new UsageError(`--faulty must be an integer >= 0, got "${values.faulty}"`);
+    const faulty = Number(values.faulty);
+    if (vibration === 0) throw new UsageError(`--faulty N makes the first N vibration sensors faulty, ${none}`);
+    if (faulty > vibration) {
+      throw new UsageError(`--faulty ${faulty}: this fleet has ${vibration} vibration ${vibration === 1 ? 'sensor' : 'sensors'}`);
+    }
+    options.faulty = faulty;
+  }
+  if (options.payloadBytes !== undefined && vibration === n) {
+    throw new UsageError('--payload-bytes pads telemetry, and this fleet has only vibration sensors');
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * One simulated device: an MQTT.js client (over TCP, TLS or WebSocket), a client of the proxy's
- * JSON WebSocket protocol or a CoAP client, that publishes telemetry at a paced rate (or as fast as
- * acknowledgements come back) and obeys downlink commands.
+ * JSON WebSocket protocol or a CoAP client, that publishes telemetry, or windows of a vibration
+ * sensor on a bearing, at a paced rate (or as fast as acknowledgements come back) and obeys
+ * downlink commands.
  */
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
@@ -9,6 +10,7 @@ import type { IClientOptions } from 'mqtt';
 import { CoapLink } from './coap-link.js';
 import { JsonWsLink, MqttLink, type DeviceLink, type Protocol } from './links.js';
 import { SensorModel, createRng, seedFrom, type Reading } from './sensors.js';
+import { BearingVibration, MAX_SEVERITY, VIBRATION_SAMPLE_RATE_HZ, type BearingCondition } from './vibration.js';
 
 /** Messages per second, or 'max': next publish as soon as the previous one is acknowledged. */
 export type Rate = number | 'max';
@@ -56,7 +58,22 @@ export function parseRatePayload(text: string): Rate | undefined {
   return parseRate(parsed);
 }
 
+/** What a device measures: room telemetry (temp, humidity, ...) or the vibration of a bearing. */
+export type SensorKind = 'telemetry' | 'vibration';
+export const SENSOR_KINDS: readonly SensorKind[] = ['telemetry', 'vibration'];
+
+export function isSensorKind(s: string): s is SensorKind {
+  return (SENSOR_KINDS as readonly string[]).includes(s);
+}
+
+export const BEARING_CONDITIONS: readonly BearingCondition[] = ['healthy', 'fault'];
+
+export function isBearingCondition(s: unknown): s is BearingCondition {
+  return typeof s === 'string' && (BEARING_CONDITIONS as readonly string[]).includes(s);
+}
+
 export const telemetryTopic = (id: string): string => `devices/${id}/telemetry`;
+export const vibrationTopic = (id: string): string => `devices/${id}/vibration`;
 export const commandTopic = (id: string, command: string): string => `devices/${id}/cmd/${command}`;
 
 export interface Telemetry extends Reading {
@@ -67,19 +84,103 @@ export interface Telemetry extends Reading {
   pad?: string;
 }
 
-export interface SentMessage {
+/** The payload of a vibration sensor: one window of acceleration samples, in g. */
+export interface VibrationWindow {
+  deviceId: string;
+  seq: number;
+  ts: number;
+  sampleRateHz: number;
+  /** the shaft's rotation frequency when the window was taken */
+  shaftHz: number;
+  samples: number[];
+}
+
+/** A window's level, for the log: RMS and peak of the samples, in g. */
+export interface WindowLevel {
+  rms: number;
+  peak: number;
+}
+
+interface SentBase {
   deviceId: string;
   topic: string;
   seq: number;
   payload: string;
   bytes: number;
+}
+
+export interface SentTelemetry extends SentBase {
+  sensor: 'telemetry';
   telemetry: Telemetry;
+}
+
+export interface SentVibration extends SentBase {
+  sensor: 'vibration';
+  vibration: VibrationWindow;
+  /** the simulated bearing when the window was taken */
+  condition: BearingCondition;
+  severity: number;
+  level: WindowLevel;
+}
+
+export type SentMessage = SentTelemetry | SentVibration;
+
+/** RMS and peak (largest magnitude) of a window. */
+export function windowLevel(samples: readonly number[]): WindowLevel {
+  let sum = 0;
+  let peak = 0;
+  for (const x of samples) {
+    sum += x * x;
+    peak = Math.max(peak, Math.abs(x));
+  }
+  return { rms: samples.length > 0 ? Math.sqrt(sum / samples.length) : 0, peak };
+}
+
+/** What a cmd/bearing asks for. */
+export interface BearingCommand {
+  condition: BearingCondition;
+  severity?: number;
+}
+
+/**
+ * Parse the payload of a cmd/bearing command: `{"condition": "fault"}`, `{"condition": "fault",
+ * "severity": 0.5}`, `{"condition": "healthy"}`, or the condition alone (`fault`, `"fault"`).
+ * Returns why it is refused as a string.
+ */
+export function parseBearingPayload(text: string): BearingCommand | string {
+  const expected = `expected {"condition": "healthy"|"fault"} with an optional "severity" (a number > 0 and <= ${MAX_SEVERITY}) for a fault`;
+  const trimmed = text.trim();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(trimmed);
+  } catch {
+    parsed = trimmed;
+  }
+  if (typeof parsed === 'string') return isBearingCondition(parsed) ? { condition: parsed } : expected;
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return expected;
+  const o = parsed as Record<string, unknown>;
+  const extra = Object.keys(o).filter((k) => k !== 'condition' && k !== 'severity');
+  if (extra.length > 0) return `unknown field ${JSON.stringify(extra[0])}: ${expected}`;
+  if (!isBearingCondition(o.condition)) return `condition ${JSON.stringify(o.condition ?? null)}: ${expected}`;
+  if (o.severity === undefined) return { condition: o.condition };
+  if (o.condition !== 'fault') return 'a severity is for a fault: a healthy bearing has none';
+  if (typeof o.severity !== 'number' || !Number.isFinite(o.severity) || o.severity <= 0 || o.severity > MAX_SEVERITY) {
+    return `severity ${JSON.stringify(o.severity)}: expected a number > 0 and <= ${MAX_SEVERITY}`;
+  }
+  return { condition: 'fault', severity: o.severity };
+}
+
+/** A vibration sensor's model for one device of a seeded fleet: its own stream, whatever the fleet's size. */
+export function deviceVibration(fleetSeed: number, deviceId: string, condition: BearingCondition = 'healthy'): BearingVibration {
+  const model = new BearingVibration(createRng(seedFrom(fleetSeed, deviceId)));
+  if (condition !== 'healthy') model.setCondition(condition);
+  return model;
 }
 
 /** Where a WebSocket device gives its token at the upgrade. */
 export type UpgradeTokenIn = 'header' | 'query';
 
-export type CommandAction = 'rate' | 'pause' | 'resume' | 'unknown' | 'invalid';
+export type CommandAction = 'rate' | 'pause' | 'resume' | 'bearing' | 'unknown' | 'invalid';
 
 export interface DeviceCommand {
   deviceId: string;
@@ -107,6 +208,9 @@ export interface DeviceStats {
   paused: boolean;
   connected: boolean;
   complete: boolean;
+  sensor: SensorKind;
+  /** a vibration sensor's bearing */
+  bearing?: BearingCondition;
 }
 
 export interface DeviceOptions {
@@ -133,9 +237,15 @@ export interface DeviceOptions {
   count?: number;
   /** Messages in flight in 'max' mode (default 1). */
   inflight?: number;
-  /** Seed for the sensor model; ignored when `sensor` is given. */
+  /** Seed for the sensor model; ignored when `sensor` (or `vibration`) is given. */
   seed?: number;
   sensor?: SensorModel;
+  /** What it measures (default telemetry): a vibration sensor publishes on devices/<id>/vibration. */
+  kind?: SensorKind;
+  /** A vibration sensor's bearing at the start (default healthy); ignored when `vibration` is given. */
+  bearing?: BearingCondition;
+  /** A vibration sensor's model (default: one seeded from `seed` and the id). */
+  vibration?: BearingVibration;
   /** MQTT username = device id (default true). */
   usernameAsId?: boolean;
   /**
@@ -175,9 +285,11 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
   readonly qos: QoS;
   readonly count: number | undefined;
   readonly topic: string;
+  readonly kind: SensorKind;
   private readonly inflightLimit: number;
   private readonly maxUnacked: number;
-  private readonly sensor: SensorModel;
+  private readonly sensor: SensorModel | undefined;
+  private readonly vibration: BearingVibration | undefined;
   private readonly options: DeviceOptions;
 
   private client: DeviceLink | undefined;
@@ -215,10 +327,16 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
     this.qos = options.qos ?? 1;
     this.count = options.count;
     this.rate = rate;
-    this.topic = telemetryTopic(options.id);
+    this.kind = options.kind ?? 'telemetry';
     this.inflightLimit = Math.max(1, Math.floor(options.inflight ?? 1));
     this.maxUnacked = Math.max(1, Math.floor(options.maxUnacked ?? 10_000));
-    this.sensor = options.sensor ?? new SensorModel(createRng(seedFrom(options.seed ?? 0, options.id)));
+    if (this.kind === 'vibration') {
+      this.topic = vibrationTopic(options.id);
+      this.vibration = options.vibration ?? deviceVibration(options.seed ?? 0, options.id, options.bearing);
+    } else {
+      this.topic = telemetryTopic(options.id);
+      this.sensor = options.sensor ?? new SensorModel(createRng(seedFrom(options.seed ?? 0, options.id)));
+    }
   }
 
   /** Connect and start publishing once connected. Returns immediately. */
@@ -281,6 +399,8 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
       paused: this.paused,
       connected: this.connected,
       complete: this.completed,
+      sensor: this.kind,
+      ...(this.vibration ? { bearing: this.vibration.condition } : {}),
     };
   }
 
@@ -290,6 +410,25 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
 
   get isPaused(): boolean {
     return this.paused;
+  }
+
+  /** A vibration sensor's bearing; undefined for a telemetry device. */
+  get bearing(): BearingCondition | undefined {
+    return this.vibration?.condition;
+  }
+
+  /** How far a vibration sensor's fault has developed (0 when healthy); undefined for a telemetry device. */
+  get severity(): number | undefined {
+    return this.vibration?.severity;
+  }
+
+  /**
+   * Switch a vibration sensor's bearing: a fault starts small and grows window by window (or at
+   * `severity` when given). Throws a RangeError on a telemetry device.
+   */
+  setBearing(condition: BearingCondition, severity?: number): void {
+    if (!this.vibration) throw new RangeError(`${this.id} is a telemetry sensor: it has no bearing`);
+    this.vibration.setCondition(condition, severity === undefined ? undefined : { severity });
   }
 
   setRate(rate: Rate): void {
@@ -378,10 +517,27 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
         this.resume();
         result = cmd('resume', 'publishing resumed');
         break;
+      case 'bearing':
+        result = this.onBearingCommand(payload, cmd);
+        break;
       default:
         result = cmd('unknown', `unknown command "${command}" ignored`);
     }
     this.emit('command', result);
+  }
+
+  private onBearingCommand(payload: string, cmd: (action: CommandAction, detail: string) => DeviceCommand): DeviceCommand {
+    if (!this.vibration) return cmd('unknown', `command "bearing" ignored: ${this.id} is a telemetry sensor, it has no bearing`);
+    const parsed = parseBearingPayload(payload);
+    if (typeof parsed === 'string')
+      return cmd('invalid', `invalid bearing payload ${JSON.stringify(payload)}, bearing unchanged: ${parsed}`);
+    this.setBearing(parsed.condition, parsed.severity);
+    return cmd(
+      'bearing',
+      parsed.condition === 'fault'
+        ? `bearing set to fault (severity ${round4(this.vibration.severity)}${parsed.severity === undefined ? ', growing' : ''})`
+        : 'bearing set to healthy',
+    );
   }
 
   private canPublish(): boolean {
@@ -458,7 +614,11 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
     const client = this.client;
     if (!client) return;
     const seq = ++this.lastSeq;
-    const telemetry: Telemetry = { deviceId: this.id, seq, ts: Date.now(), ...this.sensor.next() };
+    if (this.vibration) {
+      this.publishWindow(client, seq, this.vibration);
+      return;
+    }
+    const telemetry: Telemetry = { deviceId: this.id, seq, ts: Date.now(), ...this.sensor!.next() };
     let payload = JSON.stringify(telemetry);
     const short = (this.options.payloadBytes ?? 0) - Buffer.byteLength(payload) - ',"pad":""'.length;
     if (short > 0) {
@@ -475,7 +635,33 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
       seq,
       payload,
       bytes: Buffer.byteLength(payload),
+      sensor: 'telemetry',
       telemetry,
+    });
+  }
+
+  /** A vibration sensor's report: a window taken now, as a condition-monitoring sensor takes a snapshot at each report. */
+  private publishWindow(client: DeviceLink, seq: number, model: BearingVibration): void {
+    const condition = model.condition;
+    const severity = model.severity;
+    // The speed of the window about to be taken: it wanders a little from one window to the next.
+    const shaftHz = round4(model.currentShaftHz);
+    const samples = model.nextWindow();
+    const window: VibrationWindow = { deviceId: this.id, seq, ts: Date.now(), sampleRateHz: VIBRATION_SAMPLE_RATE_HZ, shaftHz, samples };
+    const payload = JSON.stringify(window);
+    this.inflight++;
+    client.publish(this.topic, payload, this.qos, (err) => this.onSettled(seq, err));
+    this.emit('sent', {
+      deviceId: this.id,
+      topic: this.topic,
+      seq,
+      payload,
+      bytes: Buffer.byteLength(payload),
+      sensor: 'vibration',
+      vibration: window,
+      condition,
+      severity,
+      level: windowLevel(samples),
     });
   }
 
@@ -508,6 +694,10 @@ export class SimDevice extends EventEmitter<DeviceEvents> {
       });
     });
   }
+}
+
+function round4(x: number): number {
+  return Math.round(x * 10_000) / 10_000;
 }
 
 /** `url` with `params` (already encoded) added to its query. */

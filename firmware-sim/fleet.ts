@@ -1,6 +1,6 @@
 /**
- * A fleet of simulated devices: starts them, logs what they send, aggregates
- * stats and produces the final summary. Usable in-process by tests and
+ * A fleet of simulated devices (telemetry and vibration sensors): starts them, logs what they send,
+ * aggregates stats and produces the final summary. Usable in-process by tests and
  * benchmarks via `startFleet()`.
  */
 import { randomInt } from 'node:crypto';
@@ -15,14 +15,16 @@ import {
   type DeviceStats,
   type QoS,
   type Rate,
+  type SensorKind,
   type SentMessage,
   type UpgradeTokenIn,
 } from './device.js';
+import type { BearingCondition } from './vibration.js';
 import { tokenDeviceId } from './credentials.js';
 import { LinkError, WEBSOCKET_PROTOCOLS, type Protocol } from './links.js';
 import { parseSeed } from './sensors.js';
 
-export type { QoS, Rate } from './device.js';
+export type { QoS, Rate, SensorKind } from './device.js';
 export type { Protocol } from './links.js';
 
 /** Above this total rate, per-message log lines are replaced by periodic stats. */
@@ -61,6 +63,16 @@ export interface FleetOptions {
    */
   upgradeToken?: UpgradeTokenIn;
   devices?: number;
+  /**
+   * What the devices measure, given to them in turn as `protocols` are: `['telemetry', 'vibration']`
+   * makes every second device a vibration sensor, publishing windows of samples on
+   * devices/<id>/vibration. Default `['telemetry']`.
+   */
+  sensors?: readonly SensorKind[];
+  /** The bearing of every vibration sensor at the start (default healthy); not with `faulty`. */
+  bearing?: BearingCondition;
+  /** The first N vibration sensors start with a developing bearing fault, the others healthy; not with `bearing`. */
+  faulty?: number;
   rate?: Rate;
   qos?: QoS;
   /** Telemetry padded to this many bytes (a "pad" field); over 1024 a coap device sends it block-wise. */
@@ -120,6 +132,10 @@ export interface FleetSummary {
   reason: StopReason;
   /** devices per protocol */
   protocols: Partial<Record<Protocol, number>>;
+  /** devices per kind of sensor */
+  sensors: Partial<Record<SensorKind, number>>;
+  /** the vibration sensors whose bearing had a fault at the end */
+  faulty: string[];
   lastSeq: Record<string, number>;
 }
 
@@ -315,9 +331,25 @@ export class Fleet extends EventEmitter<FleetEvents> {
     }
     const tls = readTlsFiles(options.tls);
     const protocols = this.endpoints.protocols;
+    const kinds = options.sensors ?? ['telemetry'];
+    if (kinds.length === 0) throw new RangeError('sensors must name at least one kind of sensor');
+    const kindOf = (i: number): SensorKind => kinds[i % kinds.length]!;
+    const vibrationCount = ids.filter((_, i) => kindOf(i) === 'vibration').length;
+    if (options.faulty !== undefined) {
+      if (options.bearing !== undefined) throw new RangeError('give bearing (every vibration sensor) or faulty (the first N), not both');
+      if (!Number.isInteger(options.faulty) || options.faulty < 0 || options.faulty > vibrationCount) {
+        throw new RangeError(
+          `faulty must be an integer from 0 to the number of vibration sensors (${vibrationCount}), got ${options.faulty}`,
+        );
+      }
+    }
     const devices: SimDevice[] = [];
+    let vibrationIndex = 0;
     for (const [i, id] of ids.entries()) {
       const protocol = protocols[i % protocols.length]!;
+      const kind = kindOf(i);
+      const bearing: BearingCondition | undefined =
+        kind !== 'vibration' ? undefined : (options.bearing ?? (vibrationIndex++ < (options.faulty ?? 0) ? 'fault' : 'healthy'));
       devices.push(
         new SimDevice({
           id,
@@ -331,6 +363,8 @@ export class Fleet extends EventEmitter<FleetEvents> {
           count: options.count,
           inflight: options.inflight,
           seed: this.seed,
+          kind,
+          ...(bearing !== undefined ? { bearing } : {}),
           usernameAsId: options.usernameAsId,
           password: tokens?.[id],
           // Spread a fleet's publishes over the interval instead of all
@@ -355,7 +389,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
       `starting ${plural(this.devices.length, 'device')} -> ${this.describeEndpoints()}, rate ${mode} per device, qos ${this.qos}` +
         `${credentials.length ? `, ${credentials.join(' and ')}` : ''}` +
         `${this.opts.count ? `, count ${this.opts.count}` : ''}` +
-        `${this.opts.duration ? `, duration ${this.opts.duration}s` : ''}, seed ${this.seed}`,
+        `${this.opts.duration ? `, duration ${this.opts.duration}s` : ''}, seed ${this.seed}${this.describeSensors()}`,
     );
     for (const d of this.devices) d.start();
     if (this.opts.duration !== undefined) {
@@ -405,6 +439,8 @@ export class Fleet extends EventEmitter<FleetEvents> {
         seed: this.seed,
         reason,
         protocols: this.protocolCounts(),
+        sensors: this.sensorCounts(),
+        faulty: this.faultyIds(),
         lastSeq: Object.fromEntries(perDevice.map((s) => [s.id, s.lastSeq])),
       };
       if (summary.failed > 0) this.warn(`${plural(summary.failed, 'message')} ${summary.failed === 1 ? 'was' : 'were'} never acknowledged`);
@@ -436,8 +472,16 @@ export class Fleet extends EventEmitter<FleetEvents> {
     d.on('backpressure', (inflight) => this.warn(`${d.id} throttled: ${inflight} messages unacknowledged, rate not reachable`));
     d.on('sent', (msg) => {
       if (this.totalRate <= PER_MESSAGE_LOG_MAX_RATE && !this.opts.quiet) {
-        const t = msg.telemetry;
-        this.writeLog(`${msg.deviceId} -> ${msg.topic} seq=${t.seq} temp=${t.temp} humidity=${t.humidity} (${msg.bytes} B)`);
+        if (msg.sensor === 'telemetry') {
+          const t = msg.telemetry;
+          this.writeLog(`${msg.deviceId} -> ${msg.topic} seq=${t.seq} temp=${t.temp} humidity=${t.humidity} (${msg.bytes} B)`);
+        } else {
+          const bearing = msg.condition === 'fault' ? `fault severity=${msg.severity.toFixed(3)}` : msg.condition;
+          this.writeLog(
+            `${msg.deviceId} -> ${msg.topic} seq=${msg.seq} samples=${msg.vibration.samples.length} rms=${msg.level.rms.toFixed(3)}g ` +
+              `peak=${msg.level.peak.toFixed(3)}g bearing=${bearing} (${msg.bytes} B)`,
+          );
+        }
       } else {
         this.unloggedSinceStats = true;
       }
@@ -458,6 +502,24 @@ export class Fleet extends EventEmitter<FleetEvents> {
     const counts: Partial<Record<Protocol, number>> = {};
     for (const d of this.devices) counts[d.protocol] = (counts[d.protocol] ?? 0) + 1;
     return counts;
+  }
+
+  private sensorCounts(): Partial<Record<SensorKind, number>> {
+    const counts: Partial<Record<SensorKind, number>> = {};
+    for (const d of this.devices) counts[d.kind] = (counts[d.kind] ?? 0) + 1;
+    return counts;
+  }
+
+  private faultyIds(): string[] {
+    return this.devices.filter((d) => d.bearing === 'fault').map((d) => d.id);
+  }
+
+  /** ", 2 vibration sensors (faulty: sim-0002)" for a fleet with vibration sensors, else nothing. */
+  private describeSensors(): string {
+    const n = this.sensorCounts().vibration ?? 0;
+    if (n === 0) return '';
+    const faulty = this.faultyIds();
+    return `, ${n} vibration ${n === 1 ? 'sensor' : 'sensors'} (${faulty.length === 0 ? 'all healthy' : `faulty: ${missingList(faulty)}`})`;
   }
 
   /** "mqtt://127.0.0.1:1883", or for a mix "mqtt://127.0.0.1:1883 (2 mqtt), ws://127.0.0.1:8080/ws (1 ws)". */
@@ -556,7 +618,9 @@ export class Fleet extends EventEmitter<FleetEvents> {
       case 'COAP_4.03':
         return ` (the registry's publish or subscribe filters of ${id} do not allow the topic)`;
       case 'COAP_4.13':
-        return ' (give a smaller --payload-bytes)';
+        return this.devices.find((d) => d.id === id)?.kind === 'vibration'
+          ? " (a vibration window is about 8 KB: the proxy's limits.maxPayloadBytes is smaller)"
+          : ' (give a smaller --payload-bytes)';
       case 'COAP_TIMEOUT':
         return ' (is the proxy running, and is --coap-url its CoAP endpoint? coap.port, default 5683)';
       default:

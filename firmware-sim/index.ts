@@ -3,3 +3,4 @@ export * from './fleet.js';
 export * from './device.js';
 export * from './sensors.js';
 export * from './credentials.js';
+export * from './vibration.js';

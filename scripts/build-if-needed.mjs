@@ -21,7 +21,7 @@ function newest(dir) {
 }
 
 const sources = Math.max(
-  ...['src', 'firmware-sim', 'bench'].filter((d) => existsSync(join(root, d))).map((d) => newest(join(root, d))),
+  ...['src', 'firmware-sim', 'bench', 'train'].filter((d) => existsSync(join(root, d))).map((d) => newest(join(root, d))),
   statSync(join(root, 'tsconfig.json')).mtimeMs,
 );
 if (!existsSync(built) || statSync(built).mtimeMs < sources) {
