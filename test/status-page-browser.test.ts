@@ -12,6 +12,7 @@ import { adminToken } from './helpers/admin.js';
 import { startMosquitto } from './helpers/mosquitto.js';
 import { collect, connectClient } from './helpers/clients.js';
 import { eventually } from './helpers/ports.js';
+import { meanModel, meanModelYaml, writeModel } from './helpers/models.js';
 
 const browser = await launchBrowser();
 t.teardown(() => browser.close());
@@ -263,4 +264,42 @@ t.test('on loopback with a cloud broker: no token asked for, connected, a device
   t.not(await colourOf(down), connectedColour, 'drawn in another colour than connected');
 
   t.same(w.problems, [], 'no script error and no console error at all on loopback');
+});
+
+t.test('models: each model with its version, its results by label and its latency, and why one did not load', async (t) => {
+  const dir = t.testdir({
+    rules: { 'm.rules': 'rule m\nwhen msg.topic matches "devices/+/values"\nthen infer("mean")\nend\n' },
+    models: {},
+  });
+  const proxy = await startProxy(dir);
+  t.teardown(() => proxy.stop());
+  const context = await browser.newContext();
+  t.teardown(() => context.close());
+  const w = await openPage(context);
+  const { page } = w;
+  await page.goto(`http://127.0.0.1:${proxy.ports.admin}/`);
+  t.match(await waitForCell(page, 'models', '-', /^none/), /infer\(\) fails until one is there/, 'no model yet, and what that means');
+
+  writeModel(join(dir, 'models'), 'mean', meanModel({ length: 4 }), meanModelYaml('mean', { length: 4, version: '7' }));
+  t.equal(await waitForCell(page, 'models', 'mean', /^v7/), 'v7: no results yet', 'loaded without a restart');
+  const device = await connectClient(proxy.ports.mqtt, { clientId: 'pump-8' });
+  t.teardown(() => device.endAsync(true));
+  await device.publishAsync('devices/pump-8/values', JSON.stringify({ values: [1, 1, 1, 1] }), { qos: 1 });
+  await device.publishAsync('devices/pump-8/values', JSON.stringify({ values: [1, 1, 1, 1] }), { qos: 1 });
+  await device.publishAsync('devices/pump-8/values', JSON.stringify({ values: [-1, -1, -1, -1] }), { qos: 1 });
+  t.match(
+    await waitForCell(page, 'models', 'mean', /fault 2, healthy 1/),
+    /^v7: fault 2, healthy 1, p50 \d+\.\d ms, p99 \d+\.\d ms$/,
+    'results by label and latency percentiles',
+  );
+  t.equal(await cell(page, 'models', 'mean').locator('span.ok').innerText(), 'v7', 'the version in the ok style');
+
+  writeModel(join(dir, 'models'), 'broken', new TextEncoder().encode('not a model'), meanModelYaml('broken', { length: 4 }));
+  t.match(
+    await waitForCell(page, 'models', 'broken', /not loaded/),
+    /^not loaded .*broken\.onnx: ONNX Runtime cannot load it/,
+    'why it did not load',
+  );
+  t.equal(await cell(page, 'models', 'broken').locator('span.bad').first().innerText(), 'not loaded', 'in the error style');
+  t.same(w.problems, [], 'no script error and no console error');
 });

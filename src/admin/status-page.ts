@@ -34,6 +34,7 @@ or what <code>admin.token</code> or <code>admin.tokenFile</code> sets. This tab 
 <section><h2>Devices and messages</h2><table id="traffic"></table></section>
 <section><h2>Cloud uplink</h2><table id="uplink"></table></section>
 <section><h2>Offline cache</h2><table id="cache"></table></section>
+<section><h2>Models</h2><table id="models"></table></section>
 <p><button type="button" id="forget" hidden>Forget the admin token</button></p>
 </div>
 <p id="err" class="bad"></p>
@@ -54,6 +55,12 @@ var u=s.uplink;
 rows('uplink',u.url===null?[['state','<span class=neutral>offline (no uplink configured): what would go up stays in the cache</span>']]:
 [['broker',esc(u.url)],['state',u.connected?'<span class=ok>connected</span>':'<span class=bad>not connected</span>'],['in flight',u.inflight]]);
 var c=s.cache;rows('cache',[['backlog',c.messages+' message'+(c.messages===1?'':'s')],['bytes',c.bytes],['oldest',dur(c.oldestAgeSeconds)],['writable',c.writable?'<span class=ok>yes</span>':'<span class=bad>no</span>'],['time to drain',c.timeToDrainSeconds==null?'-':dur(c.timeToDrainSeconds)]]);
+var m=s.models||[];rows('models',m.length===0?[['-','none in the models directory: infer() fails until one is there']]:m.map(function(x){
+var labels=Object.keys(x.byLabel).map(function(k){return esc(k)+' '+x.byLabel[k]}).join(', ')||'no results yet';
+var lat=x.latencyMs?', p50 '+x.latencyMs.p50.toFixed(1)+' ms, p99 '+x.latencyMs.p99.toFixed(1)+' ms':'';
+var err=x.error?' <span class=bad>'+esc(x.error)+'</span>':'';
+var bad=(x.errors?', '+x.errors+' dropped':'')+(x.shed?', '+x.shed+' shed':'');
+return [esc(x.name),x.state==='ready'?'<span class=ok>v'+esc(x.version)+'</span>: '+labels+lat+bad+err:'<span class=bad>not loaded</span>'+err]}));
 el('main').hidden=false;el('err').textContent='';}
 function tick(){if(waiting)return;
 var t=sessionStorage.getItem(KEY);el('forget').hidden=!t;

@@ -28,9 +28,9 @@ export class SessionWorker extends EventEmitter implements SessionWorkerEvents {
     super();
   }
 
+  /** The worker itself starts with the first model: a proxy without models never loads ONNX Runtime. */
   start(): void {
     this.stopped = false;
-    this.spawn();
   }
 
   private spawn(): void {
@@ -62,8 +62,9 @@ export class SessionWorker extends EventEmitter implements SessionWorkerEvents {
   }
 
   request(req: Request, transfer: ArrayBuffer[] = []): Promise<WorkerReply> {
+    if (!this.worker && !this.stopped) this.spawn();
     const worker = this.worker;
-    if (!worker) return Promise.reject(new EdgeError('E_MODEL', 'the inference worker is not running'));
+    if (!worker) return Promise.reject(new EdgeError('E_STOPPING', 'the inference worker is stopped'));
     const id = this.nextId++;
     return new Promise<WorkerReply>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });

@@ -50,6 +50,8 @@ export async function startProxy(dir: string, config: Record<string, unknown> = 
     edge: { id: 'test-edge' },
     dataDir: join(dir, 'data'),
     rules: { dir: join(dir, 'rules') },
+    // Nor the project's models: a test that wants models says where.
+    models: { dir: join(dir, 'models') },
     mqtt: { port: 0 },
     coap: { port: 0 },
     http: { port: 0 },
