@@ -221,11 +221,11 @@ export class ModelRegistry {
 
   private async scanOnce(): Promise<void> {
     const dir = this.opts.dir;
-    let files: string[] = [];
+    let files: string[];
     try {
       files = readdirSync(dir);
     } catch {
-      files = [];
+      files = []; // no directory (yet): no models
     }
     const stems = new Set<string>();
     for (const f of files) {
