@@ -9,10 +9,12 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { parseCliArgs } from '../firmware-sim/cli.js';
-import { fleetEndpoints, startFleet, type Fleet, type FleetOptions } from '../firmware-sim/fleet.js';
+import { fleetEndpoints } from '../firmware-sim/fleet.js';
 import type { DeviceCommand } from '../firmware-sim/device.js';
 import { cloudFor } from './helpers/mosquitto.js';
-import { startProxy, type ProxyProcess } from './helpers/proxy.js';
+import { coapPort } from './helpers/coap.js';
+import { fleetOf } from './helpers/fleet.js';
+import { startProxy } from './helpers/proxy.js';
 import { eventually, sleep } from './helpers/ports.js';
 import { writeRegistry } from './helpers/registry.js';
 import type { Collected } from './helpers/clients.js';
@@ -31,22 +33,6 @@ function envelopes(up: Collected, prefix: string): Envelope[] {
   return up.messages
     .map((m) => JSON.parse(m.payload.toString()) as Envelope)
     .filter((e) => e.deviceId.startsWith(prefix) && e.topic.endsWith('/telemetry'));
-}
-
-function coapPort(proxy: ProxyProcess): number {
-  const port = (proxy.ports as Record<string, number>).coap;
-  if (!port) throw new Error(`the proxy wrote no coap port: ${JSON.stringify(proxy.ports)}`);
-  return port;
-}
-
-function fleetOf(proxy: ProxyProcess, options: FleetOptions, lines: string[] = []): Fleet {
-  return startFleet({
-    url: `mqtt://127.0.0.1:${proxy.ports.mqtt}`,
-    httpUrl: `ws://127.0.0.1:${proxy.ports.http}`,
-    coapUrl: `coap://127.0.0.1:${coapPort(proxy)}`,
-    log: (l) => lines.push(l),
-    ...options,
-  });
 }
 
 /** Each device's seq numbers, sorted, against 1..count. */

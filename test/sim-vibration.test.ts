@@ -10,32 +10,21 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { parseCliArgs } from '../firmware-sim/cli.js';
-import { startFleet, type Fleet, type FleetOptions } from '../firmware-sim/fleet.js';
+import type { Fleet, FleetOptions } from '../firmware-sim/fleet.js';
 import { deviceVibration, parseBearingPayload, type DeviceCommand, type VibrationWindow } from '../firmware-sim/device.js';
 import { parseSeed } from '../firmware-sim/sensors.js';
 import { VIBRATION_SAMPLE_RATE_HZ, VIBRATION_WINDOW } from '../firmware-sim/vibration.js';
 import { collect, connectClient, runTool, type Collected } from './helpers/clients.js';
+import { coapPort } from './helpers/coap.js';
+import { fleetOf as fleetAt } from './helpers/fleet.js';
 import { startProxy, type ProxyProcess } from './helpers/proxy.js';
 import { eventually, sleep } from './helpers/ports.js';
 
+/** Vibration sensors unless a test says otherwise. */
+const fleetOf = (proxy: ProxyProcess, options: FleetOptions, lines: string[] = []): Fleet =>
+  fleetAt(proxy, { sensors: ['vibration'], ...options }, lines);
+
 const SIM = new URL('../dist/firmware-sim/cli.js', import.meta.url).pathname;
-
-function coapPort(proxy: ProxyProcess): number {
-  const port = (proxy.ports as Record<string, number>).coap;
-  if (!port) throw new Error(`the proxy wrote no coap port: ${JSON.stringify(proxy.ports)}`);
-  return port;
-}
-
-function fleetOf(proxy: ProxyProcess, options: FleetOptions, lines: string[] = []): Fleet {
-  return startFleet({
-    url: `mqtt://127.0.0.1:${proxy.ports.mqtt}`,
-    httpUrl: `ws://127.0.0.1:${proxy.ports.http}`,
-    coapUrl: `coap://127.0.0.1:${coapPort(proxy)}`,
-    sensors: ['vibration'],
-    log: (l) => lines.push(l),
-    ...options,
-  });
-}
 
 /** The windows a local subscriber received from `id`, by seq. */
 function windowsOf(sub: Collected, id: string): VibrationWindow[] {
