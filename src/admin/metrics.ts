@@ -74,7 +74,8 @@ export class Metrics {
 
   constructor() {
     const registers = [this.registry];
-    client.collectDefaultMetrics({ register: this.registry });
+    // A 1 ms monitor, so that nodejs_eventloop_lag_* can show a stall of a few ms (at the default 10 ms an idle loop reads 11 ms).
+    client.collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 1 });
     const counter = <L extends string>(name: string, help: string, labelNames: L[] = []): client.Counter<L> =>
       new client.Counter({ name, help, labelNames, registers });
     this.received = children(counter('edge_messages_received_total', 'Messages received, by protocol', ['protocol']), 'protocol');

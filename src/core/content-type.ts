@@ -41,21 +41,25 @@ function firstNonSpace(s: string): string {
   return '';
 }
 
+/** A declared payload checked: what is wrong with it, or its parsed value where checking parsed it. */
+export type DeclaredContent = { problem: string } | { problem: null; decoded?: unknown };
+
 /**
- * A payload whose content type the device declared (a CoAP Content-Format): null when the bytes
- * are what it says, else what is wrong. Text must be UTF-8 and JSON a JSON text, as every
- * consumer downstream (the cloud envelope, `/ws` frames, the rules) takes them to be; CBOR and
- * binary are carried as bytes, so nothing is checked for them.
+ * A payload whose content type the device declared (a CoAP Content-Format, a /ws frame): the bytes
+ * must be what it says. Text must be UTF-8 and JSON a JSON text, as every consumer downstream (the
+ * cloud envelope, `/ws` frames, the rules) takes them to be; CBOR and binary are carried as bytes,
+ * so nothing is checked for them. The value parsed on the way is kept, so nobody parses it again.
  */
-export function declaredContentProblem(type: ContentType, bytes: Uint8Array): string | null {
-  if (type !== 'json' && type !== 'text') return null;
+export function checkDeclaredContent(type: ContentType, bytes: Uint8Array): DeclaredContent {
+  if (type !== 'json' && type !== 'text') return { problem: null };
   const text = decodeUtf8(bytes);
-  if (text === undefined) return `the payload is declared ${type === 'json' ? 'JSON' : 'text'} but is not UTF-8`;
-  if (type === 'text') return null;
+  if (text === undefined) return { problem: `the payload is declared ${type === 'json' ? 'JSON' : 'text'} but is not UTF-8` };
+  if (type === 'text') return { problem: null, decoded: text };
   try {
-    JSON.parse(text);
-    return null;
+    return { problem: null, decoded: JSON.parse(text) as unknown };
   } catch {
-    return text.trim() === '' ? 'the payload is declared JSON but is empty' : 'the payload is declared JSON but does not parse as JSON';
+    return {
+      problem: text.trim() === '' ? 'the payload is declared JSON but is empty' : 'the payload is declared JSON but does not parse as JSON',
+    };
   }
 }

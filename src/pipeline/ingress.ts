@@ -3,7 +3,8 @@ import { EdgeError } from '../core/errors.js';
 import type { ContentType, EdgeMessage, Protocol, QoS } from '../core/message.js';
 import { EDGE_DEVICE_ID } from '../core/message.js';
 import { newMessageId } from '../core/ids.js';
-import { declaredContentProblem, sniffContentType } from '../core/content-type.js';
+import { checkDeclaredContent, sniffContentType } from '../core/content-type.js';
+import { keepParsed } from './parsed-payloads.js';
 import { checkDeviceTopic, deviceIdOfTopic, filterTouchesReserved } from '../core/topic.js';
 import type { AuthFailureReason, AuthResult, AuthService, Credentials, Identity } from '../auth/service.js';
 
@@ -127,13 +128,15 @@ export class IngressGate {
         ),
       );
     }
+    let decoded: unknown;
     if (req.contentType !== undefined) {
       // Downstream (the cloud envelope, /ws frames, the rules) takes a json payload for JSON text.
-      const problem = declaredContentProblem(req.contentType, req.payload);
-      if (problem) return this.refuse('malformed', new EdgeError('E_MALFORMED', problem));
+      const checked = checkDeclaredContent(req.contentType, req.payload);
+      if (checked.problem !== null) return this.refuse('malformed', new EdgeError('E_MALFORMED', checked.problem));
+      decoded = checked.decoded;
     }
     const deviceId = identity.fromTopic ? (deviceIdOfTopic(req.topic) ?? identity.deviceId) : identity.deviceId;
-    return { kind: 'accept', msg: this.normalize(deviceId, protocol, req) };
+    return { kind: 'accept', msg: this.normalize(deviceId, protocol, req, decoded) };
   }
 
   private refuse(reason: RefuseReason, error: EdgeError): PublishVerdict {
@@ -191,21 +194,29 @@ export class IngressGate {
     this.pipeline.acceptFromCloud(this.normalize(EDGE_DEVICE_ID, 'cloud', { topic, payload, qos: 1, retain }));
   }
 
-  private normalize(deviceId: string, protocol: Protocol, req: PublishRequest): EdgeMessage {
+  private normalize(deviceId: string, protocol: Protocol, req: PublishRequest, decoded?: unknown): EdgeMessage {
     const now = Date.now();
-    return {
+    let contentType = req.contentType;
+    if (contentType === undefined) {
+      const sniffed = sniffContentType(req.payload);
+      contentType = sniffed.contentType;
+      decoded = sniffed.decoded;
+    }
+    const msg: EdgeMessage = {
       id: newMessageId(now),
       ts: now,
       deviceId,
       protocol,
       topic: req.topic,
       payload: req.payload,
-      contentType: req.contentType ?? sniffContentType(req.payload).contentType,
+      contentType,
       qos: req.qos,
       retain: req.retain,
       props: req.props ?? {},
       hops: 0,
     };
+    if (decoded !== undefined) keepParsed(msg, decoded);
+    return msg;
   }
 
   private logOnce(key: string, level: 'warn' | 'info', fields: Record<string, unknown>, message: string): void {

@@ -7,7 +7,8 @@ import { checkDeviceTopic } from '../core/topic.js';
 import { asBuffer } from '../core/bytes.js';
 import type { RuleSet, Evaluation } from '../rules/engine.js';
 import { decodePayload } from '../rules/payload.js';
-import type { Value } from '../rules/values.js';
+import { fromJson, type Value } from '../rules/values.js';
+import { takeParsed } from './parsed-payloads.js';
 import { msgValue } from '../rules/msg.js';
 import type { LocalDelivery } from './local.js';
 import type { Priority } from '../core/priority.js';
@@ -150,7 +151,11 @@ export class Router {
    * the last message only: evaluation and the actions that follow it run in one go.
    */
   private payloadOf(msg: EdgeMessage): Value {
-    if (this.lastDecoded?.msg !== msg) this.lastDecoded = { msg, value: this.decode(msg) };
+    if (this.lastDecoded?.msg !== msg) {
+      // JSON and text the ingress gate parsed already; what it parsed is what decode() would make.
+      const parsed = msg.contentType === 'json' || msg.contentType === 'text' ? takeParsed(msg) : null;
+      this.lastDecoded = { msg, value: parsed ? fromJson(parsed.value) : this.decode(msg) };
+    }
     return this.lastDecoded.value;
   }
 

@@ -1,0 +1,18 @@
+// Payloads the ingress gate parsed while finding or checking their content type, handed once to the
+// router's rules, so that a JSON payload is parsed once per message (it is the largest cost of a
+// message with a large payload, such as a window of vibration samples).
+import type { EdgeMessage } from '../core/message.js';
+
+const parsed = new WeakMap<EdgeMessage, unknown>();
+
+export function keepParsed(msg: EdgeMessage, value: unknown): void {
+  parsed.set(msg, value);
+}
+
+/** The parsed payload, once: later calls find nothing and parse it themselves. */
+export function takeParsed(msg: EdgeMessage): { value: unknown } | null {
+  if (!parsed.has(msg)) return null;
+  const value = parsed.get(msg);
+  parsed.delete(msg);
+  return { value };
+}
