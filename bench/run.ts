@@ -1,4 +1,4 @@
-// npm run bench [-- --only forward|ws|coap|drain|rules|swap|slow] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
+// npm run bench [-- --only forward|ws|coap|drain|rules|swap|slow|inference] [--devices 50 --inflight 1 --seconds 15 --warmup 3 --baseline --auth open|token]
 //                                        [--backlog 1000000 --max-inflight 256] [--json]
 // npm run bench -- --compare-auth [--runs 5 --seconds 10 --warmup 2 --devices 50 --inflight 1] [--json]
 import { parseArgs } from 'node:util';
@@ -12,6 +12,7 @@ import { benchSlow, type SlowResult, type SubscriberFigures } from './slow.js';
 import { benchSwap, type SwapResult } from './swap.js';
 import { benchWs, type PhaseFigures, type WsResult } from './ws.js';
 import { benchCoap, type CoapResult } from './coap.js';
+import { benchInference, type InferenceResult, type RunFigures } from './inference.js';
 
 const { values } = parseArgs({
   options: {
@@ -39,7 +40,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(`npm run bench -- [options]
-  --only forward|ws|coap|drain|rules|swap|slow  one section (default: all seven)
+  --only forward|ws|coap|drain|rules|swap|slow|inference  one section (default: all eight)
   forward: durable ingest, devices -> proxy -> loopback Mosquitto
     --devices N (50)  --inflight K QoS 1 publishes in flight per device (1)  --seconds S (15)  --warmup S (3)
     --baseline        also run the same load through a bare aedes broker with an in-memory MQTT.js forwarder
@@ -82,6 +83,16 @@ if (values.help) {
       of the slowness alone), the proxy's memory, the close codes and the counters of /metrics
     --seconds S (20, at least 12)  --runs N (1) rounds of A, B and C, the messages of all rounds pooled
     (open mode only: --auth does not apply)
+  inference: the shipped bearing model (models/bearing.onnx) in the proxy, a rule infer("bearing") on
+      devices/+/vibration, 32 TCP MQTT devices publishing 1024-sample windows (QoS 0), a local
+      subscriber to ml/bearing/# (under a minute and a half with the defaults):
+      (a) batched (the yaml's batch { maxSize: 32, maxDelayMs: 5 }) and (b) unbatched (maxSize 1),
+      each device keeping 4 windows awaiting their result: results/s at the highest rate each
+      sustains; (c) a steady 1,000 windows/s on (a): arrival -> result (the result's latencyMs) and
+      publish -> result at the subscriber, p50/p99/max; the event loop's longest stall in each run
+      and at rest (the proxy's nodejs_eventloop_lag_* metrics). Targets: batched >= 5x unbatched,
+      p99 <= 10 ms at 1,000/s, no stall over 5 ms
+    --seconds S (10) measured a run  --warmup S (2)
   --pin              the proxy (or the bare broker) alone on CPU 0, this process, the load and
                      Mosquitto on the others (taskset): steadier figures on a machine with few cores
   --json             one JSON line with every figure
@@ -97,7 +108,7 @@ function count(name: string, value: string, min: number): number {
   if (!/^\d+$/.test(value) || Number(value) < min) usage(`--${name} must be a whole number of at least ${min}, not "${value}"`);
   return Number(value);
 }
-const SECTIONS = ['forward', 'ws', 'coap', 'drain', 'rules', 'swap', 'slow'];
+const SECTIONS = ['forward', 'ws', 'coap', 'drain', 'rules', 'swap', 'slow', 'inference'];
 if (values.only !== undefined && !SECTIONS.includes(values.only))
   usage(`--only must be one of ${SECTIONS.join(', ')}, not "${values.only}"`);
 if (values.auth !== 'open' && values.auth !== 'token') usage(`--auth must be open or token, not "${values.auth}"`);
@@ -134,6 +145,7 @@ const out: {
   ws?: WsResult;
   coap?: CoapResult;
   slow?: SlowResult;
+  inference?: InferenceResult;
 } = {};
 const lines: string[] = [];
 const f = (n: number, digits = 0): string => n.toFixed(digits);
@@ -340,6 +352,53 @@ if (sections.includes('slow')) {
     `  slow consumers: over their limit ${r.firstLagAfter.map((x) => f(x, 1)).join(', ')} s after joining; in B the proxy dropped for one in ${r.b.laggingSeconds} of ${f(r.b.seconds)} s`,
     `  dropped (slow_consumer)  A: ${r.a.dropped}  B: ${r.b.dropped};  closed (edge_slow_consumers_closed_total)  A: ${r.a.closed}  B: ${r.b.closed}`,
     `  closed by the proxy ${closedAfter.length ? `${f(Math.min(...closedAfter), 1)}-${f(Math.max(...closedAfter), 1)} s after joining` : '(none)'}; close codes read by those that read again at once: ${codes(true)}; by those that read only after B: ${codes(false)}${r.consumers.length > read.length ? `; ${r.consumers.length - read.length} still lagging when B ended (cut by the bench)` : ''}`,
+  );
+}
+
+if (sections.includes('inference')) {
+  log('inference: vibration windows -> proxy, infer("bearing") -> ml/bearing/# subscriber (no uplink, routing.default local)');
+  const r = (out.inference = await benchInference(
+    {
+      devices: 32,
+      inflight: 4,
+      rate: 1000,
+      warmupSeconds: count('warmup', values.warmup ?? '2', 0),
+      seconds: count('seconds', values.seconds ?? '10', 1),
+      idleSeconds: 5,
+    },
+    log,
+  ));
+  const ms = (x: number): string => f(x, 2).padStart(7);
+  const row = (label: string, x: RunFigures): string =>
+    `  ${label.padEnd(16)} ${f(x.resultsPerSecond).padStart(9)}  ${f(x.meanBatch, 1).padStart(10)}  ${ms(x.proxyMs.p50)} ${ms(x.proxyMs.p99)} ${ms(x.proxyMs.max)}  ${ms(x.endToEndMs.p50)} ${ms(x.endToEndMs.p99)} ${ms(x.endToEndMs.max)}  ${ms(x.loop.stallMs)}`;
+  const verdict = (ok: boolean): string => (ok ? 'met' : 'NOT met');
+  const coarse = r.monitorPeriodMs > 1;
+  const named: Array<[string, RunFigures]> = [
+    ['(a)', r.batched],
+    ['(b)', r.unbatched],
+    ['(c)', r.paced],
+  ];
+  const all = named.map(([, x]) => x);
+  lines.push(
+    `inference: model bearing ${r.model.version} (${r.model.length} samples a window), ${r.devices} TCP MQTT devices, ${r.seconds} s measured a run; arrival -> result is the result's latencyMs`,
+    '                   results/s  mean batch  arrival -> result (ms)   publish -> result (ms)  loop stall',
+    '                                              p50     p99     max      p50     p99     max    max (ms)',
+    row(`(a) batched x${r.inflight}`, r.batched),
+    row(`(b) unbatched x${r.inflight}`, r.unbatched),
+    row(`(c) ${r.paced.rate}/s on (a)`, r.paced),
+    `  proxy CPU (cores), main thread / other threads (inference worker, ONNX Runtime): ${named
+      .map(([l, x]) => `${l} ${f(x.cpu.main, 2)} / ${f(x.cpu.others, 2)}`)
+      .join(', ')}`,
+    `  idle: the event loop's longest stall ${f(r.idle.stallMs, 2)} ms (longest monitor interval ${f(r.idle.maxIntervalMs, 2)} ms, period ${r.monitorPeriodMs} ms)`,
+    `  results by label: ${Object.entries(r.batched.byLabel)
+      .map(([l, n]) => `${l} ${n}`)
+      .join(
+        ', ',
+      )} (a)${all.some((x) => x.shed > 0 || x.errors > 0 || x.lost > 0) ? `; shed ${all.map((x) => f(x.shed)).join('/')}, errors ${all.map((x) => f(x.errors)).join('/')}, never answered ${all.map((x) => x.lost).join('/')} (a/b/c)` : '; nothing shed, no error, every window answered'}${r.unpaired > 0 ? `; ${r.unpaired} results not paired with their window` : ''}`,
+    `  the model alone (the worker fed decoded windows): ${f(r.modelOnly.batchedPerSecond)}/s in batches of ${r.modelOnly.batch}, ${f(r.modelOnly.unbatchedPerSecond)}/s one at a time: ${f(r.modelOnly.speedup, 2)}x`,
+    `  batched over unbatched: ${f(r.speedup, 2)}x, target >= ${r.targets.speedup}x: ${verdict(r.met.speedup)}`,
+    `  p99 arrival -> result at ${r.paced.rate}/s: ${f(r.paced.proxyMs.p99, 2)} ms${r.paced.shed > 0 ? ` (${r.paced.shed} shed)` : ''}, target <= ${r.targets.p99Ms} ms: ${verdict(r.met.p99)}`,
+    `  longest event-loop stall at ${r.paced.rate}/s: ${f(r.paced.loop.stallMs, 2)} ms, target <= ${r.targets.stallMs} ms: ${verdict(r.met.stall)} (flat out, (a) and (b): ${f(Math.max(r.batched.loop.stallMs, r.unbatched.loop.stallMs), 2)} ms, the main thread's own work and garbage collection)${coarse ? ` (the proxy's loop monitor ticks every ${r.monitorPeriodMs} ms: a shorter stall is seen only where it runs past a tick, so this figure can be short of the truth)` : ''}`,
   );
 }
 

@@ -16,9 +16,11 @@ Usage:
   edge-proxy check-config [FILE]                          validate a configuration and list every problem
   edge-proxy status [--config FILE] [--admin URL] [--token T] [--json]
                                                           ask a running proxy for its state
-  edge-proxy rules check FILE...                          check rules files; every error with file:line:col
-  edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text]
-                                                          run rules over recorded messages, sending nothing
+  edge-proxy rules check FILE... [--models DIR]           check rules files; every error with file:line:col,
+                                                          a warning for an infer() of a model DIR does not have
+  edge-proxy rules test FILE... --input MESSAGES.jsonl [--format json|text] [--models DIR]
+                                                          run rules over recorded messages, sending nothing;
+                                                          with --models, run the models and their results too
   edge-proxy rules push FILE... [--admin URL] [--token T] replace a running proxy's rules with FILEs
   edge-proxy rules add FILE... | rules remove NAME...     add or replace, or remove, single files of the running set
   edge-proxy rules rollback [--admin URL] [--token T]     run the rules before the running ones again

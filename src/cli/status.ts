@@ -2,12 +2,14 @@
 
 import { parseArgs } from 'node:util';
 import type { ProxyStatus } from '../admin/status.js';
+import type { ModelView } from '../inference/service.js';
 import { adminRequest, AdminUnreachable, describeRefusal, type AdminAnswer } from './admin-client.js';
 import { fail, plural, targetOf } from './terminal.js';
 
 export const STATUS_HELP = `edge-proxy status [--config FILE] [--admin URL] [--token T] [--json]
-  Asks a running proxy for its state: connected devices, uplink, cache backlog, and how long the
-  backlog takes to drain. Without --admin: the proxy running on the configuration's data directory,
+  Asks a running proxy for its state: connected devices, uplink, cache backlog, how long the
+  backlog takes to drain, and each model of the models directory (loaded or why not, its version,
+  results by label, errors, inputs shed and queued, and arrival-to-result time over the recent results). Without --admin: the proxy running on the configuration's data directory,
   at the admin port it wrote to <dataDir>/ports.json, with the token in <dataDir>/admin-token (or
   admin.token, admin.tokenFile). When no proxy runs there, status says so: the configuration's
   admin.port may be another proxy's.
@@ -28,6 +30,28 @@ function drain(c: ProxyStatus['cache'], u: ProxyStatus['uplink']): string {
   if (u.url === null) return 'none in offline mode: the backlog stays in the cache until an uplink is configured (uplink.url)';
   if (c.timeToDrainSeconds === null) return `not draining now${u.connected ? '' : ' (the uplink is not connected)'}`;
   return `about ${seconds(c.timeToDrainSeconds)} at the current rate`;
+}
+
+function ms(x: number): string {
+  return `${x < 10 ? x.toFixed(2) : x.toFixed(1)} ms`;
+}
+
+/** One line a model: how it runs, or why it does not. */
+function model(m: ModelView): string {
+  if (m.state !== 'ready') return `${m.name}: NOT loaded: ${m.error ?? 'unknown reason'}`;
+  const labels = [...m.labels, ...Object.keys(m.byLabel).filter((l) => !m.labels.includes(l))];
+  const byLabel = labels.map((l) => `${l} ${m.byLabel[l] ?? 0}`).join(', ');
+  return [
+    `${m.name} (version ${m.version}): ready; ${plural(m.inferences, 'inference')} (${byLabel}), ${plural(m.errors, 'error')}, ${m.shed} shed, ${m.queued} queued`,
+    m.latencyMs ? `arrival to result p50 ${ms(m.latencyMs.p50)}, p99 ${ms(m.latencyMs.p99)}` : 'no result yet',
+    // A reload that failed leaves the earlier version running: both are worth knowing.
+    ...(m.error ? [`its new files did NOT load (this version keeps running): ${m.error}`] : []),
+  ].join('; ');
+}
+
+/** A line a model; none without models (or from a proxy older than local inference), as for rules. */
+function models(list: ModelView[] | undefined): string[] {
+  return (list ?? []).map((m, i) => `${i === 0 ? 'models:   ' : '          '}${model(m)}`);
 }
 
 export async function status(args: string[]): Promise<void> {
@@ -73,6 +97,7 @@ export async function status(args: string[]): Promise<void> {
       ...(body.rules
         ? [`rules:    version ${body.rules.version}, ${plural(body.rules.rules, 'rule')} (sha256 ${body.rules.sha256.slice(0, 12)})`]
         : []),
+      ...models(body.models),
       '',
     ].join('\n'),
   );
