@@ -88,7 +88,9 @@ t.test('a developing bearing fault is caught locally with the cloud down; its ev
     local.messages.some((m) => m.topic === 'devices/sim-0002/cmd/rate'),
     'no command to the healthy sensor',
   );
-  t.ok(faulty.filter((r) => r.label === 'fault').length >= 7, 'most windows of the faulty sensor say fault');
+  const caught = faulty.filter((r) => r.label === 'fault').length;
+  // An early fault (severity 0.5 and up) is caught in about nine windows in ten (models/bearing-report.md).
+  t.ok(caught >= 0.7 * faulty.length, `most windows of the faulty sensor say fault: ${caught} of ${faulty.length}`);
   t.equal(await proxy.metric('edge_uplink_connected'), 0, 'all of it with the cloud still down');
 
   // The cloud comes back: the event kept in the cache goes up.

@@ -188,7 +188,8 @@ t.test('inputs from many devices run together in batches', async (t) => {
 });
 
 t.test('the queue is bounded: past inference.queueSize the oldest inputs are shed and counted', async (t) => {
-  const dir = t.testdir({ rules: { 'infer.rules': RULES } });
+  const rules = 'rule burst\nwhen msg.topic matches "devices/+/values"\nthen infer("mean", to = "res/" + payload.seq)\nend\n';
+  const dir = t.testdir({ rules: { 'burst.rules': rules } });
   const models = join(dir, 'models');
   mkdirSync(models);
   // A batch of one at a time, so that a burst outruns the model.
@@ -197,18 +198,74 @@ t.test('the queue is bounded: past inference.queueSize the oldest inputs are she
   t.teardown(() => proxy.stop());
   const watcher = await connectClient(proxy.ports.mqtt, { clientId: 'watcher' });
   t.teardown(() => watcher.endAsync());
-  const results = await collect(watcher, 'ml/#');
+  const results = await collect(watcher, 'res/#');
   const dev = await connectClient(proxy.ports.mqtt, { clientId: 'burst', username: 'burst' });
   t.teardown(() => dev.endAsync());
-  const values = JSON.stringify({ values: [1, 1, 1, 1, 1, 1, 1, 1] });
-  await Promise.all(Array.from({ length: 300 }, () => dev.publishAsync('devices/burst/values', values, { qos: 0 })));
+  const N = 300;
+  await Promise.all(
+    Array.from({ length: N }, (_, seq) =>
+      dev.publishAsync('devices/burst/values', JSON.stringify({ seq, values: [1, 1, 1, 1, 1, 1, 1, 1] }), { qos: 0 }),
+    ),
+  );
   let shed = 0;
   await eventually('every input answered or shed', async () => {
     shed = await proxy.metric('edge_inference_shed_total', 'model="mean"');
-    return shed + results.messages.length === 300;
+    return shed + results.messages.length === N;
   });
-  t.ok(shed > 0, `${shed} shed`);
-  t.ok(results.messages.length >= 4, `${results.messages.length} answered`);
+  const answered = new Set(results.messages.map((m) => Number(m.topic.slice('res/'.length))));
+  t.ok(shed > N / 2, `${shed} of ${N} shed`);
+  t.ok(
+    [N - 4, N - 3, N - 2, N - 1].every((seq) => answered.has(seq)),
+    'the newest four (the queue) were answered',
+  );
+  const middle = [...Array(N - 8).keys()].map((i) => i + 4).filter((seq) => !answered.has(seq));
+  t.ok(middle.length > N / 2, 'older inputs were the ones shed');
+  t.equal(await proxy.metric('edge_inference_queue_bytes'), 0, 'nothing held once the queue is empty');
+});
+
+t.test('windows are bounded in bytes: the least recently fed goes, a window larger than the bound is refused', async (t) => {
+  const rules = [
+    'rule w\nwhen msg.topic matches "devices/+/level"\nthen infer("win")\nend',
+    'rule big\nwhen msg.topic matches "devices/+/big"\nthen infer("big")\nend',
+    '',
+  ].join('\n');
+  const dir = t.testdir({ rules: { 'w.rules': rules } });
+  const models = join(dir, 'models');
+  mkdirSync(models);
+  writeModel(models, 'win', meanModel({ length: 4 }), meanModelYaml('win', { length: 4, window: { size: 4, stride: 1 } }));
+  writeModel(models, 'big', meanModel({ length: 400 }), meanModelYaml('big', { length: 400, window: { size: 400, stride: 1 } }));
+  // 1 KiB holds five windows of four values (about 200 bytes each) and no window of 400 values.
+  const proxy = await startProxy(dir, { models: { dir: models }, inference: { windowBytes: 1024 } });
+  t.teardown(() => proxy.stop());
+  const watcher = await connectClient(proxy.ports.mqtt, { clientId: 'watcher' });
+  t.teardown(() => watcher.endAsync());
+  const results = await collect(watcher, 'ml/#');
+  const ids = [...Array(6).keys()]
+    .map((d) => `w${d}`)
+    .concat(
+      [...Array(5).keys()].map((d) => `v${d}`),
+      ['x'],
+    );
+  const dev = Object.fromEntries(
+    await Promise.all(ids.map(async (id) => [id, await connectClient(proxy.ports.mqtt, { clientId: id, username: id })] as const)),
+  );
+  t.teardown(() => Promise.all(Object.values(dev).map((c) => c.endAsync())));
+  // Six devices in turn: each new window evicts the least recently fed, so none ever fills.
+  for (let round = 0; round < 4; round++)
+    for (let d = 0; d < 6; d++) await dev[`w${d}`]!.publishAsync(`devices/w${d}/level`, JSON.stringify({ v: 1 }), { qos: 1 });
+  t.equal(await proxy.metric('edge_inference_windows_evicted_total', 'model="win"'), 24 - 5, 'every new window evicted the oldest');
+  t.ok((await proxy.metric('edge_inference_window_bytes')) <= 1024);
+  // Five devices fit: their windows fill and run.
+  for (let round = 0; round < 4; round++)
+    for (let d = 0; d < 5; d++) await dev[`v${d}`]!.publishAsync(`devices/v${d}/level`, JSON.stringify({ v: 1 }), { qos: 1 });
+  await eventually('five windows ran', () => results.messages.filter((m) => m.topic.startsWith('ml/win/v')).length === 5);
+  t.equal(results.messages.filter((m) => m.topic.startsWith('ml/win/w')).length, 0, 'the evicted windows never ran');
+  await dev.x!.publishAsync('devices/x/big', JSON.stringify({ v: 1 }), { qos: 1 });
+  await eventually('refused', async () => (await proxy.metric('edge_inference_errors_total', 'reason="window_too_large"')) === 1);
+  t.ok(
+    proxy.logs.some((l) => l.rule === 'big' && String(l.err).includes('more than inference.windowBytes (1024)')),
+    'the rule is told why',
+  );
 });
 
 t.test('bad model files are refused with a clear error; the proxy and the running version go on', async (t) => {
@@ -260,31 +317,31 @@ t.test('bad model files are refused with a clear error; the proxy and the runnin
   t.match(on(results, 'ml/mean/e')[1], { version: 'v4', label: 'healthy' });
 });
 
-t.test('a model replaced while inputs flow: none lost, no batch mixes versions', async (t) => {
+t.test('a model replaced while inputs flow: none lost, each runs on the version that took it', async (t) => {
   const { proxy, models, results } = await setup(t);
-  // v1 says fault whatever it is given, v2 healthy: a result's label shows which session ran it.
-  writeModel(models, 'mean', meanModel({ length: 8, bias: 100 }), meanModelYaml('mean', { length: 8, version: 'v1' }));
-  await eventually('v1', () => proxy.logs.some((l) => l.model === 'mean' && l.version === 'v1' && l.previous === 'v1'));
+  // v1 reads payload.values (8 values, mean +1: fault), v2 payload.other (4 values, mean -1: healthy).
+  // An input taken by v1 but run by v2 would read the wrong field: healthy labelled v1, or fault v2.
+  // setup() loaded v1: payload.values, 8 values.
   const devices = await Promise.all(
     Array.from({ length: 5 }, (_, i) => connectClient(proxy.ports.mqtt, { clientId: `f${i}`, username: `f${i}` })),
   );
   t.teardown(() => Promise.all(devices.map((d) => d.endAsync())));
-  const values = JSON.stringify({ values: [0, 0, 0, 0, 0, 0, 0, 0] });
+  const body = JSON.stringify({ values: [1, 1, 1, 1, 1, 1, 1, 1], other: [-1, -1, -1, -1] });
   let sent = 0;
   const flow = (async () => {
     for (let round = 0; round < 60; round++) {
-      await Promise.all(devices.map((d, i) => d.publishAsync(`devices/f${i}/values`, values, { qos: 1 })));
+      await Promise.all(devices.map((d, i) => d.publishAsync(`devices/f${i}/values`, body, { qos: 1 })));
       sent += devices.length;
       await sleep(20);
     }
   })();
   await sleep(400);
-  writeModel(models, 'mean', meanModel({ length: 8, bias: -100 }), meanModelYaml('mean', { length: 8, version: 'v2' }));
+  writeModel(models, 'mean', meanModel({ length: 4 }), meanModelYaml('mean', { length: 4, version: 'v2', from: 'payload.other' }));
   await flow;
   await eventually('every input answered', () => on(results, 'ml/mean/f').length === sent);
   const all = on(results, 'ml/mean/f');
-  const inconsistent = all.filter((r) => (r.version === 'v1' ? r.label !== 'fault' : r.label !== 'healthy'));
-  t.equal(inconsistent.length, 0, 'every result came from the version it names');
+  const wrong = all.filter((r) => (r.version === 'v1' ? r.label !== 'fault' : r.label !== 'healthy'));
+  t.equal(wrong.length, 0, 'every result is what its version computes from its own field');
   t.ok(all.some((r) => r.version === 'v1') && all.some((r) => r.version === 'v2'), 'both versions answered');
   const firstV2 = all.findIndex((r) => r.version === 'v2');
   t.notOk(

@@ -147,6 +147,7 @@ t.test('E_RULE_ARG', async (t) => {
     [rule('true', 'publish("a", 1, retain = "yes")'), '"yes"', /retain must be true or false/],
     [rule('true', 'log("verbose", "x")'), '"verbose"', /level must be one of "debug", "info", "warn", "error"/],
     [rule('true', 'infer(5)'), '5', /the model name must be a string/],
+    [rule('true', 'infer(payload.model)'), 'model)', /infer\(\): model must be a literal/],
     [rule('true', 'emit(5, 1)'), '5', /the event name must be a string/],
     [rule('round(2.5, digits = 1) == 3'), 'digits', /round\(\) takes no named arguments/],
   ];

@@ -67,6 +67,7 @@ export class Metrics {
   private readonly inferenceShed: client.Counter<'model'>;
   private readonly inferenceWindowsEvicted: client.Counter<'model'>;
   private readonly inferenceWindowBytes: client.Gauge;
+  private readonly inferenceQueueBytes: client.Gauge;
   private readonly modelsLoaded: client.Counter<'model'>;
   private cacheSource: CacheStats | null = null;
   private retainedSource: { readonly size: number; readonly bytes: number } | null = null;
@@ -176,7 +177,7 @@ export class Metrics {
     });
     this.inferenceErrors = counter(
       'edge_inference_errors_total',
-      'Inputs dropped and model loads refused, by model and reason (unknown_model, input, run, output, load, unloaded, stopping)',
+      'Inputs dropped and model loads refused, by model and reason (unknown_model, input, window_too_large, run, output, load, stopping)',
       ['model', 'reason'],
     );
     this.inferenceShed = counter('edge_inference_shed_total', 'Oldest queued inputs shed at inference.queueSize, by model', ['model']);
@@ -188,6 +189,11 @@ export class Metrics {
     this.inferenceWindowBytes = new client.Gauge({
       name: 'edge_inference_window_bytes',
       help: 'Bytes held by per-device input windows',
+      registers,
+    });
+    this.inferenceQueueBytes = new client.Gauge({
+      name: 'edge_inference_queue_bytes',
+      help: 'Bytes held by inputs waiting for their model run (inference.queueSize inputs of input.length floats each at most)',
       registers,
     });
     this.modelsLoaded = counter('edge_models_loaded_total', 'Model versions loaded (at start and on each change), by model', ['model']);
@@ -329,6 +335,7 @@ export class Metrics {
       shed: (model) => this.inferenceShed.labels(model).inc(),
       windowEvicted: (model) => this.inferenceWindowsEvicted.labels(model).inc(),
       windowBytes: (bytes) => this.inferenceWindowBytes.set(bytes),
+      queueBytes: (bytes) => this.inferenceQueueBytes.set(bytes),
       loaded: (model) => this.modelsLoaded.labels(model).inc(),
       loadFailed: (model) => this.inferenceErrors.labels(model, 'load').inc(),
     };

@@ -205,6 +205,7 @@ export class TestInference {
       batch: () => {},
       windowEvicted: (model) => self?.forgetWindows(model),
       windowBytes: () => {},
+      queueBytes: () => {},
       loaded: () => {},
       loadFailed: () => {},
     };
@@ -235,7 +236,7 @@ export class TestInference {
       return null;
     }
     // A window-fed model runs only once its window is full and `stride` values came since the last run.
-    const id = `${model.key}\0${req.msg.deviceId}`;
+    const id = `${model.key}\0${req.parent.deviceId}`;
     const w = this.windows.get(id) ?? { filled: 0, sinceRun: 0 };
     this.windows.set(id, w);
     w.filled = Math.min(window.size, w.filled + 1);

@@ -317,7 +317,7 @@ async function rulesTest(
     const refusals: Array<{ rule: string; error: string }> = [];
     if (inference) {
       for (const i of plan.infers) {
-        const refused = inference.submit({ rule: i.rule, model: i.model, to: i.to, msg, payload: () => decoded });
+        const refused = inference.submit({ rule: i.rule, model: i.model, to: i.to, parent: msg, payload: () => decoded });
         if (refused) refusals.push({ rule: i.rule, error: `infer("${i.model}"): ${refused}` });
       }
     }

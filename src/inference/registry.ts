@@ -3,7 +3,8 @@
 // a bad model never stops the proxy and never replaces a good one.
 
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, readdirSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { checkModelFit } from './model-check.js';
@@ -59,8 +60,6 @@ interface Entry {
   /** what the last attempt read, so that an unchanged pair is not loaded again */
   fingerprint: string;
   error: string | null;
-  /** its session died with a worker: load it again even if the files did not change */
-  stale: boolean;
 }
 
 interface Held {
@@ -81,10 +80,14 @@ export class ModelRegistry {
 
   constructor(private readonly opts: ModelRegistryOptions) {
     opts.worker.on('restart', () => {
-      // The sessions died with the worker: load every model again.
-      for (const e of this.entries.values()) {
+      // The sessions died with the worker: no model runs until it is loaded again.
+      for (const [name, e] of this.entries) {
         e.fingerprint = '';
-        e.stale = true;
+        if (!e.current) continue;
+        this.opts.log.warn({ model: name }, `model "${name}" is loaded again: the inference worker stopped and was restarted`);
+        this.retire(e.current);
+        e.current = null;
+        e.error = 'loading again: the inference worker stopped and was restarted';
       }
       this.schedule(0);
     });
@@ -100,7 +103,8 @@ export class ModelRegistry {
     this.watch();
     this.pollTimer = setInterval(() => {
       if (!this.watcher) this.watch();
-      this.schedule(0);
+      // Not while a change settles: a look now could take a new .onnx with the old .yaml.
+      if (!this.settleTimer) this.schedule(0);
     }, POLL_MS);
     this.pollTimer.unref();
   }
@@ -210,12 +214,17 @@ export class ModelRegistry {
   /** One scan at a time; a change seen during a scan gets one more. */
   private scan(): Promise<void> {
     this.rescan = true;
-    this.scanning = this.scanning.then(async () => {
-      while (this.rescan && !this.stopped) {
-        this.rescan = false;
-        await this.scanOnce();
-      }
-    });
+    this.scanning = this.scanning
+      .then(async () => {
+        while (this.rescan && !this.stopped) {
+          this.rescan = false;
+          await this.scanOnce();
+        }
+      })
+      .catch((err: unknown) => {
+        // The next change or look tries again; a fault here must never end the proxy.
+        this.opts.log.error({ dir: this.opts.dir, err: (err as Error).message }, 'reading the models directory failed');
+      });
     return this.scanning;
   }
 
@@ -254,7 +263,7 @@ export class ModelRegistry {
     const yamlName = files.includes(`${name}.yaml`) ? `${name}.yaml` : `${name}.yml`;
     const onnxFile = join(dir, `${name}.onnx`);
     const yamlFile = join(dir, yamlName);
-    const entry = this.entries.get(name) ?? { current: null, fingerprint: '', error: null, stale: false };
+    const entry = this.entries.get(name) ?? { current: null, fingerprint: '', error: null };
     this.entries.set(name, entry);
     const fingerprint = stamp(onnxFile) + '|' + stamp(yamlFile);
     if (fingerprint === entry.fingerprint) return;
@@ -274,17 +283,18 @@ export class ModelRegistry {
       const size = statSync(onnxFile).size;
       if (size > MAX_MODEL_BYTES) return fail(`${name}.onnx is ${size} bytes, more than the ${MAX_MODEL_BYTES} a model may have`);
       if (statSync(yamlFile).size > MAX_SPEC_BYTES) return fail(`${yamlName} is larger than ${MAX_SPEC_BYTES} bytes`);
-      onnx = readFileSync(onnxFile);
-      yamlText = readFileSync(yamlFile, 'utf8');
+      // Read off the event loop: a model of tens of MB on an SD card takes a while.
+      onnx = await readFile(onnxFile);
+      yamlText = await readFile(yamlFile, 'utf8');
     } catch (err) {
       return fail(`cannot read the files: ${(err as Error).message}`);
     }
-    const sha256 = createHash('sha256').update(onnx).update('\0').update(yamlText).digest('hex');
-    if (entry.current?.sha256 === sha256 && !entry.stale) {
+    const onnxHash = await sha256Off(onnx);
+    const sha256 = createHash('sha256').update(onnxHash).update('\0').update(yamlText).digest('hex');
+    if (entry.current?.sha256 === sha256) {
       entry.error = null;
       return;
     }
-    const onnxHash = createHash('sha256').update(onnx).digest('hex');
     const { spec, problems } = parseModelSpec(yamlText, yamlFile, name, `sha256:${onnxHash.slice(0, 12)}`);
     if (!spec) return fail(problems.map(formatSpecProblem).join('; '));
 
@@ -303,7 +313,6 @@ export class ModelRegistry {
     const old = entry.current;
     entry.current = { name, version: spec.version, spec, key, batchOfOne: fit.batchOfOne, loadedAt: Date.now(), sha256 };
     entry.error = null;
-    entry.stale = false;
     this.opts.events.loaded(name);
     this.opts.log.info(
       {
@@ -329,4 +338,15 @@ function stamp(file: string): string {
   } catch {
     return '-';
   }
+}
+
+/** sha256 in slices, yielding between them: a large model must not hold the event loop. */
+async function sha256Off(bytes: Uint8Array): Promise<string> {
+  const hash = createHash('sha256');
+  const SLICE = 4 * 1024 * 1024;
+  for (let i = 0; i < bytes.byteLength; i += SLICE) {
+    hash.update(bytes.subarray(i, i + SLICE));
+    if (i + SLICE < bytes.byteLength) await new Promise((resolve) => setImmediate(resolve));
+  }
+  return hash.digest('hex');
 }

@@ -1,12 +1,14 @@
 // infer(): inputs from every device queued per model, run together in micro-batches on the worker,
-// and each result handed back as a derived message's payload. The queue is bounded (the oldest input
-// is shed, counted) and so are the per-device windows (in bytes, the least recently fed goes first).
+// and each result handed back as a derived message's payload. An input is checked, cut and
+// normalized when it arrives, by the version running then, and runs on that version: a swap never
+// feeds a version what another one was given. Queues are bounded (the oldest input is shed,
+// counted) and so are the per-device windows (in bytes, the least recently fed goes first).
 
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { EdgeMessage } from '../core/message.js';
 import { index, member, type Value } from '../rules/values.js';
-import type { PayloadPath } from './model-spec.js';
+import type { ModelInput, PayloadPath } from './model-spec.js';
 import type { LoadedModel, ModelRegistry } from './registry.js';
 import type { SessionWorker } from './session-worker.js';
 
@@ -16,7 +18,8 @@ export interface InferRequest {
   model: string;
   /** the result's topic; null: ml/<model>/<deviceId> */
   to: string | null;
-  msg: EdgeMessage;
+  /** the message the result is made from; held until the result is made, so without its payload */
+  parent: EdgeMessage;
   /** the decoded payload, decoded only when needed */
   payload: () => Value;
 }
@@ -29,7 +32,8 @@ export interface InferenceResult {
   payload: Value;
 }
 
-export type InferenceErrorReason = 'unknown_model' | 'input' | 'run' | 'output' | 'load' | 'unloaded' | 'stopping';
+export type InferenceErrorReason =
+  'unknown_model' | 'input' | 'window_too_large' | 'run' | 'output' | 'load' | 'stopping';
 
 export interface InferenceEvents {
   result(model: string, label: string, inputSeconds: number): void;
@@ -38,6 +42,7 @@ export interface InferenceEvents {
   shed(model: string): void;
   windowEvicted(model: string): void;
   windowBytes(bytes: number): void;
+  queueBytes(bytes: number): void;
 }
 
 export interface InferenceRunnerOptions {
@@ -49,23 +54,26 @@ export interface InferenceRunnerOptions {
 
 interface Queued {
   req: InferRequest;
-  /** the numbers, as the payload or the window gave them: cut and normalized when the batch is made */
-  source: ArrayLike<Value | number>;
+  /** the version that checked it, held until it has run or is dropped */
+  model: LoadedModel;
+  /** its values, cut and normalized by that version */
+  values: Float32Array;
   arrived: number;
 }
 
 interface Window {
-  /** the model version whose window.size it was made for */
-  key: string;
+  /** the window spec it gathers for: a version with the same field and size keeps it */
+  spec: string;
   values: Float32Array;
   /** values seen so far, and since the last run */
   filled: number;
   sinceRun: number;
   next: number;
+  bytes: number;
 }
 
 interface ModelState {
-  queue: Queued[];
+  queue: Deque<Queued>;
   running: boolean;
   timer: NodeJS.Timeout | null;
   stats: ModelStats;
@@ -76,18 +84,21 @@ export interface ModelStats {
   byLabel: Record<string, number>;
   errors: number;
   shed: number;
-  /** recent arrival → result times (ms), for the status page's percentiles */
+  /** recent arrival → result times (ms), a ring of RECENT, for the status page's percentiles */
   recentMs: number[];
+  recentNext: number;
 }
 
 const RECENT = 512;
 const WINDOW_OVERHEAD_BYTES = 160;
+const QUEUED_OVERHEAD_BYTES = 200;
 
 export class InferenceRunner {
   private readonly models = new Map<string, ModelState>();
   /** per `model\0deviceId`, least recently fed first */
   private readonly windows = new Map<string, Window>();
   private windowBytesHeld = 0;
+  private queueBytesHeld = 0;
   private stopped = false;
 
   constructor(
@@ -105,37 +116,33 @@ export class InferenceRunner {
    */
   submit(req: InferRequest): string | null {
     if (this.stopped) return 'the proxy is stopping';
-    const model = this.registry.peek(req.model);
+    const model = this.registry.acquire(req.model);
     if (!model) {
+      // Model names are literals of the rules, so these labels are bounded by the rules.
       this.events.error(req.model, 'unknown_model');
       const known = this.registry.names();
       return `no model "${req.model}" is loaded (${known.length > 0 ? `loaded: ${known.join(', ')}` : 'the models directory holds none'})`;
     }
-    const input = model.spec.input;
-    let source: ArrayLike<Value | number> | null;
-    if (input.from) {
-      const v = at(req.payload(), input.from.path);
-      if (!Array.isArray(v))
-        return this.refuse(req.model, `${input.from.text} is ${v === undefined ? 'missing' : `not a list (${describe(v)})`}`);
-      if (v.length < input.length)
-        return this.refuse(req.model, `${input.from.text} has ${v.length} values; model "${req.model}" takes ${input.length}`);
-      source = v;
-    } else {
-      const w = input.window;
-      if (!w) return this.refuse(req.model, 'the model has no input source');
-      const v = at(req.payload(), w.path);
-      if (typeof v !== 'number' || !Number.isFinite(v))
-        return this.refuse(req.model, `${w.text} is ${v === undefined ? 'missing' : `not a number (${describe(v)})`}`);
-      source = this.feedWindow(model, req.msg.deviceId, v);
-      if (!source) return null;
+    let values: Float32Array | string | null;
+    try {
+      values = this.valuesOf(model, req);
+    } catch (err) {
+      values = (err as Error).message;
+    }
+    if (values === null || typeof values === 'string') {
+      this.registry.release(model);
+      return values;
     }
     const state = this.stateOf(req.model);
     if (state.queue.length >= this.opts.queueSize) {
-      state.queue.shift();
+      const oldest = state.queue.shift();
+      if (oldest) this.finish(oldest);
       state.stats.shed++;
       this.events.shed(req.model);
     }
-    state.queue.push({ req, source, arrived: performance.now() });
+    state.queue.push({ req, model, values, arrived: performance.now() });
+    this.queueBytesHeld += values.byteLength + QUEUED_OVERHEAD_BYTES;
+    this.events.queueBytes(this.queueBytesHeld);
     this.pump(req.model, state);
     return null;
   }
@@ -152,15 +159,41 @@ export class InferenceRunner {
     this.stopped = true;
     for (const [name, s] of this.models) {
       if (s.timer) clearTimeout(s.timer);
-      for (let i = 0; i < s.queue.length; i++) this.events.error(name, 'stopping');
-      s.queue = [];
+      for (let q = s.queue.shift(); q; q = s.queue.shift()) {
+        this.events.error(name, 'stopping');
+        s.stats.errors++;
+        this.finish(q);
+      }
     }
     this.windows.clear();
     this.windowBytesHeld = 0;
+    this.events.windowBytes(0);
   }
 
-  private refuse(model: string, why: string): string {
-    this.events.error(model, 'input');
+  /** The input's values cut to the version's length and normalized; null: a window still filling; text: why not. */
+  private valuesOf(model: LoadedModel, req: InferRequest): Float32Array | string | null {
+    const input = model.spec.input;
+    if (input.from) {
+      const v = at(req.payload(), input.from.path);
+      if (!Array.isArray(v)) return this.refuse(model.name, `${input.from.text} is ${v === undefined ? 'missing' : `not a list (${describe(v)})`}`);
+      if (v.length < input.length) return this.refuse(model.name, `${input.from.text} has ${v.length} values; model "${model.name}" takes ${input.length}`);
+      const out = new Float32Array(input.length);
+      for (let j = 0; j < input.length; j++) {
+        const x = v[j];
+        if (typeof x !== 'number' || !Number.isFinite(x)) return this.refuse(model.name, `${input.from.text}[${j}] is not a number (${describe(x)})`);
+        out[j] = x;
+      }
+      return normalized(out, input);
+    }
+    const w = input.window;
+    if (!w) return this.refuse(model.name, 'the model has no input source');
+    const v = at(req.payload(), w.path);
+    if (typeof v !== 'number' || !Number.isFinite(v)) return this.refuse(model.name, `${w.text} is ${v === undefined ? 'missing' : `not a number (${describe(v)})`}`);
+    return this.feedWindow(model, req.parent.deviceId, v);
+  }
+
+  private refuse(model: string, why: string, reason: 'input' | 'window_too_large' = 'input'): string {
+    this.events.error(model, reason);
     this.stateOf(model).stats.errors++;
     return why;
   }
@@ -168,33 +201,36 @@ export class InferenceRunner {
   private stateOf(name: string): ModelState {
     let s = this.models.get(name);
     if (!s) {
-      s = { queue: [], running: false, timer: null, stats: { inferences: 0, byLabel: {}, errors: 0, shed: 0, recentMs: [] } };
+      s = { queue: new Deque(), running: false, timer: null, stats: { inferences: 0, byLabel: {}, errors: 0, shed: 0, recentMs: [], recentNext: 0 } };
       this.models.set(name, s);
     }
     return s;
   }
 
   /** The window's values in order once `size` are there and `stride` arrived since the last run; else null. */
-  private feedWindow(model: LoadedModel, deviceId: string, value: number): Float32Array | null {
+  private feedWindow(model: LoadedModel, deviceId: string, value: number): Float32Array | string | null {
     const spec = model.spec.input.window;
     if (!spec) return null;
     const id = `${model.name}\0${deviceId}`;
+    // A version that gathers the same field in the same size keeps what the devices sent so far.
+    const key = `${spec.text}\0${spec.size}`;
     let w = this.windows.get(id);
-    if (w && w.key !== model.key) {
-      // A new version may gather another size: its window starts afresh.
+    if (w && w.spec !== key) {
       this.dropWindow(id, w);
       w = undefined;
     }
     if (w) this.windows.delete(id);
     else {
-      const bytes = spec.size * 4 + WINDOW_OVERHEAD_BYTES + id.length;
-      while (this.windowBytesHeld + bytes > this.opts.windowBytes && this.windows.size > 0) {
-        const [oldId, old] = this.windows.entries().next().value as [string, Window];
-        this.dropWindow(oldId, old);
-        this.events.windowEvicted(oldId.slice(0, oldId.indexOf('\0')));
+      const bytes = spec.size * 4 + WINDOW_OVERHEAD_BYTES + id.length * 2;
+      if (bytes > this.opts.windowBytes)
+        return this.refuse(model.name, `a window of ${spec.size} values takes ${bytes} bytes, more than inference.windowBytes (${this.opts.windowBytes})`, 'window_too_large');
+      while (this.windowBytesHeld + bytes > this.opts.windowBytes) {
+        const oldest = this.windows.entries().next().value;
+        if (!oldest) break;
+        this.dropWindow(oldest[0], oldest[1]);
+        this.events.windowEvicted(oldest[0].slice(0, oldest[0].indexOf('\0')));
       }
-      if (this.windowBytesHeld + bytes > this.opts.windowBytes) return null;
-      w = { key: model.key, values: new Float32Array(spec.size), filled: 0, sinceRun: 0, next: 0 };
+      w = { spec: key, values: new Float32Array(spec.size), filled: 0, sinceRun: 0, next: 0, bytes };
       this.windowBytesHeld += bytes;
       this.events.windowBytes(this.windowBytesHeld);
     }
@@ -208,83 +244,64 @@ export class InferenceRunner {
     const ordered = new Float32Array(spec.size);
     ordered.set(w.values.subarray(w.next), 0);
     ordered.set(w.values.subarray(0, w.next), spec.size - w.next);
-    return ordered;
+    return normalized(ordered, model.spec.input);
   }
 
   private dropWindow(id: string, w: Window): void {
     this.windows.delete(id);
-    this.windowBytesHeld -= w.values.length * 4 + WINDOW_OVERHEAD_BYTES + id.length;
+    this.windowBytesHeld -= w.bytes;
     this.events.windowBytes(this.windowBytesHeld);
   }
 
-  /** Runs a batch when it is full or its oldest input has waited maxDelayMs; one batch per model at a time. */
+  /** An input leaves the queue: its version is no longer held for it. */
+  private finish(q: Queued): void {
+    this.queueBytesHeld -= q.values.byteLength + QUEUED_OVERHEAD_BYTES;
+    this.events.queueBytes(this.queueBytesHeld);
+    this.registry.release(q.model);
+  }
+
+  /**
+   * Runs a batch when it is full or its oldest input has waited maxDelayMs; one batch per model at a
+   * time. A batch is inputs of one version: after a swap, the old version's inputs go first.
+   */
   private pump(name: string, state: ModelState): void {
-    if (state.running || state.queue.length === 0 || this.stopped) return;
-    const model = this.registry.acquire(name);
-    if (!model) {
-      for (let i = 0; i < state.queue.length; i++) this.events.error(name, 'unloaded');
-      state.stats.errors += state.queue.length;
-      this.log.warn({ model: name, dropped: state.queue.length }, `model "${name}" was removed with inputs queued; they are dropped`);
-      state.queue = [];
-      return;
-    }
+    if (state.running || this.stopped) return;
+    const first = state.queue.peek();
+    if (!first) return;
+    const model = first.model;
     const max = model.batchOfOne ? 1 : model.spec.batch.maxSize;
-    const first = state.queue[0];
-    const waited = first ? performance.now() - first.arrived : 0;
-    if (state.queue.length < max && waited < model.spec.batch.maxDelayMs) {
-      this.registry.release(model);
-      if (!state.timer) {
-        state.timer = setTimeout(() => {
-          state.timer = null;
-          this.pump(name, state);
-        }, model.spec.batch.maxDelayMs - waited);
-      }
+    let sameVersion = 0;
+    while (sameVersion < max && state.queue.at(sameVersion)?.model === model) sameVersion++;
+    const waited = performance.now() - first.arrived;
+    const complete = sameVersion < state.queue.length; // a newer version's inputs wait behind these
+    if (sameVersion < max && !complete && waited < model.spec.batch.maxDelayMs) {
+      state.timer ??= setTimeout(() => {
+        state.timer = null;
+        this.pump(name, state);
+      }, model.spec.batch.maxDelayMs - waited);
       return;
     }
     if (state.timer) {
       clearTimeout(state.timer);
       state.timer = null;
     }
-    const taken = state.queue.splice(0, max);
+    const taken: Queued[] = [];
+    for (let i = 0; i < sameVersion; i++) taken.push(state.queue.shift()!);
     this.run(model, state, taken);
   }
 
-  private run(model: LoadedModel, state: ModelState, taken: Queued[]): void {
-    const { length, normalize } = model.spec.input;
-    const data = new Float32Array(taken.length * length);
-    const items: Queued[] = [];
-    for (const item of taken) {
-      const row = items.length * length;
-      let ok = true;
-      for (let j = 0; j < length; j++) {
-        const v = item.source[j];
-        if (typeof v !== 'number' || !Number.isFinite(v)) {
-          ok = false;
-          break;
-        }
-        data[row + j] = normalize ? (v - pick(normalize.mean, j)) / pick(normalize.std, j) : v;
-      }
-      if (ok) items.push(item);
-      else {
-        this.events.error(model.name, 'input');
-        state.stats.errors++;
-      }
-    }
-    if (items.length === 0) {
-      this.registry.release(model);
-      this.pump(model.name, state);
-      return;
-    }
+  private run(model: LoadedModel, state: ModelState, items: Queued[]): void {
+    const { length } = model.spec.input;
+    const data = new Float32Array(items.length * length);
+    items.forEach((item, i) => data.set(item.values, i * length));
     state.running = true;
     const started = performance.now();
-    // Transferred to the worker: a copy only when refused inputs left rows unused.
-    const rows = items.length === taken.length ? data : data.slice(0, items.length * length);
     this.worker
-      .run(model.key, model.spec.input.tensor, model.spec.output.tensor, rows, items.length, length)
+      .run(model.key, model.spec.input.tensor, model.spec.output.tensor, data, items.length, length)
       .then(
         (out) => {
           this.events.batch(model.name, items.length, (performance.now() - started) / 1000);
-          this.results(model, state, items, out.data, out.dims);
+          if (!this.stopped) this.results(model, state, items, out.data, out.dims);
         },
         (err: Error) => {
           for (let i = 0; i < items.length; i++) this.events.error(model.name, this.stopped ? 'stopping' : 'run');
@@ -292,13 +309,17 @@ export class InferenceRunner {
           if (!this.stopped)
             this.log.error(
               { model: model.name, version: model.version, inputs: items.length, err: err.message },
-              `model "${model.name}" failed to run a batch; its inputs are dropped`,
+              `model "${model.name}" failed to run a batch; its ${items.length} input(s) are dropped (counted in edge_inference_errors_total)`,
             );
         },
       )
+      .catch((err: unknown) => {
+        // A fault in handing results on must not end the proxy; the batch's inputs are done with.
+        this.log.error({ model: model.name, err: (err as Error).message }, `handing on model "${model.name}"'s results failed`);
+      })
       .finally(() => {
+        for (const item of items) this.finish(item);
         state.running = false;
-        this.registry.release(model);
         this.pump(model.name, state);
       });
   }
@@ -312,7 +333,7 @@ export class InferenceRunner {
       state.stats.errors += items.length;
       this.log.error(
         { model: model.name, dims },
-        `model "${model.name}" gave output of shape [${dims.join(',')}], not [${items.length},${width}]; its results are dropped`,
+        `model "${model.name}" gave an output of shape [${dims.join(',')}], not [${items.length},${width}]; its results are dropped`,
       );
       return;
     }
@@ -324,8 +345,7 @@ export class InferenceRunner {
         const s = out[i] ?? NaN;
         scores[labels[0] ?? ''] = round6(1 - s);
         scores[labels[1] ?? ''] = round6(s);
-        label = (s >= threshold ? labels[1] : labels[0]) ?? '';
-        if (!Number.isFinite(s)) label = '';
+        label = Number.isFinite(s) ? ((s >= threshold ? labels[1] : labels[0]) ?? '') : '';
       } else {
         let best = -1;
         let bestScore = -Infinity;
@@ -342,31 +362,72 @@ export class InferenceRunner {
       if (label === '') {
         this.events.error(model.name, 'output');
         state.stats.errors++;
+        this.log.warn({ model: model.name, scores }, `model "${model.name}" gave a score that is not a number; the result is dropped`);
         return;
       }
       const latencyMs = now - item.arrived;
       state.stats.inferences++;
       state.stats.byLabel[label] = (state.stats.byLabel[label] ?? 0) + 1;
-      if (state.stats.recentMs.length >= RECENT) state.stats.recentMs.shift();
-      state.stats.recentMs.push(latencyMs);
+      state.stats.recentMs[state.stats.recentNext] = latencyMs;
+      state.stats.recentNext = (state.stats.recentNext + 1) % RECENT;
       this.events.result(model.name, label, latencyMs / 1000);
-      const { msg, rule, to } = item.req;
+      const { parent, rule, to } = item.req;
       this.deliver({
-        parent: msg,
+        parent,
         rule,
-        topic: to ?? `ml/${model.name}/${msg.deviceId}`,
+        topic: to ?? `ml/${model.name}/${parent.deviceId}`,
         payload: {
           model: model.name,
           version: model.version,
           label,
           score: scores[label] ?? 0,
           scores,
-          source: msg.id,
+          source: parent.id,
           latencyMs: Math.round(latencyMs * 1000) / 1000,
         },
       });
     });
   }
+}
+
+/** A queue with O(1) shift, so that shedding under overload costs the same at any queue size. */
+class Deque<T> {
+  private items: (T | undefined)[] = [];
+  private head = 0;
+
+  get length(): number {
+    return this.items.length - this.head;
+  }
+
+  push(x: T): void {
+    this.items.push(x);
+  }
+
+  peek(): T | undefined {
+    return this.items[this.head];
+  }
+
+  at(i: number): T | undefined {
+    return this.items[this.head + i];
+  }
+
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const x = this.items[this.head];
+    this.items[this.head++] = undefined;
+    if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return x;
+  }
+}
+
+function normalized(values: Float32Array, input: ModelInput): Float32Array {
+  const n = input.normalize;
+  if (!n) return values;
+  for (let j = 0; j < values.length; j++) values[j] = ((values[j] ?? 0) - pick(n.mean, j)) / pick(n.std, j);
+  return values;
 }
 
 function pick(v: number | readonly number[], j: number): number {
@@ -387,7 +448,7 @@ function at(v: Value, path: PayloadPath): Value | undefined {
 }
 
 function describe(v: Value | undefined): string {
-  if (v === null) return 'null';
+  if (v === null || v === undefined) return 'null';
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'an object';
   if (typeof v === 'string') return 'a text';

@@ -22,6 +22,8 @@ export class SessionWorker extends EventEmitter implements SessionWorkerEvents {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private stopped = false;
+  /** a worker died and its successor waits out the back-off: requests are refused until it runs */
+  private restarting = false;
   private lastStart = 0;
 
   constructor(private readonly log: Logger) {
@@ -51,9 +53,11 @@ export class SessionWorker extends EventEmitter implements SessionWorkerEvents {
       for (const p of this.pending.values()) p.reject(new EdgeError('E_MODEL', `the inference worker stopped (exit code ${code})`));
       this.pending.clear();
       if (this.stopped) return;
+      this.restarting = true;
       const wait = Math.max(0, this.lastStart + RESTART_BACKOFF_MS - Date.now());
       setTimeout(() => {
-        if (this.stopped) return;
+        this.restarting = false;
+        if (this.stopped || this.worker) return;
         this.spawn();
         this.emit('restart');
       }, wait).unref();
@@ -62,9 +66,12 @@ export class SessionWorker extends EventEmitter implements SessionWorkerEvents {
   }
 
   request(req: Request, transfer: ArrayBuffer[] = []): Promise<WorkerReply> {
-    if (!this.worker && !this.stopped) this.spawn();
-    const worker = this.worker;
-    if (!worker) return Promise.reject(new EdgeError('E_STOPPING', 'the inference worker is stopped'));
+    if (!this.worker) {
+      if (this.stopped) return Promise.reject(new EdgeError('E_STOPPING', 'the inference worker is stopped'));
+      if (this.restarting) return Promise.reject(new EdgeError('E_MODEL', 'the inference worker is restarting'));
+      this.spawn();
+    }
+    const worker = this.worker!;
     const id = this.nextId++;
     return new Promise<WorkerReply>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
@@ -72,8 +79,10 @@ export class SessionWorker extends EventEmitter implements SessionWorkerEvents {
     });
   }
 
+  /** `bytes` is handed over to the worker (transferred, not copied): the caller must not use it after. */
   async load(key: string, bytes: Uint8Array, threads: number): Promise<{ inputs: TensorInfo[]; outputs: TensorInfo[] }> {
-    const r = await this.request({ op: 'load', key, bytes, threads });
+    const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    const r = await this.request({ op: 'load', key, bytes: own, threads }, [own.buffer as ArrayBuffer]);
     if (!r.ok) throw new EdgeError('E_MODEL', r.message);
     if (r.op !== 'load') throw new EdgeError('E_INTERNAL', `the inference worker answered ${r.op} to load`);
     return { inputs: r.inputs, outputs: r.outputs };

@@ -16,3 +16,8 @@ export function takeParsed(msg: EdgeMessage): { value: unknown } | null {
   parsed.delete(msg);
   return { value };
 }
+
+/** Forgets it: a message no rule read must not keep its parsed payload (a retained one lives long). */
+export function dropParsed(msg: EdgeMessage): void {
+  parsed.delete(msg);
+}

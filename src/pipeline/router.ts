@@ -8,7 +8,7 @@ import { asBuffer } from '../core/bytes.js';
 import type { RuleSet, Evaluation } from '../rules/engine.js';
 import { decodePayload } from '../rules/payload.js';
 import { fromJson, type Value } from '../rules/values.js';
-import { takeParsed } from './parsed-payloads.js';
+import { dropParsed, takeParsed } from './parsed-payloads.js';
 import { msgValue } from '../rules/msg.js';
 import type { LocalDelivery } from './local.js';
 import type { Priority } from '../core/priority.js';
@@ -51,6 +51,7 @@ export interface RouterOptions {
 
 const EMPTY: Evaluation = { fired: [], actions: [], dropped: false, routed: false, errors: [] };
 const MAX_DERIVED_PER_MESSAGE = 64;
+const EMPTY_PAYLOAD = Buffer.alloc(0);
 
 /**
  * accept → rules → actions. Each message is evaluated by the running ruleset; the actions the
@@ -95,6 +96,7 @@ export class Router {
         { deviceId: msg.deviceId, topic: msg.topic, err: (err as Error).message },
         'a device message could not be evaluated; it is not acknowledged',
       );
+      dropParsed(msg);
       done(new EdgeError('E_INTERNAL', `the message could not be processed: ${(err as Error).message}`));
       return;
     }
@@ -102,6 +104,7 @@ export class Router {
       if (!err || msg.qos === 0) this.local.deliver(msg);
       done(err);
     });
+    dropParsed(msg);
   }
 
   /** A message from the cloud downlink: published locally, evaluated by the rules, never sent back up. */
@@ -109,6 +112,7 @@ export class Router {
     this.events.received('cloud');
     this.local.deliver(msg);
     this.carryOut(msg, this.evaluate(msg), () => {});
+    dropParsed(msg);
   }
 
   /**
@@ -152,7 +156,8 @@ export class Router {
    */
   private payloadOf(msg: EdgeMessage): Value {
     if (this.lastDecoded?.msg !== msg) {
-      // JSON and text the ingress gate parsed already; what it parsed is what decode() would make.
+      // JSON and text the ingress gate parsed already, as decode() would (but that the gate leaves
+      // out a leading byte order mark, so such a payload reads as its JSON, not as undecodable).
       const parsed = msg.contentType === 'json' || msg.contentType === 'text' ? takeParsed(msg) : null;
       this.lastDecoded = { msg, value: parsed ? fromJson(parsed.value) : this.decode(msg) };
     }
@@ -218,8 +223,9 @@ export class Router {
     }
     if (plan.infers.length > 0) {
       const payload = (): Value => this.payloadOf(msg);
+      const parent = this.withoutPayload(msg);
       for (const i of plan.infers) {
-        const refused = this.inference.submit({ rule: i.rule, model: i.model, to: i.to, msg, payload });
+        const refused = this.inference.submit({ rule: i.rule, model: i.model, to: i.to, parent, payload });
         if (refused) this.fault(i.rule, `infer("${i.model}"): ${refused}`, msg);
       }
     }
@@ -250,11 +256,7 @@ export class Router {
     payload: Value | undefined,
     opts: { qos?: 0 | 1; retain?: boolean } = {},
   ): EdgeMessage | null {
-    let budget = this.budgets.get(parent);
-    if (!budget) {
-      budget = { left: MAX_DERIVED_PER_MESSAGE };
-      this.budgets.set(parent, budget);
-    }
+    const budget = this.budgetOf(parent);
     if (budget.left <= 0) {
       this.events.dropped('derived_limit');
       this.fault(rule, `more than ${MAX_DERIVED_PER_MESSAGE} messages made from one message; the rest are not made`, parent);
@@ -271,6 +273,26 @@ export class Router {
       this.fault(rule, `cannot make a message on "${topic.slice(0, 200)}": ${(err as Error).message}`, parent);
       return null;
     }
+  }
+
+  private budgetOf(msg: EdgeMessage): { left: number } {
+    let budget = this.budgets.get(msg);
+    if (!budget) {
+      budget = { left: MAX_DERIVED_PER_MESSAGE };
+      this.budgets.set(msg, budget);
+    }
+    return budget;
+  }
+
+  /**
+   * The message as a model's result needs it while the input waits for its batch: everything but
+   * the payload (up to limits.maxPayloadBytes, which a queue of inputs must not hold), with the
+   * same budget of derived messages.
+   */
+  private withoutPayload(msg: EdgeMessage): EdgeMessage {
+    const light: EdgeMessage = { ...msg, payload: EMPTY_PAYLOAD, props: {} };
+    this.budgets.set(light, this.budgetOf(msg));
+    return light;
   }
 
   /** A new message made from `parent` by a rule: new id, parent's device, hops + 1 within the limit. */

@@ -49,6 +49,7 @@ export function meanModelYaml(
   opts: {
     length: number;
     version?: string;
+    from?: string;
     output?: 'scores' | 'score';
     window?: { size: number; stride: number };
     batch?: { maxSize: number; maxDelayMs: number };
@@ -62,7 +63,7 @@ export function meanModelYaml(
       tensor: opts.tensor ?? 'input',
       ...(opts.window
         ? { window: { field: 'payload.v', size: opts.window.size, stride: opts.window.stride } }
-        : { from: 'payload.values', length: opts.length }),
+        : { from: opts.from ?? 'payload.values', length: opts.length }),
     },
     output:
       opts.output === 'score'

@@ -19,6 +19,8 @@ interface Param {
   required: boolean;
   /** checks a literal argument; returns a problem, or null */
   literal?: (v: unknown) => string | null;
+  /** only a literal is allowed: the value is fixed when the rules load (a metric label, an enum) */
+  literalOnly?: boolean;
 }
 
 const isString =
@@ -33,6 +35,7 @@ const ACTIONS: Record<string, Param[]> = {
     {
       name: 'priority',
       required: false,
+      literalOnly: true,
       literal: (v) =>
         (PRIORITIES as readonly unknown[]).includes(v) ? null : `priority must be one of ${PRIORITIES.map((p) => `"${p}"`).join(', ')}`,
     },
@@ -40,11 +43,12 @@ const ACTIONS: Record<string, Param[]> = {
   publish: [
     { name: 'topic', required: true, literal: isString('topic') },
     { name: 'payload', required: true },
-    { name: 'qos', required: false, literal: (v) => (v === 0 || v === 1 ? null : 'qos must be 0 or 1') },
-    { name: 'retain', required: false, literal: (v) => (typeof v === 'boolean' ? null : 'retain must be true or false') },
+    { name: 'qos', required: false, literalOnly: true, literal: (v) => (v === 0 || v === 1 ? null : 'qos must be 0 or 1') },
+    { name: 'retain', required: false, literalOnly: true, literal: (v) => (typeof v === 'boolean' ? null : 'retain must be true or false') },
   ],
   infer: [
-    { name: 'model', required: true, literal: isString('the model name') },
+    // A model name from a payload would let a device name metric series without bound.
+    { name: 'model', required: true, literalOnly: true, literal: isString('the model name') },
     { name: 'to', required: false, literal: isString('to') },
   ],
   emit: [
@@ -56,6 +60,7 @@ const ACTIONS: Record<string, Param[]> = {
     {
       name: 'level',
       required: true,
+      literalOnly: true,
       literal: (v) => (LOG_LEVELS.includes(v as string) ? null : `level must be one of ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}`),
     },
     { name: 'text', required: true },
@@ -215,7 +220,7 @@ export function ruleChecker(errors: RuleError[]): (rule: Rule) => CheckedRule | 
         if (p.literal && v.kind === 'literal') {
           const problem = p.literal(v.value);
           if (problem) err(rule, v.pos, 'E_RULE_ARG', `${a.name}(): ${problem}`);
-        } else if (p.literal && (p.name === 'priority' || p.name === 'qos' || p.name === 'retain' || p.name === 'level')) {
+        } else if (p.literalOnly) {
           err(rule, v.pos, 'E_RULE_ARG', `${a.name}(): ${p.name} must be a literal`);
         }
       }
