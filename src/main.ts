@@ -121,7 +121,7 @@ export async function startProxy(loaded: LoadedConfig, log: Logger, opts: RunOpt
 
   mkdirSync(cfg.dataDir, { recursive: true });
 
-  const metrics = new Metrics();
+  const metrics = new Metrics({ loopMonitorMs: cfg.admin.loopMonitorMs });
   const services = new Services(log);
   let listening = false;
   const ports: Record<string, number> = {};

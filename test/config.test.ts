@@ -52,7 +52,7 @@ t.test('no file: the embedded defaults', async (t) => {
       errorWindowSeconds: 60,
     },
     coap: { host: '127.0.0.1', host6: '::1', port: 5683 },
-    admin: { host: '127.0.0.1', port: 9180, token: null, tokenFile: null },
+    admin: { host: '127.0.0.1', port: 9180, token: null, tokenFile: null, loopMonitorMs: 10 },
     auth: { mode: 'open' },
     devicesFile: join(cwd, 'devices.yaml'),
     routing: { default: 'uplink', priorities: [] },

@@ -192,6 +192,7 @@ export const configSchema: ObjectSchema<Config> = object<Config>({
     port: port(9180),
     token: { type: 'string', nullable: true, minLength: 1, default: null },
     tokenFile: optionalPath,
+    loopMonitorMs: { type: 'integer', minimum: 1, maximum: 1000, default: 10 },
   }),
   auth: object<Config['auth']>({
     mode: {

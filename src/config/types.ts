@@ -35,7 +35,14 @@ export interface Config {
   };
   /** CoAP over UDP (docs/coap.md): an IPv4 socket on host and, unless host6 is null, an IPv6-only one on host6 */
   coap: { host: string; host6: string | null; port: number };
-  admin: { host: string; port: number; token: string | null; tokenFile: string | null };
+  admin: {
+    host: string;
+    port: number;
+    token: string | null;
+    tokenFile: string | null;
+    /** how often nodejs_eventloop_lag_* samples the event loop: finer shows shorter stalls, and costs a wake-up each time */
+    loopMonitorMs: number;
+  };
   auth: { mode: 'open' | 'token' };
   /** the device registry read in token mode */
   devicesFile: string;
