@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs edge-proxy as a systemd service on Raspberry Pi OS (Debian, arm64) or Ubuntu on Jetson.
-# Idempotent: run it again after an update. Needs root, Node.js 20 or newer, npm, and openssl.
+# Idempotent: run it again after an update. Needs root, Node.js 20 or newer (24 recommended; neither
+# distribution's own nodejs package is recent enough: README, "Runs on"), npm and openssl; and make, g++
+# and python3 (build-essential) where no prebuilt better-sqlite3 can be downloaded, which is then built here.
 #   sudo systemd/install.sh            install or update from this checkout
 # What exists is kept: the configuration, the device registry, the TLS files and the rules are
 # written only when they are missing.
@@ -203,11 +205,16 @@ next_steps() {
 
 main() {
   [ "$(id -u)" = 0 ] || { echo "install.sh: run as root (sudo $0)" >&2; exit 1; }
-  command -v node >/dev/null || { echo "install.sh: Node.js 20 or newer is needed (apt-get install nodejs)" >&2; exit 1; }
-  local major
+  command -v node >/dev/null || { echo "install.sh: Node.js 20 or newer is needed, 24 recommended (README, \"Runs on\")" >&2; exit 1; }
+  local major node_bin
   major=$(node -p 'process.versions.node.split(".")[0]')
-  [ "$major" -ge 20 ] || { echo "install.sh: Node.js $major found, 20 or newer is needed" >&2; exit 1; }
-  [ -x /usr/bin/node ] || echo "install.sh: warning: the unit runs /usr/bin/node, which does not exist (node is $(command -v node)); edit ExecStart= in $unit"
+  [ "$major" -ge 20 ] || { echo "install.sh: Node.js $major found, 20 or newer is needed, 24 recommended (README, \"Runs on\")" >&2; exit 1; }
+  # The unit runs this node: /usr/bin/node from NodeSource's packages, /usr/local/bin/node from nodejs.org's tarball.
+  node_bin=$(command -v node)
+  case "$node_bin" in
+    /home/* | /root/* | /run/user/* | /tmp/*)
+      echo "install.sh: warning: the service cannot run $node_bin (ProtectHome=, PrivateTmp= hide it): install Node.js system-wide" ;;
+  esac
 
   echo "== user $user"
   id "$user" >/dev/null 2>&1 || useradd --system --home-dir "$statedir" --no-create-home --shell /usr/sbin/nologin "$user"
@@ -288,7 +295,9 @@ main() {
   [ $ok = 1 ] || complete=0
 
   echo "== systemd unit"
-  install -m 0644 "$src/systemd/edge-proxy.service" "$unit"
+  sed "s|^ExecStart=/usr/bin/node |ExecStart=$node_bin |" "$src/systemd/edge-proxy.service" >"$unit.new"
+  chmod 0644 "$unit.new"
+  mv "$unit.new" "$unit"
   systemctl daemon-reload
   if [ $complete = 1 ]; then
     # Enabled and (re)started only on a configuration that passes: never started on placeholders.
