@@ -32,8 +32,7 @@ export interface InferenceResult {
   payload: Value;
 }
 
-export type InferenceErrorReason =
-  'unknown_model' | 'input' | 'window_too_large' | 'run' | 'output' | 'load' | 'stopping';
+export type InferenceErrorReason = 'unknown_model' | 'input' | 'window_too_large' | 'run' | 'output' | 'load' | 'stopping';
 
 export interface InferenceEvents {
   result(model: string, label: string, inputSeconds: number): void;
@@ -175,12 +174,15 @@ export class InferenceRunner {
     const input = model.spec.input;
     if (input.from) {
       const v = at(req.payload(), input.from.path);
-      if (!Array.isArray(v)) return this.refuse(model.name, `${input.from.text} is ${v === undefined ? 'missing' : `not a list (${describe(v)})`}`);
-      if (v.length < input.length) return this.refuse(model.name, `${input.from.text} has ${v.length} values; model "${model.name}" takes ${input.length}`);
+      if (!Array.isArray(v))
+        return this.refuse(model.name, `${input.from.text} is ${v === undefined ? 'missing' : `not a list (${describe(v)})`}`);
+      if (v.length < input.length)
+        return this.refuse(model.name, `${input.from.text} has ${v.length} values; model "${model.name}" takes ${input.length}`);
       const out = new Float32Array(input.length);
       for (let j = 0; j < input.length; j++) {
         const x = v[j];
-        if (typeof x !== 'number' || !Number.isFinite(x)) return this.refuse(model.name, `${input.from.text}[${j}] is not a number (${describe(x)})`);
+        if (typeof x !== 'number' || !Number.isFinite(x))
+          return this.refuse(model.name, `${input.from.text}[${j}] is not a number (${describe(x)})`);
         out[j] = x;
       }
       return normalized(out, input);
@@ -188,7 +190,8 @@ export class InferenceRunner {
     const w = input.window;
     if (!w) return this.refuse(model.name, 'the model has no input source');
     const v = at(req.payload(), w.path);
-    if (typeof v !== 'number' || !Number.isFinite(v)) return this.refuse(model.name, `${w.text} is ${v === undefined ? 'missing' : `not a number (${describe(v)})`}`);
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      return this.refuse(model.name, `${w.text} is ${v === undefined ? 'missing' : `not a number (${describe(v)})`}`);
     return this.feedWindow(model, req.parent.deviceId, v);
   }
 
@@ -201,7 +204,12 @@ export class InferenceRunner {
   private stateOf(name: string): ModelState {
     let s = this.models.get(name);
     if (!s) {
-      s = { queue: new Deque(), running: false, timer: null, stats: { inferences: 0, byLabel: {}, errors: 0, shed: 0, recentMs: [], recentNext: 0 } };
+      s = {
+        queue: new Deque(),
+        running: false,
+        timer: null,
+        stats: { inferences: 0, byLabel: {}, errors: 0, shed: 0, recentMs: [], recentNext: 0 },
+      };
       this.models.set(name, s);
     }
     return s;
@@ -223,7 +231,11 @@ export class InferenceRunner {
     else {
       const bytes = spec.size * 4 + WINDOW_OVERHEAD_BYTES + id.length * 2;
       if (bytes > this.opts.windowBytes)
-        return this.refuse(model.name, `a window of ${spec.size} values takes ${bytes} bytes, more than inference.windowBytes (${this.opts.windowBytes})`, 'window_too_large');
+        return this.refuse(
+          model.name,
+          `a window of ${spec.size} values takes ${bytes} bytes, more than inference.windowBytes (${this.opts.windowBytes})`,
+          'window_too_large',
+        );
       while (this.windowBytesHeld + bytes > this.opts.windowBytes) {
         const oldest = this.windows.entries().next().value;
         if (!oldest) break;

@@ -44,7 +44,12 @@ const ACTIONS: Record<string, Param[]> = {
     { name: 'topic', required: true, literal: isString('topic') },
     { name: 'payload', required: true },
     { name: 'qos', required: false, literalOnly: true, literal: (v) => (v === 0 || v === 1 ? null : 'qos must be 0 or 1') },
-    { name: 'retain', required: false, literalOnly: true, literal: (v) => (typeof v === 'boolean' ? null : 'retain must be true or false') },
+    {
+      name: 'retain',
+      required: false,
+      literalOnly: true,
+      literal: (v) => (typeof v === 'boolean' ? null : 'retain must be true or false'),
+    },
   ],
   infer: [
     // A model name from a payload would let a device name metric series without bound.
