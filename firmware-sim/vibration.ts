@@ -35,8 +35,11 @@ export const VIBRATION_WINDOW = 1024;
 export const BPFO_RATIO = 3.58;
 /** Default severity of a newly set fault: impact peaks half the healthy RMS. */
 export const DEFAULT_FAULT_SEVERITY = 0.5;
-/** Default growth of a developing fault per window (0.5 -> 1 in 250 windows). */
-export const DEFAULT_GROWTH_PER_WINDOW = 0.002;
+/**
+ * Default growth of a developing fault per window (0.5 -> 1 in 50 windows, -> 2 in 150): far faster than
+ * a real bearing, so that a simulated fault goes from barely visible to obvious within a demo's minute.
+ */
+export const DEFAULT_GROWTH_PER_WINDOW = 0.01;
 /** A developing fault stops growing here (impact peaks 6x the healthy RMS: a badly spalled race). */
 export const MAX_SEVERITY = 6;
 
