@@ -324,6 +324,7 @@ export class Metrics {
 
   inferenceEvents(): InferenceEvents & ModelRegistryEvents {
     return {
+      queued: () => {},
       result: (model, label, seconds) => {
         this.inferenceTotal.labels(model, label).inc();
         this.inferenceSeconds.labels(model, 'input').observe(seconds);

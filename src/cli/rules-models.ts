@@ -143,23 +143,18 @@ export function formatWarning(site: InferSite, message: string, sources: Readonl
 /** How long a model may take to answer one message's inputs before `rules test` goes on without. */
 const RESULT_TIMEOUT_MS = 30_000;
 
-interface WindowCount {
-  filled: number;
-  sinceRun: number;
-}
-
 /**
  * The proxy's inference service, run by `rules test`: every infer() of a message is submitted as the
  * router submits it, and `settle()` waits until each input has its outcome (a result, handed to
  * `deliver`, or an error the log lines on stderr explain), so that the output is in message order.
  */
 export class TestInference {
+  /** inputs queued, and those of them that had their outcome (a result, shed, or an error) */
   private expected = 0;
   private outcomes = 0;
-  private errorEvents = 0;
+  /** inside service.submit(): an error then is the refusal of that input, which submit() returns */
+  private submitting = false;
   private wake: (() => void) | null = null;
-  /** per model version and device: how a window-fed model's window fills, as the runner counts it */
-  private readonly windows = new Map<string, WindowCount>();
   private readonly keepAlive: NodeJS.Timeout;
 
   private constructor(
@@ -196,14 +191,16 @@ export class TestInference {
     let self: TestInference | null = null;
     const outcome = (): void => self?.outcome();
     const events: InferenceEvents & ModelRegistryEvents = {
+      queued: () => {
+        if (self) self.expected++;
+      },
       result: outcome,
       shed: outcome,
       error: () => {
-        if (self) self.errorEvents++;
-        outcome();
+        if (self && !self.submitting) outcome();
       },
       batch: () => {},
-      windowEvicted: (model) => self?.forgetWindows(model),
+      windowEvicted: () => {},
       windowBytes: () => {},
       queueBytes: () => {},
       loaded: () => {},
@@ -222,30 +219,13 @@ export class TestInference {
 
   /** As the router submits: null when the input was taken, else why not. */
   submit(req: InferRequest): string | null {
-    const model = this.service.registry.peek(req.model);
-    const errorsBefore = this.errorEvents;
-    const refused = this.service.submit(req);
-    if (refused !== null) {
-      // The refusal was an error event, already counted as this input's outcome.
-      if (this.errorEvents > errorsBefore) this.expected++;
-      return refused;
+    // The runner says what it queued (a window-fed model queues only once the window is full).
+    this.submitting = true;
+    try {
+      return this.service.submit(req);
+    } finally {
+      this.submitting = false;
     }
-    const window = model?.spec.input.window;
-    if (!model || !window) {
-      this.expected++;
-      return null;
-    }
-    // A window-fed model runs only once its window is full and `stride` values came since the last run.
-    const id = `${model.key}\0${req.parent.deviceId}`;
-    const w = this.windows.get(id) ?? { filled: 0, sinceRun: 0 };
-    this.windows.set(id, w);
-    w.filled = Math.min(window.size, w.filled + 1);
-    w.sinceRun++;
-    if (w.filled >= window.size && w.sinceRun >= window.stride) {
-      w.sinceRun = 0;
-      this.expected++;
-    }
-    return null;
   }
 
   /** Waits until every input taken so far has its outcome, results delivered (and what they set off). */
@@ -280,15 +260,6 @@ export class TestInference {
     const wake = this.wake;
     this.wake = null;
     wake?.();
-  }
-
-  /**
-   * The runner dropped a window of this model to stay within inference.windowBytes, and does not say
-   * whose: counting every window of the model afresh may miss a result, never wait for one that
-   * will not come.
-   */
-  private forgetWindows(model: string): void {
-    for (const id of this.windows.keys()) if (id.startsWith(`${model}#`)) this.windows.delete(id);
   }
 }
 

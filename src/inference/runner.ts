@@ -35,6 +35,8 @@ export interface InferenceResult {
 export type InferenceErrorReason = 'unknown_model' | 'input' | 'window_too_large' | 'run' | 'output' | 'load' | 'stopping';
 
 export interface InferenceEvents {
+  /** an input is queued: exactly one of result, shed or error (run, output, stopping) follows for it */
+  queued(model: string): void;
   result(model: string, label: string, inputSeconds: number): void;
   batch(model: string, size: number, seconds: number): void;
   error(model: string, reason: InferenceErrorReason): void;
@@ -142,6 +144,7 @@ export class InferenceRunner {
     state.queue.push({ req, model, values, arrived: performance.now() });
     this.queueBytesHeld += values.byteLength + QUEUED_OVERHEAD_BYTES;
     this.events.queueBytes(this.queueBytesHeld);
+    this.events.queued(req.model);
     this.pump(req.model, state);
     return null;
   }
