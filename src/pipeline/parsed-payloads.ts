@@ -1,6 +1,7 @@
-// Payloads the ingress gate parsed while finding or checking their content type, handed once to the
-// router's rules, so that a JSON payload is parsed once per message (it is the largest cost of a
-// message with a large payload, such as a window of vibration samples).
+// A message's decoded payload while it is routed: parsed by the ingress gate while finding or checking
+// its content type, or by the router when a rule or a model first reads it, and forgotten once the
+// message is routed. A payload is parsed once per message: for a large one (a window of vibration
+// samples) the parse is the largest cost of the message.
 import type { EdgeMessage } from '../core/message.js';
 
 const parsed = new WeakMap<EdgeMessage, unknown>();
@@ -9,12 +10,8 @@ export function keepParsed(msg: EdgeMessage, value: unknown): void {
   parsed.set(msg, value);
 }
 
-/** The parsed payload, once: later calls find nothing and parse it themselves. */
-export function takeParsed(msg: EdgeMessage): { value: unknown } | null {
-  if (!parsed.has(msg)) return null;
-  const value = parsed.get(msg);
-  parsed.delete(msg);
-  return { value };
+export function parsedOf(msg: EdgeMessage): { value: unknown } | null {
+  return parsed.has(msg) ? { value: parsed.get(msg) } : null;
 }
 
 /** Forgets it: a message no rule read must not keep its parsed payload (a retained one lives long). */

@@ -8,7 +8,7 @@ import { asBuffer } from '../core/bytes.js';
 import type { RuleSet, Evaluation } from '../rules/engine.js';
 import { decodePayload } from '../rules/payload.js';
 import { fromJson, type Value } from '../rules/values.js';
-import { dropParsed, takeParsed } from './parsed-payloads.js';
+import { dropParsed, keepParsed, parsedOf } from './parsed-payloads.js';
 import { msgValue } from '../rules/msg.js';
 import type { LocalDelivery } from './local.js';
 import type { Priority } from '../core/priority.js';
@@ -64,7 +64,6 @@ export class Router {
   private readonly faultLogged = new Map<string, number>();
   /** the messages rules may still make, shared by a root message and everything made from it */
   private readonly budgets = new WeakMap<EdgeMessage, { left: number }>();
-  private lastDecoded: { msg: EdgeMessage; value: Value } | null = null;
 
   constructor(
     private readonly opts: RouterOptions,
@@ -130,6 +129,7 @@ export class Router {
     try {
       this.local.deliver(msg);
       this.carryOut(msg, this.evaluate(msg), () => {});
+      dropParsed(msg);
     } catch (err) {
       // Runs from setImmediate: nothing may escape into the event loop.
       this.log.error({ topic: msg.topic, err: (err as Error).message }, 'a message made by a rule could not be handled');
@@ -151,17 +151,17 @@ export class Router {
   }
 
   /**
-   * The decoded payload, parsed once per message and only when a rule or a model reads it. Kept for
-   * the last message only: evaluation and the actions that follow it run in one go.
+   * The decoded payload, parsed once per message (by the ingress gate for JSON and text, else here
+   * when a rule or a model first reads it) and kept until the message is routed. The gate parses as
+   * decode() would, but that it leaves out a leading byte order mark: such a payload reads as its
+   * JSON, not as undecodable.
    */
   private payloadOf(msg: EdgeMessage): Value {
-    if (this.lastDecoded?.msg !== msg) {
-      // JSON and text the ingress gate parsed already, as decode() would (but that the gate leaves
-      // out a leading byte order mark, so such a payload reads as its JSON, not as undecodable).
-      const parsed = msg.contentType === 'json' || msg.contentType === 'text' ? takeParsed(msg) : null;
-      this.lastDecoded = { msg, value: parsed ? fromJson(parsed.value) : this.decode(msg) };
-    }
-    return this.lastDecoded.value;
+    const kept = parsedOf(msg);
+    if (kept) return fromJson(kept.value);
+    const value = this.decode(msg);
+    keepParsed(msg, value);
+    return value;
   }
 
   /** The payload as rules read it. */
