@@ -11,7 +11,8 @@ import coap, { type IncomingMessage } from 'coap';
 import { Uploads, UPLOAD_IDLE_MS, type UploadBlock } from '../src/adapters/coap/block1.js';
 import { parseBlock } from '../src/adapters/coap/codec.js';
 import { cloudFor } from './helpers/mosquitto.js';
-import { startProxy, type ProxyProcess } from './helpers/proxy.js';
+import { coapPort } from './helpers/coap.js';
+import { startProxy } from './helpers/proxy.js';
 import { collect, connectClient, runTool } from './helpers/clients.js';
 import { eventually, sleep } from './helpers/ports.js';
 import { writeRegistry } from './helpers/registry.js';
@@ -24,12 +25,6 @@ function pattern(bytes: number, tag: string): string {
   let s = '';
   for (let i = 0; s.length < bytes; i++) s += `${tag}${String(i).padStart(14 - tag.length, '0')};\n`;
   return s.slice(0, bytes);
-}
-
-function coapPort(proxy: ProxyProcess): number {
-  const port = (proxy.ports as Record<string, number>).coap;
-  if (!port) throw new Error(`the proxy wrote no coap port: ${JSON.stringify(proxy.ports)}`);
-  return port;
 }
 
 function optionValue(p: ParsedPacket, name: string): number | null {

@@ -11,7 +11,8 @@ import { generate, parse, type ParsedPacket } from 'coap-packet';
 import coap, { type ObserveReadStream } from 'coap';
 import mqtt from 'mqtt';
 import { cloudFor } from './helpers/mosquitto.js';
-import { startProxy, type ProxyProcess } from './helpers/proxy.js';
+import { coapPort } from './helpers/coap.js';
+import { startProxy } from './helpers/proxy.js';
 import { collect, connectClient, startTool } from './helpers/clients.js';
 import { eventually, sleep } from './helpers/ports.js';
 import { writeRegistry, type DeviceSpec } from './helpers/registry.js';
@@ -23,12 +24,6 @@ const COAP_CLIENT = '/usr/bin/coap-client-notls';
 const QUEUE_COUNT = 16;
 /** docs/coap.md: observations per device */
 const PER_DEVICE = 32;
-
-function coapPort(proxy: ProxyProcess): number {
-  const port = (proxy.ports as Record<string, number>).coap;
-  if (!port) throw new Error(`the proxy wrote no coap port: ${JSON.stringify(proxy.ports)}`);
-  return port;
-}
 
 interface Got {
   packet: ParsedPacket;

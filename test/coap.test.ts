@@ -8,18 +8,13 @@ import { randomBytes } from 'node:crypto';
 import { generate, parse, type ParsedPacket } from 'coap-packet';
 import Database from 'better-sqlite3';
 import { cloudFor } from './helpers/mosquitto.js';
-import { startProxy, type ProxyProcess } from './helpers/proxy.js';
+import { coapPort } from './helpers/coap.js';
+import { startProxy } from './helpers/proxy.js';
 import { collect, connectClient, runTool } from './helpers/clients.js';
 import { eventually, sleep } from './helpers/ports.js';
 import { writeRegistry } from './helpers/registry.js';
 
 const COAP_CLIENT = '/usr/bin/coap-client-notls';
-
-function coapPort(proxy: ProxyProcess): number {
-  const port = (proxy.ports as Record<string, number>).coap;
-  if (!port) throw new Error(`the proxy wrote no coap port: ${JSON.stringify(proxy.ports)}`);
-  return port;
-}
 
 /** A CoAP client on a bare UDP socket: every datagram it gets back, raw and parsed. */
 class RawClient {
