@@ -4,7 +4,7 @@
 import { parseArgs } from 'node:util';
 import { availableParallelism, cpus, totalmem } from 'node:os';
 import { compareAuth, type CompareAuthResult } from './compare-auth.js';
-import { pinCores } from './services.js';
+import { pinCores, setMeasuredNodeFlags } from './services.js';
 import { benchForward, type AuthMode, type ForwardResult } from './forward.js';
 import { benchDrain, type DrainResult } from './drain.js';
 import { benchRules, type RulesResult } from './rules.js';
@@ -35,6 +35,7 @@ const { values } = parseArgs({
     swaps: { type: 'string', default: '20' },
     'slow-consumers': { type: 'string', default: '2' },
     pin: { type: 'boolean', default: false },
+    'node-flags': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -95,6 +96,9 @@ if (values.help) {
     --seconds S (10) measured a run  --warmup S (2)
   --pin              the proxy (or the bare broker) alone on CPU 0, this process, the load and
                      Mosquitto on the others (taskset): steadier figures on a machine with few cores
+  --node-flags=F     Node/V8 options for the proxy (or the bare broker) alone, written with
+                     "=" (e.g. --node-flags="--max-semi-space-size=32"); this
+                     process and the load keep their own
   --json             one JSON line with every figure
 `);
   process.exit(0);
@@ -129,10 +133,15 @@ const log = (line: string): void => {
   process.stderr.write(line + '\n');
 };
 const cores = availableParallelism();
+if (values['node-flags'] !== undefined) {
+  const flags = values['node-flags'].split(/\s+/).filter(Boolean);
+  if (!flags.every((f) => f.startsWith('--'))) usage(`--node-flags takes options that start with --, not "${values['node-flags']}"`);
+  setMeasuredNodeFlags(flags);
+}
 if (values.pin && !pinCores()) usage('--pin needs at least 2 CPUs and taskset (util-linux)');
 const sections = compare ? [] : values.only ? [values.only] : SECTIONS;
 log(
-  `edge-proxy benchmark on ${cores} cores (${cpus()[0]?.model ?? 'unknown cpu'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}${values.pin ? '; the measured process alone on CPU 0' : ''}`,
+  `edge-proxy benchmark on ${cores} cores (${cpus()[0]?.model ?? 'unknown cpu'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}${values.pin ? '; the measured process alone on CPU 0' : ''}${values['node-flags'] ? `; the proxy runs with ${values['node-flags']}` : ''}`,
 );
 
 const out: {

@@ -73,6 +73,15 @@ export function pinCores(): boolean {
   return true;
 }
 
+/**
+ * With `--node-flags`: V8 and Node options given to the measured process only (the proxy, or the
+ * bare broker), not to this process or the load, so that a flag's effect is the proxy's alone.
+ */
+let measuredFlags: string[] = [];
+export function setMeasuredNodeFlags(flags: string[]): void {
+  measuredFlags = flags;
+}
+
 /** `command args` as spawn takes them, on CPU 0 when pinned and `measured`, else on the others. */
 function placed(measured: boolean, command: string, args: string[]): [string, string[]] {
   if (others === null) return [command, args];
@@ -121,7 +130,7 @@ export async function startBaseline(dir: string, cloudUrl: string): Promise<Serv
 
 async function startProcess(args: string[], portsFile: string, logFile?: string): Promise<Service & { ports: Ports }> {
   // taskset runs the command in its own process (exec), so the child's pid is the proxy's for /proc.
-  const child = spawn(...placed(true, process.execPath, args), {
+  const child = spawn(...placed(true, process.execPath, [...measuredFlags, ...args]), {
     stdio: ['ignore', logFile ? openSync(logFile, 'a') : 'ignore', 'inherit'],
   });
   await waitFor('the proxy to be ready', () => existsSync(portsFile) || child.exitCode !== null);
