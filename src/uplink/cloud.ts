@@ -7,6 +7,8 @@ import type { Config } from '../config/types.js';
 import { EdgeError } from '../core/errors.js';
 import { redactUrl } from '../core/redact.js';
 
+const noLog = (): void => undefined;
+
 interface CloudEvents {
   up: [];
   down: [];
@@ -102,6 +104,10 @@ export class CloudLink extends EventEmitter<CloudEvents> {
       will: { topic: this.statusTopic, payload: Buffer.from('offline'), qos: 1, retain: true },
       ...this.tlsFiles,
     };
+    // MQTT.js logs each packet through `debug`, which allocates every call's arguments even when
+    // its output is off: about a tenth of the proxy's allocations under load, and more garbage
+    // collections. Left to `debug` only when DEBUG asks for it.
+    if (!process.env.DEBUG) options.log = noLog;
     if (cfg.username !== null) options.username = cfg.username;
     if (cfg.password !== null) options.password = cfg.password;
     const client = mqtt.connect(cfg.url!, options);
