@@ -357,6 +357,7 @@ if (sections.includes('slow')) {
     `  proxy RSS MiB             A: ${f(r.a.rssMiB.start)} -> ${f(r.a.rssMiB.end)} (peak ${f(r.a.rssMiB.peak)})   B: ${f(r.b.rssMiB.start)} -> ${f(r.b.rssMiB.end)} (peak ${f(r.b.rssMiB.peak)})   C: ${f(r.c.rssMiB.start)} -> ${f(r.c.rssMiB.end)} (peak ${f(r.c.rssMiB.peak)})`,
     `  proxy heap used MiB       A: peak ${f(r.a.heapUsedMiB.peak)}, end ${f(r.a.heapUsedMiB.end)}   B: peak ${f(r.b.heapUsedMiB.peak)}, end ${f(r.b.heapUsedMiB.end)}   C: peak ${f(r.c.heapUsedMiB.peak)}, end ${f(r.c.heapUsedMiB.end)}`,
     `  proxy Buffers (external)  A: peak ${f(r.a.externalMiB.peak)}, end ${f(r.a.externalMiB.end)}   B: peak ${f(r.b.externalMiB.peak)}, end ${f(r.b.externalMiB.end)}   C: peak ${f(r.c.externalMiB.peak)}, end ${f(r.c.externalMiB.end)}`,
+    `  proxy full GCs (loop ms)  A: ${r.a.fullGcs} (${f(r.a.gcPauseMs)})   B: ${r.b.fullGcs} (${f(r.b.gcPauseMs)})   C: ${r.c.fullGcs} (${f(r.c.gcPauseMs)})`,
     `  proxy cores               A: ${f(r.a.cpuCoresUsed, 2)}   B: ${f(r.b.cpuCoresUsed, 2)}   C: ${f(r.c.cpuCoresUsed, 2)}`,
     `  slow consumers: over their limit ${r.firstLagAfter.map((x) => f(x, 1)).join(', ')} s after joining; in B the proxy dropped for one in ${r.b.laggingSeconds} of ${f(r.b.seconds)} s`,
     `  dropped (slow_consumer)  A: ${r.a.dropped}  B: ${r.b.dropped};  closed (edge_slow_consumers_closed_total)  A: ${r.a.closed}  B: ${r.b.closed}`,

@@ -53,6 +53,13 @@ export interface SlowPhase {
   heapUsedMiB: { peak: number; end: number };
   /** the proxy's Buffers and other memory outside the V8 heap (nodejs_external_memory_bytes), MiB */
   externalMiB: { peak: number; end: number };
+  /**
+   * the proxy's full garbage collections (mark-compact) over the phase and the event loop time
+   * they and incremental marking took (nodejs_gc_duration_seconds): under a steady load, what sets
+   * the latency's tail
+   */
+  fullGcs: number;
+  gcPauseMs: number;
   /** edge_messages_dropped_total{reason="slow_consumer"} and edge_slow_consumers_closed_total{protocol="ws"} over the phase */
   dropped: number;
   closed: number;
@@ -316,6 +323,10 @@ interface Metrics {
   heapUsed: number;
   /** memory outside the V8 heap held by JS objects: Buffers (nodejs_external_memory_bytes) */
   external: number;
+  /** nodejs_gc_duration_seconds_count{kind="major"} */
+  fullGcs: number;
+  /** nodejs_gc_duration_seconds_sum of major and incremental, in ms */
+  gcPauseMs: number;
 }
 
 /** The counters of /metrics this bench reads (loopback reads need no admin token). */
@@ -328,6 +339,11 @@ async function readMetrics(adminPort: number): Promise<Metrics> {
     closed: value(/^edge_slow_consumers_closed_total\{[^}]*protocol="ws"[^}]*\} (\S+)$/m),
     heapUsed: value(/^nodejs_heap_size_used_bytes (\S+)$/m),
     external: value(/^nodejs_external_memory_bytes (\S+)$/m),
+    fullGcs: value(/^nodejs_gc_duration_seconds_count\{kind="major"\} (\S+)$/m),
+    gcPauseMs:
+      (value(/^nodejs_gc_duration_seconds_sum\{kind="major"\} (\S+)$/m) +
+        value(/^nodejs_gc_duration_seconds_sum\{kind="incremental"\} (\S+)$/m)) *
+      1000,
   };
 }
 
@@ -520,12 +536,16 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
     let dropped = 0;
     let closed = 0;
     let lagging = 0;
+    let fullGcs = 0;
+    let gcPauseMs = 0;
     const during: Reading[] = [];
     for (const w of wins) {
       const rs = around(w);
       if (rs.length === 0) continue;
       dropped += rs.at(-1)!.dropped - rs[0]!.dropped;
       closed += rs.at(-1)!.closed - rs[0]!.closed;
+      fullGcs += rs.at(-1)!.fullGcs - rs[0]!.fullGcs;
+      gcPauseMs += rs.at(-1)!.gcPauseMs - rs[0]!.gcPauseMs;
       for (let i = 1; i < rs.length; i++) if (rs[i]!.at <= w.t1 && rs[i]!.dropped > rs[i - 1]!.dropped) lagging++;
       during.push(...rs.slice(1));
     }
@@ -545,6 +565,8 @@ export async function benchSlow(opts: SlowOptions, progress: (line: string) => v
       },
       heapUsedMiB: { peak: Math.max(0, ...during.map((r) => r.heapUsed)) / MiB, end: (end?.heapUsed ?? 0) / MiB },
       externalMiB: { peak: Math.max(0, ...during.map((r) => r.external)) / MiB, end: (end?.external ?? 0) / MiB },
+      fullGcs,
+      gcPauseMs,
       dropped,
       closed,
       laggingSeconds: lagging,
