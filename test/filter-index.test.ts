@@ -255,7 +255,7 @@ t.test('CoAP observations: found under their filter from registration to every e
 t.test('/ws connections: under each filter until unsubscribed or closed, once each', async (t) => {
   const index = new FilterIndex<WsConnection>();
   const conn = (deviceId: string): WsConnection =>
-    new WsConnection(null as unknown as WebSocket, { deviceId, by: 'token' }, '127.0.0.1:1', new ErrorWindow(10, 1_000), index);
+    new WsConnection(null as unknown as WebSocket, { deviceId, by: 'token' }, '127.0.0.1:1', new ErrorWindow(10, 1_000), index, null);
   const one = conn('one');
   const two = conn('two');
   one.subscribe('a/#', { id: 1 });

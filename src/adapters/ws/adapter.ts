@@ -11,6 +11,7 @@ import type { AdapterDeps, DeviceAdapter, Endpoint } from '../adapter.js';
 import type { Admission } from '../http/endpoint.js';
 import { ErrorWindow, WsConnection, type Subscription } from './connection.js';
 import { credentialsOf, remoteOf } from './identity.js';
+import { Outbox } from './outbox.js';
 import {
   ackFrame,
   decodeFrame,
@@ -122,6 +123,7 @@ export class WsAdapter implements DeviceAdapter {
       `${address}:${port}`,
       new ErrorWindow(this.cfg.http.maxErrors, this.cfg.http.errorWindowSeconds * 1000),
       this.subscribers,
+      ws.extensions === '' ? new Outbox(req.socket) : null,
     );
     this.connections.add(conn);
     this.sockets.set(conn, req.socket);
@@ -320,7 +322,7 @@ export class WsAdapter implements DeviceAdapter {
         return false;
       }
     }
-    conn.ws.send(data, { binary: false }, written);
+    conn.send(data, written);
     if (conn.overSince === null && conn.buffered > limit) conn.overSince = Date.now();
     return true;
   }
@@ -408,6 +410,8 @@ export class WsAdapter implements DeviceAdapter {
     this.log.info({ deviceId: conn.identity.deviceId, remote: conn.remote, code }, logLine);
     // A paused connection would never read the peer's close frame.
     this.resumeReads(conn);
+    // The close frame follows the backlog (a slow reader that wakes up reads both).
+    conn.outbox?.pump(true);
     conn.ws.close(code, closeReason(reason));
   }
 

@@ -5,6 +5,7 @@ import type { Identity } from '../../auth/service.js';
 import type { FilterIndex } from '../../core/filter-index.js';
 import { OrderedAcks } from '../ordered-acks.js';
 import type { FrameId } from './frames.js';
+import type { Outbox } from './outbox.js';
 
 /** A subscription: the `sub` frame's id, so that a later E_ACL drop names the request it undoes. */
 export interface Subscription {
@@ -55,6 +56,11 @@ export class WsConnection {
     readonly errors: ErrorWindow,
     /** the adapter's connections under their filters: kept here in step with `subscriptions` */
     private readonly index: FilterIndex<WsConnection>,
+    /**
+     * where frames wait while its socket takes no more; null with permessage-deflate, whose
+     * compressed messages `ws` may still hold while it compresses them, so only `ws` may order them
+     */
+    readonly outbox: Outbox | null,
   ) {}
 
   get subscriptions(): ReadonlyMap<string, Subscription> {
@@ -82,7 +88,13 @@ export class WsConnection {
 
   /** Bytes queued for it and not yet handed to the kernel. */
   get buffered(): number {
-    return this.ws.bufferedAmount;
+    return this.ws.bufferedAmount + (this.outbox?.bytes ?? 0);
+  }
+
+  /** A text frame to it, after everything queued before it. */
+  send(data: string | Buffer, written?: (err?: Error) => void): void {
+    if (this.outbox?.holding) this.outbox.push(typeof data === 'string' ? Buffer.from(data) : data, written);
+    else this.ws.send(data, { binary: false }, written);
   }
 
   get open(): boolean {
